@@ -1,0 +1,61 @@
+//! The hand-differentiated transformer engine (METHOD §1).
+//!
+//! Each layer kind lives in its own file with `*_forward` and `*_backward` side by side. Activations are
+//! batched and flattened to `[N, C]` with `N = B·T` rows so that every projection is one BLAS call.
+//! The engine is generic over [`Scalar`] so that gradient checks run in `f64` while training runs in `f32`.
+
+pub mod attention;
+pub mod embedding;
+pub mod gelu;
+pub mod gradcheck;
+pub mod layernorm;
+pub mod linalg;
+pub mod linear;
+pub mod loss;
+pub mod model;
+pub mod optim;
+
+use std::fmt::{Debug, Display};
+use std::iter::Sum;
+use std::ops::{AddAssign, DivAssign, MulAssign, SubAssign};
+
+/// The floating-point types the engine runs in.
+pub trait Scalar:
+    ndarray::LinalgScalar
+    + ndarray::ScalarOperand
+    + num_traits::Float
+    + AddAssign
+    + SubAssign
+    + MulAssign
+    + DivAssign
+    + Sum
+    + Send
+    + Sync
+    + Debug
+    + Display
+    + Default
+    + 'static
+{
+    fn lit(value: f64) -> Self;
+    fn as_f64(self) -> f64;
+}
+
+impl Scalar for f32 {
+    fn lit(value: f64) -> Self {
+        value as f32
+    }
+    fn as_f64(self) -> f64 {
+        self as f64
+    }
+}
+
+impl Scalar for f64 {
+    fn lit(value: f64) -> Self {
+        value
+    }
+    fn as_f64(self) -> f64 {
+        self
+    }
+}
+
+pub use model::{Config, Gelu, Grads, Model, Params};

@@ -1,0 +1,179 @@
+//! AdamW (Loshchilov and Hutter 2019) with global gradient-norm clipping and a warm-up + cosine schedule.
+
+use ndarray::{ArrayD, Zip};
+use serde::{Deserialize, Serialize};
+
+use super::{Params, Scalar};
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OptimConfig {
+    pub learning_rate: f64,
+    /// Floor of the cosine decay, as a fraction of `learning_rate`.
+    pub min_lr_ratio: f64,
+    pub warmup_steps: usize,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub weight_decay: f64,
+    /// Largest global gradient norm; 0 disables clipping.
+    pub grad_clip: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            learning_rate: 3e-3,
+            min_lr_ratio: 0.1,
+            warmup_steps: 50,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            grad_clip: 1.0,
+        }
+    }
+}
+
+impl OptimConfig {
+    /// Linear warm-up to `learning_rate`, then cosine decay to `min_lr_ratio · learning_rate` at `total`.
+    pub fn learning_rate_at(&self, step: usize, total: usize) -> f64 {
+        if step < self.warmup_steps {
+            return self.learning_rate * (step + 1) as f64 / self.warmup_steps as f64;
+        }
+        let span = total.saturating_sub(self.warmup_steps).max(1);
+        let progress = ((step - self.warmup_steps) as f64 / span as f64).min(1.0);
+        let floor = self.learning_rate * self.min_lr_ratio;
+        floor + 0.5 * (self.learning_rate - floor) * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+/// First and second moments per tensor, in the order of [`Params::named`], and the step count.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdamW<F> {
+    pub step: usize,
+    pub m: Vec<ArrayD<F>>,
+    pub v: Vec<ArrayD<F>>,
+}
+
+/// Decay applies to matrices only (embeddings, projections), not to biases and LayerNorm gains,
+/// following GPT-2 practice: shrinking a gain towards 0 is not regularisation but a change of scale.
+pub fn decays(ndim: usize) -> bool {
+    ndim >= 2
+}
+
+impl<F: Scalar> AdamW<F> {
+    pub fn new(params: &Params<F>) -> Self {
+        let zeros: Vec<ArrayD<F>> = params
+            .named()
+            .iter()
+            .map(|(_, t)| ArrayD::zeros(t.raw_dim()))
+            .collect();
+        AdamW {
+            step: 0,
+            m: zeros.clone(),
+            v: zeros,
+        }
+    }
+
+    /// Applies one update with learning rate `lr`; returns the gradient norm before clipping.
+    pub fn update(
+        &mut self,
+        params: &mut Params<F>,
+        grads: &Params<F>,
+        config: &OptimConfig,
+        lr: f64,
+    ) -> f64 {
+        let grad_tensors = grads.named();
+        let norm = grad_tensors
+            .iter()
+            .map(|(_, g)| g.iter().map(|&x| x.as_f64() * x.as_f64()).sum::<f64>())
+            .sum::<f64>()
+            .sqrt();
+        let clip = if config.grad_clip > 0.0 && norm > config.grad_clip {
+            config.grad_clip / norm
+        } else {
+            1.0
+        };
+        self.step += 1;
+        let t = self.step as i32;
+        let bias1 = 1.0 - config.beta1.powi(t);
+        let bias2 = 1.0 - config.beta2.powi(t);
+        let (b1, b2) = (F::lit(config.beta1), F::lit(config.beta2));
+        let (one_b1, one_b2) = (F::lit(1.0 - config.beta1), F::lit(1.0 - config.beta2));
+        let clip = F::lit(clip);
+        let step_size = F::lit(lr / bias1);
+        let inv_sqrt_bias2 = F::lit(1.0 / bias2.sqrt());
+        let eps = F::lit(config.eps);
+        for (index, ((_, mut p), (_, g))) in
+            params.named_mut().into_iter().zip(grad_tensors).enumerate()
+        {
+            let decay = if decays(p.ndim()) {
+                F::lit(1.0 - lr * config.weight_decay)
+            } else {
+                F::one()
+            };
+            Zip::from(&mut p)
+                .and(&g)
+                .and(&mut self.m[index])
+                .and(&mut self.v[index])
+                .par_for_each(|p, &g, m, v| {
+                    let g = g * clip;
+                    *m = b1 * *m + one_b1 * g;
+                    *v = b2 * *v + one_b2 * g * g;
+                    *p = *p * decay - step_size * *m / ((*v).sqrt() * inv_sqrt_bias2 + eps);
+                });
+        }
+        norm
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_the_floor() {
+        let c = OptimConfig {
+            learning_rate: 1.0,
+            min_lr_ratio: 0.1,
+            warmup_steps: 10,
+            ..OptimConfig::default()
+        };
+        assert!((c.learning_rate_at(0, 100) - 0.1).abs() < 1e-12);
+        assert!((c.learning_rate_at(9, 100) - 1.0).abs() < 1e-12);
+        assert!((c.learning_rate_at(10, 100) - 1.0).abs() < 1e-12);
+        assert!((c.learning_rate_at(55, 100) - 0.55).abs() < 1e-12);
+        assert!((c.learning_rate_at(100, 100) - 0.1).abs() < 1e-12);
+    }
+
+    #[test]
+    fn first_adam_step_moves_each_weight_by_the_learning_rate() {
+        // With bias correction the first step is lr·g/|g| per coordinate, whatever the gradient's scale.
+        let config = crate::engine::model::Config {
+            vocab_size: 3,
+            ctx_len: 2,
+            d_model: 2,
+            n_heads: 1,
+            n_layers: 1,
+            d_ff: 2,
+            ln_eps: 1e-5,
+            tied: true,
+            gelu: crate::engine::Gelu::Tanh,
+        };
+        let mut params = Params::<f64>::zeros(&config);
+        let mut grads = Params::<f64>::zeros(&config);
+        grads.ln_f_bias[0] = 1e-3;
+        grads.ln_f_bias[1] = -5.0;
+        let oc = OptimConfig {
+            weight_decay: 0.0,
+            grad_clip: 0.0,
+            eps: 0.0,
+            ..OptimConfig::default()
+        };
+        let mut adam = AdamW::new(&params);
+        adam.update(&mut params, &grads, &oc, 0.01);
+        assert!((params.ln_f_bias[0] + 0.01).abs() < 1e-12);
+        assert!((params.ln_f_bias[1] - 0.01).abs() < 1e-12);
+    }
+}

@@ -1,0 +1,19 @@
+//! ailla: train and audit localist language models.
+//!
+//! The library does the work; `src/main.rs` only parses flags and maps errors to exit codes.
+//! Data flows one way: corpus → tokenizer → engine → metrics → checkpoint and report.
+
+// Linked for their side effect: they make the system OpenBLAS provide ndarray's BLAS symbols.
+extern crate blas_src;
+extern crate openblas_src;
+
+pub mod bench;
+pub mod checkpoint;
+pub mod cli;
+pub mod data;
+pub mod engine;
+pub mod error;
+pub mod rng;
+pub mod train;
+
+pub use error::{Error, Result};
