@@ -1,1 +1,245 @@
+//! Throughput and memory measurements, shared by `ailla bench` and `benches/throughput.rs`.
+//!
+//! Figures are reported beside a reference measured in the same run: the machine's sgemm rate (so model
+//! GFLOP/s reads as a fraction of the peak) and, when asked, PyTorch eager on the same model and threads.
 
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::attention::NoHook;
+use crate::engine::linalg::{gemm, gemm_flops};
+use crate::engine::optim::{AdamW, OptimConfig};
+use crate::engine::{Config, Gelu, Model};
+use crate::rng::Rng;
+use crate::{Error, Result};
+
+/// A named model and batch shape to measure.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct BenchConfig {
+    pub name: String,
+    pub vocab_size: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub n_layers: usize,
+    pub d_ff: usize,
+    pub ctx_len: usize,
+    pub batch_size: usize,
+}
+
+impl BenchConfig {
+    pub fn model_config(&self) -> Config {
+        Config {
+            vocab_size: self.vocab_size,
+            ctx_len: self.ctx_len,
+            d_model: self.d_model,
+            n_heads: self.n_heads,
+            n_layers: self.n_layers,
+            d_ff: self.d_ff,
+            ln_eps: 1e-5,
+            tied: true,
+            gelu: Gelu::Tanh,
+        }
+    }
+}
+
+/// The standard configurations: a character model, and WikiText-2's word vocabulary (33,278 entries with
+/// `<eos>`, as counted in `shared/data/README.md`) where the output layer dominates.
+pub fn standard_configs() -> Vec<BenchConfig> {
+    let base = |name: &str, vocab_size| BenchConfig {
+        name: name.into(),
+        vocab_size,
+        d_model: 128,
+        n_heads: 4,
+        n_layers: 2,
+        d_ff: 512,
+        ctx_len: 128,
+        batch_size: 16,
+    };
+    vec![base("char-small", 128), base("word-wt2", 33_278)]
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct BenchResult {
+    pub config: BenchConfig,
+    pub threads: usize,
+    pub parameters: usize,
+    pub train_tokens_per_s: f64,
+    pub eval_tokens_per_s: f64,
+    /// Model arithmetic per second during training, by [`Config::training_flops_per_token`].
+    pub train_gflops: f64,
+    /// Peak resident memory of the process in MiB (`VmHWM`); run one configuration per process to
+    /// attribute it.
+    pub peak_memory_mib: Option<f64>,
+}
+
+/// Peak resident set size of this process, from `/proc/self/status` (Linux only).
+pub fn peak_memory_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
+/// Single-precision matrix-product rate of this machine through the engine's own product (OpenBLAS
+/// split over the rayon pool): the ceiling that model GFLOP/s is compared against.
+pub fn sgemm_gflops(size: usize, repeats: usize) -> f64 {
+    let a = ndarray::Array2::<f32>::from_shape_fn((size, size), |(i, j)| {
+        ((i * 7 + j) % 13) as f32 * 0.01
+    });
+    let b = a.t().to_owned();
+    let mut c = ndarray::Array2::<f32>::zeros((size, size));
+    gemm(1.0, a.view(), b.view(), 0.0, c.view_mut());
+    let mut best = f64::INFINITY;
+    for _ in 0..repeats.max(1) {
+        let start = Instant::now();
+        gemm(1.0, a.view(), b.view(), 0.0, c.view_mut());
+        best = best.min(start.elapsed().as_secs_f64());
+    }
+    gemm_flops(size, size, size) / best / 1e9
+}
+
+/// Times `steps` training steps (forward, backward, AdamW) and `steps` evaluation passes after one
+/// untimed warm-up of each, on random tokens.
+pub fn run_config(config: &BenchConfig, steps: usize) -> Result<BenchResult> {
+    if steps == 0 {
+        return Err(Error::invalid("steps", "must be at least 1"));
+    }
+    let model_config = config.model_config();
+    let mut model = Model::<f32>::init(model_config.clone(), 1)?;
+    let mut optimizer = AdamW::new(&model.params);
+    let optim = OptimConfig::default();
+    let n = config.batch_size * config.ctx_len;
+    let mut rng = Rng::new(7);
+    let tokens: Vec<u32> = (0..n)
+        .map(|_| rng.below(config.vocab_size) as u32)
+        .collect();
+    let targets: Vec<u32> = (0..n)
+        .map(|_| rng.below(config.vocab_size) as u32)
+        .collect();
+
+    let mut train_step = |model: &mut Model<f32>| {
+        let (_, _, grads) = model.loss_and_grads(
+            &tokens,
+            &targets,
+            config.batch_size,
+            config.ctx_len,
+            &NoHook,
+        );
+        optimizer.update(&mut model.params, &grads, &optim, 1e-4);
+    };
+    train_step(&mut model);
+    let start = Instant::now();
+    for _ in 0..steps {
+        train_step(&mut model);
+    }
+    let train_seconds = start.elapsed().as_secs_f64() / steps as f64;
+
+    let eval_step = |model: &Model<f32>| {
+        let cache = model.forward(&tokens, config.batch_size, config.ctx_len, &NoHook);
+        model.output_loss(&cache, &targets, false).mean_nll
+    };
+    eval_step(&model);
+    let start = Instant::now();
+    for _ in 0..steps {
+        std::hint::black_box(eval_step(&model));
+    }
+    let eval_seconds = start.elapsed().as_secs_f64() / steps as f64;
+
+    let train_tokens_per_s = n as f64 / train_seconds;
+    Ok(BenchResult {
+        config: config.clone(),
+        threads: rayon::current_num_threads(),
+        parameters: model.params.parameter_count(),
+        train_tokens_per_s,
+        eval_tokens_per_s: n as f64 / eval_seconds,
+        train_gflops: train_tokens_per_s * model_config.training_flops_per_token(config.ctx_len)
+            / 1e9,
+        peak_memory_mib: peak_memory_mib(),
+    })
+}
+
+/// PyTorch's figures for one configuration, as `benches/torch_reference.py bench` prints them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TorchResult {
+    pub name: String,
+    pub threads: usize,
+    pub train_tokens_per_s: f64,
+    pub eval_tokens_per_s: f64,
+    pub torch_version: String,
+}
+
+/// Runs the PyTorch reference with `python` on `config`; `Ok(None)` when that Python has no torch.
+pub fn run_torch(
+    python: &str,
+    script: &std::path::Path,
+    config: &BenchConfig,
+    steps: usize,
+    threads: usize,
+) -> Result<Option<TorchResult>> {
+    let probe = std::process::Command::new(python)
+        .args(["-c", "import torch"])
+        .output();
+    match probe {
+        Ok(out) if out.status.success() => {}
+        _ => return Ok(None),
+    }
+    let config_json = serde_json::to_string(config).map_err(|e| Error::Numeric(e.to_string()))?;
+    let output = std::process::Command::new(python)
+        .arg(script)
+        .args([
+            "bench",
+            "--config-json",
+            &config_json,
+            "--steps",
+            &steps.to_string(),
+            "--threads",
+            &threads.to_string(),
+        ])
+        .output()
+        .map_err(|e| Error::io(script, e))?;
+    if !output.status.success() {
+        return Err(Error::Numeric(format!(
+            "{} failed: {}",
+            script.display(),
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).map(Some).map_err(|e| {
+        Error::Numeric(format!(
+            "{}: unreadable output {last:?}: {e}",
+            script.display()
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_tiny_configuration_runs_and_reports_positive_rates() {
+        let config = BenchConfig {
+            name: "tiny".into(),
+            vocab_size: 50,
+            d_model: 16,
+            n_heads: 2,
+            n_layers: 1,
+            d_ff: 32,
+            ctx_len: 8,
+            batch_size: 2,
+        };
+        let result = run_config(&config, 2).unwrap();
+        assert!(result.train_tokens_per_s > 0.0 && result.eval_tokens_per_s > 0.0);
+        assert_eq!(
+            result.parameters,
+            Model::<f32>::init(config.model_config(), 1)
+                .unwrap()
+                .params
+                .parameter_count()
+        );
+        assert!(sgemm_gflops(64, 1) > 0.0);
+    }
+}

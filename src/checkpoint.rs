@@ -1,1 +1,398 @@
+//! Checkpoints as safetensors files that other frameworks load directly.
+//!
+//! Weights are `f32`, row-major, named as in [`Params::named`], with matrices `[in, out]` (`y = x·W`).
+//! One metadata entry, `ailla`, holds canonical JSON: the model config (every size, LayerNorm epsilon,
+//! the GELU form), the tokenizer and its vocabulary, and the training step. A single entry keeps the file
+//! byte-identical for identical models (safetensors writes several entries in hash order).
+//! The optimizer state lives in a sibling file, `<name>.optim.safetensors`, so training resumes exactly.
+//! Every write goes to a temporary file in the same directory and is renamed into place, so a crash or a
+//! full disk never leaves a half-written checkpoint under the real name.
 
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use ndarray::ArrayD;
+use safetensors::tensor::{Dtype, SafeTensors, View};
+use serde::{Deserialize, Serialize};
+
+use crate::data::Vocabulary;
+use crate::engine::optim::AdamW;
+use crate::engine::{Config, Model, Params};
+use crate::{Error, Result};
+
+const FORMAT: &str = "ailla-checkpoint";
+const FORMAT_VERSION: u32 = 1;
+const METADATA_KEY: &str = "ailla";
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Metadata {
+    format: String,
+    version: u32,
+    config: Config,
+    tokenizer: Vocabulary,
+    step: usize,
+}
+
+/// A trained model with the vocabulary it reads and the step it was saved at.
+#[derive(Clone, Debug)]
+pub struct Checkpoint {
+    pub model: Model<f32>,
+    pub vocabulary: Vocabulary,
+    pub step: usize,
+}
+
+struct F32Tensor {
+    shape: Vec<usize>,
+    bytes: Vec<u8>,
+}
+
+impl F32Tensor {
+    fn new(tensor: ndarray::ArrayViewD<f32>) -> Self {
+        let mut bytes = Vec::with_capacity(tensor.len() * 4);
+        // iteration in logical (row-major) order whatever the memory layout
+        for value in tensor.iter() {
+            bytes.extend_from_slice(&value.to_le_bytes());
+        }
+        F32Tensor {
+            shape: tensor.shape().to_vec(),
+            bytes,
+        }
+    }
+}
+
+impl View for &F32Tensor {
+    fn dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    fn shape(&self) -> &[usize] {
+        &self.shape
+    }
+    fn data(&self) -> Cow<'_, [u8]> {
+        Cow::Borrowed(&self.bytes)
+    }
+    fn data_len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// The optimizer file beside a model file: `model.safetensors` → `model.optim.safetensors`.
+pub fn optimizer_path(model_path: &Path) -> PathBuf {
+    let stem = model_path
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("model");
+    model_path.with_file_name(format!("{stem}.optim.safetensors"))
+}
+
+/// Writes `bytes` to `path` through a temporary sibling and a rename.
+pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
+    tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    // temporary files are created owner-only; a checkpoint is an ordinary file
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let permissions = std::fs::Permissions::from_mode(0o644);
+        tmp.as_file()
+            .set_permissions(permissions)
+            .map_err(|e| Error::io(path, e))?;
+    }
+    tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    Ok(())
+}
+
+fn serialize(tensors: &[(String, F32Tensor)], metadata: String) -> Result<Vec<u8>> {
+    let mut info = HashMap::new();
+    info.insert(METADATA_KEY.to_string(), metadata);
+    safetensors::serialize(tensors.iter().map(|(n, t)| (n.as_str(), t)), Some(info))
+        .map_err(|e| Error::Numeric(format!("could not serialise checkpoint: {e}")))
+}
+
+pub fn save(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
+    let metadata = Metadata {
+        format: FORMAT.into(),
+        version: FORMAT_VERSION,
+        config: checkpoint.model.config.clone(),
+        tokenizer: checkpoint.vocabulary.clone(),
+        step: checkpoint.step,
+    };
+    let json = serde_json::to_string(&metadata).map_err(|e| Error::Numeric(e.to_string()))?;
+    let tensors: Vec<(String, F32Tensor)> = checkpoint
+        .model
+        .params
+        .named()
+        .into_iter()
+        .map(|(n, t)| (n, F32Tensor::new(t)))
+        .collect();
+    atomic_write(path, &serialize(&tensors, json)?)
+}
+
+fn corrupt(path: &Path, message: impl Into<String>) -> Error {
+    Error::Checkpoint {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+fn read_file(path: &Path) -> Result<Vec<u8>> {
+    std::fs::read(path).map_err(|e| Error::io(path, e))
+}
+
+fn metadata_json(path: &Path, bytes: &[u8]) -> Result<String> {
+    let (_, header) =
+        SafeTensors::read_metadata(bytes).map_err(|e| corrupt(path, e.to_string()))?;
+    header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(METADATA_KEY))
+        .cloned()
+        .ok_or_else(|| {
+            corrupt(
+                path,
+                format!("no `{METADATA_KEY}` metadata entry (not written by ailla?)"),
+            )
+        })
+}
+
+/// Fills `target` from the tensor `name` of `file`, checking dtype, shape and finiteness.
+fn fill(
+    path: &Path,
+    file: &SafeTensors,
+    name: &str,
+    mut target: ndarray::ArrayViewMutD<f32>,
+) -> Result<()> {
+    let view = file
+        .tensor(name)
+        .map_err(|_| corrupt(path, format!("tensor `{name}` is missing")))?;
+    if view.dtype() != Dtype::F32 {
+        return Err(corrupt(
+            path,
+            format!("tensor `{name}` is {:?}, expected F32", view.dtype()),
+        ));
+    }
+    if view.shape() != target.shape() {
+        return Err(corrupt(
+            path,
+            format!(
+                "tensor `{name}` has shape {:?}, the config implies {:?}",
+                view.shape(),
+                target.shape()
+            ),
+        ));
+    }
+    for (slot, chunk) in target.iter_mut().zip(view.data().chunks_exact(4)) {
+        *slot = f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+    }
+    if target.iter().any(|v| !v.is_finite()) {
+        return Err(corrupt(
+            path,
+            format!("tensor `{name}` contains NaN or infinite values"),
+        ));
+    }
+    Ok(())
+}
+
+pub fn load(path: &Path) -> Result<Checkpoint> {
+    let bytes = read_file(path)?;
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|e| corrupt(path, format!("{e} (truncated or not a safetensors file?)")))?;
+    let json = metadata_json(path, &bytes)?;
+    let metadata: Metadata = serde_json::from_str(&json)
+        .map_err(|e| corrupt(path, format!("metadata entry `{METADATA_KEY}`: {e}")))?;
+    if metadata.format != FORMAT || metadata.version != FORMAT_VERSION {
+        return Err(corrupt(
+            path,
+            format!(
+                "format {} version {}, this ailla reads {FORMAT} version {FORMAT_VERSION}",
+                metadata.format, metadata.version
+            ),
+        ));
+    }
+    metadata
+        .config
+        .validate()
+        .map_err(|e| corrupt(path, e.to_string()))?;
+    let vocabulary = metadata.tokenizer.reindex();
+    if vocabulary.len() != metadata.config.vocab_size {
+        return Err(corrupt(
+            path,
+            format!(
+                "vocabulary has {} entries, config says {}",
+                vocabulary.len(),
+                metadata.config.vocab_size
+            ),
+        ));
+    }
+    let mut params = Params::<f32>::zeros(&metadata.config);
+    for (name, target) in params.named_mut() {
+        fill(path, &file, &name, target)?;
+    }
+    let expected = params.named().len();
+    if file.len() != expected {
+        return Err(corrupt(
+            path,
+            format!("{} tensors, the config implies {expected}", file.len()),
+        ));
+    }
+    Ok(Checkpoint {
+        model: Model {
+            config: metadata.config,
+            params,
+        },
+        vocabulary,
+        step: metadata.step,
+    })
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OptimizerMetadata {
+    format: String,
+    version: u32,
+    step: usize,
+}
+
+pub fn save_optimizer(path: &Path, optimizer: &AdamW<f32>, params: &Params<f32>) -> Result<()> {
+    let mut tensors = Vec::new();
+    for (index, (name, _)) in params.named().into_iter().enumerate() {
+        tensors.push((
+            format!("m.{name}"),
+            F32Tensor::new(optimizer.m[index].view()),
+        ));
+        tensors.push((
+            format!("v.{name}"),
+            F32Tensor::new(optimizer.v[index].view()),
+        ));
+    }
+    let metadata = OptimizerMetadata {
+        format: format!("{FORMAT}-optimizer"),
+        version: FORMAT_VERSION,
+        step: optimizer.step,
+    };
+    let json = serde_json::to_string(&metadata).map_err(|e| Error::Numeric(e.to_string()))?;
+    atomic_write(path, &serialize(&tensors, json)?)
+}
+
+pub fn load_optimizer(path: &Path, params: &Params<f32>) -> Result<AdamW<f32>> {
+    let bytes = read_file(path)?;
+    let file = SafeTensors::deserialize(&bytes)
+        .map_err(|e| corrupt(path, format!("{e} (truncated or not a safetensors file?)")))?;
+    let json = metadata_json(path, &bytes)?;
+    let metadata: OptimizerMetadata = serde_json::from_str(&json)
+        .map_err(|e| corrupt(path, format!("metadata entry `{METADATA_KEY}`: {e}")))?;
+    let mut optimizer = AdamW::new(params);
+    optimizer.step = metadata.step;
+    for (index, (name, _)) in params.named().into_iter().enumerate() {
+        let (m, v): (&mut ArrayD<f32>, &mut ArrayD<f32>) =
+            (&mut optimizer.m[index], &mut optimizer.v[index]);
+        fill(path, &file, &format!("m.{name}"), m.view_mut())?;
+        fill(path, &file, &format!("v.{name}"), v.view_mut())?;
+    }
+    Ok(optimizer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::TokenizerKind;
+    use crate::engine::Gelu;
+
+    fn tiny() -> Checkpoint {
+        let vocabulary = Vocabulary::build(TokenizerKind::Word, "a b c d e f g", 9);
+        let config = Config {
+            vocab_size: vocabulary.len(),
+            ctx_len: 4,
+            d_model: 8,
+            n_heads: 2,
+            n_layers: 1,
+            d_ff: 16,
+            ln_eps: 1e-5,
+            tied: false,
+            gelu: Gelu::Tanh,
+        };
+        Checkpoint {
+            model: Model::init(config, 5).unwrap(),
+            vocabulary,
+            step: 12,
+        }
+    }
+
+    #[test]
+    fn round_trip_is_exact_and_bytes_are_stable() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (
+            dir.path().join("a.safetensors"),
+            dir.path().join("b.safetensors"),
+        );
+        let original = tiny();
+        save(&a, &original).unwrap();
+        save(&b, &original).unwrap();
+        assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+        let loaded = load(&a).unwrap();
+        assert_eq!(loaded.model, original.model);
+        assert_eq!(loaded.vocabulary, original.vocabulary);
+        assert_eq!(loaded.step, 12);
+    }
+
+    #[test]
+    fn optimizer_state_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.optim.safetensors");
+        let checkpoint = tiny();
+        let mut optimizer = AdamW::new(&checkpoint.model.params);
+        optimizer.step = 3;
+        optimizer.m[2].fill(0.5);
+        optimizer.v[4].fill(0.25);
+        save_optimizer(&path, &optimizer, &checkpoint.model.params).unwrap();
+        assert_eq!(
+            load_optimizer(&path, &checkpoint.model.params).unwrap(),
+            optimizer
+        );
+        assert_eq!(
+            optimizer_path(Path::new("x/model.safetensors")),
+            Path::new("x/model.optim.safetensors")
+        );
+    }
+
+    #[test]
+    fn truncated_garbage_and_missing_files_are_clear_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        save(&path, &tiny()).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+
+        std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
+        let err = load(&path).unwrap_err().to_string();
+        assert!(
+            err.contains("model.safetensors") && err.contains("not a usable ailla checkpoint"),
+            "{err}"
+        );
+
+        std::fs::write(&path, b"hello").unwrap();
+        assert!(load(&path)
+            .unwrap_err()
+            .to_string()
+            .contains("truncated or not a safetensors file"));
+
+        let err = load(&dir.path().join("absent.safetensors"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("absent.safetensors"), "{err}");
+
+        // a flipped weight byte that makes a NaN is caught, not silently evaluated
+        let mut poisoned = bytes.clone();
+        let len = poisoned.len();
+        poisoned[len - 4..].copy_from_slice(&f32::NAN.to_le_bytes());
+        std::fs::write(&path, &poisoned).unwrap();
+        assert!(load(&path).unwrap_err().to_string().contains("NaN"));
+    }
+}

@@ -1,1 +1,505 @@
+//! Command-line definitions (flags as typed) and their resolution into work (what the program does).
 
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::bench::{self, BenchConfig, BenchResult};
+use crate::checkpoint;
+use crate::data::generator::{bundled_corpus, generate, DEFAULT_SEED, TRAIN_RECORDS};
+use crate::data::TokenizerKind;
+use crate::engine::attention::NoHook;
+use crate::train::{self, CorpusSource, EvalResult, Progress, TrainConfig};
+use crate::{Error, Result};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ailla",
+    version,
+    about = "Train and audit localist language models"
+)]
+pub struct Cli {
+    /// Worker threads for the engine (default: every core).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a model and write a run directory (model, optimizer state, metrics, summary).
+    Train(TrainArgs),
+    /// Score a text or a stream of token ids with a checkpoint.
+    Eval(EvalArgs),
+    /// Measure training and evaluation throughput against this machine's sgemm (and PyTorch).
+    Bench(BenchArgs),
+    /// Write the bundled generated corpus to a directory.
+    Generate(GenerateArgs),
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum TokenizerArg {
+    Char,
+    Word,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// A YAML training config; flags below override its fields.
+    pub config: Option<PathBuf>,
+    /// Corpus directory with train.txt, valid.txt, test.txt, or `bundled` for the generated corpus.
+    #[arg(long)]
+    pub corpus: Option<String>,
+    #[arg(long, value_enum)]
+    pub tokenizer: Option<TokenizerArg>,
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub ctx_len: Option<usize>,
+    #[arg(long)]
+    pub d_model: Option<usize>,
+    #[arg(long)]
+    pub layers: Option<usize>,
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// Run directory to write.
+    #[arg(long, default_value = "runs/train")]
+    pub out: PathBuf,
+    /// Continue the run in --out from its last saved step, exactly as if it had not stopped.
+    #[arg(long)]
+    pub resume: bool,
+    /// Save and stop once this many steps are done in all; continue later with --resume.
+    #[arg(long)]
+    pub stop_after: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["text", "ids"])))]
+pub struct EvalArgs {
+    /// A checkpoint written by `ailla train`.
+    pub checkpoint: PathBuf,
+    /// A text file, tokenized with the checkpoint's vocabulary.
+    #[arg(long)]
+    pub text: Option<PathBuf>,
+    /// Whitespace-separated token ids (for models compared across tokenizers).
+    #[arg(long)]
+    pub ids: Option<PathBuf>,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Configurations to measure (default: char-small and word-wt2).
+    #[arg(long = "config", value_name = "NAME")]
+    pub configs: Vec<String>,
+    /// Timed steps per configuration.
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Also run benches/torch_reference.py with the same threads and print the ratio.
+    #[arg(long)]
+    pub compare_torch: bool,
+    /// The Python that has torch installed.
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    #[arg(long)]
+    pub json: bool,
+    /// Measure one configuration in this process (used internally to attribute peak memory).
+    #[arg(long, hide = true)]
+    pub single: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Directory to write train.txt, valid.txt and test.txt into.
+    #[arg(long, required_unless_present = "sample")]
+    pub out: Option<PathBuf>,
+    #[arg(long, default_value_t = DEFAULT_SEED)]
+    pub seed: u64,
+    /// Rewrite data/pharmacy-sample.txt, the excerpt committed for readers.
+    #[arg(long)]
+    pub sample: bool,
+}
+
+/// Runs a parsed command line; output goes to `out`.
+pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
+    if let Some(threads) = cli.threads {
+        if threads == 0 {
+            return Err(Error::invalid("--threads", "must be at least 1"));
+        }
+        // fails only if a pool was already built, which main never does before this point
+        let _ = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global();
+    }
+    match cli.command {
+        Command::Train(args) => run_train(args, out),
+        Command::Eval(args) => run_eval(args, out),
+        Command::Bench(args) => run_bench(args, out),
+        Command::Generate(args) => run_generate(args, out),
+    }
+}
+
+fn write_out(out: &mut dyn Write, text: &str) -> Result<()> {
+    out.write_all(text.as_bytes())
+        .map_err(|e| Error::io("<stdout>", e))
+}
+
+/// Reads a YAML training config; relative corpus paths resolve against the config's directory.
+pub fn load_train_config(path: &Path) -> Result<TrainConfig> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let mut config: TrainConfig = serde_saphyr::from_str(&text).map_err(|e| Error::Config {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    if let CorpusSource::Directory(dir) = &mut config.corpus {
+        if dir.is_relative() {
+            *dir = path.parent().unwrap_or(Path::new(".")).join(&*dir);
+        }
+    }
+    Ok(config)
+}
+
+fn train_config(args: &TrainArgs) -> Result<TrainConfig> {
+    let mut config = match &args.config {
+        Some(path) => load_train_config(path)?,
+        None => TrainConfig::default(),
+    };
+    if let Some(corpus) = &args.corpus {
+        config.corpus = if corpus == "bundled" {
+            CorpusSource::Bundled { seed: DEFAULT_SEED }
+        } else {
+            CorpusSource::Directory(PathBuf::from(corpus))
+        };
+    }
+    if let Some(kind) = args.tokenizer {
+        config.tokenizer = match kind {
+            TokenizerArg::Char => TokenizerKind::Char,
+            TokenizerArg::Word => TokenizerKind::Word,
+        };
+    }
+    let overrides = [
+        (args.steps, &mut config.steps),
+        (args.batch_size, &mut config.batch_size),
+        (args.ctx_len, &mut config.model.ctx_len),
+        (args.d_model, &mut config.model.d_model),
+        (args.layers, &mut config.model.n_layers),
+        (args.heads, &mut config.model.n_heads),
+    ];
+    for (value, field) in overrides {
+        if let Some(v) = value {
+            *field = v;
+        }
+    }
+    if let Some(lr) = args.learning_rate {
+        config.optim.learning_rate = lr;
+    }
+    if let Some(seed) = args.seed {
+        config.seed = seed;
+    }
+    Ok(config)
+}
+
+fn run_train(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
+    let config = if args.resume {
+        let path = train::RunPaths {
+            dir: args.out.clone(),
+        }
+        .config();
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        serde_json::from_str(&text).map_err(|e| Error::Config {
+            path: path.clone(),
+            message: e.to_string(),
+        })?
+    } else {
+        train_config(&args)?
+    };
+    let progress = Progress::for_stderr(config.steps);
+    let control = train::RunControl {
+        resume: args.resume,
+        stop_after: args.stop_after,
+        interrupt: Some(train::interrupt_flag()),
+    };
+    let summary = train::train(&config, &args.out, &control, &progress)?;
+    let table = format!(
+        "trained {}/{} steps on {} tokens ({} tokenizer, vocabulary {}, {} parameters) in {:.1} s\n\
+         unigram entropy (valid)  {:.4} nats\n\
+         valid  mean CE {:.4} nats  perplexity {:.3}  accuracy {:.4}\n\
+         test   mean CE {:.4} nats  perplexity {:.3}  accuracy {:.4}\n\
+         run directory: {}\n",
+        summary.steps_done,
+        summary.steps_planned,
+        summary.train_tokens,
+        summary.tokenizer.name(),
+        summary.vocab_size,
+        summary.parameters,
+        summary.seconds,
+        summary.unigram_entropy_nats,
+        summary.valid.mean_ce_nats,
+        summary.valid.perplexity,
+        summary.valid.accuracy,
+        summary.test.mean_ce_nats,
+        summary.test.perplexity,
+        summary.test.accuracy,
+        args.out.display(),
+    );
+    write_out(out, &table)?;
+    if summary.steps_done < summary.steps_planned {
+        write_out(
+            out,
+            &format!(
+                "paused; continue with `ailla train --resume --out {}`\n",
+                args.out.display()
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+/// Parses whitespace-separated ids, naming the line and column of the first bad one.
+pub fn parse_ids(path: &Path, text: &str, vocab_size: usize) -> Result<Vec<u32>> {
+    let mut ids = Vec::new();
+    for (line_index, line) in text.lines().enumerate() {
+        let mut column = 1;
+        for piece in line.split(' ') {
+            for token in piece.split_whitespace() {
+                let offset = piece.find(token).unwrap_or(0);
+                let id: Option<u32> = token
+                    .parse()
+                    .ok()
+                    .filter(|&i: &u32| (i as usize) < vocab_size);
+                match id {
+                    Some(id) => ids.push(id),
+                    None => {
+                        return Err(Error::Corpus {
+                            path: path.to_path_buf(),
+                            message: format!(
+                                "line {}, column {}: `{token}` is not a token id below the vocabulary size {vocab_size}",
+                                line_index + 1,
+                                column + offset
+                            ),
+                        })
+                    }
+                }
+            }
+            column += piece.len() + 1;
+        }
+    }
+    if ids.len() < 2 {
+        return Err(Error::Corpus {
+            path: path.to_path_buf(),
+            message: "needs at least two token ids (one to condition on, one to predict)".into(),
+        });
+    }
+    Ok(ids)
+}
+
+fn run_eval(args: EvalArgs, out: &mut dyn Write) -> Result<()> {
+    let ckpt = checkpoint::load(&args.checkpoint)?;
+    let ids = match (&args.text, &args.ids) {
+        (Some(path), _) => {
+            let text = crate::data::corpus::read_text(path)?;
+            let ids = ckpt.vocabulary.encode(&text);
+            if ids.len() < 2 {
+                return Err(Error::Corpus {
+                    path: path.clone(),
+                    message: "encodes to fewer than two tokens".into(),
+                });
+            }
+            ids
+        }
+        (None, Some(path)) => {
+            let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+            parse_ids(path, &text, ckpt.model.config.vocab_size)?
+        }
+        (None, None) => return Err(Error::invalid("--text", "give --text FILE or --ids FILE")),
+    };
+    let result = train::evaluate(&ckpt.model, &ids, args.batch_size, &NoHook);
+    let text = if args.json {
+        serde_json::to_string_pretty(&result).map_err(|e| Error::Numeric(e.to_string()))? + "\n"
+    } else {
+        eval_table(&result, ckpt.vocabulary.kind)
+    };
+    write_out(out, &text)
+}
+
+fn eval_table(r: &EvalResult, kind: TokenizerKind) -> String {
+    format!(
+        "tokenizer       {}\ntokens          {}\nmean_ce_nats    {:.6}\nperplexity      {:.4}\nbits_per_token  {:.4}\naccuracy        {:.4}\n",
+        kind.name(),
+        r.tokens,
+        r.mean_ce_nats,
+        r.perplexity,
+        r.bits_per_token,
+        r.accuracy
+    )
+}
+
+fn torch_script() -> PathBuf {
+    let beside_manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/torch_reference.py");
+    if beside_manifest.is_file() {
+        beside_manifest
+    } else {
+        PathBuf::from("benches/torch_reference.py")
+    }
+}
+
+fn run_bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
+    let all = bench::standard_configs();
+    let selected: Vec<BenchConfig> = if args.configs.is_empty() {
+        all.clone()
+    } else {
+        args.configs
+            .iter()
+            .map(|name| {
+                all.iter()
+                    .find(|c| &c.name == name)
+                    .cloned()
+                    .ok_or_else(|| {
+                        let names: Vec<&str> = all.iter().map(|c| c.name.as_str()).collect();
+                        Error::invalid(
+                            "--config",
+                            format!(
+                                "unknown configuration `{name}`; known: {}",
+                                names.join(", ")
+                            ),
+                        )
+                    })
+            })
+            .collect::<Result<_>>()?
+    };
+    if args.single {
+        let config = selected
+            .first()
+            .ok_or_else(|| Error::invalid("--config", "name one configuration"))?;
+        let result = bench::run_config(config, args.steps)?;
+        return write_out(
+            out,
+            &(serde_json::to_string(&result).map_err(|e| Error::Numeric(e.to_string()))? + "\n"),
+        );
+    }
+    let threads = rayon::current_num_threads();
+    let sgemm = bench::sgemm_gflops(1024, 5);
+    let mut rows = Vec::new();
+    for config in &selected {
+        // one process per configuration, so that its peak memory is its own
+        let result = measure_in_child(config, args.steps, threads)
+            .or_else(|_| bench::run_config(config, args.steps))?;
+        let torch = if args.compare_torch {
+            bench::run_torch(&args.python, &torch_script(), config, args.steps, threads)?
+        } else {
+            None
+        };
+        rows.push((result, torch));
+    }
+    let text = if args.json {
+        let json = serde_json::json!({
+            "threads": threads,
+            "sgemm_gflops": sgemm,
+            "results": rows.iter().map(|(r, t)| serde_json::json!({"ailla": r, "torch": t})).collect::<Vec<_>>(),
+        });
+        serde_json::to_string_pretty(&json).map_err(|e| Error::Numeric(e.to_string()))? + "\n"
+    } else {
+        bench_table(threads, sgemm, &rows, args.compare_torch)
+    };
+    write_out(out, &text)
+}
+
+fn measure_in_child(config: &BenchConfig, steps: usize, threads: usize) -> Result<BenchResult> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("<current executable>", e))?;
+    let output = std::process::Command::new(&exe)
+        .args([
+            "--threads",
+            &threads.to_string(),
+            "bench",
+            "--single",
+            "--json",
+            "--config",
+            &config.name,
+        ])
+        .args(["--steps", &steps.to_string()])
+        .output()
+        .map_err(|e| Error::io(&exe, e))?;
+    if !output.status.success() {
+        return Err(Error::Numeric(
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ));
+    }
+    serde_json::from_slice(&output.stdout).map_err(|e| Error::Numeric(e.to_string()))
+}
+
+fn bench_table(
+    threads: usize,
+    sgemm: f64,
+    rows: &[(BenchResult, Option<bench::TorchResult>)],
+    compared: bool,
+) -> String {
+    let mut s =
+        format!("threads {threads}; sgemm {sgemm:.1} GFLOP/s (1024³, the reference peak)\n\n");
+    s += "config       params     train tok/s  eval tok/s   GFLOP/s  of sgemm  peak MiB";
+    if compared {
+        s += "  torch train  torch eval  ratio train  ratio eval";
+    }
+    s += "\n";
+    for (r, torch) in rows {
+        s += &format!(
+            "{:<12} {:>9}  {:>11.0}  {:>10.0}  {:>8.1}  {:>7.1}%  {:>8}",
+            r.config.name,
+            r.parameters,
+            r.train_tokens_per_s,
+            r.eval_tokens_per_s,
+            r.train_gflops,
+            100.0 * r.train_gflops / sgemm,
+            r.peak_memory_mib.map_or("-".into(), |m| format!("{m:.0}")),
+        );
+        if compared {
+            match torch {
+                Some(t) => {
+                    s += &format!(
+                        "  {:>11.0}  {:>10.0}  {:>10.2}×  {:>9.2}×",
+                        t.train_tokens_per_s,
+                        t.eval_tokens_per_s,
+                        r.train_tokens_per_s / t.train_tokens_per_s,
+                        r.eval_tokens_per_s / t.eval_tokens_per_s
+                    )
+                }
+                None => s += "  (no torch in this Python)",
+            }
+        }
+        s += "\n";
+    }
+    s
+}
+
+fn run_generate(args: GenerateArgs, out: &mut dyn Write) -> Result<()> {
+    if args.sample {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/pharmacy-sample.txt");
+        let text = generate(DEFAULT_SEED, 0, TRAIN_RECORDS);
+        let sample: String = text.lines().take(60).map(|l| format!("{l}\n")).collect();
+        checkpoint::atomic_write(&path, sample.as_bytes())?;
+        return write_out(out, &format!("wrote {}\n", path.display()));
+    }
+    let Some(dir) = args.out else {
+        return Err(Error::invalid("--out", "give a directory"));
+    };
+    let splits = bundled_corpus(args.seed);
+    for (name, text) in [
+        ("train.txt", &splits.train),
+        ("valid.txt", &splits.valid),
+        ("test.txt", &splits.test),
+    ] {
+        checkpoint::atomic_write(&dir.join(name), text.as_bytes())?;
+    }
+    write_out(out, &format!("wrote {} ({})\n", dir.display(), splits.name))
+}

@@ -1,1 +1,635 @@
+//! Training and evaluation loops on top of the engine.
 
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, Checkpoint};
+use crate::data::generator::{bundled_corpus, DEFAULT_SEED};
+use crate::data::tokenizer::unigram_entropy;
+use crate::data::{load_splits, Splits, TokenizerKind, Vocabulary};
+use crate::engine::attention::{AttentionHook, NoHook};
+use crate::engine::optim::{AdamW, OptimConfig};
+use crate::engine::{Config, Gelu, Model};
+use crate::rng::Rng;
+use crate::{Error, Result};
+
+/// Where training text comes from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum CorpusSource {
+    /// The generated pharmacy corpus of `data::generator`, by generator seed.
+    Bundled { seed: u64 },
+    /// A directory with `train.txt`, `valid.txt`, `test.txt`.
+    Directory(PathBuf),
+}
+
+impl Default for CorpusSource {
+    fn default() -> Self {
+        CorpusSource::Bundled { seed: DEFAULT_SEED }
+    }
+}
+
+impl CorpusSource {
+    pub fn load(&self) -> Result<Splits> {
+        match self {
+            CorpusSource::Bundled { seed } => Ok(bundled_corpus(*seed)),
+            CorpusSource::Directory(dir) => load_splits(dir),
+        }
+    }
+}
+
+/// Model sizes a user chooses; the vocabulary size comes from the data.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ModelShape {
+    pub ctx_len: usize,
+    pub d_model: usize,
+    pub n_heads: usize,
+    pub n_layers: usize,
+    pub d_ff: usize,
+    pub tied: bool,
+}
+
+impl Default for ModelShape {
+    fn default() -> Self {
+        ModelShape {
+            ctx_len: 64,
+            d_model: 64,
+            n_heads: 4,
+            n_layers: 2,
+            d_ff: 256,
+            tied: true,
+        }
+    }
+}
+
+impl ModelShape {
+    pub fn config(&self, vocab_size: usize) -> Config {
+        Config {
+            vocab_size,
+            ctx_len: self.ctx_len,
+            d_model: self.d_model,
+            n_heads: self.n_heads,
+            n_layers: self.n_layers,
+            d_ff: self.d_ff,
+            ln_eps: 1e-5,
+            tied: self.tied,
+            gelu: Gelu::Tanh,
+        }
+    }
+}
+
+/// Everything a training run depends on. Stored as `train.json` in the run directory so that a run can
+/// be resumed and audited.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainConfig {
+    pub corpus: CorpusSource,
+    pub tokenizer: TokenizerKind,
+    /// Largest vocabulary, specials included.
+    pub vocab_cap: usize,
+    pub model: ModelShape,
+    pub steps: usize,
+    pub batch_size: usize,
+    pub optim: OptimConfig,
+    pub seed: u64,
+    /// Validation loss every this many steps (0: only at the end).
+    pub eval_every: usize,
+    /// Tokens of the validation split used for the periodic evaluation (the final one uses all).
+    pub eval_tokens: usize,
+    /// Checkpoint every this many steps (0: only at the end).
+    pub checkpoint_every: usize,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            corpus: CorpusSource::default(),
+            tokenizer: TokenizerKind::Word,
+            vocab_cap: 50_000,
+            model: ModelShape::default(),
+            steps: 400,
+            batch_size: 16,
+            optim: OptimConfig::default(),
+            seed: 1,
+            eval_every: 100,
+            eval_tokens: 16_384,
+            checkpoint_every: 200,
+        }
+    }
+}
+
+impl TrainConfig {
+    pub fn validate(&self) -> Result<()> {
+        let positive = [
+            ("steps", self.steps),
+            ("batch_size", self.batch_size),
+            ("vocab_cap", self.vocab_cap),
+            ("eval_tokens", self.eval_tokens),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(Error::invalid(field, "must be at least 1"));
+            }
+        }
+        if !(self.optim.learning_rate > 0.0 && self.optim.learning_rate.is_finite()) {
+            return Err(Error::invalid(
+                "optim.learning_rate",
+                "must be a positive number",
+            ));
+        }
+        if !(0.0..1.0).contains(&self.optim.beta1) || !(0.0..1.0).contains(&self.optim.beta2) {
+            return Err(Error::invalid("optim.beta1", "betas must lie in [0, 1)"));
+        }
+        self.model.config(self.vocab_cap.max(2)).validate()
+    }
+}
+
+/// Encoded splits with their vocabulary.
+pub struct Dataset {
+    pub vocabulary: Vocabulary,
+    pub train: Vec<u32>,
+    pub valid: Vec<u32>,
+    pub test: Vec<u32>,
+    pub name: String,
+    pub files: Vec<PathBuf>,
+}
+
+impl Dataset {
+    pub fn build(splits: &Splits, kind: TokenizerKind, vocab_cap: usize) -> Result<Self> {
+        let vocabulary = Vocabulary::build(kind, &splits.train, vocab_cap);
+        Self::with_vocabulary(splits, vocabulary)
+    }
+
+    pub fn with_vocabulary(splits: &Splits, vocabulary: Vocabulary) -> Result<Self> {
+        let dataset = Dataset {
+            train: vocabulary.encode(&splits.train),
+            valid: vocabulary.encode(&splits.valid),
+            test: vocabulary.encode(&splits.test),
+            vocabulary,
+            name: splits.name.clone(),
+            files: splits.files.clone(),
+        };
+        Ok(dataset)
+    }
+}
+
+/// A batch of `batch` windows of `seq_len` tokens and their next-token targets, from random offsets.
+/// The offsets come from a stream derived from `(seed, step)` alone, so step `k` of a resumed run draws
+/// what step `k` of an uninterrupted run drew.
+pub fn sample_batch(
+    ids: &[u32],
+    batch: usize,
+    seq_len: usize,
+    seed: u64,
+    step: usize,
+) -> (Vec<u32>, Vec<u32>) {
+    let mut rng = Rng::derive(seed, 0xBA7C, step as u64);
+    let span = ids.len() - seq_len;
+    let mut inputs = Vec::with_capacity(batch * seq_len);
+    let mut targets = Vec::with_capacity(batch * seq_len);
+    for _ in 0..batch {
+        let start = rng.below(span);
+        inputs.extend_from_slice(&ids[start..start + seq_len]);
+        targets.extend_from_slice(&ids[start + 1..start + seq_len + 1]);
+    }
+    (inputs, targets)
+}
+
+/// Language-modelling metrics of one pass over a token stream.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct EvalResult {
+    /// Predicted tokens (the stream length minus one).
+    pub tokens: usize,
+    pub mean_ce_nats: f64,
+    pub perplexity: f64,
+    pub bits_per_token: f64,
+    pub accuracy: f64,
+}
+
+impl EvalResult {
+    fn from_sums(tokens: usize, nll_sum: f64, correct: usize) -> Self {
+        let mean = nll_sum / tokens.max(1) as f64;
+        EvalResult {
+            tokens,
+            mean_ce_nats: mean,
+            perplexity: mean.exp(),
+            bits_per_token: mean / std::f64::consts::LN_2,
+            accuracy: correct as f64 / tokens.max(1) as f64,
+        }
+    }
+}
+
+/// Scores every token of `ids` after the first: consecutive non-overlapping windows of the model's
+/// context, `batch` windows at a time, the shorter last window on its own. Every prediction conditions on
+/// the tokens before it within its window, as in PyTorch's `word_language_model` evaluation.
+pub fn evaluate(
+    model: &Model<f32>,
+    ids: &[u32],
+    batch: usize,
+    hook: &dyn AttentionHook<f32>,
+) -> EvalResult {
+    let ctx = model.config.ctx_len;
+    let predicted = ids.len().saturating_sub(1);
+    let full_windows = predicted / ctx;
+    let mut nll_sum = 0.0f64;
+    let mut correct = 0usize;
+    let mut score = |start_window: usize, windows: usize, seq_len: usize| {
+        let mut inputs = Vec::with_capacity(windows * seq_len);
+        let mut targets = Vec::with_capacity(windows * seq_len);
+        for w in start_window..start_window + windows {
+            let start = w * ctx;
+            inputs.extend_from_slice(&ids[start..start + seq_len]);
+            targets.extend_from_slice(&ids[start + 1..start + seq_len + 1]);
+        }
+        let cache = model.forward(&inputs, windows, seq_len, hook);
+        let loss = model.output_loss(&cache, &targets, false);
+        nll_sum += loss.nll.iter().map(|&v| v as f64).sum::<f64>();
+        correct += loss.correct;
+    };
+    let mut window = 0;
+    while window < full_windows {
+        let windows = batch.max(1).min(full_windows - window);
+        score(window, windows, ctx);
+        window += windows;
+    }
+    let rest = predicted - full_windows * ctx;
+    if rest > 0 {
+        score(full_windows, 1, rest);
+    }
+    EvalResult::from_sums(predicted, nll_sum, correct)
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum MetricsRecord {
+    Train {
+        step: usize,
+        loss: f64,
+        learning_rate: f64,
+        grad_norm: f64,
+    },
+    Eval {
+        step: usize,
+        split: String,
+        #[serde(flatten)]
+        result: EvalResult,
+    },
+}
+
+/// What a finished (or interrupted) run reports.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+pub struct TrainSummary {
+    pub steps_done: usize,
+    pub steps_planned: usize,
+    pub parameters: usize,
+    pub vocab_size: usize,
+    pub tokenizer: TokenizerKind,
+    pub train_tokens: usize,
+    pub unigram_entropy_nats: f64,
+    pub valid: EvalResult,
+    pub test: EvalResult,
+    pub losses: Vec<f64>,
+    pub seconds: f64,
+}
+
+/// Run directory layout.
+pub struct RunPaths {
+    pub dir: PathBuf,
+}
+
+impl RunPaths {
+    pub fn model(&self) -> PathBuf {
+        self.dir.join("model.safetensors")
+    }
+    pub fn config(&self) -> PathBuf {
+        self.dir.join("train.json")
+    }
+    pub fn metrics(&self) -> PathBuf {
+        self.dir.join("metrics.jsonl")
+    }
+    pub fn summary(&self) -> PathBuf {
+        self.dir.join("summary.json")
+    }
+    pub fn step_checkpoint(&self, step: usize) -> PathBuf {
+        self.dir
+            .join("checkpoints")
+            .join(format!("step-{step:07}.safetensors"))
+    }
+}
+
+/// Progress output: a bar on a terminal, periodic plain lines otherwise (CI logs, pipes).
+pub enum Progress {
+    Bar(indicatif::ProgressBar),
+    Lines { every: usize },
+    Silent,
+}
+
+impl Progress {
+    pub fn for_stderr(total: usize) -> Self {
+        if std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(total as u64);
+            if let Ok(style) = indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]",
+            ) {
+                bar.set_style(style);
+            }
+            Progress::Bar(bar)
+        } else {
+            Progress::Lines {
+                every: (total / 20).max(1),
+            }
+        }
+    }
+
+    fn step(&self, step: usize, total: usize, loss: f64) {
+        match self {
+            Progress::Bar(bar) => {
+                bar.set_position(step as u64);
+                bar.set_message(format!("loss {loss:.4}"));
+            }
+            Progress::Lines { every } if step % every == 0 || step == total => {
+                eprintln!("step {step:>6}/{total}  loss {loss:.4}");
+            }
+            _ => {}
+        }
+    }
+
+    fn note(&self, message: &str) {
+        match self {
+            Progress::Bar(bar) => bar.println(message),
+            Progress::Lines { .. } => eprintln!("{message}"),
+            Progress::Silent => {}
+        }
+    }
+
+    fn finish(&self) {
+        if let Progress::Bar(bar) = self {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Appends JSON lines, flushing each so that a crash loses nothing already measured.
+struct MetricsLog {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+impl MetricsLog {
+    /// A fresh log, or on resume the existing one cut back to the checkpoint's step so that the log
+    /// matches the weights.
+    fn open(path: PathBuf, resume_step: Option<usize>) -> Result<Self> {
+        if let Some(step) = resume_step {
+            let kept: String = std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .filter(|line| {
+                    serde_json::from_str::<MetricsRecord>(line).is_ok_and(|r| match r {
+                        MetricsRecord::Train { step: s, .. }
+                        | MetricsRecord::Eval { step: s, .. } => s <= step,
+                    })
+                })
+                .map(|l| format!("{l}\n"))
+                .collect();
+            std::fs::write(&path, kept).map_err(|e| Error::io(&path, e))?;
+        } else {
+            std::fs::write(&path, "").map_err(|e| Error::io(&path, e))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(MetricsLog { file, path })
+    }
+
+    fn write(&mut self, record: &MetricsRecord) -> Result<()> {
+        let line = serde_json::to_string(record).map_err(|e| Error::Numeric(e.to_string()))?;
+        writeln!(self.file, "{line}").map_err(|e| Error::io(&self.path, e))
+    }
+}
+
+/// Set by Ctrl-C; the loop checkpoints and stops at the next step boundary.
+pub fn interrupt_flag() -> Arc<AtomicBool> {
+    static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
+    FLAG.get_or_init(|| {
+        let flag = Arc::new(AtomicBool::new(false));
+        let handler_flag = flag.clone();
+        // a second Ctrl-C while the first is being handled exits at once
+        let _ = ctrlc::set_handler(move || {
+            if handler_flag.swap(true, Ordering::SeqCst) {
+                std::process::exit(130);
+            }
+        });
+        flag
+    })
+    .clone()
+}
+
+/// How a call to [`train`] starts and when it stops early.
+#[derive(Default)]
+pub struct RunControl {
+    /// Continue the run directory from its saved model and optimizer state.
+    pub resume: bool,
+    /// Save and stop after this many steps in all (a long run split across sittings).
+    pub stop_after: Option<usize>,
+    /// Set from outside (Ctrl-C) to save and stop at the next step boundary.
+    pub interrupt: Option<Arc<AtomicBool>>,
+}
+
+/// Trains from scratch (or resumes) and writes the run directory. Returns `Error::Interrupted` after
+/// saving when stopped early; the run then continues with `resume`.
+pub fn train(
+    config: &TrainConfig,
+    out_dir: &Path,
+    control: &RunControl,
+    progress: &Progress,
+) -> Result<TrainSummary> {
+    let resume = control.resume;
+    config.validate()?;
+    let started = Instant::now();
+    let paths = RunPaths {
+        dir: out_dir.to_path_buf(),
+    };
+    std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(&paths.dir, e))?;
+    let splits = config.corpus.load()?;
+
+    let (mut model, vocabulary, mut optimizer) = if resume {
+        let loaded = checkpoint::load(&paths.model())?;
+        let optimizer = checkpoint::load_optimizer(
+            &checkpoint::optimizer_path(&paths.model()),
+            &loaded.model.params,
+        )?;
+        (loaded.model, loaded.vocabulary, optimizer)
+    } else {
+        let vocabulary = Vocabulary::build(config.tokenizer, &splits.train, config.vocab_cap);
+        let model = Model::<f32>::init(config.model.config(vocabulary.len()), config.seed)?;
+        let optimizer = AdamW::new(&model.params);
+        (model, vocabulary, optimizer)
+    };
+    let data = Dataset::with_vocabulary(&splits, vocabulary)?;
+    let seq_len = model.config.ctx_len;
+    for (split, ids) in [("train", &data.train), ("valid", &data.valid)] {
+        if ids.len() <= seq_len + 1 {
+            return Err(Error::Corpus {
+                path: data
+                    .files
+                    .first()
+                    .cloned()
+                    .unwrap_or_else(|| PathBuf::from(&data.name)),
+                message: format!(
+                    "the {split} split has {} tokens, fewer than one context of {seq_len}",
+                    ids.len()
+                ),
+            });
+        }
+    }
+    let config_json =
+        serde_json::to_string_pretty(config).map_err(|e| Error::Numeric(e.to_string()))?;
+    checkpoint::atomic_write(&paths.config(), config_json.as_bytes())?;
+    let start_step = optimizer.step;
+    let mut metrics = MetricsLog::open(paths.metrics(), Some(start_step).filter(|_| resume))?;
+
+    let save = |model: &Model<f32>, optimizer: &AdamW<f32>, path: &Path| -> Result<()> {
+        let ckpt = Checkpoint {
+            model: model.clone(),
+            vocabulary: data.vocabulary.clone(),
+            step: optimizer.step,
+        };
+        checkpoint::save(path, &ckpt)?;
+        checkpoint::save_optimizer(&checkpoint::optimizer_path(path), optimizer, &model.params)
+    };
+
+    let eval_slice = &data.valid[..data.valid.len().min(config.eval_tokens + 1)];
+    let mut losses = Vec::with_capacity(config.steps.saturating_sub(start_step));
+    let mut interrupted = false;
+    for step in start_step..config.steps {
+        if control
+            .interrupt
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::SeqCst))
+        {
+            interrupted = true;
+            break;
+        }
+        if control.stop_after.is_some_and(|n| step >= n) {
+            break;
+        }
+        let (inputs, targets) =
+            sample_batch(&data.train, config.batch_size, seq_len, config.seed, step);
+        let (loss, _, grads) =
+            model.loss_and_grads(&inputs, &targets, config.batch_size, seq_len, &NoHook);
+        let loss = loss as f64;
+        if !loss.is_finite() {
+            save(&model, &optimizer, &paths.model())?;
+            return Err(Error::Numeric(format!(
+                "training loss became {loss} at step {step}; the weights before this step are saved in {} \
+                 (lower optim.learning_rate or enable optim.grad_clip)",
+                paths.model().display()
+            )));
+        }
+        let learning_rate = config.optim.learning_rate_at(step, config.steps);
+        let grad_norm = optimizer.update(&mut model.params, &grads, &config.optim, learning_rate);
+        losses.push(loss);
+        metrics.write(&MetricsRecord::Train {
+            step: step + 1,
+            loss,
+            learning_rate,
+            grad_norm,
+        })?;
+        progress.step(step + 1, config.steps, loss);
+        let done = step + 1;
+        if config.eval_every > 0 && done % config.eval_every == 0 && done < config.steps {
+            let result = evaluate(&model, eval_slice, config.batch_size, &NoHook);
+            progress.note(&format!(
+                "step {done:>6}  valid loss {:.4}  ppl {:.3}",
+                result.mean_ce_nats, result.perplexity
+            ));
+            metrics.write(&MetricsRecord::Eval {
+                step: done,
+                split: "valid".into(),
+                result,
+            })?;
+        }
+        if config.checkpoint_every > 0 && done % config.checkpoint_every == 0 && done < config.steps
+        {
+            save(&model, &optimizer, &paths.step_checkpoint(done))?;
+        }
+    }
+    progress.finish();
+    save(&model, &optimizer, &paths.model())?;
+    if interrupted {
+        return Err(Error::Interrupted(format!(
+            "stopped after step {}; continue with `ailla train --resume --out {}`",
+            optimizer.step,
+            paths.dir.display()
+        )));
+    }
+    let valid = evaluate(&model, &data.valid, config.batch_size, &NoHook);
+    let test = evaluate(&model, &data.test, config.batch_size, &NoHook);
+    for (split, result) in [("valid", &valid), ("test", &test)] {
+        metrics.write(&MetricsRecord::Eval {
+            step: optimizer.step,
+            split: split.into(),
+            result: result.clone(),
+        })?;
+    }
+    let summary = TrainSummary {
+        steps_done: optimizer.step,
+        steps_planned: config.steps,
+        parameters: model.params.parameter_count(),
+        vocab_size: data.vocabulary.len(),
+        tokenizer: data.vocabulary.kind,
+        train_tokens: data.train.len(),
+        unigram_entropy_nats: unigram_entropy(&data.valid, data.vocabulary.len()),
+        valid,
+        test,
+        losses,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    let json = serde_json::to_string_pretty(&summary).map_err(|e| Error::Numeric(e.to_string()))?;
+    checkpoint::atomic_write(&paths.summary(), json.as_bytes())?;
+    Ok(summary)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn evaluation_scores_every_token_once_including_a_short_last_window() {
+        let config = ModelShape {
+            ctx_len: 4,
+            d_model: 8,
+            n_heads: 2,
+            n_layers: 1,
+            d_ff: 8,
+            tied: true,
+        }
+        .config(5);
+        let model = Model::<f32>::init(config, 1).unwrap();
+        let ids: Vec<u32> = (0..11).map(|i| i % 5).collect();
+        let all = evaluate(&model, &ids, 2, &NoHook);
+        assert_eq!(all.tokens, 10);
+        // batch size does not change what is scored, only how it is grouped
+        let one_by_one = evaluate(&model, &ids, 1, &NoHook);
+        assert!((all.mean_ce_nats - one_by_one.mean_ce_nats).abs() < 1e-6);
+    }
+
+    #[test]
+    fn batches_depend_only_on_seed_and_step() {
+        let ids: Vec<u32> = (0..1000).collect();
+        let a = sample_batch(&ids, 3, 8, 9, 17);
+        assert_eq!(a, sample_batch(&ids, 3, 8, 9, 17));
+        assert_ne!(a, sample_batch(&ids, 3, 8, 9, 18));
+        let (inputs, targets) = a;
+        assert_eq!(&inputs[1..8], &targets[..7]);
+    }
+}

@@ -6,6 +6,7 @@
 use ndarray::{s, Array2, ArrayView2, ArrayViewMut2};
 use rayon::prelude::*;
 
+use super::kernels;
 use super::linalg::matmul;
 use super::Scalar;
 
@@ -123,19 +124,12 @@ pub fn attention_forward<F: Scalar>(
 /// Row-wise softmax over `j ≤ i`; entries above the diagonal become exactly zero.
 fn causal_softmax_inplace<F: Scalar>(scores: &mut Array2<F>) {
     for (i, mut row) in scores.rows_mut().into_iter().enumerate() {
-        let max = row
-            .iter()
-            .take(i + 1)
-            .fold(F::neg_infinity(), |m, &v| m.max(v));
-        let mut sum = F::zero();
-        for value in row.iter_mut().take(i + 1) {
-            *value = (*value - max).exp();
-            sum += *value;
-        }
-        let inv = F::one() / sum;
-        for (j, value) in row.iter_mut().enumerate() {
-            *value = if j <= i { *value * inv } else { F::zero() };
-        }
+        let row = row.as_slice_mut().expect("score rows are contiguous");
+        let (visible, future) = row.split_at_mut(i + 1);
+        let max = kernels::max(visible);
+        let inv = F::one() / kernels::exp_shifted_inplace(visible, max);
+        kernels::scale_inplace(visible, inv);
+        future.fill(F::zero());
     }
 }
 

@@ -1,42 +1,48 @@
 //! GELU in its tanh form (Hendrycks and Gimpel 2016), as GPT-2 and PyTorch's `approximate="tanh"` use it:
 //! `g(x) = ½·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
 
-use ndarray::{Array2, ArrayView2, Zip};
+use ndarray::{Array2, ArrayView2, ArrayViewMut2, Axis};
+use rayon::prelude::*;
 
+use super::kernels::{gelu_backward_slice, gelu_slice};
 use super::Scalar;
 
-const CUBIC: f64 = 0.044715;
+/// Rows per parallel task: enough elements that scheduling is noise.
+const ROWS_PER_TASK: usize = 64;
 
-fn sqrt_2_over_pi<F: Scalar>() -> F {
-    F::lit((2.0 / std::f64::consts::PI).sqrt())
+fn row_blocks<F: Scalar>(out: &mut Array2<F>) -> Vec<ArrayViewMut2<'_, F>> {
+    out.axis_chunks_iter_mut(Axis(0), ROWS_PER_TASK).collect()
 }
 
 pub fn gelu_forward<F: Scalar>(x: ArrayView2<F>) -> Array2<F> {
-    let (c, half) = (sqrt_2_over_pi::<F>(), F::lit(0.5));
-    let cubic = F::lit(CUBIC);
+    let x = x.as_standard_layout();
     let mut y = Array2::zeros(x.raw_dim());
-    Zip::from(&mut y).and(&x).par_for_each(|y, &x| {
-        *y = half * x * (F::one() + (c * (x + cubic * x * x * x)).tanh());
-    });
+    row_blocks(&mut y).into_par_iter().zip(x.axis_chunks_iter(Axis(0), ROWS_PER_TASK).into_par_iter()).for_each(
+        |(mut y_rows, x_rows)| {
+            let (Some(y_rows), Some(x_rows)) = (y_rows.as_slice_mut(), x_rows.as_slice()) else {
+                unreachable!("row blocks of standard-layout arrays are contiguous")
+            };
+            gelu_slice(x_rows, y_rows);
+        },
+    );
     y
 }
 
 /// Returns `dx` given `dy` and the forward input `x`.
 pub fn gelu_backward<F: Scalar>(dy: ArrayView2<F>, x: ArrayView2<F>) -> Array2<F> {
-    let (c, half) = (sqrt_2_over_pi::<F>(), F::lit(0.5));
-    let cubic = F::lit(CUBIC);
-    let three_cubic = F::lit(3.0 * CUBIC);
+    let (x, dy) = (x.as_standard_layout(), dy.as_standard_layout());
     let mut dx = Array2::zeros(x.raw_dim());
-    Zip::from(&mut dx)
-        .and(&dy)
-        .and(&x)
-        .par_for_each(|dx, &dy, &x| {
-            // g = ½x(1 + tanh u), u = c(x + a x³):
-            // g' = ½(1 + tanh u) + ½x(1 − tanh² u)·c(1 + 3a x²)
-            let t = (c * (x + cubic * x * x * x)).tanh();
-            let local = half * (F::one() + t)
-                + half * x * (F::one() - t * t) * c * (F::one() + three_cubic * x * x);
-            *dx = dy * local;
+    row_blocks(&mut dx)
+        .into_par_iter()
+        .zip(x.axis_chunks_iter(Axis(0), ROWS_PER_TASK).into_par_iter())
+        .zip(dy.axis_chunks_iter(Axis(0), ROWS_PER_TASK).into_par_iter())
+        .for_each(|((mut dx_rows, x_rows), dy_rows)| {
+            let (Some(dx_rows), Some(x_rows), Some(dy_rows)) = (dx_rows.as_slice_mut(), x_rows.as_slice(), dy_rows.as_slice())
+            else {
+                unreachable!("row blocks of standard-layout arrays are contiguous")
+            };
+            // g = ½x(1 + tanh u) → g' as in kernels::gelu_derivative_scalar
+            gelu_backward_slice(dy_rows, x_rows, dx_rows);
         });
     dx
 }

@@ -13,7 +13,7 @@ use std::sync::Once;
 use super::Scalar;
 
 /// Rows per parallel task: large enough that each BLAS call runs at full speed, small enough to balance.
-const ROWS_PER_TASK: usize = 128;
+const ROWS_PER_TASK: usize = 256;
 
 extern "C" {
     fn openblas_set_num_threads(num_threads: std::os::raw::c_int);
@@ -21,11 +21,21 @@ extern "C" {
 
 static SINGLE_THREADED_BLAS: Once = Once::new();
 
-/// Keeps OpenBLAS on one thread; called before the first product.
+/// Keeps OpenBLAS on one thread, and keeps freed activation buffers in the process; called before the
+/// first product.
 pub fn init_blas() {
     SINGLE_THREADED_BLAS.call_once(|| {
         // SAFETY: a plain setter in the OpenBLAS C API with no preconditions.
         unsafe { openblas_set_num_threads(1) }
+        // glibc hands every block above 128 KiB back to the kernel on free, so each training step
+        // paid page faults to zero its activations afresh (a tenth of a step on small models). Raising
+        // the thresholds lets freed blocks be reused; peak memory is unchanged.
+        #[cfg(all(target_os = "linux", target_env = "gnu"))]
+        // SAFETY: mallopt only tunes the allocator; both parameters are documented and valid.
+        unsafe {
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 512 << 20);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+        }
     });
 }
 

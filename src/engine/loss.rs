@@ -10,10 +10,11 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array2, ArrayView2};
 use rayon::prelude::*;
 
+use super::kernels;
 use super::linalg::init_blas;
 use super::Scalar;
 
-const CHUNK_ROWS: usize = 64;
+const CHUNK_ROWS: usize = 256;
 /// Independent accumulators for `∂W`; fixed so that summation order never depends on the thread count.
 const GROUPS: usize = 8;
 
@@ -72,27 +73,17 @@ pub fn output_loss<F: Scalar>(
                 // logits = h·W                                       (c, V)
                 general_mat_mul(F::one(), &h, &weight, F::zero(), &mut z);
                 for (r, mut row) in z.rows_mut().into_iter().enumerate() {
+                    let row = row.as_slice_mut().expect("logit rows are contiguous");
                     let target = targets[start + r] as usize;
-                    let (mut max, mut argmax) = (F::neg_infinity(), 0);
-                    for (j, &value) in row.iter().enumerate() {
-                        if value > max {
-                            max = value;
-                            argmax = j;
-                        }
-                    }
+                    let max = kernels::max(row);
+                    let argmax = row.iter().position(|&v| v == max).unwrap_or(0);
                     let target_logit = row[target];
-                    let mut sum = F::zero();
-                    row.mapv_inplace(|value| {
-                        let e = (value - max).exp();
-                        sum += e;
-                        e
-                    });
+                    let sum = kernels::exp_shifted_inplace(row, max);
                     result.nll.push(sum.ln() + max - target_logit);
                     result.correct += usize::from(argmax == target);
                     if with_grad {
                         // ∂(mean nll)/∂logits = (softmax − onehot)/N
-                        let scale = inv_n / sum;
-                        row.mapv_inplace(|e| e * scale);
+                        kernels::scale_inplace(row, inv_n / sum);
                         row[target] -= inv_n;
                     }
                 }

@@ -8,6 +8,7 @@ pub mod attention;
 pub mod embedding;
 pub mod gelu;
 pub mod gradcheck;
+pub mod kernels;
 pub mod layernorm;
 pub mod linalg;
 pub mod linear;
@@ -38,6 +39,11 @@ pub trait Scalar:
 {
     fn lit(value: f64) -> Self;
     fn as_f64(self) -> f64;
+    /// `eˣ` as the hot loops use it: a vectorisable polynomial in `f32` (see [`kernels::exp_f32`]),
+    /// the exact library function in `f64`, where gradient checks need every digit.
+    fn exp_kernel(self) -> Self;
+    /// `tanh x`, with the same split as [`exp_kernel`](Self::exp_kernel).
+    fn tanh_kernel(self) -> Self;
 }
 
 impl Scalar for f32 {
@@ -47,6 +53,14 @@ impl Scalar for f32 {
     fn as_f64(self) -> f64 {
         self as f64
     }
+    #[inline(always)]
+    fn exp_kernel(self) -> Self {
+        kernels::exp_f32(self)
+    }
+    #[inline(always)]
+    fn tanh_kernel(self) -> Self {
+        kernels::tanh_f32(self)
+    }
 }
 
 impl Scalar for f64 {
@@ -55,6 +69,14 @@ impl Scalar for f64 {
     }
     fn as_f64(self) -> f64 {
         self
+    }
+    #[inline(always)]
+    fn exp_kernel(self) -> Self {
+        self.exp()
+    }
+    #[inline(always)]
+    fn tanh_kernel(self) -> Self {
+        self.tanh()
     }
 }
 
