@@ -165,16 +165,19 @@ def cmd_bench(args):
             logits = model(idx)
             return F.cross_entropy(logits.reshape(-1, V), tgt.reshape(-1))
 
+    def median_seconds(work):
+        # the median, as `ailla bench` takes it: robust to a step slowed by another process
+        times = []
+        for _ in range(args.steps):
+            start = time.perf_counter()
+            work()
+            times.append(time.perf_counter() - start)
+        return sorted(times)[len(times) // 2]
+
     train_step()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        train_step()
-    train_s = (time.perf_counter() - start) / args.steps
+    train_s = median_seconds(train_step)
     eval_step()
-    start = time.perf_counter()
-    for _ in range(args.steps):
-        eval_step()
-    eval_s = (time.perf_counter() - start) / args.steps
+    eval_s = median_seconds(eval_step)
     print(json.dumps({
         "name": c["name"], "threads": args.threads,
         "train_tokens_per_s": B * T / train_s, "eval_tokens_per_s": B * T / eval_s,

@@ -84,9 +84,7 @@ pub fn peak_memory_mib() -> Option<f64> {
 /// Single-precision matrix-product rate of this machine through the engine's own product (OpenBLAS
 /// split over the rayon pool): the ceiling that model GFLOP/s is compared against.
 pub fn sgemm_gflops(size: usize, repeats: usize) -> f64 {
-    let a = ndarray::Array2::<f32>::from_shape_fn((size, size), |(i, j)| {
-        ((i * 7 + j) % 13) as f32 * 0.01
-    });
+    let a = ndarray::Array2::<f32>::from_shape_fn((size, size), |(i, j)| ((i * 7 + j) % 13) as f32 * 0.01);
     let b = a.t().to_owned();
     let mut c = ndarray::Array2::<f32>::zeros((size, size));
     gemm(1.0, a.view(), b.view(), 0.0, c.view_mut());
@@ -99,8 +97,22 @@ pub fn sgemm_gflops(size: usize, repeats: usize) -> f64 {
     gemm_flops(size, size, size) / best / 1e9
 }
 
-/// Times `steps` training steps (forward, backward, AdamW) and `steps` evaluation passes after one
-/// untimed warm-up of each, on random tokens.
+/// Median wall time of `repeats` calls: robust to the occasional step slowed by another process, which
+/// a mean over a shared two-core machine is not.
+pub fn median_seconds(repeats: usize, mut work: impl FnMut()) -> f64 {
+    let mut times: Vec<f64> = (0..repeats.max(1))
+        .map(|_| {
+            let start = Instant::now();
+            work();
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+/// Median time of `steps` training steps (forward, backward, AdamW) and of `steps` evaluation passes,
+/// after one untimed warm-up of each, on random tokens.
 pub fn run_config(config: &BenchConfig, steps: usize) -> Result<BenchResult> {
     if steps == 0 {
         return Err(Error::invalid("steps", "must be at least 1"));
@@ -111,40 +123,24 @@ pub fn run_config(config: &BenchConfig, steps: usize) -> Result<BenchResult> {
     let optim = OptimConfig::default();
     let n = config.batch_size * config.ctx_len;
     let mut rng = Rng::new(7);
-    let tokens: Vec<u32> = (0..n)
-        .map(|_| rng.below(config.vocab_size) as u32)
-        .collect();
-    let targets: Vec<u32> = (0..n)
-        .map(|_| rng.below(config.vocab_size) as u32)
-        .collect();
+    let tokens: Vec<u32> = (0..n).map(|_| rng.below(config.vocab_size) as u32).collect();
+    let targets: Vec<u32> = (0..n).map(|_| rng.below(config.vocab_size) as u32).collect();
 
     let mut train_step = |model: &mut Model<f32>| {
-        let (_, _, grads) = model.loss_and_grads(
-            &tokens,
-            &targets,
-            config.batch_size,
-            config.ctx_len,
-            &NoHook,
-        );
+        let (_, _, grads) = model.loss_and_grads(&tokens, &targets, config.batch_size, config.ctx_len, &NoHook);
         optimizer.update(&mut model.params, &grads, &optim, 1e-4);
     };
     train_step(&mut model);
-    let start = Instant::now();
-    for _ in 0..steps {
-        train_step(&mut model);
-    }
-    let train_seconds = start.elapsed().as_secs_f64() / steps as f64;
+    let train_seconds = median_seconds(steps, || train_step(&mut model));
 
     let eval_step = |model: &Model<f32>| {
         let cache = model.forward(&tokens, config.batch_size, config.ctx_len, &NoHook);
         model.output_loss(&cache, &targets, false).mean_nll
     };
     eval_step(&model);
-    let start = Instant::now();
-    for _ in 0..steps {
+    let eval_seconds = median_seconds(steps, || {
         std::hint::black_box(eval_step(&model));
-    }
-    let eval_seconds = start.elapsed().as_secs_f64() / steps as f64;
+    });
 
     let train_tokens_per_s = n as f64 / train_seconds;
     Ok(BenchResult {
@@ -153,8 +149,7 @@ pub fn run_config(config: &BenchConfig, steps: usize) -> Result<BenchResult> {
         parameters: model.params.parameter_count(),
         train_tokens_per_s,
         eval_tokens_per_s: n as f64 / eval_seconds,
-        train_gflops: train_tokens_per_s * model_config.training_flops_per_token(config.ctx_len)
-            / 1e9,
+        train_gflops: train_tokens_per_s * model_config.training_flops_per_token(config.ctx_len) / 1e9,
         peak_memory_mib: peak_memory_mib(),
     })
 }
@@ -177,9 +172,7 @@ pub fn run_torch(
     steps: usize,
     threads: usize,
 ) -> Result<Option<TorchResult>> {
-    let probe = std::process::Command::new(python)
-        .args(["-c", "import torch"])
-        .output();
+    let probe = std::process::Command::new(python).args(["-c", "import torch"]).output();
     match probe {
         Ok(out) if out.status.success() => {}
         _ => return Ok(None),
@@ -207,12 +200,9 @@ pub fn run_torch(
     }
     let stdout = String::from_utf8_lossy(&output.stdout);
     let last = stdout.lines().last().unwrap_or_default();
-    serde_json::from_str(last).map(Some).map_err(|e| {
-        Error::Numeric(format!(
-            "{}: unreadable output {last:?}: {e}",
-            script.display()
-        ))
-    })
+    serde_json::from_str(last)
+        .map(Some)
+        .map_err(|e| Error::Numeric(format!("{}: unreadable output {last:?}: {e}", script.display())))
 }
 
 #[cfg(test)]
@@ -233,13 +223,7 @@ mod tests {
         };
         let result = run_config(&config, 2).unwrap();
         assert!(result.train_tokens_per_s > 0.0 && result.eval_tokens_per_s > 0.0);
-        assert_eq!(
-            result.parameters,
-            Model::<f32>::init(config.model_config(), 1)
-                .unwrap()
-                .params
-                .parameter_count()
-        );
+        assert_eq!(result.parameters, Model::<f32>::init(config.model_config(), 1).unwrap().params.parameter_count());
         assert!(sgemm_gflops(64, 1) > 0.0);
     }
 }

@@ -56,10 +56,7 @@ impl F32Tensor {
         for value in tensor.iter() {
             bytes.extend_from_slice(&value.to_le_bytes());
         }
-        F32Tensor {
-            shape: tensor.shape().to_vec(),
-            bytes,
-        }
+        F32Tensor { shape: tensor.shape().to_vec(), bytes }
     }
 }
 
@@ -80,19 +77,13 @@ impl View for &F32Tensor {
 
 /// The optimizer file beside a model file: `model.safetensors` → `model.optim.safetensors`.
 pub fn optimizer_path(model_path: &Path) -> PathBuf {
-    let stem = model_path
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("model");
+    let stem = model_path.file_stem().and_then(|s| s.to_str()).unwrap_or("model");
     model_path.with_file_name(format!("{stem}.optim.safetensors"))
 }
 
 /// Writes `bytes` to `path` through a temporary sibling and a rename.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
     tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
@@ -101,9 +92,7 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     {
         use std::os::unix::fs::PermissionsExt;
         let permissions = std::fs::Permissions::from_mode(0o644);
-        tmp.as_file()
-            .set_permissions(permissions)
-            .map_err(|e| Error::io(path, e))?;
+        tmp.as_file().set_permissions(permissions).map_err(|e| Error::io(path, e))?;
     }
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
@@ -126,21 +115,13 @@ pub fn save(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
         step: checkpoint.step,
     };
     let json = serde_json::to_string(&metadata).map_err(|e| Error::Numeric(e.to_string()))?;
-    let tensors: Vec<(String, F32Tensor)> = checkpoint
-        .model
-        .params
-        .named()
-        .into_iter()
-        .map(|(n, t)| (n, F32Tensor::new(t)))
-        .collect();
+    let tensors: Vec<(String, F32Tensor)> =
+        checkpoint.model.params.named().into_iter().map(|(n, t)| (n, F32Tensor::new(t))).collect();
     atomic_write(path, &serialize(&tensors, json)?)
 }
 
 fn corrupt(path: &Path, message: impl Into<String>) -> Error {
-    Error::Checkpoint {
-        path: path.to_path_buf(),
-        message: message.into(),
-    }
+    Error::Checkpoint { path: path.to_path_buf(), message: message.into() }
 }
 
 fn read_file(path: &Path) -> Result<Vec<u8>> {
@@ -148,55 +129,32 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
 }
 
 fn metadata_json(path: &Path, bytes: &[u8]) -> Result<String> {
-    let (_, header) =
-        SafeTensors::read_metadata(bytes).map_err(|e| corrupt(path, e.to_string()))?;
+    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| corrupt(path, e.to_string()))?;
     header
         .metadata()
         .as_ref()
         .and_then(|m| m.get(METADATA_KEY))
         .cloned()
-        .ok_or_else(|| {
-            corrupt(
-                path,
-                format!("no `{METADATA_KEY}` metadata entry (not written by ailla?)"),
-            )
-        })
+        .ok_or_else(|| corrupt(path, format!("no `{METADATA_KEY}` metadata entry (not written by ailla?)")))
 }
 
 /// Fills `target` from the tensor `name` of `file`, checking dtype, shape and finiteness.
-fn fill(
-    path: &Path,
-    file: &SafeTensors,
-    name: &str,
-    mut target: ndarray::ArrayViewMutD<f32>,
-) -> Result<()> {
-    let view = file
-        .tensor(name)
-        .map_err(|_| corrupt(path, format!("tensor `{name}` is missing")))?;
+fn fill(path: &Path, file: &SafeTensors, name: &str, mut target: ndarray::ArrayViewMutD<f32>) -> Result<()> {
+    let view = file.tensor(name).map_err(|_| corrupt(path, format!("tensor `{name}` is missing")))?;
     if view.dtype() != Dtype::F32 {
-        return Err(corrupt(
-            path,
-            format!("tensor `{name}` is {:?}, expected F32", view.dtype()),
-        ));
+        return Err(corrupt(path, format!("tensor `{name}` is {:?}, expected F32", view.dtype())));
     }
     if view.shape() != target.shape() {
         return Err(corrupt(
             path,
-            format!(
-                "tensor `{name}` has shape {:?}, the config implies {:?}",
-                view.shape(),
-                target.shape()
-            ),
+            format!("tensor `{name}` has shape {:?}, the config implies {:?}", view.shape(), target.shape()),
         ));
     }
     for (slot, chunk) in target.iter_mut().zip(view.data().chunks_exact(4)) {
         *slot = f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
     }
     if target.iter().any(|v| !v.is_finite()) {
-        return Err(corrupt(
-            path,
-            format!("tensor `{name}` contains NaN or infinite values"),
-        ));
+        return Err(corrupt(path, format!("tensor `{name}` contains NaN or infinite values")));
     }
     Ok(())
 }
@@ -206,8 +164,8 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     let file = SafeTensors::deserialize(&bytes)
         .map_err(|e| corrupt(path, format!("{e} (truncated or not a safetensors file?)")))?;
     let json = metadata_json(path, &bytes)?;
-    let metadata: Metadata = serde_json::from_str(&json)
-        .map_err(|e| corrupt(path, format!("metadata entry `{METADATA_KEY}`: {e}")))?;
+    let metadata: Metadata =
+        serde_json::from_str(&json).map_err(|e| corrupt(path, format!("metadata entry `{METADATA_KEY}`: {e}")))?;
     if metadata.format != FORMAT || metadata.version != FORMAT_VERSION {
         return Err(corrupt(
             path,
@@ -217,19 +175,12 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
             ),
         ));
     }
-    metadata
-        .config
-        .validate()
-        .map_err(|e| corrupt(path, e.to_string()))?;
+    metadata.config.validate().map_err(|e| corrupt(path, e.to_string()))?;
     let vocabulary = metadata.tokenizer.reindex();
     if vocabulary.len() != metadata.config.vocab_size {
         return Err(corrupt(
             path,
-            format!(
-                "vocabulary has {} entries, config says {}",
-                vocabulary.len(),
-                metadata.config.vocab_size
-            ),
+            format!("vocabulary has {} entries, config says {}", vocabulary.len(), metadata.config.vocab_size),
         ));
     }
     let mut params = Params::<f32>::zeros(&metadata.config);
@@ -238,19 +189,9 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     }
     let expected = params.named().len();
     if file.len() != expected {
-        return Err(corrupt(
-            path,
-            format!("{} tensors, the config implies {expected}", file.len()),
-        ));
+        return Err(corrupt(path, format!("{} tensors, the config implies {expected}", file.len())));
     }
-    Ok(Checkpoint {
-        model: Model {
-            config: metadata.config,
-            params,
-        },
-        vocabulary,
-        step: metadata.step,
-    })
+    Ok(Checkpoint { model: Model { config: metadata.config, params }, vocabulary, step: metadata.step })
 }
 
 #[derive(Serialize, Deserialize)]
@@ -264,20 +205,11 @@ struct OptimizerMetadata {
 pub fn save_optimizer(path: &Path, optimizer: &AdamW<f32>, params: &Params<f32>) -> Result<()> {
     let mut tensors = Vec::new();
     for (index, (name, _)) in params.named().into_iter().enumerate() {
-        tensors.push((
-            format!("m.{name}"),
-            F32Tensor::new(optimizer.m[index].view()),
-        ));
-        tensors.push((
-            format!("v.{name}"),
-            F32Tensor::new(optimizer.v[index].view()),
-        ));
+        tensors.push((format!("m.{name}"), F32Tensor::new(optimizer.m[index].view())));
+        tensors.push((format!("v.{name}"), F32Tensor::new(optimizer.v[index].view())));
     }
-    let metadata = OptimizerMetadata {
-        format: format!("{FORMAT}-optimizer"),
-        version: FORMAT_VERSION,
-        step: optimizer.step,
-    };
+    let metadata =
+        OptimizerMetadata { format: format!("{FORMAT}-optimizer"), version: FORMAT_VERSION, step: optimizer.step };
     let json = serde_json::to_string(&metadata).map_err(|e| Error::Numeric(e.to_string()))?;
     atomic_write(path, &serialize(&tensors, json)?)
 }
@@ -287,13 +219,12 @@ pub fn load_optimizer(path: &Path, params: &Params<f32>) -> Result<AdamW<f32>> {
     let file = SafeTensors::deserialize(&bytes)
         .map_err(|e| corrupt(path, format!("{e} (truncated or not a safetensors file?)")))?;
     let json = metadata_json(path, &bytes)?;
-    let metadata: OptimizerMetadata = serde_json::from_str(&json)
-        .map_err(|e| corrupt(path, format!("metadata entry `{METADATA_KEY}`: {e}")))?;
+    let metadata: OptimizerMetadata =
+        serde_json::from_str(&json).map_err(|e| corrupt(path, format!("metadata entry `{METADATA_KEY}`: {e}")))?;
     let mut optimizer = AdamW::new(params);
     optimizer.step = metadata.step;
     for (index, (name, _)) in params.named().into_iter().enumerate() {
-        let (m, v): (&mut ArrayD<f32>, &mut ArrayD<f32>) =
-            (&mut optimizer.m[index], &mut optimizer.v[index]);
+        let (m, v): (&mut ArrayD<f32>, &mut ArrayD<f32>) = (&mut optimizer.m[index], &mut optimizer.v[index]);
         fill(path, &file, &format!("m.{name}"), m.view_mut())?;
         fill(path, &file, &format!("v.{name}"), v.view_mut())?;
     }
@@ -319,20 +250,13 @@ mod tests {
             tied: false,
             gelu: Gelu::Tanh,
         };
-        Checkpoint {
-            model: Model::init(config, 5).unwrap(),
-            vocabulary,
-            step: 12,
-        }
+        Checkpoint { model: Model::init(config, 5).unwrap(), vocabulary, step: 12 }
     }
 
     #[test]
     fn round_trip_is_exact_and_bytes_are_stable() {
         let dir = tempfile::tempdir().unwrap();
-        let (a, b) = (
-            dir.path().join("a.safetensors"),
-            dir.path().join("b.safetensors"),
-        );
+        let (a, b) = (dir.path().join("a.safetensors"), dir.path().join("b.safetensors"));
         let original = tiny();
         save(&a, &original).unwrap();
         save(&b, &original).unwrap();
@@ -353,14 +277,8 @@ mod tests {
         optimizer.m[2].fill(0.5);
         optimizer.v[4].fill(0.25);
         save_optimizer(&path, &optimizer, &checkpoint.model.params).unwrap();
-        assert_eq!(
-            load_optimizer(&path, &checkpoint.model.params).unwrap(),
-            optimizer
-        );
-        assert_eq!(
-            optimizer_path(Path::new("x/model.safetensors")),
-            Path::new("x/model.optim.safetensors")
-        );
+        assert_eq!(load_optimizer(&path, &checkpoint.model.params).unwrap(), optimizer);
+        assert_eq!(optimizer_path(Path::new("x/model.safetensors")), Path::new("x/model.optim.safetensors"));
     }
 
     #[test]
@@ -372,20 +290,12 @@ mod tests {
 
         std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
         let err = load(&path).unwrap_err().to_string();
-        assert!(
-            err.contains("model.safetensors") && err.contains("not a usable ailla checkpoint"),
-            "{err}"
-        );
+        assert!(err.contains("model.safetensors") && err.contains("not a usable ailla checkpoint"), "{err}");
 
         std::fs::write(&path, b"hello").unwrap();
-        assert!(load(&path)
-            .unwrap_err()
-            .to_string()
-            .contains("truncated or not a safetensors file"));
+        assert!(load(&path).unwrap_err().to_string().contains("truncated or not a safetensors file"));
 
-        let err = load(&dir.path().join("absent.safetensors"))
-            .unwrap_err()
-            .to_string();
+        let err = load(&dir.path().join("absent.safetensors")).unwrap_err().to_string();
         assert!(err.contains("absent.safetensors"), "{err}");
 
         // a flipped weight byte that makes a NaN is caught, not silently evaluated

@@ -14,11 +14,7 @@ use crate::train::{self, CorpusSource, EvalResult, Progress, TrainConfig};
 use crate::{Error, Result};
 
 #[derive(Parser, Debug)]
-#[command(
-    name = "ailla",
-    version,
-    about = "Train and audit localist language models"
-)]
+#[command(name = "ailla", version, about = "Train and audit localist language models")]
 pub struct Cli {
     /// Worker threads for the engine (default: every core).
     #[arg(long, global = true)]
@@ -139,9 +135,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             return Err(Error::invalid("--threads", "must be at least 1"));
         }
         // fails only if a pool was already built, which main never does before this point
-        let _ = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build_global();
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
     }
     match cli.command {
         Command::Train(args) => run_train(args, out),
@@ -152,17 +146,14 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
 }
 
 fn write_out(out: &mut dyn Write, text: &str) -> Result<()> {
-    out.write_all(text.as_bytes())
-        .map_err(|e| Error::io("<stdout>", e))
+    out.write_all(text.as_bytes()).map_err(|e| Error::io("<stdout>", e))
 }
 
 /// Reads a YAML training config; relative corpus paths resolve against the config's directory.
 pub fn load_train_config(path: &Path) -> Result<TrainConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    let mut config: TrainConfig = serde_saphyr::from_str(&text).map_err(|e| Error::Config {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+    let mut config: TrainConfig = serde_saphyr::from_str(&text)
+        .map_err(|e| Error::Config { path: path.to_path_buf(), message: e.to_string() })?;
     if let CorpusSource::Directory(dir) = &mut config.corpus {
         if dir.is_relative() {
             *dir = path.parent().unwrap_or(Path::new(".")).join(&*dir);
@@ -213,15 +204,9 @@ fn train_config(args: &TrainArgs) -> Result<TrainConfig> {
 
 fn run_train(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
     let config = if args.resume {
-        let path = train::RunPaths {
-            dir: args.out.clone(),
-        }
-        .config();
+        let path = train::RunPaths { dir: args.out.clone() }.config();
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
-        serde_json::from_str(&text).map_err(|e| Error::Config {
-            path: path.clone(),
-            message: e.to_string(),
-        })?
+        serde_json::from_str(&text).map_err(|e| Error::Config { path: path.clone(), message: e.to_string() })?
     } else {
         train_config(&args)?
     };
@@ -256,13 +241,7 @@ fn run_train(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
     );
     write_out(out, &table)?;
     if summary.steps_done < summary.steps_planned {
-        write_out(
-            out,
-            &format!(
-                "paused; continue with `ailla train --resume --out {}`\n",
-                args.out.display()
-            ),
-        )?;
+        write_out(out, &format!("paused; continue with `ailla train --resume --out {}`\n", args.out.display()))?;
     }
     Ok(())
 }
@@ -275,20 +254,17 @@ pub fn parse_ids(path: &Path, text: &str, vocab_size: usize) -> Result<Vec<u32>>
         for piece in line.split(' ') {
             for token in piece.split_whitespace() {
                 let offset = piece.find(token).unwrap_or(0);
-                let id: Option<u32> = token
-                    .parse()
-                    .ok()
-                    .filter(|&i: &u32| (i as usize) < vocab_size);
+                let id: Option<u32> = token.parse().ok().filter(|&i: &u32| (i as usize) < vocab_size);
                 match id {
                     Some(id) => ids.push(id),
                     None => {
                         return Err(Error::Corpus {
                             path: path.to_path_buf(),
                             message: format!(
-                                "line {}, column {}: `{token}` is not a token id below the vocabulary size {vocab_size}",
-                                line_index + 1,
-                                column + offset
-                            ),
+                            "line {}, column {}: `{token}` is not a token id below the vocabulary size {vocab_size}",
+                            line_index + 1,
+                            column + offset
+                        ),
                         })
                     }
                 }
@@ -312,10 +288,7 @@ fn run_eval(args: EvalArgs, out: &mut dyn Write) -> Result<()> {
             let text = crate::data::corpus::read_text(path)?;
             let ids = ckpt.vocabulary.encode(&text);
             if ids.len() < 2 {
-                return Err(Error::Corpus {
-                    path: path.clone(),
-                    message: "encodes to fewer than two tokens".into(),
-                });
+                return Err(Error::Corpus { path: path.clone(), message: "encodes to fewer than two tokens".into() });
             }
             ids
         }
@@ -363,39 +336,25 @@ fn run_bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
         args.configs
             .iter()
             .map(|name| {
-                all.iter()
-                    .find(|c| &c.name == name)
-                    .cloned()
-                    .ok_or_else(|| {
-                        let names: Vec<&str> = all.iter().map(|c| c.name.as_str()).collect();
-                        Error::invalid(
-                            "--config",
-                            format!(
-                                "unknown configuration `{name}`; known: {}",
-                                names.join(", ")
-                            ),
-                        )
-                    })
+                all.iter().find(|c| &c.name == name).cloned().ok_or_else(|| {
+                    let names: Vec<&str> = all.iter().map(|c| c.name.as_str()).collect();
+                    Error::invalid("--config", format!("unknown configuration `{name}`; known: {}", names.join(", ")))
+                })
             })
             .collect::<Result<_>>()?
     };
     if args.single {
-        let config = selected
-            .first()
-            .ok_or_else(|| Error::invalid("--config", "name one configuration"))?;
+        let config = selected.first().ok_or_else(|| Error::invalid("--config", "name one configuration"))?;
         let result = bench::run_config(config, args.steps)?;
-        return write_out(
-            out,
-            &(serde_json::to_string(&result).map_err(|e| Error::Numeric(e.to_string()))? + "\n"),
-        );
+        return write_out(out, &(serde_json::to_string(&result).map_err(|e| Error::Numeric(e.to_string()))? + "\n"));
     }
     let threads = rayon::current_num_threads();
     let sgemm = bench::sgemm_gflops(1024, 5);
     let mut rows = Vec::new();
     for config in &selected {
         // one process per configuration, so that its peak memory is its own
-        let result = measure_in_child(config, args.steps, threads)
-            .or_else(|_| bench::run_config(config, args.steps))?;
+        let result =
+            measure_in_child(config, args.steps, threads).or_else(|_| bench::run_config(config, args.steps))?;
         let torch = if args.compare_torch {
             bench::run_torch(&args.python, &torch_script(), config, args.steps, threads)?
         } else {
@@ -419,22 +378,12 @@ fn run_bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
 fn measure_in_child(config: &BenchConfig, steps: usize, threads: usize) -> Result<BenchResult> {
     let exe = std::env::current_exe().map_err(|e| Error::io("<current executable>", e))?;
     let output = std::process::Command::new(&exe)
-        .args([
-            "--threads",
-            &threads.to_string(),
-            "bench",
-            "--single",
-            "--json",
-            "--config",
-            &config.name,
-        ])
+        .args(["--threads", &threads.to_string(), "bench", "--single", "--json", "--config", &config.name])
         .args(["--steps", &steps.to_string()])
         .output()
         .map_err(|e| Error::io(&exe, e))?;
     if !output.status.success() {
-        return Err(Error::Numeric(
-            String::from_utf8_lossy(&output.stderr).into_owned(),
-        ));
+        return Err(Error::Numeric(String::from_utf8_lossy(&output.stderr).into_owned()));
     }
     serde_json::from_slice(&output.stdout).map_err(|e| Error::Numeric(e.to_string()))
 }
@@ -445,8 +394,7 @@ fn bench_table(
     rows: &[(BenchResult, Option<bench::TorchResult>)],
     compared: bool,
 ) -> String {
-    let mut s =
-        format!("threads {threads}; sgemm {sgemm:.1} GFLOP/s (1024³, the reference peak)\n\n");
+    let mut s = format!("threads {threads}; sgemm {sgemm:.1} GFLOP/s (1024³, the reference peak)\n\n");
     s += "config       params     train tok/s  eval tok/s   GFLOP/s  of sgemm  peak MiB";
     if compared {
         s += "  torch train  torch eval  ratio train  ratio eval";
@@ -494,11 +442,7 @@ fn run_generate(args: GenerateArgs, out: &mut dyn Write) -> Result<()> {
         return Err(Error::invalid("--out", "give a directory"));
     };
     let splits = bundled_corpus(args.seed);
-    for (name, text) in [
-        ("train.txt", &splits.train),
-        ("valid.txt", &splits.valid),
-        ("test.txt", &splits.test),
-    ] {
+    for (name, text) in [("train.txt", &splits.train), ("valid.txt", &splits.valid), ("test.txt", &splits.test)] {
         checkpoint::atomic_write(&dir.join(name), text.as_bytes())?;
     }
     write_out(out, &format!("wrote {} ({})\n", dir.display(), splits.name))

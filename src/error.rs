@@ -28,17 +28,11 @@ pub enum Error {
 
 impl Error {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        Error::Io {
-            path: path.into(),
-            source,
-        }
+        Error::Io { path: path.into(), source }
     }
 
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
-        Error::Invalid {
-            field: field.to_string(),
-            message: message.into(),
-        }
+        Error::Invalid { field: field.to_string(), message: message.into() }
     }
 
     /// Exit code convention shared by every verb: 1 for a failure of the work, 2 for unusable input.

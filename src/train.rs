@@ -57,14 +57,7 @@ pub struct ModelShape {
 
 impl Default for ModelShape {
     fn default() -> Self {
-        ModelShape {
-            ctx_len: 64,
-            d_model: 64,
-            n_heads: 4,
-            n_layers: 2,
-            d_ff: 256,
-            tied: true,
-        }
+        ModelShape { ctx_len: 64, d_model: 64, n_heads: 4, n_layers: 2, d_ff: 256, tied: true }
     }
 }
 
@@ -138,10 +131,7 @@ impl TrainConfig {
             }
         }
         if !(self.optim.learning_rate > 0.0 && self.optim.learning_rate.is_finite()) {
-            return Err(Error::invalid(
-                "optim.learning_rate",
-                "must be a positive number",
-            ));
+            return Err(Error::invalid("optim.learning_rate", "must be a positive number"));
         }
         if !(0.0..1.0).contains(&self.optim.beta1) || !(0.0..1.0).contains(&self.optim.beta2) {
             return Err(Error::invalid("optim.beta1", "betas must lie in [0, 1)"));
@@ -182,13 +172,7 @@ impl Dataset {
 /// A batch of `batch` windows of `seq_len` tokens and their next-token targets, from random offsets.
 /// The offsets come from a stream derived from `(seed, step)` alone, so step `k` of a resumed run draws
 /// what step `k` of an uninterrupted run drew.
-pub fn sample_batch(
-    ids: &[u32],
-    batch: usize,
-    seq_len: usize,
-    seed: u64,
-    step: usize,
-) -> (Vec<u32>, Vec<u32>) {
+pub fn sample_batch(ids: &[u32], batch: usize, seq_len: usize, seed: u64, step: usize) -> (Vec<u32>, Vec<u32>) {
     let mut rng = Rng::derive(seed, 0xBA7C, step as u64);
     let span = ids.len() - seq_len;
     let mut inputs = Vec::with_capacity(batch * seq_len);
@@ -228,12 +212,7 @@ impl EvalResult {
 /// Scores every token of `ids` after the first: consecutive non-overlapping windows of the model's
 /// context, `batch` windows at a time, the shorter last window on its own. Every prediction conditions on
 /// the tokens before it within its window, as in PyTorch's `word_language_model` evaluation.
-pub fn evaluate(
-    model: &Model<f32>,
-    ids: &[u32],
-    batch: usize,
-    hook: &dyn AttentionHook<f32>,
-) -> EvalResult {
+pub fn evaluate(model: &Model<f32>, ids: &[u32], batch: usize, hook: &dyn AttentionHook<f32>) -> EvalResult {
     let ctx = model.config.ctx_len;
     let predicted = ids.len().saturating_sub(1);
     let full_windows = predicted / ctx;
@@ -318,9 +297,7 @@ impl RunPaths {
         self.dir.join("summary.json")
     }
     pub fn step_checkpoint(&self, step: usize) -> PathBuf {
-        self.dir
-            .join("checkpoints")
-            .join(format!("step-{step:07}.safetensors"))
+        self.dir.join("checkpoints").join(format!("step-{step:07}.safetensors"))
     }
 }
 
@@ -335,16 +312,14 @@ impl Progress {
     pub fn for_stderr(total: usize) -> Self {
         if std::io::stderr().is_terminal() {
             let bar = indicatif::ProgressBar::new(total as u64);
-            if let Ok(style) = indicatif::ProgressStyle::with_template(
-                "{bar:40} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]",
-            ) {
+            if let Ok(style) =
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} steps  {msg}  [{elapsed} < {eta}]")
+            {
                 bar.set_style(style);
             }
             Progress::Bar(bar)
         } else {
-            Progress::Lines {
-                every: (total / 20).max(1),
-            }
+            Progress::Lines { every: (total / 20).max(1) }
         }
     }
 
@@ -392,8 +367,7 @@ impl MetricsLog {
                 .lines()
                 .filter(|line| {
                     serde_json::from_str::<MetricsRecord>(line).is_ok_and(|r| match r {
-                        MetricsRecord::Train { step: s, .. }
-                        | MetricsRecord::Eval { step: s, .. } => s <= step,
+                        MetricsRecord::Train { step: s, .. } | MetricsRecord::Eval { step: s, .. } => s <= step,
                     })
                 })
                 .map(|l| format!("{l}\n"))
@@ -402,11 +376,8 @@ impl MetricsLog {
         } else {
             std::fs::write(&path, "").map_err(|e| Error::io(&path, e))?;
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
+        let file =
+            std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
         Ok(MetricsLog { file, path })
     }
 
@@ -446,27 +417,17 @@ pub struct RunControl {
 
 /// Trains from scratch (or resumes) and writes the run directory. Returns `Error::Interrupted` after
 /// saving when stopped early; the run then continues with `resume`.
-pub fn train(
-    config: &TrainConfig,
-    out_dir: &Path,
-    control: &RunControl,
-    progress: &Progress,
-) -> Result<TrainSummary> {
+pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progress: &Progress) -> Result<TrainSummary> {
     let resume = control.resume;
     config.validate()?;
     let started = Instant::now();
-    let paths = RunPaths {
-        dir: out_dir.to_path_buf(),
-    };
+    let paths = RunPaths { dir: out_dir.to_path_buf() };
     std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(&paths.dir, e))?;
     let splits = config.corpus.load()?;
 
     let (mut model, vocabulary, mut optimizer) = if resume {
         let loaded = checkpoint::load(&paths.model())?;
-        let optimizer = checkpoint::load_optimizer(
-            &checkpoint::optimizer_path(&paths.model()),
-            &loaded.model.params,
-        )?;
+        let optimizer = checkpoint::load_optimizer(&checkpoint::optimizer_path(&paths.model()), &loaded.model.params)?;
         (loaded.model, loaded.vocabulary, optimizer)
     } else {
         let vocabulary = Vocabulary::build(config.tokenizer, &splits.train, config.vocab_cap);
@@ -479,30 +440,18 @@ pub fn train(
     for (split, ids) in [("train", &data.train), ("valid", &data.valid)] {
         if ids.len() <= seq_len + 1 {
             return Err(Error::Corpus {
-                path: data
-                    .files
-                    .first()
-                    .cloned()
-                    .unwrap_or_else(|| PathBuf::from(&data.name)),
-                message: format!(
-                    "the {split} split has {} tokens, fewer than one context of {seq_len}",
-                    ids.len()
-                ),
+                path: data.files.first().cloned().unwrap_or_else(|| PathBuf::from(&data.name)),
+                message: format!("the {split} split has {} tokens, fewer than one context of {seq_len}", ids.len()),
             });
         }
     }
-    let config_json =
-        serde_json::to_string_pretty(config).map_err(|e| Error::Numeric(e.to_string()))?;
+    let config_json = serde_json::to_string_pretty(config).map_err(|e| Error::Numeric(e.to_string()))?;
     checkpoint::atomic_write(&paths.config(), config_json.as_bytes())?;
     let start_step = optimizer.step;
     let mut metrics = MetricsLog::open(paths.metrics(), Some(start_step).filter(|_| resume))?;
 
     let save = |model: &Model<f32>, optimizer: &AdamW<f32>, path: &Path| -> Result<()> {
-        let ckpt = Checkpoint {
-            model: model.clone(),
-            vocabulary: data.vocabulary.clone(),
-            step: optimizer.step,
-        };
+        let ckpt = Checkpoint { model: model.clone(), vocabulary: data.vocabulary.clone(), step: optimizer.step };
         checkpoint::save(path, &ckpt)?;
         checkpoint::save_optimizer(&checkpoint::optimizer_path(path), optimizer, &model.params)
     };
@@ -511,21 +460,15 @@ pub fn train(
     let mut losses = Vec::with_capacity(config.steps.saturating_sub(start_step));
     let mut interrupted = false;
     for step in start_step..config.steps {
-        if control
-            .interrupt
-            .as_ref()
-            .is_some_and(|f| f.load(Ordering::SeqCst))
-        {
+        if control.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
             interrupted = true;
             break;
         }
         if control.stop_after.is_some_and(|n| step >= n) {
             break;
         }
-        let (inputs, targets) =
-            sample_batch(&data.train, config.batch_size, seq_len, config.seed, step);
-        let (loss, _, grads) =
-            model.loss_and_grads(&inputs, &targets, config.batch_size, seq_len, &NoHook);
+        let (inputs, targets) = sample_batch(&data.train, config.batch_size, seq_len, config.seed, step);
+        let (loss, _, grads) = model.loss_and_grads(&inputs, &targets, config.batch_size, seq_len, &NoHook);
         let loss = loss as f64;
         if !loss.is_finite() {
             save(&model, &optimizer, &paths.model())?;
@@ -538,28 +481,16 @@ pub fn train(
         let learning_rate = config.optim.learning_rate_at(step, config.steps);
         let grad_norm = optimizer.update(&mut model.params, &grads, &config.optim, learning_rate);
         losses.push(loss);
-        metrics.write(&MetricsRecord::Train {
-            step: step + 1,
-            loss,
-            learning_rate,
-            grad_norm,
-        })?;
+        metrics.write(&MetricsRecord::Train { step: step + 1, loss, learning_rate, grad_norm })?;
         progress.step(step + 1, config.steps, loss);
         let done = step + 1;
         if config.eval_every > 0 && done % config.eval_every == 0 && done < config.steps {
             let result = evaluate(&model, eval_slice, config.batch_size, &NoHook);
-            progress.note(&format!(
-                "step {done:>6}  valid loss {:.4}  ppl {:.3}",
-                result.mean_ce_nats, result.perplexity
-            ));
-            metrics.write(&MetricsRecord::Eval {
-                step: done,
-                split: "valid".into(),
-                result,
-            })?;
+            progress
+                .note(&format!("step {done:>6}  valid loss {:.4}  ppl {:.3}", result.mean_ce_nats, result.perplexity));
+            metrics.write(&MetricsRecord::Eval { step: done, split: "valid".into(), result })?;
         }
-        if config.checkpoint_every > 0 && done % config.checkpoint_every == 0 && done < config.steps
-        {
+        if config.checkpoint_every > 0 && done % config.checkpoint_every == 0 && done < config.steps {
             save(&model, &optimizer, &paths.step_checkpoint(done))?;
         }
     }
@@ -575,11 +506,7 @@ pub fn train(
     let valid = evaluate(&model, &data.valid, config.batch_size, &NoHook);
     let test = evaluate(&model, &data.test, config.batch_size, &NoHook);
     for (split, result) in [("valid", &valid), ("test", &test)] {
-        metrics.write(&MetricsRecord::Eval {
-            step: optimizer.step,
-            split: split.into(),
-            result: result.clone(),
-        })?;
+        metrics.write(&MetricsRecord::Eval { step: optimizer.step, split: split.into(), result: result.clone() })?;
     }
     let summary = TrainSummary {
         steps_done: optimizer.step,
@@ -605,15 +532,7 @@ mod tests {
 
     #[test]
     fn evaluation_scores_every_token_once_including_a_short_last_window() {
-        let config = ModelShape {
-            ctx_len: 4,
-            d_model: 8,
-            n_heads: 2,
-            n_layers: 1,
-            d_ff: 8,
-            tied: true,
-        }
-        .config(5);
+        let config = ModelShape { ctx_len: 4, d_model: 8, n_heads: 2, n_layers: 1, d_ff: 8, tied: true }.config(5);
         let model = Model::<f32>::init(config, 1).unwrap();
         let ids: Vec<u32> = (0..11).map(|i| i % 5).collect();
         let all = evaluate(&model, &ids, 2, &NoHook);

@@ -4,10 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn ailla(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_ailla"))
-        .args(args)
-        .output()
-        .expect("the ailla binary runs")
+    Command::new(env!("CARGO_BIN_EXE_ailla")).args(args).output().expect("the ailla binary runs")
 }
 
 fn stdout(o: &Output) -> String {
@@ -19,9 +16,7 @@ fn stderr(o: &Output) -> String {
 }
 
 fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
 /// A small model on the bundled corpus: about a second of training on two cores.
@@ -60,14 +55,7 @@ fn write_config(dir: &Path) -> PathBuf {
 }
 
 fn train(config: &Path, out: &Path, extra: &[&str]) -> Output {
-    let mut args = vec![
-        "--threads",
-        "2",
-        "train",
-        config.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-    ];
+    let mut args = vec!["--threads", "2", "train", config.to_str().unwrap(), "--out", out.to_str().unwrap()];
     args.extend_from_slice(extra);
     let output = ailla(&args);
     assert!(output.status.success(), "train failed: {}", stderr(&output));
@@ -95,18 +83,11 @@ fn training_beats_the_unigram_entropy_and_repeats_bit_for_bit() {
         serde_json::from_str(&std::fs::read_to_string(a.join("summary.json")).unwrap()).unwrap();
     let valid = summary["valid"]["mean_ce_nats"].as_f64().unwrap();
     let unigram = summary["unigram_entropy_nats"].as_f64().unwrap();
-    assert!(
-        valid < 0.5 * unigram,
-        "validation CE {valid} is not well below the unigram entropy {unigram}"
-    );
+    assert!(valid < 0.5 * unigram, "validation CE {valid} is not well below the unigram entropy {unigram}");
 
     let losses = train_losses(&a);
     assert_eq!(losses.len(), 160);
-    assert_eq!(
-        losses,
-        train_losses(&b),
-        "same seed and threads must give identical losses"
-    );
+    assert_eq!(losses, train_losses(&b), "same seed and threads must give identical losses");
     assert_eq!(
         std::fs::read(a.join("model.safetensors")).unwrap(),
         std::fs::read(b.join("model.safetensors")).unwrap()
@@ -123,14 +104,7 @@ fn a_paused_and_resumed_run_equals_an_uninterrupted_one() {
     let paused = train(&config, &split, &["--stop-after", "70"]);
     assert!(stdout(&paused).contains("paused"), "{}", stdout(&paused));
     assert_eq!(train_losses(&split).len(), 70);
-    let resumed = ailla(&[
-        "--threads",
-        "2",
-        "train",
-        "--resume",
-        "--out",
-        split.to_str().unwrap(),
-    ]);
+    let resumed = ailla(&["--threads", "2", "train", "--resume", "--out", split.to_str().unwrap()]);
     assert!(resumed.status.success(), "{}", stderr(&resumed));
     assert_eq!(train_losses(&split), train_losses(&straight));
     assert_eq!(
@@ -146,14 +120,7 @@ fn ctrl_c_saves_the_finished_steps_and_the_run_resumes() {
     std::fs::write(&config, SMALL_CONFIG.replace("steps: 160", "steps: 100000")).unwrap();
     let out = dir.path().join("run");
     let child = Command::new(env!("CARGO_BIN_EXE_ailla"))
-        .args([
-            "--threads",
-            "2",
-            "train",
-            config.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ])
+        .args(["--threads", "2", "train", config.to_str().unwrap(), "--out", out.to_str().unwrap()])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -161,18 +128,11 @@ fn ctrl_c_saves_the_finished_steps_and_the_run_resumes() {
     // wait until training is under way, then interrupt as a terminal's Ctrl-C would
     let metrics = out.join("metrics.jsonl");
     let started = std::time::Instant::now();
-    while std::fs::read_to_string(&metrics)
-        .map(|m| m.lines().count())
-        .unwrap_or(0)
-        < 5
-    {
+    while std::fs::read_to_string(&metrics).map(|m| m.lines().count()).unwrap_or(0) < 5 {
         assert!(started.elapsed().as_secs() < 60, "training did not start");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    let kill = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
+    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
     assert!(kill.success());
     let output = child.wait_with_output().unwrap();
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
@@ -186,24 +146,14 @@ fn ctrl_c_saves_the_finished_steps_and_the_run_resumes() {
 fn eval_matches_the_pytorch_golden_value() {
     // char-tiny.torch.json was written by `benches/torch_reference.py eval` on the same checkpoint and ids
     let expected: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture("char-tiny.torch.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(fixture("char-tiny.torch.json")).unwrap()).unwrap();
     let ckpt = fixture("char-tiny.safetensors");
     let ids = fixture("char-tiny.ids");
-    let output = ailla(&[
-        "eval",
-        ckpt.to_str().unwrap(),
-        "--ids",
-        ids.to_str().unwrap(),
-        "--json",
-    ]);
+    let output = ailla(&["eval", ckpt.to_str().unwrap(), "--ids", ids.to_str().unwrap(), "--json"]);
     assert!(output.status.success(), "{}", stderr(&output));
     let ours: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
     assert_eq!(ours["tokens"], expected["tokens"]);
-    let (a, b) = (
-        ours["mean_ce_nats"].as_f64().unwrap(),
-        expected["mean_ce_nats"].as_f64().unwrap(),
-    );
+    let (a, b) = (ours["mean_ce_nats"].as_f64().unwrap(), expected["mean_ce_nats"].as_f64().unwrap());
     assert!((a - b).abs() < 1e-4, "ailla {a} vs PyTorch {b}");
 }
 
@@ -214,26 +164,11 @@ fn eval_of_a_text_equals_eval_of_its_token_ids() {
     let ckpt = ailla::checkpoint::load(&ckpt_path).unwrap();
     let text_path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/pharmacy-sample.txt");
     let text = std::fs::read_to_string(&text_path).unwrap();
-    let ids: Vec<String> = ckpt
-        .vocabulary
-        .encode(&text)
-        .iter()
-        .map(u32::to_string)
-        .collect();
+    let ids: Vec<String> = ckpt.vocabulary.encode(&text).iter().map(u32::to_string).collect();
     let ids_path = dir.path().join("sample.ids");
     std::fs::write(&ids_path, ids.join(" ")).unwrap();
-    let by_text = ailla(&[
-        "eval",
-        ckpt_path.to_str().unwrap(),
-        "--text",
-        text_path.to_str().unwrap(),
-    ]);
-    let by_ids = ailla(&[
-        "eval",
-        ckpt_path.to_str().unwrap(),
-        "--ids",
-        ids_path.to_str().unwrap(),
-    ]);
+    let by_text = ailla(&["eval", ckpt_path.to_str().unwrap(), "--text", text_path.to_str().unwrap()]);
+    let by_ids = ailla(&["eval", ckpt_path.to_str().unwrap(), "--ids", ids_path.to_str().unwrap()]);
     assert!(by_text.status.success() && by_ids.status.success());
     assert_eq!(stdout(&by_text), stdout(&by_ids));
     assert!(stdout(&by_text).contains("mean_ce_nats"));
@@ -257,64 +192,30 @@ fn bad_input_gets_a_clear_error_naming_the_file() {
     let bytes = std::fs::read(fixture("char-tiny.safetensors")).unwrap();
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let ids = fixture("char-tiny.ids");
-    let out = ailla(&[
-        "eval",
-        truncated.to_str().unwrap(),
-        "--ids",
-        ids.to_str().unwrap(),
-    ]);
-    assert_clean_failure(
-        &out,
-        2,
-        &["truncated.safetensors", "not a usable ailla checkpoint"],
-    );
+    let out = ailla(&["eval", truncated.to_str().unwrap(), "--ids", ids.to_str().unwrap()]);
+    assert_clean_failure(&out, 2, &["truncated.safetensors", "not a usable ailla checkpoint"]);
 
     let bad_ids = d.join("bad.ids");
     std::fs::write(&bad_ids, "1 2 3\n4  x7 5\n").unwrap();
     let ckpt = fixture("char-tiny.safetensors");
-    let out = ailla(&[
-        "eval",
-        ckpt.to_str().unwrap(),
-        "--ids",
-        bad_ids.to_str().unwrap(),
-    ]);
+    let out = ailla(&["eval", ckpt.to_str().unwrap(), "--ids", bad_ids.to_str().unwrap()]);
     assert_clean_failure(&out, 2, &["bad.ids", "line 2, column 4", "`x7`"]);
 
-    let out = ailla(&[
-        "train",
-        "--corpus",
-        d.join("nowhere").to_str().unwrap(),
-        "--out",
-        d.join("r").to_str().unwrap(),
-    ]);
+    let out =
+        ailla(&["train", "--corpus", d.join("nowhere").to_str().unwrap(), "--out", d.join("r").to_str().unwrap()]);
     assert_clean_failure(&out, 2, &["nowhere", "not a directory"]);
 
     let corpus = d.join("corpus");
     std::fs::create_dir(&corpus).unwrap();
-    for (name, text) in [
-        ("train.txt", "a b c\n"),
-        ("valid.txt", ""),
-        ("test.txt", "a\n"),
-    ] {
+    for (name, text) in [("train.txt", "a b c\n"), ("valid.txt", ""), ("test.txt", "a\n")] {
         std::fs::write(corpus.join(name), text).unwrap();
     }
-    let out = ailla(&[
-        "train",
-        "--corpus",
-        corpus.to_str().unwrap(),
-        "--out",
-        d.join("r").to_str().unwrap(),
-    ]);
+    let out = ailla(&["train", "--corpus", corpus.to_str().unwrap(), "--out", d.join("r").to_str().unwrap()]);
     assert_clean_failure(&out, 2, &["valid.txt", "empty"]);
 
     let yaml = d.join("typo.yaml");
     std::fs::write(&yaml, "steps: 10\nbatch_sise: 4\n").unwrap();
-    let out = ailla(&[
-        "train",
-        yaml.to_str().unwrap(),
-        "--out",
-        d.join("r").to_str().unwrap(),
-    ]);
+    let out = ailla(&["train", yaml.to_str().unwrap(), "--out", d.join("r").to_str().unwrap()]);
     assert_clean_failure(&out, 2, &["typo.yaml", "batch_sise", "2"]);
 
     let out = ailla(&["--threads", "0", "bench"]);
@@ -343,10 +244,7 @@ fn a_closed_stdout_is_not_an_error() {
 #[test]
 fn eval_matches_pytorch_live_when_available() {
     let python = std::env::var("AILLA_PYTHON").unwrap_or_else(|_| "python3".into());
-    let has_torch = Command::new(&python)
-        .args(["-c", "import torch"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let has_torch = Command::new(&python).args(["-c", "import torch"]).output().is_ok_and(|o| o.status.success());
     if !has_torch {
         eprintln!("skipped: no PyTorch in `{python}` (set AILLA_PYTHON to a Python with torch to run this check)");
         return;
@@ -355,28 +253,13 @@ fn eval_matches_pytorch_live_when_available() {
     let ids = fixture("char-tiny.ids");
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/torch_reference.py");
     let torch = Command::new(&python)
-        .args([
-            script.to_str().unwrap(),
-            "eval",
-            ckpt.to_str().unwrap(),
-            "--ids",
-            ids.to_str().unwrap(),
-        ])
+        .args([script.to_str().unwrap(), "eval", ckpt.to_str().unwrap(), "--ids", ids.to_str().unwrap()])
         .output()
         .unwrap();
     assert!(torch.status.success(), "{}", stderr(&torch));
     let theirs: serde_json::Value = serde_json::from_str(stdout(&torch).trim()).unwrap();
-    let ours = ailla(&[
-        "eval",
-        ckpt.to_str().unwrap(),
-        "--ids",
-        ids.to_str().unwrap(),
-        "--json",
-    ]);
+    let ours = ailla(&["eval", ckpt.to_str().unwrap(), "--ids", ids.to_str().unwrap(), "--json"]);
     let ours: serde_json::Value = serde_json::from_str(&stdout(&ours)).unwrap();
-    let (a, b) = (
-        ours["mean_ce_nats"].as_f64().unwrap(),
-        theirs["mean_ce_nats"].as_f64().unwrap(),
-    );
+    let (a, b) = (ours["mean_ce_nats"].as_f64().unwrap(), theirs["mean_ce_nats"].as_f64().unwrap());
     assert!((a - b).abs() < 1e-4, "ailla {a} vs PyTorch {b}");
 }

@@ -5,16 +5,11 @@ use std::path::PathBuf;
 use ailla::data::{load_splits, TokenizerKind, Vocabulary};
 
 fn shared(name: &str) -> Option<PathBuf> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/data")
-        .join(name);
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/data").join(name);
     if path.is_dir() {
         Some(path)
     } else {
-        eprintln!(
-            "skipped: {} is absent (the shared corpora are not on this machine)",
-            path.display()
-        );
+        eprintln!("skipped: {} is absent (the shared corpora are not on this machine)", path.display());
         None
     }
 }
@@ -32,10 +27,6 @@ fn wikitext2_word_counts_match_the_published_statistics() {
     assert_eq!(vocab.encode(&splits.valid).len(), 217_646);
     assert_eq!(vocab.encode(&splits.test).len(), 245_569);
     // WikiText-2 is closed-vocabulary: every valid and test word occurs in train (rare ones are `<unk>`)
-    let unseen = splits
-        .valid
-        .split_whitespace()
-        .chain(splits.test.split_whitespace())
-        .find(|w| vocab.id(w).is_none());
+    let unseen = splits.valid.split_whitespace().chain(splits.test.split_whitespace()).find(|w| vocab.id(w).is_none());
     assert_eq!(unseen, None);
 }

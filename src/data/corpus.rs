@@ -28,35 +28,23 @@ pub fn load_splits(dir: &Path) -> Result<Splits> {
     if !dir.is_dir() {
         return Err(Error::Corpus {
             path: dir.to_path_buf(),
-            message:
-                "is not a directory; a corpus directory holds train.txt, valid.txt and test.txt"
-                    .into(),
+            message: "is not a directory; a corpus directory holds train.txt, valid.txt and test.txt".into(),
         });
     }
     let mut texts = Vec::with_capacity(3);
     let mut files = Vec::with_capacity(3);
     for (split, names) in SPLIT_NAMES {
-        let path = names
-            .iter()
-            .map(|n| dir.join(n))
-            .find(|p| p.is_file())
-            .ok_or_else(|| Error::Corpus {
-                path: dir.to_path_buf(),
-                message: format!("no {split} split: expected {} or {}", names[0], names[1]),
-            })?;
+        let path = names.iter().map(|n| dir.join(n)).find(|p| p.is_file()).ok_or_else(|| Error::Corpus {
+            path: dir.to_path_buf(),
+            message: format!("no {split} split: expected {} or {}", names[0], names[1]),
+        })?;
         texts.push(read_text(&path)?);
         files.push(path);
     }
     let test = texts.pop().unwrap_or_default();
     let valid = texts.pop().unwrap_or_default();
     let train = texts.pop().unwrap_or_default();
-    Ok(Splits {
-        train,
-        valid,
-        test,
-        files,
-        name: dir.display().to_string(),
-    })
+    Ok(Splits { train, valid, test, files, name: dir.display().to_string() })
 }
 
 /// Reads a UTF-8 text file that must contain at least one non-blank character.
@@ -66,12 +54,7 @@ pub fn read_text(path: &Path) -> Result<String> {
         let valid = e.utf8_error().valid_up_to();
         let before = &e.as_bytes()[..valid];
         let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
-        let column = valid
-            - before
-                .iter()
-                .rposition(|&b| b == b'\n')
-                .map_or(0, |p| p + 1)
-            + 1;
+        let column = valid - before.iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1) + 1;
         Error::Corpus {
             path: path.to_path_buf(),
             message: format!("line {line}, column {column}: not valid UTF-8 (byte offset {valid})"),
@@ -94,10 +77,7 @@ mod tests {
     fn missing_empty_and_invalid_files_are_named() {
         let dir = tempfile::tempdir().unwrap();
         let err = load_splits(dir.path()).unwrap_err().to_string();
-        assert!(
-            err.contains("no train split") && err.contains("train.txt"),
-            "{err}"
-        );
+        assert!(err.contains("no train split") && err.contains("train.txt"), "{err}");
 
         std::fs::write(dir.path().join("train.txt"), "a b\n").unwrap();
         std::fs::write(dir.path().join("valid.txt"), "  \n").unwrap();
@@ -107,17 +87,11 @@ mod tests {
 
         std::fs::write(dir.path().join("valid.txt"), b"ok\nab\xffcd\n").unwrap();
         let err = load_splits(dir.path()).unwrap_err().to_string();
-        assert!(
-            err.contains("valid.txt") && err.contains("line 2, column 3"),
-            "{err}"
-        );
+        assert!(err.contains("valid.txt") && err.contains("line 2, column 3"), "{err}");
 
         std::fs::write(dir.path().join("valid.txt"), "fine\n").unwrap();
         let splits = load_splits(dir.path()).unwrap();
-        assert_eq!(
-            (splits.train.as_str(), splits.valid.as_str()),
-            ("a b\n", "fine\n")
-        );
+        assert_eq!((splits.train.as_str(), splits.valid.as_str()), ("a b\n", "fine\n"));
     }
 
     #[test]

@@ -125,23 +125,11 @@ const LAB_TESTS: &[LabTest] = &[
     },
 ];
 
-const FIRST_NAMES: &[&str] = &[
-    "maria", "john", "aisha", "wei", "olga", "pedro", "fatima", "james", "yuki", "kwame", "ingrid",
-    "omar",
-];
-const SURNAMES: &[&str] = &[
-    "lopez", "smith", "khan", "chen", "petrova", "silva", "haddad", "brown", "tanaka", "mensah",
-    "berg", "farouk",
-];
-const WARDS: &[&str] = &[
-    "cardiology",
-    "renal",
-    "oncology",
-    "surgical",
-    "maternity",
-    "respiratory",
-    "geriatric",
-];
+const FIRST_NAMES: &[&str] =
+    &["maria", "john", "aisha", "wei", "olga", "pedro", "fatima", "james", "yuki", "kwame", "ingrid", "omar"];
+const SURNAMES: &[&str] =
+    &["lopez", "smith", "khan", "chen", "petrova", "silva", "haddad", "brown", "tanaka", "mensah", "berg", "farouk"];
+const WARDS: &[&str] = &["cardiology", "renal", "oncology", "surgical", "maternity", "respiratory", "geriatric"];
 const CLINICIANS: &[&str] = &["dr", "nurse", "pharmacist"];
 const FREQUENCIES: &[&str] = &["6", "8", "12", "24"];
 const NOTES: &[&[&str]] = &[
@@ -151,16 +139,7 @@ const NOTES: &[&[&str]] = &[
     &["renal", "function", "stable"],
     &["monitor", "for", "drowsiness"],
 ];
-const REASONS: &[&str] = &[
-    "bed",
-    "capacity",
-    "specialist",
-    "care",
-    "step",
-    "down",
-    "infection",
-    "control",
-];
+const REASONS: &[&str] = &["bed", "capacity", "specialist", "care", "step", "down", "infection", "control"];
 
 /// Records per split of the bundled corpus: about 190,000 words of training text.
 pub const TRAIN_RECORDS: usize = 6000;
@@ -210,25 +189,11 @@ fn order(rng: &mut Rng, id: u64, out: &mut String) {
     line(out, &["patient", first, last, "ward", ward]);
     // the words between the drug and its unit vary, so the unit is predictable only by looking back
     match rng.below(3) {
-        0 => line(
-            out,
-            &[
-                "give", drug.name, dose, drug.unit, drug.route, "every", every, "hours",
-            ],
-        ),
-        1 => line(
-            out,
-            &[
-                "give", drug.name, drug.route, "every", every, "hours", "dose", dose, drug.unit,
-            ],
-        ),
-        _ => line(
-            out,
-            &[
-                "give", drug.name, "every", every, "hours", "by", drug.route, "route", "dose",
-                dose, drug.unit,
-            ],
-        ),
+        0 => line(out, &["give", drug.name, dose, drug.unit, drug.route, "every", every, "hours"]),
+        1 => line(out, &["give", drug.name, drug.route, "every", every, "hours", "dose", dose, drug.unit]),
+        _ => {
+            line(out, &["give", drug.name, "every", every, "hours", "by", drug.route, "route", "dose", dose, drug.unit])
+        }
     }
     if rng.below(2) == 0 {
         let note = *rng.choose(NOTES);
@@ -241,10 +206,7 @@ fn order(rng: &mut Rng, id: u64, out: &mut String) {
         let max = *rng.choose(drug.doses);
         line(out, &["maximum", "single", "dose", max, drug.unit]);
     }
-    line(
-        out,
-        &["signed", *rng.choose(CLINICIANS), "for", first, last],
-    );
+    line(out, &["signed", *rng.choose(CLINICIANS), "for", first, last]);
     line(out, &["</order>"]);
 }
 
@@ -258,19 +220,7 @@ fn lab(rng: &mut Rng, id: u64, out: &mut String) {
     line(out, &["test", test.name]);
     line(out, &["result", result, test.unit]);
     if rng.below(2) == 0 {
-        line(
-            out,
-            &[
-                "flag",
-                "(",
-                if rng.below(2) == 0 {
-                    "normal"
-                } else {
-                    "abnormal"
-                },
-                ")",
-            ],
-        );
+        line(out, &["flag", "(", if rng.below(2) == 0 { "normal" } else { "abnormal" }, ")"]);
     }
     line(out, &["reported", "for", first, last]);
     line(out, &["</lab>"]);
@@ -353,12 +303,8 @@ mod tests {
     #[test]
     fn the_committed_sample_is_what_the_generator_writes() {
         let sample_path = concat!(env!("CARGO_MANIFEST_DIR"), "/data/pharmacy-sample.txt");
-        let sample =
-            std::fs::read_to_string(sample_path).expect("data/pharmacy-sample.txt is committed");
+        let sample = std::fs::read_to_string(sample_path).expect("data/pharmacy-sample.txt is committed");
         let generated = generate(DEFAULT_SEED, 0, TRAIN_RECORDS);
-        assert!(
-            generated.starts_with(&sample),
-            "regenerate it with `ailla generate --sample`"
-        );
+        assert!(generated.starts_with(&sample), "regenerate it with `ailla generate --sample`");
     }
 }

@@ -76,16 +76,8 @@ impl Vocabulary {
     }
 
     pub fn from_tokens(kind: TokenizerKind, tokens: Vec<String>) -> Self {
-        let index = tokens
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.clone(), i as u32))
-            .collect();
-        Vocabulary {
-            kind,
-            tokens,
-            index,
-        }
+        let index = tokens.iter().enumerate().map(|(i, t)| (t.clone(), i as u32)).collect();
+        Vocabulary { kind, tokens, index }
     }
 
     /// Restores the lookup table after deserialisation.
@@ -114,9 +106,7 @@ impl Vocabulary {
         match self.kind {
             TokenizerKind::Char => {
                 let mut buf = [0u8; 4];
-                text.chars()
-                    .map(|c| self.id(c.encode_utf8(&mut buf)).unwrap_or(unk))
-                    .collect()
+                text.chars().map(|c| self.id(c.encode_utf8(&mut buf)).unwrap_or(unk)).collect()
             }
             TokenizerKind::Word => {
                 let eos = self.id(EOS).unwrap_or(unk);
@@ -131,12 +121,7 @@ impl Vocabulary {
     }
 
     pub fn decode(&self, ids: &[u32]) -> String {
-        let token = |id: u32| {
-            self.tokens
-                .get(id as usize)
-                .map(String::as_str)
-                .unwrap_or(UNK)
-        };
+        let token = |id: u32| self.tokens.get(id as usize).map(String::as_str).unwrap_or(UNK);
         match self.kind {
             TokenizerKind::Char => ids.iter().map(|&i| token(i)).collect(),
             TokenizerKind::Word => {

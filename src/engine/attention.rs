@@ -32,12 +32,7 @@ pub trait AttentionHook<F: Scalar>: Sync {
 
     /// An additive loss term on the attention weights `α`. In the backward pass `grad` holds `∂CE/∂α`
     /// on entry and the hook adds the gradient of its own term. Returns the term's value.
-    fn attention_penalty(
-        &self,
-        _site: AttentionSite,
-        _weights: ArrayView2<F>,
-        _grad: Option<ArrayViewMut2<F>>,
-    ) -> F {
+    fn attention_penalty(&self, _site: AttentionSite, _weights: ArrayView2<F>, _grad: Option<ArrayViewMut2<F>>) -> F {
         F::zero()
     }
 }
@@ -65,11 +60,7 @@ impl AttentionShape {
         d / self.heads
     }
     fn site(&self, task: usize) -> AttentionSite {
-        AttentionSite {
-            layer: self.layer,
-            head: task % self.heads,
-            sequence: task / self.heads,
-        }
+        AttentionSite { layer: self.layer, head: task % self.heads, sequence: task / self.heads }
     }
 }
 
@@ -88,10 +79,7 @@ pub fn attention_forward<F: Scalar>(
         .into_par_iter()
         .map(|task| {
             let site = shape.site(task);
-            let rows = s![
-                site.sequence * t_len..(site.sequence + 1) * t_len,
-                site.head * hs..(site.head + 1) * hs
-            ];
+            let rows = s![site.sequence * t_len..(site.sequence + 1) * t_len, site.head * hs..(site.head + 1) * hs];
             let (qs, ks, vs) = (q.slice(rows), k.slice(rows), v.slice(rows));
             // s = q·kᵀ/√d_h                                        (T, T)
             let mut scores = matmul(qs, ks.t());
@@ -110,11 +98,8 @@ pub fn attention_forward<F: Scalar>(
     let mut penalty = F::zero();
     for (task, (out, alpha, task_penalty)) in per_task.into_iter().enumerate() {
         let site = shape.site(task);
-        y.slice_mut(s![
-            site.sequence * t_len..(site.sequence + 1) * t_len,
-            site.head * hs..(site.head + 1) * hs
-        ])
-        .assign(&out);
+        y.slice_mut(s![site.sequence * t_len..(site.sequence + 1) * t_len, site.head * hs..(site.head + 1) * hs])
+            .assign(&out);
         weights.push(alpha);
         penalty += task_penalty;
     }
@@ -133,7 +118,7 @@ fn causal_softmax_inplace<F: Scalar>(scores: &mut Array2<F>) {
     }
 }
 
-/// Returns `(dq, dk, dv)`, each `[N, d]`.
+/// Returns `[dq | dk | dv]` side by side, `[N, 3d]`: the layout of the fused `q, k, v` projection.
 pub fn attention_backward<F: Scalar>(
     dy: ArrayView2<F>,
     q: ArrayView2<F>,
@@ -142,7 +127,7 @@ pub fn attention_backward<F: Scalar>(
     cache: &AttentionCache<F>,
     shape: AttentionShape,
     hook: &dyn AttentionHook<F>,
-) -> (Array2<F>, Array2<F>, Array2<F>) {
+) -> Array2<F> {
     let (n, d) = q.dim();
     let (t_len, hs) = (shape.seq_len, shape.head_size(d));
     let scale = F::one() / F::lit(hs as f64).sqrt();
@@ -150,10 +135,7 @@ pub fn attention_backward<F: Scalar>(
         .into_par_iter()
         .map(|task| {
             let site = shape.site(task);
-            let rows = s![
-                site.sequence * t_len..(site.sequence + 1) * t_len,
-                site.head * hs..(site.head + 1) * hs
-            ];
+            let rows = s![site.sequence * t_len..(site.sequence + 1) * t_len, site.head * hs..(site.head + 1) * hs];
             let (qs, ks, vs, dys) = (q.slice(rows), k.slice(rows), v.slice(rows), dy.slice(rows));
             let alpha = &cache.weights[task];
             // y = α·v  →  dα = dy·vᵀ, dv = αᵀ·dy
@@ -162,19 +144,10 @@ pub fn attention_backward<F: Scalar>(
             hook.attention_penalty(site, alpha.view(), Some(d_alpha.view_mut()));
             // α_i = softmax(s'_i) over j ≤ i  →  ds'_ij = α_ij·(dα_ij − Σ_l α_il·dα_il)
             let mut d_scores = d_alpha;
-            for (i, (mut d_row, a_row)) in d_scores
-                .rows_mut()
-                .into_iter()
-                .zip(alpha.rows())
-                .enumerate()
-            {
+            for (i, (mut d_row, a_row)) in d_scores.rows_mut().into_iter().zip(alpha.rows()).enumerate() {
                 let dot: F = (0..=i).map(|j| a_row[j] * d_row[j]).sum();
                 for j in 0..d_row.len() {
-                    d_row[j] = if j <= i {
-                        a_row[j] * (d_row[j] - dot)
-                    } else {
-                        F::zero()
-                    };
+                    d_row[j] = if j <= i { a_row[j] * (d_row[j] - dot) } else { F::zero() };
                 }
             }
             hook.transform_scores_backward(site, d_scores.view_mut());
@@ -186,23 +159,16 @@ pub fn attention_backward<F: Scalar>(
         })
         .collect();
 
-    let mut grads = [
-        Array2::zeros((n, d)),
-        Array2::zeros((n, d)),
-        Array2::zeros((n, d)),
-    ];
+    let mut d_qkv = Array2::zeros((n, 3 * d));
     for (task, parts) in per_task.into_iter().enumerate() {
         let site = shape.site(task);
-        let block = s![
-            site.sequence * t_len..(site.sequence + 1) * t_len,
-            site.head * hs..(site.head + 1) * hs
-        ];
-        for (grad, part) in grads.iter_mut().zip(parts.iter()) {
-            grad.slice_mut(block).assign(part);
+        let rows = site.sequence * t_len..(site.sequence + 1) * t_len;
+        for (which, part) in parts.iter().enumerate() {
+            let cols = which * d + site.head * hs..which * d + (site.head + 1) * hs;
+            d_qkv.slice_mut(s![rows.clone(), cols]).assign(part);
         }
     }
-    let [dq, dk, dv] = grads;
-    (dq, dk, dv)
+    d_qkv
 }
 
 #[cfg(test)]
@@ -243,68 +209,37 @@ pub(crate) mod tests {
                     *g += 2.0 * coefficient(i, j) * weights[[i, j]];
                 }
             }
-            weights
-                .indexed_iter()
-                .map(|((i, j), &a)| coefficient(i, j) * a * a)
-                .sum()
+            weights.indexed_iter().map(|((i, j), &a)| coefficient(i, j) * a * a).sum()
         }
     }
 
     fn check(hook: &dyn AttentionHook<f64>) {
-        let shape = AttentionShape {
-            batch: 2,
-            seq_len: 4,
-            heads: 2,
-            layer: 1,
-        };
+        let shape = AttentionShape { batch: 2, seq_len: 4, heads: 2, layer: 1 };
         let (n, d) = (shape.batch * shape.seq_len, 6);
-        let mut q = random(&[n, d], 1.0, 1)
-            .into_dimensionality::<Ix2>()
-            .unwrap();
-        let mut k = random(&[n, d], 1.0, 2)
-            .into_dimensionality::<Ix2>()
-            .unwrap();
-        let mut v = random(&[n, d], 1.0, 3)
-            .into_dimensionality::<Ix2>()
-            .unwrap();
+        let mut q = random(&[n, d], 1.0, 1).into_dimensionality::<Ix2>().unwrap();
+        let mut k = random(&[n, d], 1.0, 2).into_dimensionality::<Ix2>().unwrap();
+        let mut v = random(&[n, d], 1.0, 3).into_dimensionality::<Ix2>().unwrap();
         let upstream = probe(&[n, d], 4).into_dimensionality::<Ix2>().unwrap();
         let loss = |q: ArrayView2<f64>, k: ArrayView2<f64>, v: ArrayView2<f64>| {
             let (y, _, penalty) = attention_forward(q, k, v, shape, hook);
             (y * &upstream).sum() + penalty
         };
         let (_, cache, _) = attention_forward(q.view(), k.view(), v.view(), shape, hook);
-        let (dq, dk, dv) = attention_backward(
-            upstream.view(),
-            q.view(),
-            k.view(),
-            v.view(),
-            &cache,
-            shape,
-            hook,
-        );
+        let d_qkv = attention_backward(upstream.view(), q.view(), k.view(), v.view(), &cache, shape, hook);
+        let dq = d_qkv.slice(s![.., 0..d]).to_owned();
+        let dk = d_qkv.slice(s![.., d..2 * d]).to_owned();
+        let dv = d_qkv.slice(s![.., 2 * d..]).to_owned();
         let (k0, v0) = (k.clone(), v.clone());
         assert_gradient("q", &mut q.view_mut().into_dyn(), &dq.into_dyn(), |q| {
-            loss(
-                q.view().into_dimensionality().unwrap(),
-                k0.view(),
-                v0.view(),
-            )
+            loss(q.view().into_dimensionality().unwrap(), k0.view(), v0.view())
         });
         let q0 = q.clone();
         assert_gradient("k", &mut k.view_mut().into_dyn(), &dk.into_dyn(), |k| {
-            loss(
-                q0.view(),
-                k.view().into_dimensionality().unwrap(),
-                v0.view(),
-            )
+            loss(q0.view(), k.view().into_dimensionality().unwrap(), v0.view())
         });
         let k0 = k.clone();
         assert_gradient("v", &mut v.view_mut().into_dyn(), &dv.into_dyn(), |v| {
-            loss(
-                q0.view(),
-                k0.view(),
-                v.view().into_dimensionality().unwrap(),
-            )
+            loss(q0.view(), k0.view(), v.view().into_dimensionality().unwrap())
         });
     }
 
@@ -320,15 +255,8 @@ pub(crate) mod tests {
 
     #[test]
     fn weights_are_causal_and_normalised() {
-        let shape = AttentionShape {
-            batch: 1,
-            seq_len: 5,
-            heads: 1,
-            layer: 0,
-        };
-        let q = random(&[5, 4], 1.0, 1)
-            .into_dimensionality::<Ix2>()
-            .unwrap();
+        let shape = AttentionShape { batch: 1, seq_len: 5, heads: 1, layer: 0 };
+        let q = random(&[5, 4], 1.0, 1).into_dimensionality::<Ix2>().unwrap();
         let (_, cache, _) = attention_forward(q.view(), q.view(), q.view(), shape, &NoHook);
         let alpha = &cache.weights[0];
         for i in 0..5 {

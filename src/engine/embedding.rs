@@ -51,45 +51,23 @@ mod tests {
         let (vocab, d, seq_len) = (7, 5, 4);
         // token 3 appears twice so the scatter-add must accumulate
         let tokens = [3u32, 1, 3, 6, 0, 2, 5, 3];
-        let mut tok_emb = random(&[vocab, d], 1.0, 1)
-            .into_dimensionality::<Ix2>()
-            .unwrap();
-        let mut pos_emb = random(&[seq_len, d], 1.0, 2)
-            .into_dimensionality::<Ix2>()
-            .unwrap();
-        let upstream = probe(&[tokens.len(), d], 3)
-            .into_dimensionality::<Ix2>()
-            .unwrap();
+        let mut tok_emb = random(&[vocab, d], 1.0, 1).into_dimensionality::<Ix2>().unwrap();
+        let mut pos_emb = random(&[seq_len, d], 1.0, 2).into_dimensionality::<Ix2>().unwrap();
+        let upstream = probe(&[tokens.len(), d], 3).into_dimensionality::<Ix2>().unwrap();
 
         let mut d_tok = Array2::zeros((vocab, d));
         let mut d_pos = Array2::zeros((seq_len, d));
-        embedding_backward(
-            upstream.view(),
-            &tokens,
-            seq_len,
-            d_tok.view_mut(),
-            d_pos.view_mut(),
-        );
+        embedding_backward(upstream.view(), &tokens, seq_len, d_tok.view_mut(), d_pos.view_mut());
 
         let pos_fixed = pos_emb.clone();
-        assert_gradient(
-            "tok_emb",
-            &mut tok_emb.view_mut().into_dyn(),
-            &d_tok.into_dyn(),
-            |e| {
-                let e = e.view().into_dimensionality::<Ix2>().unwrap();
-                (embedding_forward(e, pos_fixed.view(), &tokens, seq_len) * &upstream).sum()
-            },
-        );
+        assert_gradient("tok_emb", &mut tok_emb.view_mut().into_dyn(), &d_tok.into_dyn(), |e| {
+            let e = e.view().into_dimensionality::<Ix2>().unwrap();
+            (embedding_forward(e, pos_fixed.view(), &tokens, seq_len) * &upstream).sum()
+        });
         let tok_fixed = tok_emb.clone();
-        assert_gradient(
-            "pos_emb",
-            &mut pos_emb.view_mut().into_dyn(),
-            &d_pos.into_dyn(),
-            |p| {
-                let p = p.view().into_dimensionality::<Ix2>().unwrap();
-                (embedding_forward(tok_fixed.view(), p, &tokens, seq_len) * &upstream).sum()
-            },
-        );
+        assert_gradient("pos_emb", &mut pos_emb.view_mut().into_dyn(), &d_pos.into_dyn(), |p| {
+            let p = p.view().into_dimensionality::<Ix2>().unwrap();
+            (embedding_forward(tok_fixed.view(), p, &tokens, seq_len) * &upstream).sum()
+        });
     }
 }

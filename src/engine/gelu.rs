@@ -37,7 +37,8 @@ pub fn gelu_backward<F: Scalar>(dy: ArrayView2<F>, x: ArrayView2<F>) -> Array2<F
         .zip(x.axis_chunks_iter(Axis(0), ROWS_PER_TASK).into_par_iter())
         .zip(dy.axis_chunks_iter(Axis(0), ROWS_PER_TASK).into_par_iter())
         .for_each(|((mut dx_rows, x_rows), dy_rows)| {
-            let (Some(dx_rows), Some(x_rows), Some(dy_rows)) = (dx_rows.as_slice_mut(), x_rows.as_slice(), dy_rows.as_slice())
+            let (Some(dx_rows), Some(x_rows), Some(dy_rows)) =
+                (dx_rows.as_slice_mut(), x_rows.as_slice(), dy_rows.as_slice())
             else {
                 unreachable!("row blocks of standard-layout arrays are contiguous")
             };
@@ -55,9 +56,7 @@ mod tests {
 
     #[test]
     fn gelu_gradient_matches_finite_differences() {
-        let mut x = random(&[4, 6], 2.0, 1)
-            .into_dimensionality::<Ix2>()
-            .unwrap();
+        let mut x = random(&[4, 6], 2.0, 1).into_dimensionality::<Ix2>().unwrap();
         let upstream = probe(&[4, 6], 2).into_dimensionality::<Ix2>().unwrap();
         let dx = gelu_backward(upstream.view(), x.view());
         assert_gradient("x", &mut x.view_mut().into_dyn(), &dx.into_dyn(), |x| {
@@ -70,13 +69,7 @@ mod tests {
     fn gelu_matches_reference_values() {
         // the tanh-form definition evaluated in double precision (what PyTorch computes with approximate="tanh")
         let x = ndarray::array![[-3.0f64, -1.0, 0.0, 0.5, 2.0]];
-        let expected = [
-            -0.0036373920817729943,
-            -0.15880800939172324,
-            0.0,
-            0.34571400982514394,
-            1.954597694087775,
-        ];
+        let expected = [-0.0036373920817729943, -0.15880800939172324, 0.0, 0.34571400982514394, 1.954597694087775];
         for (y, e) in gelu_forward(x.view()).iter().zip(expected) {
             assert!((y - e).abs() < 1e-9, "{y} vs {e}");
         }

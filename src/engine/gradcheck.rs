@@ -33,18 +33,9 @@ pub fn worst_discrepancy(
     stride: usize,
     mut loss: impl FnMut(&ArrayViewMutD<f64>) -> f64,
 ) -> Discrepancy {
-    assert_eq!(
-        param.shape(),
-        analytic.shape(),
-        "gradient shape differs from parameter shape"
-    );
+    assert_eq!(param.shape(), analytic.shape(), "gradient shape differs from parameter shape");
     let analytic_flat: Vec<f64> = analytic.iter().copied().collect();
-    let mut worst = Discrepancy {
-        index: 0,
-        analytic: 0.0,
-        numeric: 0.0,
-        relative_error: 0.0,
-    };
+    let mut worst = Discrepancy { index: 0, analytic: 0.0, numeric: 0.0, relative_error: 0.0 };
     let len = analytic_flat.len();
     let mut index = 0;
     while index < len {
@@ -58,12 +49,7 @@ pub fn worst_discrepancy(
         let a = analytic_flat[index];
         let relative_error = (a - numeric).abs() / a.abs().max(numeric.abs()).max(FLOOR);
         if relative_error > worst.relative_error {
-            worst = Discrepancy {
-                index,
-                analytic: a,
-                numeric,
-                relative_error,
-            };
+            worst = Discrepancy { index, analytic: a, numeric, relative_error };
         }
         index += stride.max(1);
     }
@@ -121,53 +107,36 @@ mod tests {
         weight: &Array1<f64>,
     ) -> Array2<f64> {
         let mut dx = Array2::zeros(dy.raw_dim());
-        Zip::from(dx.rows_mut())
-            .and(dy.rows())
-            .and(normalized.rows())
-            .and(rstd)
-            .for_each(|mut dx_row, dy_row, _xhat, &r| {
+        Zip::from(dx.rows_mut()).and(dy.rows()).and(normalized.rows()).and(rstd).for_each(
+            |mut dx_row, dy_row, _xhat, &r| {
                 let dxhat = &dy_row * weight;
                 let mean = dxhat.mean().unwrap_or(0.0);
                 dx_row.assign(&((dxhat - mean) * r));
-            });
+            },
+        );
         dx
     }
 
     #[test]
     fn a_gradient_missing_one_term_is_rejected() {
         let (n, d) = (4, 6);
-        let mut x = random(&[n, d], 2.0, 1)
-            .into_dimensionality::<Ix2>()
-            .unwrap();
+        let mut x = random(&[n, d], 2.0, 1).into_dimensionality::<Ix2>().unwrap();
         let w = random(&[d], 1.0, 2).into_dimensionality::<Ix1>().unwrap();
         let b = Array1::zeros(d);
         let upstream = probe(&[n, d], 3).into_dimensionality::<Ix2>().unwrap();
         let (_, cache) = layernorm_forward(x.view(), w.view(), b.view(), 1e-5);
-        let broken =
-            layernorm_backward_missing_variance_term(&upstream, &cache.normalized, &cache.rstd, &w);
+        let broken = layernorm_backward_missing_variance_term(&upstream, &cache.normalized, &cache.rstd, &w);
         let mut dw = Array1::zeros(d);
         let mut db = Array1::zeros(d);
-        let correct = layernorm_backward(
-            upstream.view(),
-            &cache,
-            w.view(),
-            dw.view_mut(),
-            db.view_mut(),
-        );
+        let correct = layernorm_backward(upstream.view(), &cache, w.view(), dw.view_mut(), db.view_mut());
         let loss = |x: &ArrayViewMutD<f64>| {
             let x = x.view().into_dimensionality::<Ix2>().unwrap();
             (layernorm_forward(x, w.view(), b.view(), 1e-5).0 * &upstream).sum()
         };
         let good = worst_discrepancy(&mut x.view_mut().into_dyn(), &correct.into_dyn(), 1, loss);
         let bad = worst_discrepancy(&mut x.view_mut().into_dyn(), &broken.into_dyn(), 1, loss);
-        assert!(
-            good.relative_error < TOLERANCE,
-            "correct gradient rejected: {good:?}"
-        );
-        assert!(
-            bad.relative_error > 100.0 * TOLERANCE,
-            "broken gradient accepted: {bad:?}"
-        );
+        assert!(good.relative_error < TOLERANCE, "correct gradient rejected: {good:?}");
+        assert!(bad.relative_error > 100.0 * TOLERANCE, "broken gradient accepted: {bad:?}");
     }
 
     #[test]
@@ -175,9 +144,7 @@ mod tests {
         let mut x = random(&[3, 3], 1.0, 5);
         let loss = |x: &ArrayViewMutD<f64>| x.iter().map(|v| v.sin() * v).sum::<f64>();
         let mut gradient = x.mapv(|v| v.cos() * v + v.sin());
-        assert!(
-            worst_discrepancy(&mut x.view_mut(), &gradient, 1, loss).relative_error < TOLERANCE
-        );
+        assert!(worst_discrepancy(&mut x.view_mut(), &gradient, 1, loss).relative_error < TOLERANCE);
         gradient[[1, 2]] *= 1.001;
         let worst = worst_discrepancy(&mut x.view_mut(), &gradient, 1, loss);
         assert!(worst.relative_error > TOLERANCE, "{worst:?}");

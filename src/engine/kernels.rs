@@ -53,19 +53,22 @@ pub fn exp_f32(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
     let x = x.clamp(-87.0, 88.0);
-    // round to nearest by adding and subtracting 1.5·2²³, which needs no SSE4.1 `roundps` and so
-    // vectorises on baseline x86-64 (a `floor` call there is a libm call per element)
+    // Round to nearest by adding 1.5·2²³: the sum's low mantissa bits then hold n as an integer, so
+    // both n as a float and 2ⁿ come from bit arithmetic. (A `floor` call, or a saturating `as i32`,
+    // would each turn the loop back into scalar code.)
     const ROUNDER: f32 = 12_582_912.0;
-    let n = (x * LOG2E + ROUNDER) - ROUNDER;
+    let shifted = x * LOG2E + ROUNDER;
+    let n = shifted - ROUNDER;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_2e-3;
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5; // Cephes gives 5.0000001201e-1, which rounds to 0.5 in f32
     let y = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) as u32) << 23);
+    let n_bits = shifted.to_bits().wrapping_sub(ROUNDER.to_bits());
+    let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
     y * scale
 }
 

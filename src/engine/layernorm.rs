@@ -20,24 +20,16 @@ pub fn layernorm_forward<F: Scalar>(
     let d_f = F::lit(d as f64);
     let mut normalized = Array2::zeros((n, d));
     let mut rstd = Array1::zeros(n);
-    Zip::from(normalized.rows_mut())
-        .and(x.rows())
-        .and(&mut rstd)
-        .par_for_each(|mut out, row, rstd_row| {
-            let mean = row.sum() / d_f;
-            let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<F>() / d_f;
-            let r = F::one() / (var + eps).sqrt();
-            Zip::from(&mut out)
-                .and(&row)
-                .for_each(|o, &v| *o = (v - mean) * r);
-            *rstd_row = r;
-        });
+    Zip::from(normalized.rows_mut()).and(x.rows()).and(&mut rstd).par_for_each(|mut out, row, rstd_row| {
+        let mean = row.sum() / d_f;
+        let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<F>() / d_f;
+        let r = F::one() / (var + eps).sqrt();
+        Zip::from(&mut out).and(&row).for_each(|o, &v| *o = (v - mean) * r);
+        *rstd_row = r;
+    });
     let mut y = normalized.clone();
     Zip::from(y.rows_mut()).par_for_each(|mut row| {
-        Zip::from(&mut row)
-            .and(&weight)
-            .and(&bias)
-            .for_each(|o, &w, &b| *o = *o * w + b);
+        Zip::from(&mut row).and(&weight).and(&bias).for_each(|o, &w, &b| *o = *o * w + b);
     });
     (y, LayerNormCache { normalized, rstd })
 }
@@ -53,11 +45,8 @@ pub fn layernorm_backward<F: Scalar>(
     let (n, d) = dy.dim();
     let d_f = F::lit(d as f64);
     let mut dx = Array2::zeros((n, d));
-    Zip::from(dx.rows_mut())
-        .and(dy.rows())
-        .and(cache.normalized.rows())
-        .and(&cache.rstd)
-        .par_for_each(|mut dx_row, dy_row, xhat, &rstd| {
+    Zip::from(dx.rows_mut()).and(dy.rows()).and(cache.normalized.rows()).and(&cache.rstd).par_for_each(
+        |mut dx_row, dy_row, xhat, &rstd| {
             // y = xhat·w + b, so dxhat = dy·w; then through xhat = (x − mean)·rstd:
             // dx = rstd · (dxhat − mean(dxhat) − xhat · mean(dxhat · xhat))
             let mut mean_dxhat = F::zero();
@@ -73,7 +62,8 @@ pub fn layernorm_backward<F: Scalar>(
                 let g = dy_row[k] * weight[k];
                 dx_row[k] = rstd * (g - mean_dxhat - xhat[k] * mean_dxhat_xhat);
             }
-        });
+        },
+    );
     // column sums in a fixed row order keep the parameter gradients reproducible
     dweight += &(&dy * &cache.normalized).sum_axis(Axis(0));
     dbias += &dy.sum_axis(Axis(0));
@@ -89,9 +79,7 @@ mod tests {
     #[test]
     fn layernorm_gradient_matches_finite_differences() {
         let (n, d, eps) = (6, 5, 1e-5);
-        let mut x = random(&[n, d], 2.0, 1)
-            .into_dimensionality::<Ix2>()
-            .unwrap();
+        let mut x = random(&[n, d], 2.0, 1).into_dimensionality::<Ix2>().unwrap();
         x.row_mut(0).mapv_inplace(|v| v + 3.0); // an offset row exercises the mean term
         let mut w = random(&[d], 1.0, 2).into_dimensionality::<Ix1>().unwrap();
         let mut b = random(&[d], 1.0, 3).into_dimensionality::<Ix1>().unwrap();
@@ -100,28 +88,17 @@ mod tests {
         let (_, cache) = layernorm_forward(x.view(), w.view(), b.view(), eps);
         let mut dw = Array1::zeros(d);
         let mut db = Array1::zeros(d);
-        let dx = layernorm_backward(
-            upstream.view(),
-            &cache,
-            w.view(),
-            dw.view_mut(),
-            db.view_mut(),
-        );
+        let dx = layernorm_backward(upstream.view(), &cache, w.view(), dw.view_mut(), db.view_mut());
 
         let (w0, b0, x0) = (w.clone(), b.clone(), x.clone());
         assert_gradient("x", &mut x.view_mut().into_dyn(), &dx.into_dyn(), |x| {
             let x = x.view().into_dimensionality::<Ix2>().unwrap();
             (layernorm_forward(x, w0.view(), b0.view(), eps).0 * &upstream).sum()
         });
-        assert_gradient(
-            "weight",
-            &mut w.view_mut().into_dyn(),
-            &dw.into_dyn(),
-            |w| {
-                let w = w.view().into_dimensionality::<Ix1>().unwrap();
-                (layernorm_forward(x0.view(), w, b0.view(), eps).0 * &upstream).sum()
-            },
-        );
+        assert_gradient("weight", &mut w.view_mut().into_dyn(), &dw.into_dyn(), |w| {
+            let w = w.view().into_dimensionality::<Ix1>().unwrap();
+            (layernorm_forward(x0.view(), w, b0.view(), eps).0 * &upstream).sum()
+        });
         let w0 = w.clone();
         assert_gradient("bias", &mut b.view_mut().into_dyn(), &db.into_dyn(), |b| {
             let b = b.view().into_dimensionality::<Ix1>().unwrap();
@@ -131,9 +108,7 @@ mod tests {
 
     #[test]
     fn layernorm_output_is_standardised() {
-        let x = random(&[3, 64], 5.0, 9)
-            .into_dimensionality::<Ix2>()
-            .unwrap();
+        let x = random(&[3, 64], 5.0, 9).into_dimensionality::<Ix2>().unwrap();
         let ones = Array1::ones(64);
         let zeros = Array1::zeros(64);
         let (y, _) = layernorm_forward(x.view(), ones.view(), zeros.view(), 1e-5);

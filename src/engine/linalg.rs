@@ -39,25 +39,31 @@ pub fn init_blas() {
     });
 }
 
-/// `c = alpha · a · b + beta · c`, split over blocks of rows of `c`.
-pub fn gemm<F: Scalar>(
-    alpha: F,
-    a: ArrayView2<F>,
-    b: ArrayView2<F>,
-    beta: F,
-    mut c: ArrayViewMut2<F>,
-) {
+/// Columns per parallel task when `c` has a single block of rows (the weight gradients `xᵀ·dy`, whose
+/// output is only `d × d` but whose inner dimension is the whole batch).
+const COLS_PER_TASK: usize = 64;
+
+/// `c = alpha · a · b + beta · c`, split into blocks of `c` that rayon computes in parallel.
+///
+/// The blocks depend only on the shapes (never on the thread count) and each element of `c` comes from
+/// one BLAS call over the full inner dimension, so the result is the same with any number of threads.
+pub fn gemm<F: Scalar>(alpha: F, a: ArrayView2<F>, b: ArrayView2<F>, beta: F, mut c: ArrayViewMut2<F>) {
     init_blas();
     debug_assert_eq!(a.ncols(), b.nrows());
     debug_assert_eq!((a.nrows(), b.ncols()), c.dim());
-    if c.nrows() <= ROWS_PER_TASK {
+    if c.nrows() > ROWS_PER_TASK {
+        c.axis_chunks_iter_mut(Axis(0), ROWS_PER_TASK)
+            .into_par_iter()
+            .zip(a.axis_chunks_iter(Axis(0), ROWS_PER_TASK).into_par_iter())
+            .for_each(|(mut c_rows, a_rows)| general_mat_mul(alpha, &a_rows, &b, beta, &mut c_rows));
+    } else if c.ncols() >= 2 * COLS_PER_TASK && a.ncols() >= ROWS_PER_TASK {
+        c.axis_chunks_iter_mut(Axis(1), COLS_PER_TASK)
+            .into_par_iter()
+            .zip(b.axis_chunks_iter(Axis(1), COLS_PER_TASK).into_par_iter())
+            .for_each(|(mut c_cols, b_cols)| general_mat_mul(alpha, &a, &b_cols, beta, &mut c_cols));
+    } else {
         general_mat_mul(alpha, &a, &b, beta, &mut c);
-        return;
     }
-    c.axis_chunks_iter_mut(Axis(0), ROWS_PER_TASK)
-        .into_par_iter()
-        .zip(a.axis_chunks_iter(Axis(0), ROWS_PER_TASK).into_par_iter())
-        .for_each(|(mut c_rows, a_rows)| general_mat_mul(alpha, &a_rows, &b, beta, &mut c_rows));
 }
 
 /// `a · b` as a new array.
@@ -96,6 +102,9 @@ mod tests {
         // a^T · a through a transposed view, as the weight gradients use it
         let expected = naive(&at, &a);
         assert_eq!(matmul(a.t(), a.view()), expected);
+        // a single block of rows with many columns is split by columns
+        let wide = Array2::from_shape_fn((300, 200), |(i, j)| ((i + 3 * j) % 5) as f64);
+        assert_eq!(matmul(a.t(), wide.view()), naive(&at, &wide));
         let mut c = Array2::from_elem((300, 9), 1.0);
         gemm(2.0, a.view(), b.view(), 1.0, c.view_mut());
         assert_eq!(c, naive(&a, &b) * 2.0 + 1.0);

@@ -1,22 +1,45 @@
 //! Output projection fused with softmax cross-entropy: `logits = h·W`, `loss = mean_n −log softmax(logits_n)[y_n]`.
 //!
-//! The `[N, V]` logits are never materialised: rows are processed in chunks whose logits are turned into
-//! probabilities, losses and gradients at once. With WikiText-2's 33,278 words and `N = 2048` the full
-//! matrix would be 272 MB of `f32`; a chunk is 8.5 MB and stays in cache-friendly reach. The gradient of `W`
-//! is accumulated per group of chunks and the groups are summed in a fixed order, so the result does not
-//! depend on the number of threads.
+//! The logits are computed in tiles of rows by vocabulary blocks, in two passes:
+//!
+//! 1. every tile is turned in place into `exp(z − m)` with its per-row maximum `m`, and reports per row
+//!    `m`, where it is, `Σ exp(z − m)` and the target's logit if the target falls in the tile; the tiles
+//!    of a row are then merged in a fixed order into its log-partition `lse`, loss and prediction;
+//! 2. (training only) each tile becomes `∂/∂z = (softmax − onehot)/N` by one scaling,
+//!    `exp(z − m)·e^(m − lse)/N`, and feeds `∂Wᵀ` of its vocabulary block directly (inner dimension
+//!    `N`, an efficient product with no `[V, d]` partial sums) and a per-group partial of `∂h`.
+//!
+//! Pass 2 reuses pass 1's tiles while all of them fit in [`LOGIT_CACHE_BYTES`] (WikiText-2's 33,278
+//! words at `N = 2048` take 272 MB); beyond that it recomputes each tile and its exponentials, so memory
+//! stays bounded whatever the vocabulary and batch. Every sum has an order fixed by the shapes alone,
+//! so results do not depend on the number of threads.
+
+use std::ops::Range;
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array2, ArrayView2};
+use ndarray::{s, Array1, Array2, ArrayView2, Axis};
 use rayon::prelude::*;
 
 use super::kernels;
 use super::linalg::init_blas;
 use super::Scalar;
 
-const CHUNK_ROWS: usize = 256;
-/// Independent accumulators for `∂W`; fixed so that summation order never depends on the thread count.
-const GROUPS: usize = 8;
+/// Tile shape: rows by vocabulary columns.
+#[derive(Clone, Copy, Debug)]
+pub struct Tiling {
+    pub rows: usize,
+    pub vocab: usize,
+    /// Vocabulary blocks are split into at most this many groups in pass 2, each with its own `∂h`.
+    pub groups: usize,
+    /// Keep pass 1's tiles for pass 2 while `N·V` elements take at most this many bytes.
+    pub cache_bytes: usize,
+}
+
+pub const LOGIT_CACHE_BYTES: usize = 512 << 20;
+
+/// Measured on two cores for WikiText-2's vocabulary: 2048 × 256 tiles (2 MB) ran fastest of the
+/// shapes tried between 512 × 256 and 2048 × 1024.
+pub const DEFAULT_TILING: Tiling = Tiling { rows: 2048, vocab: 256, groups: 8, cache_bytes: LOGIT_CACHE_BYTES };
 
 pub struct OutputLoss<F> {
     /// Mean negative log-likelihood over the rows, in nats.
@@ -27,15 +50,65 @@ pub struct OutputLoss<F> {
     pub correct: usize,
     /// `∂mean_nll/∂h`, `[N, d]`, when gradients were requested.
     pub d_hidden: Option<Array2<F>>,
-    /// `∂mean_nll/∂W`, `[d, V]`, when gradients were requested.
-    pub d_weight: Option<Array2<F>>,
+    /// `∂mean_nll/∂Wᵀ`, `[V, d]` (the token embedding's layout, so a tied model adds it without a
+    /// strided transpose), when gradients were requested.
+    pub d_weight_t: Option<Array2<F>>,
 }
 
-struct GroupResult<F> {
-    nll: Vec<F>,
-    correct: usize,
-    d_hidden: Option<Array2<F>>,
-    d_weight: Option<Array2<F>>,
+/// What pass 1 learns from one tile, per row of the tile.
+struct TileStats<F> {
+    max: Vec<F>,
+    /// Column (in the whole vocabulary) of the first maximum.
+    argmax: Vec<u32>,
+    /// `Σ_j exp(z_j − max)` over the tile's columns.
+    sum_exp: Vec<F>,
+    /// `(row within the tile, logit)` for rows whose target lies in this tile's columns.
+    target_logits: Vec<(usize, F)>,
+    /// The tile as `exp(z − max)`, kept for pass 2 when the cache allows.
+    exp_tile: Option<Array2<F>>,
+}
+
+fn ranges(len: usize, step: usize) -> Vec<Range<usize>> {
+    (0..len.div_ceil(step)).map(|i| i * step..((i + 1) * step).min(len)).collect()
+}
+
+/// `exp(z − m)` of one tile, in place, with its statistics.
+fn exp_tile<F: Scalar>(
+    hidden: ArrayView2<F>,
+    weight: ArrayView2<F>,
+    targets: &[u32],
+    rows: &Range<usize>,
+    cols: &Range<usize>,
+) -> (Array2<F>, TileStats<F>) {
+    let mut z = Array2::zeros((rows.len(), cols.len()));
+    // z = h·W on the tile                                                       (rows, cols)
+    general_mat_mul(
+        F::one(),
+        &hidden.slice(s![rows.clone(), ..]),
+        &weight.slice(s![.., cols.clone()]),
+        F::zero(),
+        &mut z,
+    );
+    let mut stats = TileStats {
+        max: Vec::with_capacity(rows.len()),
+        argmax: Vec::with_capacity(rows.len()),
+        sum_exp: Vec::with_capacity(rows.len()),
+        target_logits: Vec::new(),
+        exp_tile: None,
+    };
+    for (i, mut row) in z.rows_mut().into_iter().enumerate() {
+        let row = row.as_slice_mut().expect("tile rows are contiguous");
+        let target = targets[rows.start + i] as usize;
+        if cols.contains(&target) {
+            stats.target_logits.push((i, row[target - cols.start]));
+        }
+        let max = kernels::max(row);
+        let position = row.iter().position(|&v| v == max).unwrap_or(0);
+        stats.max.push(max);
+        stats.argmax.push((cols.start + position) as u32);
+        stats.sum_exp.push(kernels::exp_shifted_inplace(row, max));
+    }
+    (z, stats)
 }
 
 /// `hidden [N, d]`, `weight [d, V]` (a transposed view of the token embedding when tied), `targets [N]`.
@@ -45,91 +118,130 @@ pub fn output_loss<F: Scalar>(
     targets: &[u32],
     with_grad: bool,
 ) -> OutputLoss<F> {
+    output_loss_tiled(hidden, weight, targets, with_grad, DEFAULT_TILING)
+}
+
+pub fn output_loss_tiled<F: Scalar>(
+    hidden: ArrayView2<F>,
+    weight: ArrayView2<F>,
+    targets: &[u32],
+    with_grad: bool,
+    tiling: Tiling,
+) -> OutputLoss<F> {
     init_blas();
     let (n, d) = hidden.dim();
     let vocab = weight.ncols();
     assert_eq!(targets.len(), n, "one target per row");
     let inv_n = F::one() / F::lit(n.max(1) as f64);
-    let chunks = n.div_ceil(CHUNK_ROWS);
-    let chunks_per_group = chunks.div_ceil(GROUPS).max(1);
+    let row_tiles = ranges(n, tiling.rows);
+    let blocks = ranges(vocab, tiling.vocab);
+    let keep_tiles = with_grad && n * vocab * std::mem::size_of::<F>() <= tiling.cache_bytes;
 
-    let groups: Vec<GroupResult<F>> = (0..chunks.div_ceil(chunks_per_group))
-        .into_par_iter()
-        .map(|group| {
-            let row_start = group * chunks_per_group * CHUNK_ROWS;
-            let row_end = ((group + 1) * chunks_per_group * CHUNK_ROWS).min(n);
-            let mut result = GroupResult {
-                nll: Vec::with_capacity(row_end - row_start),
-                correct: 0,
-                d_hidden: with_grad.then(|| Array2::zeros((row_end - row_start, d))),
-                d_weight: with_grad.then(|| Array2::zeros((d, vocab))),
-            };
-            let mut logits = Array2::<F>::zeros((CHUNK_ROWS, vocab));
-            let mut start = row_start;
-            while start < row_end {
-                let end = (start + CHUNK_ROWS).min(row_end);
-                let h = hidden.slice(s![start..end, ..]);
-                let mut z = logits.slice_mut(s![..end - start, ..]);
-                // logits = h·W                                       (c, V)
-                general_mat_mul(F::one(), &h, &weight, F::zero(), &mut z);
-                for (r, mut row) in z.rows_mut().into_iter().enumerate() {
-                    let row = row.as_slice_mut().expect("logit rows are contiguous");
-                    let target = targets[start + r] as usize;
-                    let max = kernels::max(row);
-                    let argmax = row.iter().position(|&v| v == max).unwrap_or(0);
-                    let target_logit = row[target];
-                    let sum = kernels::exp_shifted_inplace(row, max);
-                    result.nll.push(sum.ln() + max - target_logit);
-                    result.correct += usize::from(argmax == target);
-                    if with_grad {
-                        // ∂(mean nll)/∂logits = (softmax − onehot)/N
-                        kernels::scale_inplace(row, inv_n / sum);
-                        row[target] -= inv_n;
-                    }
-                }
-                if let (Some(dh), Some(dw)) = (result.d_hidden.as_mut(), result.d_weight.as_mut()) {
-                    // dh = dlogits·Wᵀ, dW += hᵀ·dlogits
-                    let mut dh_rows = dh.slice_mut(s![start - row_start..end - row_start, ..]);
-                    general_mat_mul(F::one(), &z.view(), &weight.t(), F::zero(), &mut dh_rows);
-                    general_mat_mul(F::one(), &h.t(), &z.view(), F::one(), dw);
-                }
-                start = end;
+    // pass 1, tiles in (vocabulary block, row tile) order
+    let tasks: Vec<(usize, usize)> =
+        (0..blocks.len()).flat_map(|b| (0..row_tiles.len()).map(move |r| (b, r))).collect();
+    let mut stats: Vec<TileStats<F>> = tasks
+        .par_iter()
+        .map(|&(b, r)| {
+            let (tile, mut stats) = exp_tile(hidden, weight, targets, &row_tiles[r], &blocks[b]);
+            if keep_tiles {
+                stats.exp_tile = Some(tile);
             }
-            result
+            stats
         })
         .collect();
+    let stat = |b: usize, r: usize| b * row_tiles.len() + r;
 
-    let mut nll = Vec::with_capacity(n);
+    // merge each row's blocks in block order: lse = M + ln Σ_b s_b·e^(m_b − M)
+    let mut lse = Array1::<F>::zeros(n);
+    let mut nll = vec![F::zero(); n];
     let mut correct = 0;
-    let mut d_hidden = with_grad.then(|| Array2::zeros((n, d)));
-    let mut d_weight: Option<Array2<F>> = None;
-    let mut row = 0;
-    for group in groups {
-        let rows = group.nll.len();
-        nll.extend_from_slice(&group.nll);
-        correct += group.correct;
-        if let (Some(dh), Some(part)) = (d_hidden.as_mut(), group.d_hidden) {
-            dh.slice_mut(s![row..row + rows, ..]).assign(&part);
-        }
-        if let Some(part) = group.d_weight {
-            match d_weight.as_mut() {
-                Some(total) => *total += &part,
-                None => d_weight = Some(part),
+    for (r, rows) in row_tiles.iter().enumerate() {
+        let mut target_logit = vec![F::zero(); rows.len()];
+        for b in 0..blocks.len() {
+            for &(i, logit) in &stats[stat(b, r)].target_logits {
+                target_logit[i] = logit;
             }
         }
-        row += rows;
-    }
-    if with_grad && d_weight.is_none() {
-        d_weight = Some(Array2::zeros((d, vocab)));
+        for i in 0..rows.len() {
+            let (mut best, mut argmax) = (F::neg_infinity(), 0u32);
+            for b in 0..blocks.len() {
+                let tile = &stats[stat(b, r)];
+                if tile.max[i] > best {
+                    best = tile.max[i];
+                    argmax = tile.argmax[i];
+                }
+            }
+            let total: F = (0..blocks.len())
+                .map(|b| {
+                    let tile = &stats[stat(b, r)];
+                    tile.sum_exp[i] * (tile.max[i] - best).exp_kernel()
+                })
+                .sum();
+            let row_lse = best + total.ln();
+            lse[rows.start + i] = row_lse;
+            nll[rows.start + i] = row_lse - target_logit[i];
+            correct += usize::from(argmax == targets[rows.start + i]);
+        }
     }
     let mean_nll = nll.iter().copied().sum::<F>() * inv_n;
-    OutputLoss {
-        mean_nll,
-        nll,
-        correct,
-        d_hidden,
-        d_weight,
+    if !with_grad {
+        return OutputLoss { mean_nll, nll, correct, d_hidden: None, d_weight_t: None };
     }
+
+    // pass 2: ∂z = (softmax − onehot)/N per tile → ∂Wᵀ of its block, and a partial ∂h per group.
+    // Each group owns its blocks' statistics (and cached tiles), moved out of `stats`.
+    let blocks_per_group = blocks.len().div_ceil(tiling.groups.max(1)).max(1);
+    let mut owned: Vec<Vec<TileStats<F>>> = Vec::new();
+    for (index, tile) in stats.drain(..).enumerate() {
+        let group = index / row_tiles.len() / blocks_per_group;
+        if owned.len() <= group {
+            owned.push(Vec::new());
+        }
+        owned[group].push(tile);
+    }
+    let mut d_weight_t = Array2::<F>::zeros((vocab, d));
+    let partials: Vec<Array2<F>> = d_weight_t
+        .axis_chunks_iter_mut(Axis(0), blocks_per_group * tiling.vocab)
+        .into_par_iter()
+        .zip(owned.into_par_iter())
+        .enumerate()
+        .map(|(group, (mut dw_group, mut group_stats))| {
+            let mut dh = Array2::<F>::zeros((n, d));
+            let first_block = group * blocks_per_group;
+            let group_start = blocks[first_block].start;
+            for (k, tile_stats) in group_stats.iter_mut().enumerate() {
+                let (cols, rows) = (&blocks[first_block + k / row_tiles.len()], &row_tiles[k % row_tiles.len()]);
+                let mut z = match tile_stats.exp_tile.take() {
+                    Some(tile) => tile,
+                    None => exp_tile(hidden, weight, targets, rows, cols).0,
+                };
+                for (i, mut row) in z.rows_mut().into_iter().enumerate() {
+                    let row = row.as_slice_mut().expect("tile rows are contiguous");
+                    // exp(z − m)·e^(m − lse)/N = softmax/N; then −1/N at the target
+                    kernels::scale_inplace(row, (tile_stats.max[i] - lse[rows.start + i]).exp_kernel() * inv_n);
+                    let target = targets[rows.start + i] as usize;
+                    if cols.contains(&target) {
+                        row[target - cols.start] -= inv_n;
+                    }
+                }
+                let h = hidden.slice(s![rows.clone(), ..]);
+                // ∂Wᵀ[cols] += ∂zᵀ·h          (cols, d); row tiles accumulate in order
+                let mut dw = dw_group.slice_mut(s![cols.start - group_start..cols.end - group_start, ..]);
+                general_mat_mul(F::one(), &z.t(), &h, F::one(), &mut dw);
+                // ∂h[rows] += ∂z·W[:, cols]ᵀ    (rows, d)
+                let mut dh_rows = dh.slice_mut(s![rows.clone(), ..]);
+                general_mat_mul(F::one(), &z.view(), &weight.slice(s![.., cols.clone()]).t(), F::one(), &mut dh_rows);
+            }
+            dh
+        })
+        .collect();
+    let mut partials = partials.into_iter();
+    let mut d_hidden = partials.next().unwrap_or_else(|| Array2::zeros((n, d)));
+    for partial in partials {
+        d_hidden += &partial;
+    }
+    OutputLoss { mean_nll, nll, correct, d_hidden: Some(d_hidden), d_weight_t: Some(d_weight_t) }
 }
 
 #[cfg(test)]
@@ -138,49 +250,47 @@ mod tests {
     use crate::engine::gradcheck::{assert_gradient, random};
     use ndarray::Ix2;
 
+    /// Small tiles so that a small problem spans several row tiles, vocabulary blocks and groups.
+    const SMALL: Tiling = Tiling { rows: 4, vocab: 3, groups: 2, cache_bytes: LOGIT_CACHE_BYTES };
+    const SMALL_RECOMPUTED: Tiling = Tiling { cache_bytes: 0, ..SMALL };
+
+    fn problem() -> (Array2<f64>, Array2<f64>, Vec<u32>) {
+        let (n, d, vocab) = (10, 4, 11);
+        let targets: Vec<u32> = (0..n).map(|i| ((i * 7 + 3) % vocab) as u32).collect();
+        let h = random(&[n, d], 1.0, 1).into_dimensionality::<Ix2>().unwrap();
+        let w = random(&[d, vocab], 1.0, 2).into_dimensionality::<Ix2>().unwrap();
+        (h, w, targets)
+    }
+
     #[test]
     fn fused_cross_entropy_gradient_matches_finite_differences() {
-        // 150 rows span three chunks and several accumulation groups
-        let (n, d, vocab) = (150, 4, 11);
-        let targets: Vec<u32> = (0..n).map(|i| ((i * 7 + 3) % vocab) as u32).collect();
-        let mut h = random(&[n, d], 1.0, 1)
-            .into_dimensionality::<Ix2>()
-            .unwrap();
-        let mut w = random(&[d, vocab], 1.0, 2)
-            .into_dimensionality::<Ix2>()
-            .unwrap();
-        let out = output_loss(h.view(), w.view(), &targets, true);
-        let (dh, dw) = (out.d_hidden.unwrap(), out.d_weight.unwrap());
-        let w0 = w.clone();
-        assert_gradient(
-            "hidden",
-            &mut h.view_mut().into_dyn(),
-            &dh.into_dyn(),
-            |h| {
-                output_loss(
-                    h.view().into_dimensionality::<Ix2>().unwrap(),
-                    w0.view(),
-                    &targets,
-                    false,
-                )
-                .mean_nll
-            },
-        );
-        let h0 = h.clone();
-        assert_gradient(
-            "weight",
-            &mut w.view_mut().into_dyn(),
-            &dw.into_dyn(),
-            |w| {
-                output_loss(
-                    h0.view(),
-                    w.view().into_dimensionality::<Ix2>().unwrap(),
-                    &targets,
-                    false,
-                )
-                .mean_nll
-            },
-        );
+        for tiling in [SMALL, SMALL_RECOMPUTED] {
+            let (mut h, mut w, targets) = problem();
+            let out = output_loss_tiled(h.view(), w.view(), &targets, true, tiling);
+            let (dh, dw) = (out.d_hidden.unwrap(), out.d_weight_t.unwrap().reversed_axes());
+            let w0 = w.clone();
+            assert_gradient("hidden", &mut h.view_mut().into_dyn(), &dh.into_dyn(), |h| {
+                let h = h.view().into_dimensionality::<Ix2>().unwrap();
+                output_loss_tiled(h, w0.view(), &targets, false, tiling).mean_nll
+            });
+            let h0 = h.clone();
+            assert_gradient("weight", &mut w.view_mut().into_dyn(), &dw.into_dyn(), |w| {
+                let w = w.view().into_dimensionality::<Ix2>().unwrap();
+                output_loss_tiled(h0.view(), w, &targets, false, tiling).mean_nll
+            });
+        }
+    }
+
+    #[test]
+    fn tiling_changes_nothing_but_rounding() {
+        let (h, w, targets) = problem();
+        let whole = output_loss_tiled(h.view(), w.view(), &targets, true, DEFAULT_TILING);
+        let tiled = output_loss_tiled(h.view(), w.view(), &targets, true, SMALL_RECOMPUTED);
+        assert!((whole.mean_nll - tiled.mean_nll).abs() < 1e-12);
+        assert_eq!(whole.correct, tiled.correct);
+        let gap =
+            (whole.d_weight_t.unwrap() - tiled.d_weight_t.unwrap()).mapv(f64::abs).fold(0.0, |a: f64, &b| a.max(b));
+        assert!(gap < 1e-14, "{gap}");
     }
 
     #[test]

@@ -3,12 +3,10 @@
 //! `Params` holds weights and, with the same fields, their gradients (`Grads`), as llm.c mirrors its
 //! structs. `backward` calls the layer backwards in exact reverse order of `forward`.
 
-use ndarray::{Array1, Array2, ArrayView2, ArrayViewD, ArrayViewMutD};
+use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewD, ArrayViewMutD, Axis};
 use serde::{Deserialize, Serialize};
 
-use super::attention::{
-    attention_backward, attention_forward, AttentionCache, AttentionHook, AttentionShape,
-};
+use super::attention::{attention_backward, attention_forward, AttentionCache, AttentionHook, AttentionShape};
 use super::embedding::{embedding_backward, embedding_forward};
 use super::gelu::{gelu_backward, gelu_forward};
 use super::layernorm::{layernorm_backward, layernorm_forward, LayerNormCache};
@@ -60,17 +58,11 @@ impl Config {
         if self.d_model % self.n_heads != 0 {
             return Err(crate::Error::invalid(
                 "model.n_heads",
-                format!(
-                    "d_model {} is not divisible by {} heads",
-                    self.d_model, self.n_heads
-                ),
+                format!("d_model {} is not divisible by {} heads", self.d_model, self.n_heads),
             ));
         }
         if !(self.ln_eps > 0.0 && self.ln_eps.is_finite()) {
-            return Err(crate::Error::invalid(
-                "model.ln_eps",
-                "must be a positive number",
-            ));
+            return Err(crate::Error::invalid("model.ln_eps", "must be a positive number"));
         }
         Ok(())
     }
@@ -83,11 +75,7 @@ impl Config {
     /// `6·P` for the weight products plus attention's `q·kᵀ` and `α·v` over a causal window of `T/2` keys
     /// on average.
     pub fn training_flops_per_token(&self, seq_len: usize) -> f64 {
-        let (d, ff, v) = (
-            self.d_model as f64,
-            self.d_ff as f64,
-            self.vocab_size as f64,
-        );
+        let (d, ff, v) = (self.d_model as f64, self.d_ff as f64, self.vocab_size as f64);
         let per_layer = 4.0 * d * d + 2.0 * d * ff;
         let weight_macs = self.n_layers as f64 * per_layer + d * v;
         let attention_macs = self.n_layers as f64 * 2.0 * d * (seq_len as f64 / 2.0);
@@ -171,11 +159,7 @@ impl<F: Scalar> LayerParams<F> {
         layer_fields!(push);
     }
 
-    fn push_named_mut<'a>(
-        &'a mut self,
-        layer: usize,
-        out: &mut Vec<(String, ArrayViewMutD<'a, F>)>,
-    ) {
+    fn push_named_mut<'a>(&'a mut self, layer: usize, out: &mut Vec<(String, ArrayViewMutD<'a, F>)>) {
         macro_rules! push {
             ($($field:ident: $name:literal),*) => {
                 $(out.push((format!("layers.{layer}.{}", $name), self.$field.view_mut().into_dyn()));)*
@@ -221,10 +205,7 @@ impl<F: Scalar> Params<F> {
         for (l, layer) in self.layers.iter().enumerate() {
             layer.push_named(l, &mut out);
         }
-        out.push((
-            "ln_f.weight".to_string(),
-            self.ln_f_weight.view().into_dyn(),
-        ));
+        out.push(("ln_f.weight".to_string(), self.ln_f_weight.view().into_dyn()));
         out.push(("ln_f.bias".to_string(), self.ln_f_bias.view().into_dyn()));
         if let Some(head) = &self.head {
             out.push(("head".to_string(), head.view().into_dyn()));
@@ -240,14 +221,8 @@ impl<F: Scalar> Params<F> {
         for (l, layer) in self.layers.iter_mut().enumerate() {
             layer.push_named_mut(l, &mut out);
         }
-        out.push((
-            "ln_f.weight".to_string(),
-            self.ln_f_weight.view_mut().into_dyn(),
-        ));
-        out.push((
-            "ln_f.bias".to_string(),
-            self.ln_f_bias.view_mut().into_dyn(),
-        ));
+        out.push(("ln_f.weight".to_string(), self.ln_f_weight.view_mut().into_dyn()));
+        out.push(("ln_f.bias".to_string(), self.ln_f_bias.view_mut().into_dyn()));
         if let Some(head) = &mut self.head {
             out.push(("head".to_string(), head.view_mut().into_dyn()));
         }
@@ -262,11 +237,20 @@ impl<F: Scalar> Params<F> {
     pub fn cast<G: Scalar>(&self, config: &Config) -> Params<G> {
         let mut out = Params::<G>::zeros(config);
         for ((_, src), (_, mut dst)) in self.named().into_iter().zip(out.named_mut()) {
-            ndarray::Zip::from(&mut dst)
-                .and(&src)
-                .for_each(|d, &s| *d = G::lit(s.as_f64()));
+            ndarray::Zip::from(&mut dst).and(&src).for_each(|d, &s| *d = G::lit(s.as_f64()));
         }
         out
+    }
+}
+
+/// `[W_Q | W_K | W_V]` and `[b_Q | b_K | b_V]`: the three projections as one product. Copying `3d²`
+/// numbers per layer and step buys one large matrix product instead of three small ones.
+fn fused_qkv<F: Scalar>(w: &LayerParams<F>) -> (Array2<F>, Array1<F>) {
+    let weights = ndarray::concatenate(Axis(1), &[w.wq.view(), w.wk.view(), w.wv.view()]);
+    let biases = ndarray::concatenate(Axis(0), &[w.bq.view(), w.bk.view(), w.bv.view()]);
+    match (weights, biases) {
+        (Ok(weights), Ok(biases)) => (weights, biases),
+        _ => unreachable!("the three projections share their shapes"),
     }
 }
 
@@ -274,9 +258,8 @@ impl<F: Scalar> Params<F> {
 pub struct LayerCache<F> {
     ln1: LayerNormCache<F>,
     z1: Array2<F>,
-    q: Array2<F>,
-    k: Array2<F>,
-    v: Array2<F>,
+    /// `[q | k | v]`, `[N, 3d]`, from one fused projection.
+    qkv: Array2<F>,
     pub attention: AttentionCache<F>,
     y_att: Array2<F>,
     ln2: LayerNormCache<F>,
@@ -314,18 +297,13 @@ impl<F: Scalar> Model<F> {
         let residual_scale = 1.0 / (2.0 * config.n_layers as f64).sqrt();
         for (index, (name, mut tensor)) in params.named_mut().into_iter().enumerate() {
             let mut rng = Rng::derive(seed, 0x1417, index as u64);
-            let is_gain = name.ends_with("ln1.weight")
-                || name.ends_with("ln2.weight")
-                || name == "ln_f.weight";
+            let is_gain = name.ends_with("ln1.weight") || name.ends_with("ln2.weight") || name == "ln_f.weight";
             let is_matrix = tensor.ndim() == 2;
             if is_gain {
                 tensor.fill(F::one());
             } else if is_matrix {
-                let std = if name.ends_with("attn.wo") || name.ends_with("mlp.w2") {
-                    0.02 * residual_scale
-                } else {
-                    0.02
-                };
+                let std =
+                    if name.ends_with("attn.wo") || name.ends_with("mlp.w2") { 0.02 * residual_scale } else { 0.02 };
                 tensor.mapv_inplace(|_| F::lit(std * rng.normal()));
             }
         }
@@ -358,69 +336,32 @@ impl<F: Scalar> Model<F> {
         let mut penalty = F::zero();
         for (layer, w) in p.layers.iter().enumerate() {
             // h = x + Attn(LN₁(x))
-            let (z1, ln1) =
-                layernorm_forward(x.view(), w.ln1_weight.view(), w.ln1_bias.view(), eps);
-            let q = linear_forward(z1.view(), w.wq.view(), w.bq.view()); // (N, d)
-            let k = linear_forward(z1.view(), w.wk.view(), w.bk.view()); // (N, d)
-            let v = linear_forward(z1.view(), w.wv.view(), w.bv.view()); // (N, d)
-            let shape = AttentionShape {
-                batch,
-                seq_len,
-                heads: c.n_heads,
-                layer,
-            };
-            let (y_att, attention, layer_penalty) =
-                attention_forward(q.view(), k.view(), v.view(), shape, hook);
+            let (z1, ln1) = layernorm_forward(x.view(), w.ln1_weight.view(), w.ln1_bias.view(), eps);
+            // q, k, v in one product: [q | k | v] = z₁·[W_Q | W_K | W_V] + [b_Q | b_K | b_V]
+            let (w_qkv, b_qkv) = fused_qkv(w);
+            let qkv = linear_forward(z1.view(), w_qkv.view(), b_qkv.view()); // (N, 3d)
+            let d = c.d_model;
+            let (q, k, v) = (qkv.slice(s![.., ..d]), qkv.slice(s![.., d..2 * d]), qkv.slice(s![.., 2 * d..]));
+            let shape = AttentionShape { batch, seq_len, heads: c.n_heads, layer };
+            let (y_att, attention, layer_penalty) = attention_forward(q.view(), k.view(), v.view(), shape, hook);
             penalty += layer_penalty;
             let mut h = linear_forward(y_att.view(), w.wo.view(), w.bo.view());
             h += &x;
             // x' = h + W₂·GELU(W₁·LN₂(h) + b₁) + b₂
-            let (z2, ln2) =
-                layernorm_forward(h.view(), w.ln2_weight.view(), w.ln2_bias.view(), eps);
+            let (z2, ln2) = layernorm_forward(h.view(), w.ln2_weight.view(), w.ln2_bias.view(), eps);
             let a1 = linear_forward(z2.view(), w.w1.view(), w.b1.view()); // (N, ff)
             let g = gelu_forward(a1.view()); // (N, ff)
             x = linear_forward(g.view(), w.w2.view(), w.b2.view());
             x += &h;
-            layers.push(LayerCache {
-                ln1,
-                z1,
-                q,
-                k,
-                v,
-                attention,
-                y_att,
-                ln2,
-                z2,
-                a1,
-                g,
-            });
+            layers.push(LayerCache { ln1, z1, qkv, attention, y_att, ln2, z2, a1, g });
         }
-        let (hidden, ln_f) =
-            layernorm_forward(x.view(), p.ln_f_weight.view(), p.ln_f_bias.view(), eps);
-        ForwardCache {
-            tokens: tokens.to_vec(),
-            batch,
-            seq_len,
-            layers,
-            ln_f,
-            hidden,
-            penalty,
-        }
+        let (hidden, ln_f) = layernorm_forward(x.view(), p.ln_f_weight.view(), p.ln_f_bias.view(), eps);
+        ForwardCache { tokens: tokens.to_vec(), batch, seq_len, layers, ln_f, hidden, penalty }
     }
 
     /// Cross-entropy of `targets` given the cached forward pass, with or without its gradients.
-    pub fn output_loss(
-        &self,
-        cache: &ForwardCache<F>,
-        targets: &[u32],
-        with_grad: bool,
-    ) -> OutputLoss<F> {
-        output_loss(
-            cache.hidden.view(),
-            self.output_weight(),
-            targets,
-            with_grad,
-        )
+    pub fn output_loss(&self, cache: &ForwardCache<F>, targets: &[u32], with_grad: bool) -> OutputLoss<F> {
+        output_loss(cache.hidden.view(), self.output_weight(), targets, with_grad)
     }
 
     /// Gradients of `mean CE + penalty` given the loss gradients at the output.
@@ -428,15 +369,15 @@ impl<F: Scalar> Model<F> {
         &self,
         cache: &ForwardCache<F>,
         d_hidden: ArrayView2<F>,
-        d_output_weight: ArrayView2<F>,
+        d_output_weight_t: ArrayView2<F>,
         hook: &dyn AttentionHook<F>,
     ) -> Grads<F> {
         let c = &self.config;
         let p = &self.params;
         let mut grads = Params::<F>::zeros(c);
         match grads.head.as_mut() {
-            Some(d_head) => d_head.assign(&d_output_weight),
-            None => grads.tok_emb += &d_output_weight.t(),
+            Some(d_head) => d_head.assign(&d_output_weight_t.t()),
+            None => grads.tok_emb += &d_output_weight_t,
         }
         let mut dx = layernorm_backward(
             d_hidden,
@@ -448,23 +389,11 @@ impl<F: Scalar> Model<F> {
         for (layer, (w, lc)) in p.layers.iter().zip(&cache.layers).enumerate().rev() {
             let gw = &mut grads.layers[layer];
             // x' = h + W₂·g + b₂
-            let dg = linear_backward(
-                dx.view(),
-                lc.g.view(),
-                w.w2.view(),
-                gw.w2.view_mut(),
-                gw.b2.view_mut(),
-            );
+            let dg = linear_backward(dx.view(), lc.g.view(), w.w2.view(), gw.w2.view_mut(), gw.b2.view_mut());
             // g = GELU(a₁)
             let da1 = gelu_backward(dg.view(), lc.a1.view());
             // a₁ = W₁·z₂ + b₁
-            let dz2 = linear_backward(
-                da1.view(),
-                lc.z2.view(),
-                w.w1.view(),
-                gw.w1.view_mut(),
-                gw.b1.view_mut(),
-            );
+            let dz2 = linear_backward(da1.view(), lc.z2.view(), w.w1.view(), gw.w1.view_mut(), gw.b1.view_mut());
             // z₂ = LN₂(h); h also flows straight to x'
             let mut dh = layernorm_backward(
                 dz2.view(),
@@ -475,50 +404,23 @@ impl<F: Scalar> Model<F> {
             );
             dh += &dx;
             // h = x + W_O·y_att + b_O
-            let dy_att = linear_backward(
-                dh.view(),
-                lc.y_att.view(),
-                w.wo.view(),
-                gw.wo.view_mut(),
-                gw.bo.view_mut(),
-            );
-            let shape = AttentionShape {
-                batch: cache.batch,
-                seq_len: cache.seq_len,
-                heads: c.n_heads,
-                layer,
-            };
-            let (dq, dk, dv) = attention_backward(
-                dy_att.view(),
-                lc.q.view(),
-                lc.k.view(),
-                lc.v.view(),
-                &lc.attention,
-                shape,
-                hook,
-            );
-            // q, k, v = z₁·W + b, all from the same z₁
-            let mut dz1 = linear_backward(
-                dq.view(),
-                lc.z1.view(),
-                w.wq.view(),
-                gw.wq.view_mut(),
-                gw.bq.view_mut(),
-            );
-            dz1 += &linear_backward(
-                dk.view(),
-                lc.z1.view(),
-                w.wk.view(),
-                gw.wk.view_mut(),
-                gw.bk.view_mut(),
-            );
-            dz1 += &linear_backward(
-                dv.view(),
-                lc.z1.view(),
-                w.wv.view(),
-                gw.wv.view_mut(),
-                gw.bv.view_mut(),
-            );
+            let dy_att = linear_backward(dh.view(), lc.y_att.view(), w.wo.view(), gw.wo.view_mut(), gw.bo.view_mut());
+            let shape = AttentionShape { batch: cache.batch, seq_len: cache.seq_len, heads: c.n_heads, layer };
+            let d = c.d_model;
+            let qkv = &lc.qkv;
+            let (q, k, v) = (qkv.slice(s![.., ..d]), qkv.slice(s![.., d..2 * d]), qkv.slice(s![.., 2 * d..]));
+            let d_qkv = attention_backward(dy_att.view(), q, k, v, &lc.attention, shape, hook); // (N, 3d)
+                                                                                                // [q | k | v] = z₁·W_QKV + b_QKV
+            let (w_qkv, _) = fused_qkv(w);
+            let mut dw_qkv = Array2::zeros(w_qkv.raw_dim());
+            let mut db_qkv = Array1::zeros(3 * d);
+            let dz1 = linear_backward(d_qkv.view(), lc.z1.view(), w_qkv.view(), dw_qkv.view_mut(), db_qkv.view_mut());
+            for (index, (dw, db)) in
+                [(&mut gw.wq, &mut gw.bq), (&mut gw.wk, &mut gw.bk), (&mut gw.wv, &mut gw.bv)].into_iter().enumerate()
+            {
+                *dw += &dw_qkv.slice(s![.., index * d..(index + 1) * d]);
+                *db += &db_qkv.slice(s![index * d..(index + 1) * d]);
+            }
             // z₁ = LN₁(x); x also flows straight to h
             let mut dx_in = layernorm_backward(
                 dz1.view(),
@@ -530,13 +432,7 @@ impl<F: Scalar> Model<F> {
             dx_in += &dh;
             dx = dx_in;
         }
-        embedding_backward(
-            dx.view(),
-            &cache.tokens,
-            cache.seq_len,
-            grads.tok_emb.view_mut(),
-            grads.pos_emb.view_mut(),
-        );
+        embedding_backward(dx.view(), &cache.tokens, cache.seq_len, grads.tok_emb.view_mut(), grads.pos_emb.view_mut());
         grads
     }
 
@@ -551,7 +447,7 @@ impl<F: Scalar> Model<F> {
     ) -> (F, F, Grads<F>) {
         let cache = self.forward(tokens, batch, seq_len, hook);
         let loss = self.output_loss(&cache, targets, true);
-        let (d_hidden, d_weight) = match (loss.d_hidden, loss.d_weight) {
+        let (d_hidden, d_weight) = match (loss.d_hidden, loss.d_weight_t) {
             (Some(dh), Some(dw)) => (dh, dw),
             _ => unreachable!("output_loss returns gradients when asked"),
         };
@@ -599,18 +495,11 @@ mod tests {
             t.mapv_inplace(|_| offset + std * rng.normal());
         }
         let (batch, seq_len) = (2, 5);
-        let tokens: Vec<u32> = (0..batch * seq_len)
-            .map(|i| ((i * 7 + 2) % 11) as u32)
-            .collect();
-        let targets: Vec<u32> = (0..batch * seq_len)
-            .map(|i| ((i * 5 + 1) % 11) as u32)
-            .collect();
+        let tokens: Vec<u32> = (0..batch * seq_len).map(|i| ((i * 7 + 2) % 11) as u32).collect();
+        let targets: Vec<u32> = (0..batch * seq_len).map(|i| ((i * 5 + 1) % 11) as u32).collect();
         let (_, _, grads) = model.loss_and_grads(&tokens, &targets, batch, seq_len, hook);
-        let analytic: Vec<(String, ndarray::ArrayD<f64>)> = grads
-            .named()
-            .into_iter()
-            .map(|(n, g)| (n, g.to_owned()))
-            .collect();
+        let analytic: Vec<(String, ndarray::ArrayD<f64>)> =
+            grads.named().into_iter().map(|(n, g)| (n, g.to_owned())).collect();
         let mut errors = Vec::new();
         for (index, (name, grad)) in analytic.iter().enumerate() {
             let mut probe_model = model.clone();
@@ -647,12 +536,7 @@ mod tests {
     fn named_tensors_follow_the_checkpoint_layout() {
         let model = Model::<f32>::init(tiny_config(false), 1).unwrap();
         let named = model.params.named();
-        let shape_of = |n: &str| {
-            named
-                .iter()
-                .find(|(name, _)| name == n)
-                .map(|(_, t)| t.shape().to_vec())
-        };
+        let shape_of = |n: &str| named.iter().find(|(name, _)| name == n).map(|(_, t)| t.shape().to_vec());
         assert_eq!(shape_of("tok_emb"), Some(vec![11, 8]));
         assert_eq!(shape_of("pos_emb"), Some(vec![6, 8]));
         assert_eq!(shape_of("layers.1.attn.wq"), Some(vec![8, 8]));

@@ -64,37 +64,19 @@ pub fn decays(ndim: usize) -> bool {
 
 impl<F: Scalar> AdamW<F> {
     pub fn new(params: &Params<F>) -> Self {
-        let zeros: Vec<ArrayD<F>> = params
-            .named()
-            .iter()
-            .map(|(_, t)| ArrayD::zeros(t.raw_dim()))
-            .collect();
-        AdamW {
-            step: 0,
-            m: zeros.clone(),
-            v: zeros,
-        }
+        let zeros: Vec<ArrayD<F>> = params.named().iter().map(|(_, t)| ArrayD::zeros(t.raw_dim())).collect();
+        AdamW { step: 0, m: zeros.clone(), v: zeros }
     }
 
     /// Applies one update with learning rate `lr`; returns the gradient norm before clipping.
-    pub fn update(
-        &mut self,
-        params: &mut Params<F>,
-        grads: &Params<F>,
-        config: &OptimConfig,
-        lr: f64,
-    ) -> f64 {
+    pub fn update(&mut self, params: &mut Params<F>, grads: &Params<F>, config: &OptimConfig, lr: f64) -> f64 {
         let grad_tensors = grads.named();
         let norm = grad_tensors
             .iter()
             .map(|(_, g)| g.iter().map(|&x| x.as_f64() * x.as_f64()).sum::<f64>())
             .sum::<f64>()
             .sqrt();
-        let clip = if config.grad_clip > 0.0 && norm > config.grad_clip {
-            config.grad_clip / norm
-        } else {
-            1.0
-        };
+        let clip = if config.grad_clip > 0.0 && norm > config.grad_clip { config.grad_clip / norm } else { 1.0 };
         self.step += 1;
         let t = self.step as i32;
         let bias1 = 1.0 - config.beta1.powi(t);
@@ -105,24 +87,14 @@ impl<F: Scalar> AdamW<F> {
         let step_size = F::lit(lr / bias1);
         let inv_sqrt_bias2 = F::lit(1.0 / bias2.sqrt());
         let eps = F::lit(config.eps);
-        for (index, ((_, mut p), (_, g))) in
-            params.named_mut().into_iter().zip(grad_tensors).enumerate()
-        {
-            let decay = if decays(p.ndim()) {
-                F::lit(1.0 - lr * config.weight_decay)
-            } else {
-                F::one()
-            };
-            Zip::from(&mut p)
-                .and(&g)
-                .and(&mut self.m[index])
-                .and(&mut self.v[index])
-                .par_for_each(|p, &g, m, v| {
-                    let g = g * clip;
-                    *m = b1 * *m + one_b1 * g;
-                    *v = b2 * *v + one_b2 * g * g;
-                    *p = *p * decay - step_size * *m / ((*v).sqrt() * inv_sqrt_bias2 + eps);
-                });
+        for (index, ((_, mut p), (_, g))) in params.named_mut().into_iter().zip(grad_tensors).enumerate() {
+            let decay = if decays(p.ndim()) { F::lit(1.0 - lr * config.weight_decay) } else { F::one() };
+            Zip::from(&mut p).and(&g).and(&mut self.m[index]).and(&mut self.v[index]).par_for_each(|p, &g, m, v| {
+                let g = g * clip;
+                *m = b1 * *m + one_b1 * g;
+                *v = b2 * *v + one_b2 * g * g;
+                *p = *p * decay - step_size * *m / ((*v).sqrt() * inv_sqrt_bias2 + eps);
+            });
         }
         norm
     }
@@ -134,12 +106,7 @@ mod tests {
 
     #[test]
     fn schedule_warms_up_then_decays_to_the_floor() {
-        let c = OptimConfig {
-            learning_rate: 1.0,
-            min_lr_ratio: 0.1,
-            warmup_steps: 10,
-            ..OptimConfig::default()
-        };
+        let c = OptimConfig { learning_rate: 1.0, min_lr_ratio: 0.1, warmup_steps: 10, ..OptimConfig::default() };
         assert!((c.learning_rate_at(0, 100) - 0.1).abs() < 1e-12);
         assert!((c.learning_rate_at(9, 100) - 1.0).abs() < 1e-12);
         assert!((c.learning_rate_at(10, 100) - 1.0).abs() < 1e-12);
@@ -165,12 +132,7 @@ mod tests {
         let mut grads = Params::<f64>::zeros(&config);
         grads.ln_f_bias[0] = 1e-3;
         grads.ln_f_bias[1] = -5.0;
-        let oc = OptimConfig {
-            weight_decay: 0.0,
-            grad_clip: 0.0,
-            eps: 0.0,
-            ..OptimConfig::default()
-        };
+        let oc = OptimConfig { weight_decay: 0.0, grad_clip: 0.0, eps: 0.0, ..OptimConfig::default() };
         let mut adam = AdamW::new(&params);
         adam.update(&mut params, &grads, &oc, 0.01);
         assert!((params.ln_f_bias[0] + 0.01).abs() < 1e-12);
