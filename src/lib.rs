@@ -13,6 +13,7 @@ pub mod cli;
 pub mod data;
 pub mod engine;
 pub mod error;
+pub mod locality;
 pub mod rng;
 pub mod train;
 

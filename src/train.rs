@@ -197,7 +197,7 @@ pub struct EvalResult {
 }
 
 impl EvalResult {
-    fn from_sums(tokens: usize, nll_sum: f64, correct: usize) -> Self {
+    pub fn from_sums(tokens: usize, nll_sum: f64, correct: usize) -> Self {
         let mean = nll_sum / tokens.max(1) as f64;
         EvalResult {
             tokens,

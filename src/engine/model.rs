@@ -266,6 +266,8 @@ pub struct LayerCache<F> {
     z2: Array2<F>,
     a1: Array2<F>,
     g: Array2<F>,
+    /// The block's output `x'`, the residual stream after this layer (for representation metrics).
+    pub output: Array2<F>,
 }
 
 /// Everything `forward` saved for `backward`.
@@ -353,7 +355,7 @@ impl<F: Scalar> Model<F> {
             let g = gelu_forward(a1.view()); // (N, ff)
             x = linear_forward(g.view(), w.w2.view(), w.b2.view());
             x += &h;
-            layers.push(LayerCache { ln1, z1, qkv, attention, y_att, ln2, z2, a1, g });
+            layers.push(LayerCache { ln1, z1, qkv, attention, y_att, ln2, z2, a1, g, output: x.clone() });
         }
         let (hidden, ln_f) = layernorm_forward(x.view(), p.ln_f_weight.view(), p.ln_f_bias.view(), eps);
         ForwardCache { tokens: tokens.to_vec(), batch, seq_len, layers, ln_f, hidden, penalty }

@@ -1,0 +1,14 @@
+//! The locality dial (METHOD §2–§6): compiled rules, per-row target sets, the margin bias and the
+//! group-sparsity penalty as an attention hook, λ schedules, metrics and certified bounds.
+
+pub mod bounds;
+pub mod hook;
+pub mod metrics;
+pub mod rules;
+pub mod schedule;
+pub mod targets;
+
+pub use hook::{DialSettings, LocalityHook};
+pub use rules::{RuleSet, RuleSpec};
+pub use schedule::LambdaSchedule;
+pub use targets::{BatchTargets, RowSets};

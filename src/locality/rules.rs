@@ -1,0 +1,310 @@
+//! Rules: what they say (`RuleSpec`, serde, the form the DSL will produce and that runs record) and
+//! what the engine uses (`RuleSet`, compiled against a vocabulary to token ids).
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::Vocabulary;
+use crate::{Error, Result};
+
+/// A named set of vocabulary entries (METHOD §2), with hand-listed anchors.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BlockSpec {
+    pub name: String,
+    pub words: Vec<String>,
+    #[serde(default)]
+    pub anchors: Vec<String>,
+}
+
+/// The rule kinds of METHOD §3.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RuleKindSpec {
+    /// A query in block `from` attends to earlier positions in block `to`.
+    BlockToBlock { from: String, to: String },
+    /// A query in block `from` attends to the anchors of block `to`.
+    BlockToAnchors { from: String, to: String },
+    /// A query in `block` attends to earlier members of its own block.
+    OwnBlock { block: String },
+    /// A query (in `from`, or any) attends to the previous occurrence of its own token.
+    PreviousOccurrence {
+        #[serde(default)]
+        from: Option<String>,
+    },
+    /// A query (in `from`, or any) attends to the token after the previous occurrence of its own token.
+    Induction {
+        #[serde(default)]
+        from: Option<String>,
+    },
+    /// A closing token attends to its matching opener (nesting respected).
+    MatchingPair { open: String, close: String },
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleEntrySpec {
+    pub name: String,
+    pub kind: RuleKindSpec,
+    /// Layers the rule acts on (default: all).
+    #[serde(default)]
+    pub layers: Option<Vec<usize>>,
+    /// Heads the rule acts on (default: all).
+    #[serde(default)]
+    pub heads: Option<Vec<usize>>,
+    /// Only keys at most this many positions back.
+    #[serde(default)]
+    pub within: Option<usize>,
+    #[serde(default = "one")]
+    pub strength: f64,
+    #[serde(default)]
+    pub priority: i32,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    #[serde(default)]
+    pub blocks: Vec<BlockSpec>,
+    #[serde(default)]
+    pub rules: Vec<RuleEntrySpec>,
+    /// Block tokens that no explicit rule covers attend to their own block (METHOD §3's default).
+    #[serde(default = "yes")]
+    pub own_block_default: bool,
+}
+
+impl RuleSpec {
+    pub fn load(path: &std::path::Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        serde_saphyr::from_str(&text).map_err(|e| Error::Config { path: path.to_path_buf(), message: e.to_string() })
+    }
+}
+
+/// Which queries a copy-style rule applies to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Condition {
+    Any,
+    Block(usize),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum RuleKind {
+    BlockToBlock { from: usize, to: usize },
+    BlockToAnchors { from: usize, to: usize },
+    OwnBlock { block: usize },
+    PreviousOccurrence { from: Condition },
+    Induction { from: Condition },
+    MatchingPair { open: u32, close: u32 },
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rule {
+    pub name: String,
+    pub kind: RuleKind,
+    pub layers: Option<Vec<usize>>,
+    pub heads: Option<Vec<usize>>,
+    pub within: Option<usize>,
+    pub strength: f64,
+    pub priority: i32,
+}
+
+impl Rule {
+    pub fn applies_to(&self, layer: usize, head: usize) -> bool {
+        self.layers.as_ref().is_none_or(|l| l.contains(&layer)) && self.heads.as_ref().is_none_or(|h| h.contains(&head))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Block {
+    pub name: String,
+    /// Sorted token ids.
+    pub members: Vec<u32>,
+    pub anchors: Vec<u32>,
+}
+
+/// Priority of the implicit own-block rules: below any explicit rule, so that they act only where
+/// nothing else does.
+pub const DEFAULT_RULE_PRIORITY: i32 = i32::MIN;
+
+/// Rules compiled to token ids. Blocks are numbered from 1; 0 is the general block.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RuleSet {
+    pub blocks: Vec<Block>,
+    pub rules: Vec<Rule>,
+    /// Block number (0 = general) of every vocabulary id.
+    pub block_of: Vec<u16>,
+    /// Whether a vocabulary id is an anchor of its block.
+    pub is_anchor: Vec<bool>,
+}
+
+/// A problem found while compiling, that does not stop compilation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Warning(pub String);
+
+impl RuleSet {
+    /// Builds a rule set directly from token-id blocks and rules (what tests and the DSL compiler use).
+    pub fn new(vocab_size: usize, blocks: Vec<Block>, rules: Vec<Rule>) -> Result<Self> {
+        if blocks.len() >= u16::MAX as usize {
+            return Err(Error::invalid("rules.blocks", "too many blocks"));
+        }
+        let mut block_of = vec![0u16; vocab_size];
+        let mut is_anchor = vec![false; vocab_size];
+        for (index, block) in blocks.iter().enumerate() {
+            if block.members.is_empty() {
+                return Err(Error::invalid(
+                    "rules.blocks",
+                    format!("block `{}` has no member in the vocabulary", block.name),
+                ));
+            }
+            for &id in &block.members {
+                let slot = block_of.get_mut(id as usize).ok_or_else(|| {
+                    Error::invalid("rules.blocks", format!("token id {id} is outside the vocabulary"))
+                })?;
+                if *slot != 0 {
+                    return Err(Error::invalid(
+                        "rules.blocks",
+                        format!("token id {id} is in both `{}` and `{}`", blocks[*slot as usize - 1].name, block.name),
+                    ));
+                }
+                *slot = index as u16 + 1;
+            }
+            for &id in &block.anchors {
+                if block_of.get(id as usize) != Some(&(index as u16 + 1)) {
+                    return Err(Error::invalid(
+                        "rules.blocks",
+                        format!("anchor id {id} of `{}` is not a member of that block", block.name),
+                    ));
+                }
+                is_anchor[id as usize] = true;
+            }
+        }
+        for rule in &rules {
+            let check = |b: usize| {
+                if b == 0 || b > blocks.len() {
+                    Err(Error::invalid(
+                        "rules.rules",
+                        format!("rule `{}` names block number {b}, not a declared block", rule.name),
+                    ))
+                } else {
+                    Ok(())
+                }
+            };
+            match &rule.kind {
+                RuleKind::BlockToBlock { from, to } | RuleKind::BlockToAnchors { from, to } => {
+                    check(*from)?;
+                    check(*to)?;
+                }
+                RuleKind::OwnBlock { block } => check(*block)?,
+                RuleKind::PreviousOccurrence { from: Condition::Block(b) }
+                | RuleKind::Induction { from: Condition::Block(b) } => check(*b)?,
+                _ => {}
+            }
+            if !(rule.strength > 0.0 && rule.strength.is_finite()) {
+                return Err(Error::invalid("rules.rules", format!("rule `{}` needs a positive strength", rule.name)));
+            }
+        }
+        Ok(RuleSet { blocks, rules, block_of, is_anchor })
+    }
+
+    /// Compiles a spec against a vocabulary. Words missing from the vocabulary are warnings (and
+    /// skipped); a block left empty, an unknown block name or a word in two blocks is an error.
+    pub fn compile(spec: &RuleSpec, vocabulary: &Vocabulary) -> Result<(Self, Vec<Warning>)> {
+        let mut warnings = Vec::new();
+        let mut blocks = Vec::new();
+        for block in &spec.blocks {
+            let mut ids = |words: &[String], what: &str| -> Vec<u32> {
+                let mut ids: Vec<u32> = words
+                    .iter()
+                    .filter_map(|w| {
+                        let id = vocabulary.id(w);
+                        if id.is_none() {
+                            warnings.push(Warning(format!(
+                                "block `{}`: {what} `{w}` is not in the vocabulary",
+                                block.name
+                            )));
+                        }
+                        id
+                    })
+                    .collect();
+                ids.sort_unstable();
+                ids.dedup();
+                ids
+            };
+            let members = ids(&block.words, "word");
+            let anchors = ids(&block.anchors, "anchor");
+            blocks.push(Block { name: block.name.clone(), members, anchors });
+        }
+        let block_number = |name: &str| -> Result<usize> {
+            blocks
+                .iter()
+                .position(|b| b.name == name)
+                .map(|p| p + 1)
+                .ok_or_else(|| Error::invalid("rules.rules", format!("`{name}` is not a declared block")))
+        };
+        let condition = |from: &Option<String>| -> Result<Condition> {
+            from.as_deref().map_or(Ok(Condition::Any), |name| block_number(name).map(Condition::Block))
+        };
+        let token = |word: &str| -> Result<u32> {
+            vocabulary
+                .id(word)
+                .ok_or_else(|| Error::invalid("rules.rules", format!("token `{word}` is not in the vocabulary")))
+        };
+        let mut rules = Vec::new();
+        for entry in &spec.rules {
+            let kind = match &entry.kind {
+                RuleKindSpec::BlockToBlock { from, to } => {
+                    RuleKind::BlockToBlock { from: block_number(from)?, to: block_number(to)? }
+                }
+                RuleKindSpec::BlockToAnchors { from, to } => {
+                    RuleKind::BlockToAnchors { from: block_number(from)?, to: block_number(to)? }
+                }
+                RuleKindSpec::OwnBlock { block } => RuleKind::OwnBlock { block: block_number(block)? },
+                RuleKindSpec::PreviousOccurrence { from } => RuleKind::PreviousOccurrence { from: condition(from)? },
+                RuleKindSpec::Induction { from } => RuleKind::Induction { from: condition(from)? },
+                RuleKindSpec::MatchingPair { open, close } => {
+                    RuleKind::MatchingPair { open: token(open)?, close: token(close)? }
+                }
+            };
+            rules.push(Rule {
+                name: entry.name.clone(),
+                kind,
+                layers: entry.layers.clone(),
+                heads: entry.heads.clone(),
+                within: entry.within,
+                strength: entry.strength,
+                priority: entry.priority,
+            });
+        }
+        if spec.own_block_default {
+            for (index, block) in blocks.iter().enumerate() {
+                rules.push(Rule {
+                    name: format!("{} (own block, default)", block.name),
+                    kind: RuleKind::OwnBlock { block: index + 1 },
+                    layers: None,
+                    heads: None,
+                    within: None,
+                    strength: 1.0,
+                    priority: DEFAULT_RULE_PRIORITY,
+                });
+            }
+        }
+        let set = RuleSet::new(vocabulary.len(), blocks, rules)?;
+        Ok((set, warnings))
+    }
+
+    /// Rules that act on a (layer, head), by index.
+    pub fn rules_at(&self, layer: usize, head: usize) -> Vec<usize> {
+        (0..self.rules.len()).filter(|&r| self.rules[r].applies_to(layer, head)).collect()
+    }
+
+    pub fn block_of_token(&self, token: u32) -> u16 {
+        self.block_of.get(token as usize).copied().unwrap_or(0)
+    }
+}
