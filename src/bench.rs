@@ -154,6 +154,71 @@ pub fn run_config(config: &BenchConfig, steps: usize) -> Result<BenchResult> {
     })
 }
 
+/// Cost of the locality dial at evaluation: the same forward pass and loss with and without the rules.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct DialOverhead {
+    pub plain_tokens_per_s: f64,
+    /// With target sets computed for the batch and the bias applied at λ = 1.
+    pub rules_tokens_per_s: f64,
+    /// With, in addition, every metric and certificate of the evaluation pass.
+    pub metrics_tokens_per_s: f64,
+    /// `plain / rules` time ratio; the target is at most 1.3.
+    pub cost_ratio: f64,
+}
+
+/// Measures [`DialOverhead`] on the bundled corpus and rules with the char-small shape (ctx 128, d 128,
+/// batch 16) and the bundled word vocabulary.
+pub fn dial_overhead(steps: usize) -> Result<DialOverhead> {
+    use crate::data::generator::{bundled_corpus, DEFAULT_SEED};
+    use crate::data::{TokenizerKind, Vocabulary};
+    use crate::locality::metrics::{evaluate_at, DialEvaluation};
+    use crate::locality::{BatchTargets, DialSettings, LocalityHook, RuleSet, RulesSource};
+
+    let corpus = bundled_corpus(DEFAULT_SEED);
+    let vocabulary = Vocabulary::build(TokenizerKind::Word, &corpus.train, 50_000);
+    let (set, _) = RuleSet::compile(&RulesSource::Bundled.load()?, &vocabulary)?;
+    let shape = standard_configs().into_iter().next().ok_or_else(|| Error::invalid("bench", "no configuration"))?;
+    let config = BenchConfig { vocab_size: vocabulary.len(), ..shape };
+    let model = Model::<f32>::init(config.model_config(), 1)?;
+    let (batch, seq_len) = (config.batch_size, config.ctx_len);
+    let ids = vocabulary.encode(&corpus.test);
+    let n = batch * seq_len;
+    let (inputs, targets) = (&ids[..n], &ids[1..n + 1]);
+    let settings = DialSettings::default();
+    let plain = || {
+        let cache = model.forward(inputs, batch, seq_len, &NoHook);
+        std::hint::black_box(model.output_loss(&cache, targets, false).mean_nll);
+    };
+    let with_rules = || {
+        let batch_targets = BatchTargets::new(&set, inputs, batch, seq_len, config.n_layers, config.n_heads);
+        let hook = LocalityHook::new(&batch_targets, vec![1.0; config.n_layers], settings, false);
+        let cache = model.forward(inputs, batch, seq_len, &hook);
+        std::hint::black_box(model.output_loss(&cache, targets, false).mean_nll);
+    };
+    let evaluation = DialEvaluation {
+        rules: &set,
+        settings,
+        progressive_beta: None,
+        epsilon: 0.05,
+        certificate_batches: 0,
+        batch_size: batch,
+    };
+    let with_metrics = || {
+        std::hint::black_box(evaluate_at(&model, &ids[..n + 1], 1.0, &evaluation));
+    };
+    plain();
+    with_rules();
+    let plain_s = median_seconds(steps, plain);
+    let rules_s = median_seconds(steps, with_rules);
+    let metrics_s = median_seconds(steps, with_metrics);
+    Ok(DialOverhead {
+        plain_tokens_per_s: n as f64 / plain_s,
+        rules_tokens_per_s: n as f64 / rules_s,
+        metrics_tokens_per_s: n as f64 / metrics_s,
+        cost_ratio: rules_s / plain_s,
+    })
+}
+
 /// PyTorch's figures for one configuration, as `benches/torch_reference.py bench` prints them.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct TorchResult {
@@ -225,5 +290,11 @@ mod tests {
         assert!(result.train_tokens_per_s > 0.0 && result.eval_tokens_per_s > 0.0);
         assert_eq!(result.parameters, Model::<f32>::init(config.model_config(), 1).unwrap().params.parameter_count());
         assert!(sgemm_gflops(64, 1) > 0.0);
+    }
+
+    #[test]
+    fn dial_overhead_is_measured() {
+        let overhead = dial_overhead(1).unwrap();
+        assert!(overhead.cost_ratio > 0.0 && overhead.metrics_tokens_per_s > 0.0);
     }
 }

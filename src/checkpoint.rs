@@ -20,6 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::Vocabulary;
 use crate::engine::optim::AdamW;
 use crate::engine::{Config, Model, Params};
+use crate::locality::{DialSettings, RuleSpec};
 use crate::{Error, Result};
 
 const FORMAT: &str = "ailla-checkpoint";
@@ -34,6 +35,19 @@ struct Metadata {
     config: Config,
     tokenizer: Vocabulary,
     step: usize,
+    /// The rules and dial the model was trained with, when it was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    locality: Option<StoredLocality>,
+}
+
+/// What a checkpoint records of its training rules, so that evaluation across the dial can reuse them.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct StoredLocality {
+    pub rules: RuleSpec,
+    pub dial: DialSettings,
+    #[serde(default)]
+    pub progressive_beta: Option<f64>,
 }
 
 /// A trained model with the vocabulary it reads and the step it was saved at.
@@ -42,6 +56,7 @@ pub struct Checkpoint {
     pub model: Model<f32>,
     pub vocabulary: Vocabulary,
     pub step: usize,
+    pub locality: Option<StoredLocality>,
 }
 
 struct F32Tensor {
@@ -113,6 +128,7 @@ pub fn save(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
         config: checkpoint.model.config.clone(),
         tokenizer: checkpoint.vocabulary.clone(),
         step: checkpoint.step,
+        locality: checkpoint.locality.clone(),
     };
     let json = serde_json::to_string(&metadata).map_err(|e| Error::Numeric(e.to_string()))?;
     let tensors: Vec<(String, F32Tensor)> =
@@ -191,7 +207,12 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
     if file.len() != expected {
         return Err(corrupt(path, format!("{} tensors, the config implies {expected}", file.len())));
     }
-    Ok(Checkpoint { model: Model { config: metadata.config, params }, vocabulary, step: metadata.step })
+    Ok(Checkpoint {
+        model: Model { config: metadata.config, params },
+        vocabulary,
+        step: metadata.step,
+        locality: metadata.locality,
+    })
 }
 
 #[derive(Serialize, Deserialize)]
@@ -250,7 +271,7 @@ mod tests {
             tied: false,
             gelu: Gelu::Tanh,
         };
-        Checkpoint { model: Model::init(config, 5).unwrap(), vocabulary, step: 12 }
+        Checkpoint { model: Model::init(config, 5).unwrap(), vocabulary, step: 12, locality: None }
     }
 
     #[test]

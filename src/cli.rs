@@ -10,6 +10,8 @@ use crate::checkpoint;
 use crate::data::generator::{bundled_corpus, generate, DEFAULT_SEED, TRAIN_RECORDS};
 use crate::data::TokenizerKind;
 use crate::engine::attention::NoHook;
+use crate::locality::metrics::{evaluate_at, DialEvaluation, LocalityMetrics};
+use crate::locality::{DialSettings, RuleSet, RulesSource};
 use crate::train::{self, CorpusSource, EvalResult, Progress, TrainConfig};
 use crate::{Error, Result};
 
@@ -91,6 +93,28 @@ pub struct EvalArgs {
     /// Windows per forward pass.
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
+    /// Evaluate across the dial at these λ values (comma-separated), one row each.
+    #[arg(long, value_delimiter = ',', value_name = "λ,λ,…")]
+    pub lambda: Vec<f64>,
+    /// Rules to evaluate with (`bundled` or a rule spec file); added to the checkpoint's own rules
+    /// without retraining.
+    #[arg(long)]
+    pub rules: Option<String>,
+    /// Margin μ in nats (default: the checkpoint's training value, else 12).
+    #[arg(long)]
+    pub margin: Option<f64>,
+    /// Temperature τ₁ at λ = 1 (default: the checkpoint's, else 1).
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Penalty strength ρ used for the group-sparsity threshold (default: the checkpoint's).
+    #[arg(long)]
+    pub penalty: Option<f64>,
+    /// Fidelity target 1 − ε of the certificates.
+    #[arg(long, default_value_t = 0.05)]
+    pub epsilon: f64,
+    /// Batches that also run a backward pass to measure the group-sparsity threshold.
+    #[arg(long, default_value_t = 2)]
+    pub certificate_batches: usize,
     #[arg(long)]
     pub json: bool,
 }
@@ -154,9 +178,15 @@ pub fn load_train_config(path: &Path) -> Result<TrainConfig> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let mut config: TrainConfig = serde_saphyr::from_str(&text)
         .map_err(|e| Error::Config { path: path.to_path_buf(), message: e.to_string() })?;
+    let base = path.parent().unwrap_or(Path::new("."));
     if let CorpusSource::Directory(dir) = &mut config.corpus {
         if dir.is_relative() {
-            *dir = path.parent().unwrap_or(Path::new(".")).join(&*dir);
+            *dir = base.join(&*dir);
+        }
+    }
+    if let Some(RulesSource::File(rules)) = config.locality.as_mut().map(|l| &mut l.rules) {
+        if rules.is_relative() {
+            *rules = base.join(&*rules);
         }
     }
     Ok(config)
@@ -298,6 +328,9 @@ fn run_eval(args: EvalArgs, out: &mut dyn Write) -> Result<()> {
         }
         (None, None) => return Err(Error::invalid("--text", "give --text FILE or --ids FILE")),
     };
+    if !args.lambda.is_empty() || args.rules.is_some() {
+        return run_dial_eval(&args, &ckpt, &ids, out);
+    }
     let result = train::evaluate(&ckpt.model, &ids, args.batch_size, &NoHook);
     let text = if args.json {
         serde_json::to_string_pretty(&result).map_err(|e| Error::Numeric(e.to_string()))? + "\n"
@@ -305,6 +338,83 @@ fn run_eval(args: EvalArgs, out: &mut dyn Write) -> Result<()> {
         eval_table(&result, ckpt.vocabulary.kind)
     };
     write_out(out, &text)
+}
+
+fn run_dial_eval(args: &EvalArgs, ckpt: &checkpoint::Checkpoint, ids: &[u32], out: &mut dyn Write) -> Result<()> {
+    let extra = args.rules.as_deref().map(|r| RulesSource::parse(r).load()).transpose()?;
+    let spec = match (&ckpt.locality, extra) {
+        (Some(stored), Some(extra)) => stored.rules.with(&extra),
+        (Some(stored), None) => stored.rules.clone(),
+        (None, Some(extra)) => extra,
+        (None, None) => {
+            return Err(Error::invalid("--rules", "this checkpoint was trained without rules; give --rules FILE"))
+        }
+    };
+    let (set, warnings) = RuleSet::compile(&spec, &ckpt.vocabulary)?;
+    for warning in &warnings {
+        eprintln!("warning: {}", warning.0);
+    }
+    let stored = ckpt.locality.as_ref();
+    let base = stored.map_or_else(DialSettings::default, |s| s.dial);
+    let settings = DialSettings {
+        margin: args.margin.unwrap_or(base.margin),
+        temperature: args.temperature.unwrap_or(base.temperature),
+        penalty: args.penalty.unwrap_or(base.penalty),
+    };
+    settings.validate()?;
+    if !(args.epsilon > 0.0 && args.epsilon < 1.0) {
+        return Err(Error::invalid("--epsilon", "must lie strictly between 0 and 1"));
+    }
+    let lambdas = if args.lambda.is_empty() { vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0] } else { args.lambda.clone() };
+    if let Some(bad) = lambdas.iter().find(|l| !(0.0..=1.0).contains(*l)) {
+        return Err(Error::invalid("--lambda", format!("λ = {bad} is outside [0, 1]")));
+    }
+    let evaluation = DialEvaluation {
+        rules: &set,
+        settings,
+        progressive_beta: stored.and_then(|s| s.progressive_beta),
+        epsilon: args.epsilon,
+        certificate_batches: args.certificate_batches,
+        batch_size: args.batch_size,
+    };
+    let rows: Vec<LocalityMetrics> = lambdas.iter().map(|&l| evaluate_at(&ckpt.model, ids, l, &evaluation)).collect();
+    let text = if args.json {
+        serde_json::to_string_pretty(&rows).map_err(|e| Error::Numeric(e.to_string()))? + "\n"
+    } else {
+        dial_table(&rows, ckpt.vocabulary.kind, &settings, args.epsilon)
+    };
+    write_out(out, &text)
+}
+
+fn dial_table(rows: &[LocalityMetrics], kind: TokenizerKind, settings: &DialSettings, epsilon: f64) -> String {
+    let mut s = format!(
+        "tokenizer {}; margin μ {} nats, temperature τ₁ {}, ρ {}; certificates at ε = {epsilon}\n\n",
+        kind.name(),
+        settings.margin,
+        settings.temperature,
+        settings.penalty
+    );
+    s += "     λ  mean_ce  perplexity  accuracy  entropy  covered_entropy  fidelity  hit_rate  concentration  λ*(p90)  certified  violations\n";
+    for r in rows {
+        let c = &r.certificates;
+        s += &format!(
+            "{:>6.2}  {:>7.4}  {:>10.3}  {:>8.4}  {:>7.3}  {:>15.3}  {:>8.4}  {:>8.4}  {:>13.4}  {:>7.3}  {:>9.3}  {:>10}\n",
+            r.lambda,
+            r.language_model.mean_ce_nats,
+            r.language_model.perplexity,
+            r.language_model.accuracy,
+            r.entropy_bits,
+            r.covered_entropy_bits,
+            r.pointer_fidelity,
+            r.pointer_hit_rate,
+            r.block_concentration,
+            c.lambda_star_quantiles[1],
+            c.share_certified,
+            c.violations.total()
+        );
+    }
+    s += "\nentropies in bits per attention row; fidelity, hit rate and certificates over rows a rule covers\n";
+    s
 }
 
 fn eval_table(r: &EvalResult, kind: TokenizerKind) -> String {
@@ -362,15 +472,26 @@ fn run_bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
         };
         rows.push((result, torch));
     }
+    let overhead = bench::dial_overhead(args.steps)?;
     let text = if args.json {
         let json = serde_json::json!({
             "threads": threads,
             "sgemm_gflops": sgemm,
             "results": rows.iter().map(|(r, t)| serde_json::json!({"ailla": r, "torch": t})).collect::<Vec<_>>(),
+            "dial_overhead": overhead,
         });
         serde_json::to_string_pretty(&json).map_err(|e| Error::Numeric(e.to_string()))? + "\n"
     } else {
         bench_table(threads, sgemm, &rows, args.compare_torch)
+            + &format!(
+                "\nlocality dial at evaluation (bundled corpus and rules, char-small shape, λ = 1):\n  \
+                 without rules {:.0} tok/s, with rules {:.0} tok/s: {:.2}× the time (target ≤ 1.3×); \
+                 with every metric and certificate {:.0} tok/s\n",
+                overhead.plain_tokens_per_s,
+                overhead.rules_tokens_per_s,
+                overhead.cost_ratio,
+                overhead.metrics_tokens_per_s
+            )
     };
     write_out(out, &text)
 }

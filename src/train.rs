@@ -8,13 +8,16 @@ use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
-use crate::checkpoint::{self, Checkpoint};
+use crate::checkpoint::{self, Checkpoint, StoredLocality};
 use crate::data::generator::{bundled_corpus, DEFAULT_SEED};
 use crate::data::tokenizer::unigram_entropy;
 use crate::data::{load_splits, Splits, TokenizerKind, Vocabulary};
 use crate::engine::attention::{AttentionHook, NoHook};
 use crate::engine::optim::{AdamW, OptimConfig};
 use crate::engine::{Config, Gelu, Model};
+use crate::locality::metrics::{evaluate_at, DialEvaluation, LocalityMetrics};
+use crate::locality::schedule::per_layer;
+use crate::locality::{BatchTargets, DialSettings, LambdaSchedule, LocalityHook, RuleSet, RulesSource};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -97,6 +100,66 @@ pub struct TrainConfig {
     pub eval_tokens: usize,
     /// Checkpoint every this many steps (0: only at the end).
     pub checkpoint_every: usize,
+    /// Rules and the locality dial; absent for a plain transformer.
+    pub locality: Option<LocalityConfig>,
+}
+
+fn default_epsilon() -> f64 {
+    0.05
+}
+
+fn default_eval_lambdas() -> Vec<f64> {
+    vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+}
+
+fn default_certificate_batches() -> usize {
+    2
+}
+
+/// The locality dial during training and the evaluation across it afterwards (METHOD §3–§6).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LocalityConfig {
+    /// `bundled`, or `{ file: PATH }` (relative to the config file).
+    pub rules: RulesSource,
+    #[serde(default)]
+    pub dial: DialSettings,
+    /// λ per training step.
+    #[serde(default)]
+    pub schedule: LambdaSchedule,
+    /// `β` of the progressive per-layer dial `λ_l = λ·(l/(L−1))^β`; absent: the same λ in every layer.
+    #[serde(default)]
+    pub progressive_beta: Option<f64>,
+    /// The `ε` of the certificates: fidelity target `1 − ε`.
+    #[serde(default = "default_epsilon")]
+    pub epsilon: f64,
+    /// λ values at which the trained model is evaluated on the test split.
+    #[serde(default = "default_eval_lambdas")]
+    pub eval_lambdas: Vec<f64>,
+    /// Evaluation batches that also run a backward pass for the group-sparsity threshold.
+    #[serde(default = "default_certificate_batches")]
+    pub certificate_batches: usize,
+}
+
+impl LocalityConfig {
+    pub fn validate(&self) -> Result<()> {
+        self.dial.validate()?;
+        self.schedule.validate()?;
+        if !(self.epsilon > 0.0 && self.epsilon < 1.0) {
+            return Err(Error::invalid("locality.epsilon", "must lie strictly between 0 and 1"));
+        }
+        if let Some(beta) = self.progressive_beta {
+            if !(beta >= 0.0 && beta.is_finite()) {
+                return Err(Error::invalid("locality.progressive_beta", "must be a non-negative number"));
+            }
+        }
+        for &lambda in &self.eval_lambdas {
+            if !(0.0..=1.0).contains(&lambda) {
+                return Err(Error::invalid("locality.eval_lambdas", format!("λ = {lambda} is outside [0, 1]")));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl Default for TrainConfig {
@@ -113,6 +176,7 @@ impl Default for TrainConfig {
             eval_every: 100,
             eval_tokens: 16_384,
             checkpoint_every: 200,
+            locality: None,
         }
     }
 }
@@ -135,6 +199,9 @@ impl TrainConfig {
         }
         if !(0.0..1.0).contains(&self.optim.beta1) || !(0.0..1.0).contains(&self.optim.beta2) {
             return Err(Error::invalid("optim.beta1", "betas must lie in [0, 1)"));
+        }
+        if let Some(locality) = &self.locality {
+            locality.validate()?;
         }
         self.model.config(self.vocab_cap.max(2)).validate()
     }
@@ -250,7 +317,11 @@ pub fn evaluate(model: &Model<f32>, ids: &[u32], batch: usize, hook: &dyn Attent
 pub enum MetricsRecord {
     Train {
         step: usize,
+        /// Mean cross-entropy of the batch, in nats.
         loss: f64,
+        /// The `λ·ρ·Ω` term added to it (0 without rules).
+        penalty: f64,
+        lambda: f64,
         learning_rate: f64,
         grad_norm: f64,
     },
@@ -260,6 +331,8 @@ pub enum MetricsRecord {
         #[serde(flatten)]
         result: EvalResult,
     },
+    /// The trained model evaluated at one λ with its rules.
+    Dial { step: usize, split: String, metrics: Box<LocalityMetrics> },
 }
 
 /// What a finished (or interrupted) run reports.
@@ -275,6 +348,10 @@ pub struct TrainSummary {
     pub valid: EvalResult,
     pub test: EvalResult,
     pub losses: Vec<f64>,
+    /// The test split across the dial, when the run has rules.
+    pub dial: Vec<LocalityMetrics>,
+    /// Problems found compiling the rules against the vocabulary.
+    pub rule_warnings: Vec<String>,
     pub seconds: f64,
 }
 
@@ -367,7 +444,9 @@ impl MetricsLog {
                 .lines()
                 .filter(|line| {
                     serde_json::from_str::<MetricsRecord>(line).is_ok_and(|r| match r {
-                        MetricsRecord::Train { step: s, .. } | MetricsRecord::Eval { step: s, .. } => s <= step,
+                        MetricsRecord::Train { step: s, .. }
+                        | MetricsRecord::Eval { step: s, .. }
+                        | MetricsRecord::Dial { step: s, .. } => s <= step,
                     })
                 })
                 .map(|l| format!("{l}\n"))
@@ -437,6 +516,25 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
     };
     let data = Dataset::with_vocabulary(&splits, vocabulary)?;
     let seq_len = model.config.ctx_len;
+    let (layers, heads) = (model.config.n_layers, model.config.n_heads);
+    let mut rule_warnings = Vec::new();
+    let locality = match &config.locality {
+        Some(locality) => {
+            let spec = locality.rules.load()?;
+            let (set, warnings) = RuleSet::compile(&spec, &data.vocabulary)?;
+            for warning in &warnings {
+                progress.note(&format!("warning: {}", warning.0));
+            }
+            rule_warnings = warnings.into_iter().map(|w| w.0).collect();
+            Some((locality, spec, set))
+        }
+        None => None,
+    };
+    let stored_locality = locality.as_ref().map(|(l, spec, _)| StoredLocality {
+        rules: spec.clone(),
+        dial: l.dial,
+        progressive_beta: l.progressive_beta,
+    });
     for (split, ids) in [("train", &data.train), ("valid", &data.valid)] {
         if ids.len() <= seq_len + 1 {
             return Err(Error::Corpus {
@@ -451,7 +549,12 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
     let mut metrics = MetricsLog::open(paths.metrics(), Some(start_step).filter(|_| resume))?;
 
     let save = |model: &Model<f32>, optimizer: &AdamW<f32>, path: &Path| -> Result<()> {
-        let ckpt = Checkpoint { model: model.clone(), vocabulary: data.vocabulary.clone(), step: optimizer.step };
+        let ckpt = Checkpoint {
+            model: model.clone(),
+            vocabulary: data.vocabulary.clone(),
+            step: optimizer.step,
+            locality: stored_locality.clone(),
+        };
         checkpoint::save(path, &ckpt)?;
         checkpoint::save_optimizer(&checkpoint::optimizer_path(path), optimizer, &model.params)
     };
@@ -468,9 +571,23 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
             break;
         }
         let (inputs, targets) = sample_batch(&data.train, config.batch_size, seq_len, config.seed, step);
-        let (loss, _, grads) = model.loss_and_grads(&inputs, &targets, config.batch_size, seq_len, &NoHook);
-        let loss = loss as f64;
-        if !loss.is_finite() {
+        let (loss, penalty, grads, lambda) = match &locality {
+            Some((settings, _, set)) => {
+                let lambda = settings.schedule.at(step, config.seed);
+                let targets_of_batch = BatchTargets::new(set, &inputs, config.batch_size, seq_len, layers, heads);
+                let lambdas = per_layer(lambda, layers, settings.progressive_beta);
+                let hook = LocalityHook::new(&targets_of_batch, lambdas, settings.dial, false);
+                let (loss, penalty, grads) = model.loss_and_grads(&inputs, &targets, config.batch_size, seq_len, &hook);
+                (loss, penalty, grads, lambda)
+            }
+            None => {
+                let (loss, penalty, grads) =
+                    model.loss_and_grads(&inputs, &targets, config.batch_size, seq_len, &NoHook);
+                (loss, penalty, grads, 0.0)
+            }
+        };
+        let (loss, penalty) = (loss as f64, penalty as f64);
+        if !(loss + penalty).is_finite() {
             save(&model, &optimizer, &paths.model())?;
             return Err(Error::Numeric(format!(
                 "training loss became {loss} at step {step}; the weights before this step are saved in {} \
@@ -481,7 +598,7 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
         let learning_rate = config.optim.learning_rate_at(step, config.steps);
         let grad_norm = optimizer.update(&mut model.params, &grads, &config.optim, learning_rate);
         losses.push(loss);
-        metrics.write(&MetricsRecord::Train { step: step + 1, loss, learning_rate, grad_norm })?;
+        metrics.write(&MetricsRecord::Train { step: step + 1, loss, penalty, lambda, learning_rate, grad_norm })?;
         progress.step(step + 1, config.steps, loss);
         let done = step + 1;
         if config.eval_every > 0 && done % config.eval_every == 0 && done < config.steps {
@@ -508,6 +625,30 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
     for (split, result) in [("valid", &valid), ("test", &test)] {
         metrics.write(&MetricsRecord::Eval { step: optimizer.step, split: split.into(), result: result.clone() })?;
     }
+    let mut dial = Vec::new();
+    if let Some((settings, _, set)) = &locality {
+        let evaluation = DialEvaluation {
+            rules: set,
+            settings: settings.dial,
+            progressive_beta: settings.progressive_beta,
+            epsilon: settings.epsilon,
+            certificate_batches: settings.certificate_batches,
+            batch_size: config.batch_size,
+        };
+        for &lambda in &settings.eval_lambdas {
+            let measured = evaluate_at(&model, &data.test, lambda, &evaluation);
+            progress.note(&format!(
+                "λ {lambda:.2}  test ppl {:.3}  entropy {:.3} bits  fidelity {:.4}",
+                measured.language_model.perplexity, measured.entropy_bits, measured.pointer_fidelity
+            ));
+            metrics.write(&MetricsRecord::Dial {
+                step: optimizer.step,
+                split: "test".into(),
+                metrics: Box::new(measured.clone()),
+            })?;
+            dial.push(measured);
+        }
+    }
     let summary = TrainSummary {
         steps_done: optimizer.step,
         steps_planned: config.steps,
@@ -519,6 +660,8 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
         valid,
         test,
         losses,
+        dial,
+        rule_warnings,
         seconds: started.elapsed().as_secs_f64(),
     };
     let json = serde_json::to_string_pretty(&summary).map_err(|e| Error::Numeric(e.to_string()))?;

@@ -25,7 +25,7 @@ pub struct DialSettings {
 
 impl Default for DialSettings {
     fn default() -> Self {
-        DialSettings { margin: 8.0, temperature: 1.0, penalty: 0.05 }
+        DialSettings { margin: 12.0, temperature: 1.0, penalty: 0.5 }
     }
 }
 
@@ -316,5 +316,57 @@ mod tests {
         let value = AttentionHook::<f64>::attention_penalty(&hook, site, weights.view(), None);
         // Ω_0 = 0 (no off-target key), Ω_3 = √1·0.3 + √1·0.4; weight ρλ/C = 2·0.5/2
         assert!((value - 0.5 * 0.7).abs() < 1e-12, "{value}");
+    }
+
+    #[test]
+    fn whole_model_gradient_with_the_dial_matches_finite_differences() {
+        use crate::engine::gradcheck::{worst_discrepancy, TOLERANCE};
+        use crate::engine::{Config, Gelu, Model};
+        let (fixture_set, tokens) = fixture();
+        let set = RuleSet::new(11, fixture_set.blocks, fixture_set.rules).unwrap();
+        let config = Config {
+            vocab_size: 11,
+            ctx_len: 8,
+            d_model: 8,
+            n_heads: 2,
+            n_layers: 2,
+            d_ff: 12,
+            ln_eps: 1e-5,
+            tied: true,
+            gelu: Gelu::Tanh,
+        };
+        let mut model = Model::<f64>::init(config, 3).unwrap();
+        let mut rng = crate::rng::Rng::new(5);
+        for (name, mut t) in model.params.named_mut() {
+            let gain = name.ends_with("weight") && t.ndim() == 1;
+            let (offset, std) = if t.ndim() == 2 {
+                (0.0, 0.5)
+            } else if gain {
+                (1.0, 0.2)
+            } else {
+                (0.0, 0.2)
+            };
+            t.mapv_inplace(|_| offset + std * rng.normal());
+        }
+        let next: Vec<u32> = tokens.iter().map(|&t| (t * 3 + 1) % 11).collect();
+        let targets = BatchTargets::new(&set, &tokens, 2, 8, 2, 2);
+        let settings = DialSettings { margin: 2.0, temperature: 1.5, penalty: 1.0 };
+        let hook = LocalityHook::new(&targets, vec![0.4, 0.9], settings, false);
+        let (_, penalty, grads) = model.loss_and_grads(&tokens, &next, 2, 8, &hook);
+        assert!(penalty > 0.0);
+        let names =
+            ["tok_emb", "pos_emb", "layers.0.attn.wq", "layers.0.attn.wk", "layers.1.attn.wv", "layers.0.ln1.weight"];
+        for name in names {
+            let index = model.params.named().iter().position(|(n, _)| n == name).unwrap();
+            let analytic = grads.named()[index].1.to_owned();
+            let mut probe_model = model.clone();
+            let mut tensor = model.params.named()[index].1.to_owned();
+            let worst = worst_discrepancy(&mut tensor.view_mut(), &analytic, 1, |perturbed| {
+                probe_model.params.named_mut()[index].1.assign(perturbed);
+                let cache = probe_model.forward(&tokens, 2, 8, &hook);
+                probe_model.output_loss(&cache, &next, false).mean_nll + cache.penalty
+            });
+            assert!(worst.relative_error < TOLERANCE, "{name}: {worst:?}");
+        }
     }
 }

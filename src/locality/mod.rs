@@ -9,6 +9,6 @@ pub mod schedule;
 pub mod targets;
 
 pub use hook::{DialSettings, LocalityHook};
-pub use rules::{RuleSet, RuleSpec};
+pub use rules::{RuleSet, RuleSpec, RulesSource};
 pub use schedule::LambdaSchedule;
 pub use targets::{BatchTargets, RowSets};

@@ -80,7 +80,47 @@ pub struct RuleSpec {
     pub own_block_default: bool,
 }
 
+/// Where a run's rules come from.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum RulesSource {
+    /// The rules written for the bundled pharmacy corpus (`rules/pharmacy.yaml`, compiled in).
+    Bundled,
+    /// A rule spec file; relative paths resolve against the file that names them.
+    File(std::path::PathBuf),
+}
+
+/// The bundled corpus's rules, as shipped in `rules/pharmacy.yaml`.
+pub const BUNDLED_RULES: &str = include_str!("../../rules/pharmacy.yaml");
+
+impl RulesSource {
+    pub fn load(&self) -> Result<RuleSpec> {
+        match self {
+            RulesSource::Bundled => serde_saphyr::from_str(BUNDLED_RULES)
+                .map_err(|e| Error::Config { path: "rules/pharmacy.yaml (bundled)".into(), message: e.to_string() }),
+            RulesSource::File(path) => RuleSpec::load(path),
+        }
+    }
+
+    /// `bundled`, or a path.
+    pub fn parse(text: &str) -> Self {
+        if text == "bundled" {
+            RulesSource::Bundled
+        } else {
+            RulesSource::File(text.into())
+        }
+    }
+}
+
 impl RuleSpec {
+    /// This spec followed by `extra`'s blocks and rules: rules injected at evaluation time.
+    pub fn with(&self, extra: &RuleSpec) -> RuleSpec {
+        let mut merged = self.clone();
+        merged.blocks.extend(extra.blocks.iter().cloned());
+        merged.rules.extend(extra.rules.iter().cloned());
+        merged
+    }
+
     pub fn load(path: &std::path::Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         serde_saphyr::from_str(&text).map_err(|e| Error::Config { path: path.to_path_buf(), message: e.to_string() })
@@ -218,7 +258,10 @@ impl RuleSet {
     pub fn compile(spec: &RuleSpec, vocabulary: &Vocabulary) -> Result<(Self, Vec<Warning>)> {
         let mut warnings = Vec::new();
         let mut blocks = Vec::new();
-        for block in &spec.blocks {
+        for (index, block) in spec.blocks.iter().enumerate() {
+            if spec.blocks[..index].iter().any(|b| b.name == block.name) {
+                return Err(Error::invalid("rules.blocks", format!("block `{}` is declared twice", block.name)));
+            }
             let mut ids = |words: &[String], what: &str| -> Vec<u32> {
                 let mut ids: Vec<u32> = words
                     .iter()
