@@ -35,6 +35,55 @@ pub enum Command {
     Bench(BenchArgs),
     /// Write the bundled generated corpus to a directory.
     Generate(GenerateArgs),
+    /// Check a `.rules` file: parse it, compile it against a vocabulary, summarise what it says.
+    Check(CheckArgs),
+    /// Print a `.rules` file in its canonical layout.
+    Fmt(FmtArgs),
+    /// Score candidate anchors of each block by mutual information on a corpus (METHOD §2).
+    Anchors(AnchorsArgs),
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("vocabulary").args(["corpus", "checkpoint"])))]
+pub struct CheckArgs {
+    pub rules: PathBuf,
+    /// Compile against the word vocabulary of this corpus (`bundled`, a directory or a text file) and
+    /// count the positions each rule covers in it.
+    #[arg(long)]
+    pub corpus: Option<String>,
+    /// Compile against the vocabulary of this checkpoint.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct FmtArgs {
+    pub rules: PathBuf,
+    /// Rewrite the file in place instead of printing it.
+    #[arg(long)]
+    pub write: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AnchorsArgs {
+    pub rules: PathBuf,
+    /// `bundled`, a corpus directory (its training split is used) or a text file.
+    #[arg(long)]
+    pub corpus: String,
+    /// `w`: a position is near a block when a member stands within this many positions.
+    #[arg(long, default_value_t = 10)]
+    pub window: usize,
+    /// Anchors chosen per block at most.
+    #[arg(long, default_value_t = 3)]
+    pub max: usize,
+    /// Stop choosing when the best gain falls below this many bits.
+    #[arg(long, default_value_t = 1e-4)]
+    pub min_gain: f64,
+    /// Also print the chosen anchors as a rules snippet to paste back.
+    #[arg(long)]
+    pub snippet: bool,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -166,6 +215,9 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Eval(args) => run_eval(args, out),
         Command::Bench(args) => run_bench(args, out),
         Command::Generate(args) => run_generate(args, out),
+        Command::Check(args) => run_check(args, out),
+        Command::Fmt(args) => run_fmt(args, out),
+        Command::Anchors(args) => run_anchors(args, out),
     }
 }
 
@@ -567,4 +619,148 @@ fn run_generate(args: GenerateArgs, out: &mut dyn Write) -> Result<()> {
         checkpoint::atomic_write(&dir.join(name), text.as_bytes())?;
     }
     write_out(out, &format!("wrote {} ({})\n", dir.display(), splits.name))
+}
+
+/// The text of a corpus named on the command line: `bundled`, a directory's training split, or a file.
+fn corpus_text(name: &str) -> Result<String> {
+    if name == "bundled" {
+        return Ok(bundled_corpus(DEFAULT_SEED).train);
+    }
+    let path = Path::new(name);
+    if path.is_dir() {
+        Ok(crate::data::load_splits(path)?.train)
+    } else {
+        crate::data::corpus::read_text(path)
+    }
+}
+
+fn loaded_rules(path: &Path) -> Result<crate::dsl::Loaded> {
+    crate::dsl::load(path)
+}
+
+fn run_check(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
+    let loaded = loaded_rules(&args.rules)?;
+    let (vocabulary, corpus_ids) = match (&args.corpus, &args.checkpoint) {
+        (Some(corpus), _) => {
+            let text = corpus_text(corpus)?;
+            let vocabulary = crate::data::Vocabulary::build(TokenizerKind::Word, &text, 1_000_000);
+            let ids = vocabulary.encode(&text);
+            (Some(vocabulary), Some(ids))
+        }
+        (None, Some(ckpt)) => (Some(checkpoint::load(ckpt)?.vocabulary), None),
+        (None, None) => (None, None),
+    };
+    let compiled = crate::dsl::compile(&loaded, vocabulary.as_ref());
+    let mut diagnostics = loaded.diagnostics.clone();
+    diagnostics.extend(compiled.diagnostics.iter().cloned());
+    if !diagnostics.is_empty() {
+        eprint!("{}", loaded.render(&diagnostics));
+    }
+    let errors = diagnostics.iter().filter(|d| d.severity >= codespan_reporting::diagnostic::Severity::Error).count();
+    if errors > 0 {
+        return Err(Error::Rejected(format!(
+            "{}: {errors} error{} found",
+            args.rules.display(),
+            if errors == 1 { "" } else { "s" }
+        )));
+    }
+    let spec = &compiled.spec;
+    let mut s = format!("{}: {} blocks, {} rules\n", args.rules.display(), spec.blocks.len(), spec.rules.len());
+    if vocabulary.is_none() {
+        s += "(no vocabulary given: words were not looked up; add --corpus or --checkpoint)\n";
+    }
+    s += "\nblock                 members  anchors\n";
+    for (index, block) in spec.blocks.iter().enumerate() {
+        let members = compiled.set.as_ref().map_or(block.words.len(), |set| set.blocks[index].members.len());
+        let kind = if block.recruitable { "  (recruitable)" } else { "" };
+        s += &format!("{:<20}  {:>7}  {}{kind}\n", block.name, members, block.anchors.join(", "));
+    }
+    let coverage: Option<Vec<usize>> = match (&compiled.set, &corpus_ids) {
+        (Some(set), Some(ids)) => Some(
+            (0..set.rules.len())
+                .map(|r| {
+                    ids.chunks(crate::locality::targets::COVERAGE_WINDOW)
+                        .map(|window| crate::locality::targets::rule_targets(set, r, window).covered_rows())
+                        .sum()
+                })
+                .collect(),
+        ),
+        _ => None,
+    };
+    s += "\nrule                                         covers\n";
+    let names: Vec<String> = match &compiled.set {
+        Some(set) => set.rules.iter().map(|r| r.name.clone()).collect(),
+        None => spec.rules.iter().map(|r| r.name.clone()).collect(),
+    };
+    for (index, name) in names.iter().enumerate() {
+        let covered = coverage.as_ref().map_or("-".to_string(), |c| c[index].to_string());
+        s += &format!("{name:<42}  {covered:>7}\n");
+    }
+    if let Some(ids) = &corpus_ids {
+        s += &format!(
+            "\ncoverage: query positions each rule covers in the corpus ({} words, windows of {})\n",
+            ids.len(),
+            crate::locality::targets::COVERAGE_WINDOW
+        );
+    }
+    write_out(out, &s)
+}
+
+fn run_fmt(args: FmtArgs, out: &mut dyn Write) -> Result<()> {
+    let source = std::fs::read_to_string(&args.rules).map_err(|e| Error::io(&args.rules, e))?;
+    match crate::dsl::format::format(&source) {
+        Ok(formatted) if args.write => checkpoint::atomic_write(&args.rules, formatted.as_bytes()),
+        Ok(formatted) => write_out(out, &formatted),
+        Err(_) => {
+            let loaded = crate::dsl::load_source(&args.rules, source)?;
+            eprint!("{}", loaded.render(&loaded.diagnostics));
+            Err(Error::Rejected(format!("{}: cannot be formatted until it parses", args.rules.display())))
+        }
+    }
+}
+
+fn run_anchors(args: AnchorsArgs, out: &mut dyn Write) -> Result<()> {
+    let loaded = loaded_rules(&args.rules)?;
+    let text = corpus_text(&args.corpus)?;
+    let vocabulary = crate::data::Vocabulary::build(TokenizerKind::Word, &text, 1_000_000);
+    let ids = vocabulary.encode(&text);
+    let compiled = crate::dsl::compile(&loaded, Some(&vocabulary));
+    let mut diagnostics = loaded.diagnostics.clone();
+    diagnostics.extend(compiled.diagnostics.iter().cloned());
+    let Some(set) = compiled.set else {
+        eprint!("{}", loaded.render(&diagnostics));
+        return Err(Error::Rejected(format!("{}: fix the errors above first", args.rules.display())));
+    };
+    let scored = crate::dsl::anchors::score(&set, &vocabulary, &ids, args.window, args.max, args.min_gain);
+    if args.json {
+        return write_out(
+            out,
+            &(serde_json::to_string_pretty(&scored).map_err(|e| Error::Numeric(e.to_string()))? + "\n"),
+        );
+    }
+    let mut s = format!(
+        "anchor scores on {} words: I(X;Y) in bits, X = the token at i, Y = a block member within {} positions\n",
+        ids.len(),
+        args.window
+    );
+    for block in &scored {
+        s += &format!("\nblock {}  (P(Y) = {:.4})\n", block.block, block.share_near_block);
+        s += "  token                 occurrences   I(X;Y) bits   greedy gain bits\n";
+        for score in &block.scores {
+            let mark = if score.chosen { "  chosen" } else { "" };
+            s += &format!(
+                "  {:<20}  {:>11}   {:>11.6}   {:>16.6}{mark}\n",
+                score.token, score.occurrences, score.mutual_information_bits, score.greedy_gain_bits
+            );
+        }
+    }
+    if args.snippet {
+        s += "\n# anchors chosen by `ailla anchors` (window ";
+        s += &format!("{})\n", args.window);
+        for block in scored.iter().filter(|b| !b.chosen.is_empty()) {
+            let words: Vec<String> = block.chosen.iter().map(|w| crate::dsl::format::word(w)).collect();
+            s += &format!("#   block {}: … anchors {}\n", block.block, words.join(", "));
+        }
+    }
+    write_out(out, &s)
 }

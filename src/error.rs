@@ -24,6 +24,9 @@ pub enum Error {
     Numeric(String),
     #[error("interrupted; {0}")]
     Interrupted(String),
+    /// The input was read but is wrong; the details were already printed.
+    #[error("{0}")]
+    Rejected(String),
 }
 
 impl Error {
@@ -38,7 +41,7 @@ impl Error {
     /// Exit code convention shared by every verb: 1 for a failure of the work, 2 for unusable input.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Numeric(_) | Error::Interrupted(_) => 1,
+            Error::Numeric(_) | Error::Interrupted(_) | Error::Rejected(_) => 1,
             _ => 2,
         }
     }

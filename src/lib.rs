@@ -11,6 +11,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod cli;
 pub mod data;
+pub mod dsl;
 pub mod engine;
 pub mod error;
 pub mod locality;

@@ -574,7 +574,15 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
         let (loss, penalty, grads, lambda) = match &locality {
             Some((settings, _, set)) => {
                 let lambda = settings.schedule.at(step, config.seed);
-                let targets_of_batch = BatchTargets::new(set, &inputs, config.batch_size, seq_len, layers, heads);
+                // injected rules switch on and off with the step
+                let scheduled;
+                let active = if set.has_schedule() {
+                    scheduled = set.active_at(step);
+                    &scheduled
+                } else {
+                    set
+                };
+                let targets_of_batch = BatchTargets::new(active, &inputs, config.batch_size, seq_len, layers, heads);
                 let lambdas = per_layer(lambda, layers, settings.progressive_beta);
                 let hook = LocalityHook::new(&targets_of_batch, lambdas, settings.dial, false);
                 let (loss, penalty, grads) = model.loss_and_grads(&inputs, &targets, config.batch_size, seq_len, &hook);

@@ -238,7 +238,17 @@ mod tests {
     use ndarray::{s, Ix2};
 
     fn rule(kind: RuleKind, strength: f64) -> Rule {
-        Rule { name: "r".into(), kind, layers: None, heads: None, within: None, strength, priority: 0 }
+        Rule {
+            name: "r".into(),
+            kind,
+            layers: None,
+            heads: None,
+            within: None,
+            strength,
+            priority: 0,
+            from_step: None,
+            until_step: None,
+        }
     }
 
     /// Vocabulary 0..8; block 1 = {1, 2}, block 2 = {3}. The sequences give rows with empty target
@@ -246,8 +256,8 @@ mod tests {
     /// off-target groups of size one.
     fn fixture() -> (RuleSet, Vec<u32>) {
         let blocks = vec![
-            Block { name: "a".into(), members: vec![1, 2], anchors: vec![] },
-            Block { name: "b".into(), members: vec![3], anchors: vec![] },
+            Block { name: "a".into(), members: vec![1, 2], anchors: vec![], recruitable: false },
+            Block { name: "b".into(), members: vec![3], anchors: vec![], recruitable: false },
         ];
         let rules = vec![
             rule(RuleKind::OwnBlock { block: 1 }, 1.0),

@@ -12,8 +12,17 @@ use crate::{Error, Result};
 pub struct BlockSpec {
     pub name: String,
     pub words: Vec<String>,
+    /// Regular expressions; every vocabulary entry a pattern matches in full is a member.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patterns: Vec<String>,
     #[serde(default)]
     pub anchors: Vec<String>,
+    /// Words (not patterns) match vocabulary entries that differ only in case.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ignore_case: bool,
+    /// Declared for recruitment with seed anchors only (its words are its anchors).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recruitable: bool,
 }
 
 /// The rule kinds of METHOD §3.
@@ -62,6 +71,12 @@ pub struct RuleEntrySpec {
     pub strength: f64,
     #[serde(default)]
     pub priority: i32,
+    /// Injection: the rule acts from this training step on (default: from the start).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_step: Option<usize>,
+    /// Injection: the rule stops acting at this training step (default: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until_step: Option<usize>,
 }
 
 fn yes() -> bool {
@@ -84,21 +99,44 @@ pub struct RuleSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum RulesSource {
-    /// The rules written for the bundled pharmacy corpus (`rules/pharmacy.yaml`, compiled in).
+    /// The rules written for the bundled pharmacy corpus (`rules/default.rules`, compiled in).
     Bundled,
-    /// A rule spec file; relative paths resolve against the file that names them.
+    /// A `.rules` file, or a rule spec in YAML or JSON (`.yaml`, `.yml`, `.json`); relative paths
+    /// resolve against the file that names them.
     File(std::path::PathBuf),
 }
 
-/// The bundled corpus's rules, as shipped in `rules/pharmacy.yaml`.
-pub const BUNDLED_RULES: &str = include_str!("../../rules/pharmacy.yaml");
+/// The bundled corpus's rules, as shipped in `rules/default.rules`.
+pub const BUNDLED_RULES: &str = include_str!("../../rules/default.rules");
+
+/// Compiles `.rules` text to a spec, turning diagnostics into one error that shows them all.
+fn spec_from_rules_text(loaded: crate::dsl::Loaded, path: &std::path::Path) -> Result<RuleSpec> {
+    let compiled = crate::dsl::compile(&loaded, None);
+    let mut errors = loaded.diagnostics.clone();
+    errors.extend(
+        compiled.diagnostics.into_iter().filter(|d| d.severity >= codespan_reporting::diagnostic::Severity::Error),
+    );
+    if errors.is_empty() {
+        Ok(compiled.spec)
+    } else {
+        Err(Error::Config {
+            path: path.to_path_buf(),
+            message: format!("the rules have errors:\n{}", loaded.render(&errors)),
+        })
+    }
+}
 
 impl RulesSource {
     pub fn load(&self) -> Result<RuleSpec> {
         match self {
-            RulesSource::Bundled => serde_saphyr::from_str(BUNDLED_RULES)
-                .map_err(|e| Error::Config { path: "rules/pharmacy.yaml (bundled)".into(), message: e.to_string() }),
-            RulesSource::File(path) => RuleSpec::load(path),
+            RulesSource::Bundled => {
+                let path = std::path::Path::new("rules/default.rules");
+                spec_from_rules_text(crate::dsl::load_source(path, BUNDLED_RULES.to_string())?, path)
+            }
+            RulesSource::File(path) => match path.extension().and_then(|e| e.to_str()) {
+                Some("yaml" | "yml" | "json") => RuleSpec::load(path),
+                _ => spec_from_rules_text(crate::dsl::load(path)?, path),
+            },
         }
     }
 
@@ -153,9 +191,16 @@ pub struct Rule {
     pub within: Option<usize>,
     pub strength: f64,
     pub priority: i32,
+    pub from_step: Option<usize>,
+    pub until_step: Option<usize>,
 }
 
 impl Rule {
+    /// Whether an injected rule is switched on at a training step.
+    pub fn active_at(&self, step: usize) -> bool {
+        self.from_step.is_none_or(|from| step >= from) && self.until_step.is_none_or(|until| step < until)
+    }
+
     pub fn applies_to(&self, layer: usize, head: usize) -> bool {
         self.layers.as_ref().is_none_or(|l| l.contains(&layer)) && self.heads.as_ref().is_none_or(|h| h.contains(&head))
     }
@@ -167,6 +212,40 @@ pub struct Block {
     /// Sorted token ids.
     pub members: Vec<u32>,
     pub anchors: Vec<u32>,
+    pub recruitable: bool,
+}
+
+/// Vocabulary lookups for block members: exact, case-insensitive and by pattern.
+pub struct MemberResolver<'a> {
+    vocabulary: &'a Vocabulary,
+    lowercase: std::collections::HashMap<String, Vec<u32>>,
+}
+
+impl<'a> MemberResolver<'a> {
+    pub fn new(vocabulary: &'a Vocabulary) -> Self {
+        let mut lowercase: std::collections::HashMap<String, Vec<u32>> = std::collections::HashMap::new();
+        for (id, token) in vocabulary.tokens.iter().enumerate() {
+            lowercase.entry(token.to_lowercase()).or_default().push(id as u32);
+        }
+        MemberResolver { vocabulary, lowercase }
+    }
+
+    /// Vocabulary ids a word names (several when case is ignored).
+    pub fn word(&self, word: &str, ignore_case: bool) -> Vec<u32> {
+        if ignore_case {
+            self.lowercase.get(&word.to_lowercase()).cloned().unwrap_or_default()
+        } else {
+            self.vocabulary.id(word).into_iter().collect()
+        }
+    }
+
+    /// Vocabulary ids a pattern matches in full; an invalid pattern is an error message.
+    pub fn pattern(&self, pattern: &str) -> std::result::Result<Vec<u32>, String> {
+        let regex = regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| e.to_string())?;
+        Ok((0..self.vocabulary.len() as u32)
+            .filter(|&id| regex.is_match(&self.vocabulary.tokens[id as usize]))
+            .collect())
+    }
 }
 
 /// Priority of the implicit own-block rules: below any explicit rule, so that they act only where
@@ -258,31 +337,39 @@ impl RuleSet {
     pub fn compile(spec: &RuleSpec, vocabulary: &Vocabulary) -> Result<(Self, Vec<Warning>)> {
         let mut warnings = Vec::new();
         let mut blocks = Vec::new();
+        let resolver = MemberResolver::new(vocabulary);
         for (index, block) in spec.blocks.iter().enumerate() {
             if spec.blocks[..index].iter().any(|b| b.name == block.name) {
                 return Err(Error::invalid("rules.blocks", format!("block `{}` is declared twice", block.name)));
             }
             let mut ids = |words: &[String], what: &str| -> Vec<u32> {
-                let mut ids: Vec<u32> = words
-                    .iter()
-                    .filter_map(|w| {
-                        let id = vocabulary.id(w);
-                        if id.is_none() {
-                            warnings.push(Warning(format!(
-                                "block `{}`: {what} `{w}` is not in the vocabulary",
-                                block.name
-                            )));
-                        }
-                        id
-                    })
-                    .collect();
-                ids.sort_unstable();
-                ids.dedup();
+                let mut ids = Vec::new();
+                for w in words {
+                    let found = resolver.word(w, block.ignore_case);
+                    if found.is_empty() {
+                        warnings
+                            .push(Warning(format!("block `{}`: {what} `{w}` is not in the vocabulary", block.name)));
+                    }
+                    ids.extend(found);
+                }
                 ids
             };
-            let members = ids(&block.words, "word");
-            let anchors = ids(&block.anchors, "anchor");
-            blocks.push(Block { name: block.name.clone(), members, anchors });
+            let mut members = ids(&block.words, "word");
+            let mut anchors = ids(&block.anchors, "anchor");
+            for pattern in &block.patterns {
+                let matched = resolver.pattern(pattern).map_err(|e| {
+                    Error::invalid(
+                        "rules.blocks",
+                        format!("block `{}`: pattern `{pattern}` is not valid: {e}", block.name),
+                    )
+                })?;
+                members.extend(matched);
+            }
+            members.sort_unstable();
+            members.dedup();
+            anchors.sort_unstable();
+            anchors.dedup();
+            blocks.push(Block { name: block.name.clone(), members, anchors, recruitable: block.recruitable });
         }
         let block_number = |name: &str| -> Result<usize> {
             blocks
@@ -323,6 +410,8 @@ impl RuleSet {
                 within: entry.within,
                 strength: entry.strength,
                 priority: entry.priority,
+                from_step: entry.from_step,
+                until_step: entry.until_step,
             });
         }
         if spec.own_block_default {
@@ -335,11 +424,23 @@ impl RuleSet {
                     within: None,
                     strength: 1.0,
                     priority: DEFAULT_RULE_PRIORITY,
+                    from_step: None,
+                    until_step: None,
                 });
             }
         }
         let set = RuleSet::new(vocabulary.len(), blocks, rules)?;
         Ok((set, warnings))
+    }
+
+    /// The rules switched on at a training step (injection schedules), with the same blocks.
+    pub fn active_at(&self, step: usize) -> RuleSet {
+        RuleSet { rules: self.rules.iter().filter(|r| r.active_at(step)).cloned().collect(), ..self.clone() }
+    }
+
+    /// Whether any rule has an injection schedule.
+    pub fn has_schedule(&self) -> bool {
+        self.rules.iter().any(|r| r.from_step.is_some() || r.until_step.is_some())
     }
 
     /// Rules that act on a (layer, head), by index.

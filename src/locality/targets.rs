@@ -89,6 +89,9 @@ impl RowSets {
     }
 }
 
+/// Window length `ailla check` uses to count the positions a rule covers in a corpus.
+pub const COVERAGE_WINDOW: usize = 128;
+
 /// Targets of one rule on one sequence, in a single left-to-right pass.
 pub fn rule_targets(set: &RuleSet, rule_index: usize, tokens: &[u32]) -> RowSets {
     let rule = &set.rules[rule_index];
@@ -245,14 +248,24 @@ mod tests {
     use crate::locality::rules::{Block, Rule};
 
     fn rule(name: &str, kind: RuleKind) -> Rule {
-        Rule { name: name.into(), kind, layers: None, heads: None, within: None, strength: 1.0, priority: 0 }
+        Rule {
+            name: name.into(),
+            kind,
+            layers: None,
+            heads: None,
+            within: None,
+            strength: 1.0,
+            priority: 0,
+            from_step: None,
+            until_step: None,
+        }
     }
 
     /// Vocabulary 0..10: block 1 = {1, 2} (anchor 2), block 2 = {3, 4}; 8 opens, 9 closes.
     fn set(rules: Vec<Rule>) -> RuleSet {
         let blocks = vec![
-            Block { name: "a".into(), members: vec![1, 2], anchors: vec![2] },
-            Block { name: "b".into(), members: vec![3, 4], anchors: vec![] },
+            Block { name: "a".into(), members: vec![1, 2], anchors: vec![2], recruitable: false },
+            Block { name: "b".into(), members: vec![3, 4], anchors: vec![], recruitable: false },
         ];
         RuleSet::new(10, blocks, rules).unwrap()
     }
