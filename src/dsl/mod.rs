@@ -188,6 +188,8 @@ pub fn compile(loaded: &Loaded, vocabulary: Option<&Vocabulary>) -> Compiled {
                 Member::Word(word) => {
                     let key = if block.ignore_case { word.value.to_lowercase() } else { word.value.clone() };
                     if let Some((_, first_file, first_block, first)) = owner_of_word.iter().find(|(k, ..)| *k == key) {
+                        // reported once below; the block is not also called empty for it
+                        resolved_any = true;
                         if first_block.name.value != block.name.value {
                             diagnostics.push(
                                 Diagnostic::error()
@@ -248,12 +250,15 @@ pub fn compile(loaded: &Loaded, vocabulary: Option<&Vocabulary>) -> Compiled {
                         None => regex::Regex::new(&pattern.value).map(|_| Vec::new()).map_err(|e| e.to_string()),
                     };
                     match matched {
-                        Err(e) => diagnostics.push(
-                            Diagnostic::error()
-                                .with_message("this pattern is not a valid regular expression")
-                                .with_labels(vec![Label::primary(file, pattern.span.clone())
-                                    .with_message(e.lines().last().unwrap_or("invalid").trim().to_string())]),
-                        ),
+                        Err(e) => {
+                            resolved_any = true; // reported here, so not also an empty block
+                            diagnostics.push(
+                                Diagnostic::error()
+                                    .with_message("this pattern is not a valid regular expression")
+                                    .with_labels(vec![Label::primary(file, pattern.span.clone())
+                                        .with_message(e.lines().last().unwrap_or("invalid").trim().to_string())]),
+                            )
+                        }
                         Ok(ids) if ids.is_empty() && resolver.is_some() => diagnostics.push(
                             Diagnostic::warning()
                                 .with_message("this pattern matches no vocabulary entry")
@@ -377,6 +382,10 @@ pub fn compile(loaded: &Loaded, vocabulary: Option<&Vocabulary>) -> Compiled {
                 Some(RuleKindSpec::MatchingPair { open: open.value.clone(), close: close.value.clone() })
             }
             RuleBody::Attend { query, target } => {
+                let query_span = match query {
+                    Query::Any(span) => span.clone(),
+                    Query::Block(name) => name.span.clone(),
+                };
                 let from = match query {
                     Query::Any(_) => None,
                     Query::Block(name) => {
@@ -397,7 +406,8 @@ pub fn compile(loaded: &Loaded, vocabulary: Option<&Vocabulary>) -> Compiled {
                                     .with_message(
                                         "`any token` can only attend to a previous occurrence or its continuation",
                                     )
-                                    .with_labels(vec![Label::primary(file, rule.span.clone())])
+                                    .with_labels(vec![Label::primary(file, query_span.clone())
+                                        .with_message(format!("cannot attend to block `{}`", name.value))])
                                     .with_notes(vec!["name the block whose tokens should attend".into()]),
                             );
                             continue;
