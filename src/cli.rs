@@ -755,11 +755,12 @@ fn run_anchors(args: AnchorsArgs, out: &mut dyn Write) -> Result<()> {
         }
     }
     if args.snippet {
-        s += "\n# anchors chosen by `ailla anchors` (window ";
-        s += &format!("{})\n", args.window);
-        for block in scored.iter().filter(|b| !b.chosen.is_empty()) {
-            let words: Vec<String> = block.chosen.iter().map(|w| crate::dsl::format::word(w)).collect();
-            s += &format!("#   block {}: … anchors {}\n", block.block, words.join(", "));
+        // the blocks as written, with the chosen anchors in place of the old ones: ready to paste back
+        s += &format!("\n# anchors chosen by `ailla anchors` (window {}, at most {} per block)\n", args.window, args.max);
+        for (block, scores) in compiled.spec.blocks.iter().zip(&scored) {
+            let mut chosen = block.clone();
+            chosen.anchors = scores.chosen.clone();
+            s += &format!("\n{}\n", crate::dsl::format::block_spec(&chosen));
         }
     }
     write_out(out, &s)

@@ -56,12 +56,21 @@ fn list(head: &str, items: &[String], indent: &str) -> String {
     out
 }
 
-fn block(b: &BlockDecl) -> String {
-    let case = if b.ignore_case { " ignoring case" } else { "" };
-    if b.recruitable {
-        let seeds: Vec<String> = b.anchors.iter().map(|a| word(&a.value)).collect();
-        return list(&format!("recruitable block {}{case} seeded by", b.name.value), &seeds, INDENT);
+/// A block statement from its parts, already rendered as words.
+fn render_block(name: &str, ignore_case: bool, recruitable: bool, members: &[String], anchors: &[String]) -> String {
+    let case = if ignore_case { " ignoring case" } else { "" };
+    if recruitable {
+        return list(&format!("recruitable block {name}{case} seeded by"), anchors, INDENT);
     }
+    let mut out = list(&format!("block {name}{case}:"), members, INDENT);
+    if !anchors.is_empty() {
+        out.push('\n');
+        out.push_str(&list(&format!("{INDENT}anchors"), anchors, INDENT));
+    }
+    out
+}
+
+fn block(b: &BlockDecl) -> String {
     let members: Vec<String> = b
         .members
         .iter()
@@ -70,13 +79,16 @@ fn block(b: &BlockDecl) -> String {
             Member::Pattern(p) => format!("pattern {}", quote(&p.value)),
         })
         .collect();
-    let mut out = list(&format!("block {}{case}:", b.name.value), &members, INDENT);
-    if !b.anchors.is_empty() {
-        let anchors: Vec<String> = b.anchors.iter().map(|a| word(&a.value)).collect();
-        out.push('\n');
-        out.push_str(&list(&format!("{INDENT}anchors"), &anchors, INDENT));
-    }
-    out
+    let anchors: Vec<String> = b.anchors.iter().map(|a| word(&a.value)).collect();
+    render_block(&b.name.value, b.ignore_case, b.recruitable, &members, &anchors)
+}
+
+/// A compiled block written back as a statement (what `ailla anchors --snippet` prints).
+pub fn block_spec(b: &crate::locality::rules::BlockSpec) -> String {
+    let mut members: Vec<String> = b.words.iter().map(|w| word(w)).collect();
+    members.extend(b.patterns.iter().map(|p| format!("pattern {}", quote(p))));
+    let anchors: Vec<String> = b.anchors.iter().map(|a| word(a)).collect();
+    render_block(&b.name, b.ignore_case, b.recruitable, &members, &anchors)
 }
 
 fn numbers(values: &[usize]) -> String {
