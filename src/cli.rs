@@ -27,6 +27,10 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run a pipeline: train every sweep member, evaluate it across the dial, print a summary.
+    Run(RunArgs),
+    /// Check a pipeline file and list its sweep members, without running anything.
+    Validate(ValidateArgs),
     /// Train a model and write a run directory (model, optimizer state, metrics, summary).
     Train(TrainArgs),
     /// Score a text or a stream of token ids with a checkpoint.
@@ -84,6 +88,25 @@ pub struct AnchorsArgs {
     pub snippet: bool,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["pipeline", "resume"])))]
+pub struct RunArgs {
+    /// The pipeline file (`pipelines/quickstart.yaml`).
+    pub pipeline: Option<PathBuf>,
+    /// Continue the pipeline run in this directory from its last checkpoints.
+    #[arg(long)]
+    pub resume: Option<PathBuf>,
+    /// Sweep members to run at once (default: as many as there are cores); the cores are shared
+    /// among them.
+    #[arg(long)]
+    pub jobs: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct ValidateArgs {
+    pub pipeline: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -211,6 +234,8 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
     }
     match cli.command {
+        Command::Run(args) => run_pipeline(args, cli.threads, out),
+        Command::Validate(args) => run_validate(args, out),
         Command::Train(args) => run_train(args, out),
         Command::Eval(args) => run_eval(args, out),
         Command::Bench(args) => run_bench(args, out),
@@ -756,7 +781,10 @@ fn run_anchors(args: AnchorsArgs, out: &mut dyn Write) -> Result<()> {
     }
     if args.snippet {
         // the blocks as written, with the chosen anchors in place of the old ones: ready to paste back
-        s += &format!("\n# anchors chosen by `ailla anchors` (window {}, at most {} per block)\n", args.window, args.max);
+        s += &format!(
+            "\n# anchors chosen by `ailla anchors` (window {}, at most {} per block)\n",
+            args.window, args.max
+        );
         for (block, scores) in compiled.spec.blocks.iter().zip(&scored) {
             let mut chosen = block.clone();
             chosen.anchors = scores.chosen.clone();
@@ -764,4 +792,71 @@ fn run_anchors(args: AnchorsArgs, out: &mut dyn Write) -> Result<()> {
         }
     }
     write_out(out, &s)
+}
+
+fn load_plan(path: &Path) -> Result<(crate::pipeline::Plan, String)> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    match crate::pipeline::plan(&text, path) {
+        Ok(plan) => Ok((plan, text)),
+        Err(problems) => {
+            for problem in &problems {
+                eprintln!("{}:{problem}", path.display());
+            }
+            Err(Error::Config {
+                path: path.to_path_buf(),
+                message: format!(
+                    "{} problem{} found; nothing was run",
+                    problems.len(),
+                    if problems.len() == 1 { "" } else { "s" }
+                ),
+            })
+        }
+    }
+}
+
+fn run_validate(args: ValidateArgs, out: &mut dyn Write) -> Result<()> {
+    let (plan, _) = load_plan(&args.pipeline)?;
+    let mut s = format!(
+        "{}: valid; {} member{} into {}\n",
+        args.pipeline.display(),
+        plan.members.len(),
+        if plan.members.len() == 1 { "" } else { "s" },
+        plan.output_dir.display()
+    );
+    for member in &plan.members {
+        s += &format!("  {}  ({} steps)\n", member.name, member.config.steps);
+    }
+    write_out(out, &s)
+}
+
+fn run_pipeline(args: RunArgs, threads: Option<usize>, out: &mut dyn Write) -> Result<()> {
+    let (mut plan, resume) = match (&args.pipeline, &args.resume) {
+        (_, Some(dir)) => (crate::pipeline::run::read_plan(dir)?, true),
+        (Some(path), None) => {
+            let (plan, text) = load_plan(path)?;
+            crate::pipeline::run::write_plan(&plan, &text)?;
+            (plan, false)
+        }
+        (None, None) => return Err(Error::invalid("pipeline", "give a pipeline file or --resume RUN_DIR")),
+    };
+    if threads.is_some() {
+        plan.threads = threads;
+    }
+    let started = std::time::Instant::now();
+    if args.jobs == Some(0) {
+        return Err(Error::invalid("--jobs", "must be at least 1"));
+    }
+    let outcomes = crate::pipeline::run::execute(&plan, resume, args.jobs);
+    let mut s = crate::pipeline::run::summary_table(&outcomes);
+    s += &format!("\nrun directory: {}  ({:.1} s)\n", plan.output_dir.display(), started.elapsed().as_secs_f64());
+    write_out(out, &s)?;
+    let interrupted = outcomes.iter().any(|o| matches!(o.result, Err(Error::Interrupted(_))));
+    if interrupted {
+        return Err(Error::Interrupted(format!("continue with `ailla run --resume {}`", plan.output_dir.display())));
+    }
+    let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
+    if failed > 0 {
+        return Err(Error::Rejected(format!("{failed} of {} runs failed (see the table above)", outcomes.len())));
+    }
+    Ok(())
 }

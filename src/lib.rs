@@ -15,6 +15,7 @@ pub mod dsl;
 pub mod engine;
 pub mod error;
 pub mod locality;
+pub mod pipeline;
 pub mod rng;
 pub mod train;
 

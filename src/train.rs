@@ -17,7 +17,7 @@ use crate::engine::optim::{AdamW, OptimConfig};
 use crate::engine::{Config, Gelu, Model};
 use crate::locality::metrics::{evaluate_at, DialEvaluation, LocalityMetrics};
 use crate::locality::schedule::per_layer;
-use crate::locality::{BatchTargets, DialSettings, LambdaSchedule, LocalityHook, RuleSet, RulesSource};
+use crate::locality::{BatchTargets, DialSettings, LambdaSchedule, LocalityHook, RuleSet, RuleSpec, RulesSource};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -139,6 +139,40 @@ pub struct LocalityConfig {
     /// Evaluation batches that also run a backward pass for the group-sparsity threshold.
     #[serde(default = "default_certificate_batches")]
     pub certificate_batches: usize,
+    /// Further rules switched on (and optionally off) at given training steps.
+    #[serde(default)]
+    pub injections: Vec<Injection>,
+}
+
+/// Rules injected during training: every rule of `rules` acts from `at_step` (until `until_step`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Injection {
+    pub rules: RulesSource,
+    pub at_step: usize,
+    #[serde(default)]
+    pub until_step: Option<usize>,
+}
+
+impl LocalityConfig {
+    /// The run's rules: the main file followed by every injection, each rule carrying its schedule.
+    pub fn load_rules(&self) -> Result<RuleSpec> {
+        let mut spec = self.rules.load()?;
+        for injection in &self.injections {
+            let mut extra = injection.rules.load()?;
+            for rule in &mut extra.rules {
+                rule.from_step = Some(rule.from_step.map_or(injection.at_step, |s| s.max(injection.at_step)));
+                rule.until_step = match (rule.until_step, injection.until_step) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+            }
+            // an injected file may repeat the main file's blocks; keep one declaration of each
+            extra.blocks.retain(|b| !spec.blocks.iter().any(|existing| existing.name == b.name));
+            spec = spec.with(&extra);
+        }
+        Ok(spec)
+    }
 }
 
 impl LocalityConfig {
@@ -376,12 +410,44 @@ impl RunPaths {
     pub fn step_checkpoint(&self, step: usize) -> PathBuf {
         self.dir.join("checkpoints").join(format!("step-{step:07}.safetensors"))
     }
+
+    /// The most advanced saved state: the run's model file or a periodic checkpoint, whichever has the
+    /// higher step (a run killed without warning has only its periodic checkpoints).
+    pub fn latest_checkpoint(&self) -> Result<PathBuf> {
+        let mut candidates = vec![self.model()];
+        if let Ok(entries) = std::fs::read_dir(self.dir.join("checkpoints")) {
+            let mut steps: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.extension().is_some_and(|e| e == "safetensors")
+                        && !p.to_string_lossy().ends_with(".optim.safetensors")
+                })
+                .collect();
+            steps.sort();
+            candidates.extend(steps);
+        }
+        let mut best: Option<(usize, PathBuf)> = None;
+        for path in candidates.into_iter().filter(|p| p.is_file()) {
+            let step = checkpoint::load(&path)?.step;
+            if best.as_ref().is_none_or(|(s, _)| step > *s) {
+                best = Some((step, path));
+            }
+        }
+        best.map(|(_, p)| p).ok_or_else(|| Error::Checkpoint {
+            path: self.dir.clone(),
+            message: "nothing to resume: no model.safetensors and no checkpoints/ in this run directory".into(),
+        })
+    }
 }
 
 /// Progress output: a bar on a terminal, periodic plain lines otherwise (CI logs, pipes).
 pub enum Progress {
     Bar(indicatif::ProgressBar),
-    Lines { every: usize },
+    /// Plain lines every `every` steps, each starting with `prefix` (the run's name in a sweep).
+    Lines {
+        every: usize,
+        prefix: String,
+    },
     Silent,
 }
 
@@ -396,7 +462,24 @@ impl Progress {
             }
             Progress::Bar(bar)
         } else {
-            Progress::Lines { every: (total / 20).max(1) }
+            Progress::Lines { every: (total / 20).max(1), prefix: String::new() }
+        }
+    }
+
+    /// One of several concurrent runs: a bar of its own under `bars` on a terminal, prefixed lines
+    /// otherwise.
+    pub fn for_run(bars: Option<&indicatif::MultiProgress>, name: &str, total: usize) -> Self {
+        match bars {
+            Some(bars) => {
+                let bar = bars.add(indicatif::ProgressBar::new(total as u64));
+                if let Ok(style) = indicatif::ProgressStyle::with_template(&format!(
+                    "{name:<24} {{bar:30}} {{pos}}/{{len}}  {{msg}}  [{{elapsed}} < {{eta}}]"
+                )) {
+                    bar.set_style(style);
+                }
+                Progress::Bar(bar)
+            }
+            None => Progress::Lines { every: (total / 10).max(1), prefix: format!("[{name}] ") },
         }
     }
 
@@ -406,8 +489,8 @@ impl Progress {
                 bar.set_position(step as u64);
                 bar.set_message(format!("loss {loss:.4}"));
             }
-            Progress::Lines { every } if step % every == 0 || step == total => {
-                eprintln!("step {step:>6}/{total}  loss {loss:.4}");
+            Progress::Lines { every, prefix } if step % every == 0 || step == total => {
+                eprintln!("{prefix}step {step:>6}/{total}  loss {loss:.4}");
             }
             _ => {}
         }
@@ -416,7 +499,7 @@ impl Progress {
     fn note(&self, message: &str) {
         match self {
             Progress::Bar(bar) => bar.println(message),
-            Progress::Lines { .. } => eprintln!("{message}"),
+            Progress::Lines { prefix, .. } => eprintln!("{prefix}{message}"),
             Progress::Silent => {}
         }
     }
@@ -505,8 +588,9 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
     let splits = config.corpus.load()?;
 
     let (mut model, vocabulary, mut optimizer) = if resume {
-        let loaded = checkpoint::load(&paths.model())?;
-        let optimizer = checkpoint::load_optimizer(&checkpoint::optimizer_path(&paths.model()), &loaded.model.params)?;
+        let latest = paths.latest_checkpoint()?;
+        let loaded = checkpoint::load(&latest)?;
+        let optimizer = checkpoint::load_optimizer(&checkpoint::optimizer_path(&latest), &loaded.model.params)?;
         (loaded.model, loaded.vocabulary, optimizer)
     } else {
         let vocabulary = Vocabulary::build(config.tokenizer, &splits.train, config.vocab_cap);
@@ -520,7 +604,7 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
     let mut rule_warnings = Vec::new();
     let locality = match &config.locality {
         Some(locality) => {
-            let spec = locality.rules.load()?;
+            let spec = locality.load_rules()?;
             let (set, warnings) = RuleSet::compile(&spec, &data.vocabulary)?;
             for warning in &warnings {
                 progress.note(&format!("warning: {}", warning.0));

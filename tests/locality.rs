@@ -21,6 +21,7 @@ fn dial_config() -> TrainConfig {
             epsilon: 0.05,
             eval_lambdas: vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0],
             certificate_batches: 2,
+            injections: Vec::new(),
         }),
         ..TrainConfig::default()
     }

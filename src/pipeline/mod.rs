@@ -1,0 +1,530 @@
+//! Experiment pipelines (`ailla run`, `ailla validate`): a YAML file describing data, model, training,
+//! the locality dial, recruitment priors, evaluation, sweeps and outputs. Relative input paths (data,
+//! rules) resolve against the pipeline file; the output directory against the working directory.
+
+pub mod locate;
+pub mod run;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::data::TokenizerKind;
+use crate::engine::optim::OptimConfig;
+use crate::locality::{DialSettings, LambdaSchedule, RulesSource};
+use crate::train::{CorpusSource, Injection, LocalityConfig, ModelShape, TrainConfig};
+
+fn default_vocab_cap() -> usize {
+    50_000
+}
+fn default_word() -> TokenizerKind {
+    TokenizerKind::Word
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DataSection {
+    /// `bundled: { seed: N }` for the generated corpus, or `directory: PATH` with train/valid/test files.
+    #[serde(default)]
+    pub corpus: CorpusSource,
+    #[serde(default = "default_word")]
+    pub tokenizer: TokenizerKind,
+    #[serde(default = "default_vocab_cap")]
+    pub vocab_cap: usize,
+}
+
+impl Default for DataSection {
+    fn default() -> Self {
+        DataSection { corpus: CorpusSource::default(), tokenizer: TokenizerKind::Word, vocab_cap: default_vocab_cap() }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrainSection {
+    pub steps: usize,
+    pub batch_size: usize,
+    pub optim: OptimConfig,
+    pub seed: u64,
+    /// Shorthand for a sweep over `train.seed`.
+    pub seeds: Option<Vec<u64>>,
+    /// Cores for the whole pipeline (default: every core).
+    pub threads: Option<usize>,
+    pub eval_every: usize,
+    pub eval_tokens: usize,
+}
+
+impl Default for TrainSection {
+    fn default() -> Self {
+        let base = TrainConfig::default();
+        TrainSection {
+            steps: base.steps,
+            batch_size: base.batch_size,
+            optim: base.optim,
+            seed: base.seed,
+            seeds: None,
+            threads: None,
+            eval_every: base.eval_every,
+            eval_tokens: base.eval_tokens,
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct LambdaSection {
+    #[serde(default)]
+    pub schedule: LambdaSchedule,
+    /// `β` of the per-layer dial `λ_l = λ·(l/(L−1))^β`.
+    #[serde(default)]
+    pub progressive_beta: Option<f64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct InjectionSection {
+    /// A `.rules` file (or `bundled`) whose rules switch on at `at_step`.
+    pub rules: String,
+    pub at_step: usize,
+    #[serde(default)]
+    pub until_step: Option<usize>,
+}
+
+fn default_epsilon() -> f64 {
+    0.05
+}
+fn default_certificate_batches() -> usize {
+    2
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LocalitySection {
+    /// A `.rules` file, relative to the pipeline, or `bundled`.
+    pub rules: String,
+    #[serde(default)]
+    pub dial: DialSettings,
+    #[serde(default)]
+    pub lambda: LambdaSection,
+    #[serde(default = "default_epsilon")]
+    pub epsilon: f64,
+    #[serde(default)]
+    pub injections: Vec<InjectionSection>,
+    #[serde(default = "default_certificate_batches")]
+    pub certificate_batches: usize,
+}
+
+/// Priors of block and model recruitment (METHOD §7–§8); validated now, used by recruitment.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RecruitmentSection {
+    pub check_every: usize,
+    pub trial_steps: usize,
+    pub margin_bits: f64,
+    pub max_blocks: usize,
+    #[serde(default)]
+    pub bits_per_parameter: Option<f64>,
+}
+
+fn default_lambdas() -> Vec<f64> {
+    vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluationSection {
+    /// λ values every trained model is evaluated at (on the test split).
+    #[serde(default = "default_lambdas")]
+    pub lambdas: Vec<f64>,
+}
+
+impl Default for EvaluationSection {
+    fn default() -> Self {
+        EvaluationSection { lambdas: default_lambdas() }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReportFormat {
+    Json,
+    Markdown,
+    Html,
+}
+
+fn default_checkpoint_every() -> usize {
+    200
+}
+fn default_formats() -> Vec<ReportFormat> {
+    vec![ReportFormat::Json]
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct OutputsSection {
+    /// Where the run directory goes (default `runs/<name>`), relative to the working directory.
+    #[serde(default)]
+    pub dir: Option<PathBuf>,
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
+    #[serde(default = "default_formats")]
+    pub formats: Vec<ReportFormat>,
+}
+
+impl Default for OutputsSection {
+    fn default() -> Self {
+        OutputsSection { dir: None, checkpoint_every: default_checkpoint_every(), formats: default_formats() }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    pub name: String,
+    #[serde(default)]
+    pub data: DataSection,
+    #[serde(default)]
+    pub model: ModelShape,
+    #[serde(default)]
+    pub train: TrainSection,
+    #[serde(default)]
+    pub locality: Option<LocalitySection>,
+    #[serde(default)]
+    pub recruitment: Option<RecruitmentSection>,
+    #[serde(default)]
+    pub evaluation: EvaluationSection,
+    /// Dotted field paths to lists of values; members are their cartesian product.
+    #[serde(default)]
+    pub sweep: BTreeMap<String, Vec<serde_json::Value>>,
+    #[serde(default)]
+    pub outputs: OutputsSection,
+}
+
+/// One problem in a pipeline file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Problem {
+    /// Dotted YAML path of the offending field (`train.optim.learning_rate`).
+    pub field: String,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.line, self.column) {
+            (Some(line), Some(column)) => write!(f, "{line}:{column}: `{}`: {}", self.field, self.message),
+            _ => write!(f, "`{}`: {}", self.field, self.message),
+        }
+    }
+}
+
+/// A member of the sweep, ready to train.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Member {
+    pub name: String,
+    pub config: TrainConfig,
+}
+
+/// A validated pipeline expanded into its members.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Plan {
+    pub name: String,
+    pub output_dir: PathBuf,
+    pub threads: Option<usize>,
+    pub members: Vec<Member>,
+}
+
+/// The closest of `candidates` to `word`, for "did you mean".
+fn suggestion<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    candidates
+        .map(|c| (strsim::levenshtein(word, c), c))
+        .filter(|&(d, c)| d > 0 && d <= (word.len().max(c.len()) / 3).max(2))
+        .min()
+        .map(|(_, c)| c)
+}
+
+/// Adds "did you mean" to serde's "unknown field/variant `x`, expected one of `a`, `b`" messages.
+fn with_suggestion(message: &str) -> String {
+    let first_line = message.lines().next().unwrap_or(message);
+    for kind in ["unknown field `", "unknown variant `"] {
+        let Some(start) = first_line.find(kind) else { continue };
+        let rest = &first_line[start + kind.len()..];
+        let Some(end) = rest.find('`') else { continue };
+        let unknown = &rest[..end];
+        let expected: Vec<&str> = rest[end..]
+            .split(|c: char| c == ',' || c.is_whitespace())
+            .map(|w| w.trim_matches(|c| c == '`' || c == '.'))
+            .filter(|w| !w.is_empty() && *w != "expected" && *w != "one" && *w != "of")
+            .collect();
+        if let Some(best) = suggestion(unknown, expected.into_iter()) {
+            return format!("{message}\n  help: did you mean `{best}`?");
+        }
+    }
+    message.to_string()
+}
+
+fn problem(text: &str, field: &str, message: impl Into<String>) -> Problem {
+    let (line, column) = locate::position(text, field).map_or((None, None), |(l, c)| (Some(l), Some(c)));
+    Problem { field: field.into(), line, column, message: message.into() }
+}
+
+/// Parses and validates a pipeline file, expanding its sweep. Every problem found is returned at once.
+pub fn load(path: &Path) -> crate::Result<Result<Plan, Vec<Problem>>> {
+    let text = std::fs::read_to_string(path).map_err(|e| crate::Error::io(path, e))?;
+    Ok(plan(&text, path))
+}
+
+pub fn plan(text: &str, path: &Path) -> Result<Plan, Vec<Problem>> {
+    let pipeline: Pipeline = match serde_saphyr::from_str(text) {
+        Ok(p) => p,
+        Err(e) => {
+            let message = with_suggestion(&e.to_string());
+            // serde-saphyr's message starts with "line L column C:"; keep its position
+            let (line, column) = parse_position(&message);
+            return Err(vec![Problem { field: "(file)".into(), line, column, message }]);
+        }
+    };
+    let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let mut problems = Vec::new();
+    validate_static(&pipeline, text, &base, &mut problems);
+    let members = expand(&pipeline, text, &mut problems);
+    let mut planned = Vec::new();
+    for (name, member) in members {
+        let config = to_train_config(&member, &base);
+        if let Err(e) = config.validate() {
+            let field = match &e {
+                crate::Error::Invalid { field, .. } => field.clone(),
+                _ => "(member)".into(),
+            };
+            problems.push(problem(text, &field, format!("{e} (in sweep member `{name}`)")));
+        }
+        planned.push(Member { name, config });
+    }
+    if !problems.is_empty() {
+        problems.dedup();
+        return Err(problems);
+    }
+    let output_dir = pipeline.outputs.dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(&pipeline.name));
+    Ok(Plan { name: pipeline.name.clone(), output_dir, threads: pipeline.train.threads, members: planned })
+}
+
+fn parse_position(message: &str) -> (Option<usize>, Option<usize>) {
+    let numbers: Vec<usize> = message
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split(|c: char| !c.is_ascii_digit())
+        .filter(|s| !s.is_empty())
+        .take(2)
+        .filter_map(|s| s.parse().ok())
+        .collect();
+    match numbers[..] {
+        [line, column] if message.contains("line") => (Some(line), Some(column)),
+        _ => (None, None),
+    }
+}
+
+fn resolve(base: &Path, path: &str) -> PathBuf {
+    let p = PathBuf::from(path);
+    if p.is_relative() {
+        base.join(p)
+    } else {
+        p
+    }
+}
+
+fn rules_source(base: &Path, text: &str) -> RulesSource {
+    if text == "bundled" {
+        RulesSource::Bundled
+    } else {
+        RulesSource::File(resolve(base, text))
+    }
+}
+
+/// Checks that need the file system or more than one field.
+fn validate_static(p: &Pipeline, text: &str, base: &Path, problems: &mut Vec<Problem>) {
+    if p.name.trim().is_empty() || p.name.contains(['/', '\\']) {
+        problems.push(problem(text, "name", "must be a non-empty name without slashes (it names the run directory)"));
+    }
+    if let CorpusSource::Directory(dir) = &p.data.corpus {
+        let dir = if dir.is_relative() { base.join(dir) } else { dir.clone() };
+        if !dir.is_dir() {
+            problems.push(problem(text, "data.corpus.directory", format!("{} is not a directory", dir.display())));
+        }
+    }
+    if p.train.threads == Some(0) {
+        problems.push(problem(text, "train.threads", "must be at least 1"));
+    }
+    for &lambda in &p.evaluation.lambdas {
+        if !(0.0..=1.0).contains(&lambda) {
+            problems.push(problem(text, "evaluation.lambdas", format!("λ = {lambda} is outside [0, 1]")));
+        }
+    }
+    if let Some(locality) = &p.locality {
+        let check_rules = |field: &str, name: &str, problems: &mut Vec<Problem>| {
+            let source = rules_source(base, name);
+            if let RulesSource::File(path) = &source {
+                if !path.is_file() {
+                    problems.push(problem(text, field, format!("{} does not exist", path.display())));
+                    return;
+                }
+            }
+            if let Err(e) = source.load() {
+                problems.push(problem(text, field, format!("the rules do not compile:\n{e}")));
+            }
+        };
+        check_rules("locality.rules", &locality.rules, problems);
+        for injection in &locality.injections {
+            check_rules("locality.injections.rules", &injection.rules, problems);
+            if injection.until_step.is_some_and(|u| u <= injection.at_step) {
+                problems.push(problem(text, "locality.injections.until_step", "must come after at_step"));
+            }
+            if injection.at_step >= p.train.steps {
+                problems.push(problem(
+                    text,
+                    "locality.injections.at_step",
+                    format!("step {} is never reached: training has {} steps", injection.at_step, p.train.steps),
+                ));
+            }
+        }
+    }
+    if let Some(r) = &p.recruitment {
+        for (field, value) in [
+            ("recruitment.check_every", r.check_every),
+            ("recruitment.trial_steps", r.trial_steps),
+            ("recruitment.max_blocks", r.max_blocks),
+        ] {
+            if value == 0 {
+                problems.push(problem(text, field, "must be at least 1"));
+            }
+        }
+        if !(r.margin_bits >= 0.0 && r.margin_bits.is_finite()) {
+            problems.push(problem(text, "recruitment.margin_bits", "must be a non-negative number of bits"));
+        }
+        if r.bits_per_parameter.is_some_and(|b| !(b > 0.0 && b.is_finite())) {
+            problems.push(problem(text, "recruitment.bits_per_parameter", "must be a positive number of bits"));
+        }
+    }
+    if p.outputs.checkpoint_every == 0 {
+        problems.push(problem(text, "outputs.checkpoint_every", "must be at least 1"));
+    }
+}
+
+/// The sweep's members: `(name, pipeline)` for every combination, in a fixed order.
+fn expand(p: &Pipeline, text: &str, problems: &mut Vec<Problem>) -> Vec<(String, Pipeline)> {
+    let mut axes: Vec<(String, Vec<serde_json::Value>)> = p.sweep.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    if let Some(seeds) = &p.train.seeds {
+        axes.push(("train.seed".into(), seeds.iter().map(|&s| serde_json::json!(s)).collect()));
+    }
+    let base_value = match serde_json::to_value(p) {
+        Ok(v) => v,
+        Err(e) => {
+            problems.push(problem(text, "(file)", e.to_string()));
+            return Vec::new();
+        }
+    };
+    let mut members = vec![(String::new(), base_value)];
+    for (path, values) in &axes {
+        if values.is_empty() {
+            problems.push(problem(text, &format!("sweep.{path}"), "needs at least one value"));
+            continue;
+        }
+        let keys: Vec<&str> = path.split('.').collect();
+        if locate::get(&members[0].1, &keys).is_none() {
+            let known = locate::field_paths(&members[0].1);
+            let hint = suggestion(path, known.iter().map(String::as_str))
+                .map(|s| format!("; did you mean `{s}`?"))
+                .unwrap_or_default();
+            problems.push(problem(text, "sweep", format!("`{path}` is not a field of the pipeline{hint}")));
+            continue;
+        }
+        let short = keys.last().copied().unwrap_or(path);
+        let mut next = Vec::new();
+        for (name, value) in &members {
+            for (index, v) in values.iter().enumerate() {
+                let mut changed = value.clone();
+                locate::set(&mut changed, &keys, v.clone());
+                let label = match v {
+                    serde_json::Value::Number(n) => format!("{short}-{n}"),
+                    serde_json::Value::String(s) if s.len() <= 24 => {
+                        let stem = Path::new(s).file_stem().and_then(|f| f.to_str()).unwrap_or(s);
+                        format!("{short}-{stem}")
+                    }
+                    serde_json::Value::Bool(b) => format!("{short}-{b}"),
+                    other => match single_leaf(other) {
+                        // `{ constant: { lambda: 0.2 } }` reads best as `lambda-0.2`
+                        Some((key, leaf)) => format!("{key}-{leaf}"),
+                        None => format!("{short}-{}", index + 1),
+                    },
+                };
+                let joined = if name.is_empty() { label } else { format!("{name}_{label}") };
+                next.push((joined, changed));
+            }
+        }
+        members = next;
+    }
+    let mut out = Vec::new();
+    for (name, value) in members {
+        let name = if name.is_empty() { p.name.clone() } else { name };
+        match serde_json::from_value::<Pipeline>(value) {
+            Ok(member) => out.push((name, member)),
+            Err(e) => problems.push(problem(text, "sweep", format!("member `{name}`: {e}"))),
+        }
+    }
+    out
+}
+
+/// The one scalar inside nested single-entry objects, with its key.
+fn single_leaf(value: &serde_json::Value) -> Option<(String, String)> {
+    let serde_json::Value::Object(map) = value else { return None };
+    if map.len() != 1 {
+        return None;
+    }
+    let (key, inner) = map.iter().next()?;
+    match inner {
+        serde_json::Value::Number(n) => Some((key.clone(), n.to_string())),
+        serde_json::Value::String(s) => Some((key.clone(), s.clone())),
+        serde_json::Value::Bool(b) => Some((key.clone(), b.to_string())),
+        other => single_leaf(other),
+    }
+}
+
+fn to_train_config(p: &Pipeline, base: &Path) -> TrainConfig {
+    let corpus = match &p.data.corpus {
+        CorpusSource::Directory(dir) if dir.is_relative() => CorpusSource::Directory(base.join(dir)),
+        other => other.clone(),
+    };
+    TrainConfig {
+        corpus,
+        tokenizer: p.data.tokenizer,
+        vocab_cap: p.data.vocab_cap,
+        model: p.model.clone(),
+        steps: p.train.steps,
+        batch_size: p.train.batch_size,
+        optim: p.train.optim.clone(),
+        seed: p.train.seed,
+        eval_every: p.train.eval_every,
+        eval_tokens: p.train.eval_tokens,
+        checkpoint_every: p.outputs.checkpoint_every,
+        locality: p.locality.as_ref().map(|l| LocalityConfig {
+            rules: rules_source(base, &l.rules),
+            dial: l.dial,
+            schedule: l.lambda.schedule.clone(),
+            progressive_beta: l.lambda.progressive_beta,
+            epsilon: l.epsilon,
+            eval_lambdas: p.evaluation.lambdas.clone(),
+            certificate_batches: l.certificate_batches,
+            injections: l
+                .injections
+                .iter()
+                .map(|i| Injection {
+                    rules: rules_source(base, &i.rules),
+                    at_step: i.at_step,
+                    until_step: i.until_step,
+                })
+                .collect(),
+        }),
+    }
+}

@@ -1,0 +1,141 @@
+//! Running a plan: sweep members in parallel, each in its own directory, with a shared Ctrl-C.
+//!
+//! Thread policy: with `C` cores (all of the machine's, or `train.threads`) and `M` members, `K =
+//! min(M, C)` members run at once and each gets `⌊C/K⌋` engine threads; OpenBLAS always runs on one
+//! thread inside them (see `engine::linalg`). Results do not depend on this split: the engine's blocks
+//! of work are fixed by the shapes, not by the thread count.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use super::Plan;
+use crate::train::{self, Progress, RunControl, TrainSummary};
+use crate::{Error, Result};
+
+/// How one member ended.
+pub struct MemberOutcome {
+    pub name: String,
+    pub dir: PathBuf,
+    pub result: Result<TrainSummary>,
+}
+
+const PLAN_FILE: &str = "pipeline.resolved.json";
+
+/// Writes the resolved plan beside the members so that `--resume` needs nothing else.
+pub fn write_plan(plan: &Plan, pipeline_text: &str) -> Result<()> {
+    let json = serde_json::to_string_pretty(plan).map_err(|e| Error::Numeric(e.to_string()))?;
+    crate::checkpoint::atomic_write(&plan.output_dir.join(PLAN_FILE), json.as_bytes())?;
+    crate::checkpoint::atomic_write(&plan.output_dir.join("pipeline.yaml"), pipeline_text.as_bytes())
+}
+
+pub fn read_plan(run_dir: &Path) -> Result<Plan> {
+    let path = run_dir.join(PLAN_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Config { path, message: e.to_string() })
+}
+
+/// Members run `K` at a time and each gets its share of the cores.
+pub fn thread_split(cores: usize, members: usize) -> (usize, usize) {
+    let concurrent = members.clamp(1, cores.max(1));
+    (concurrent, (cores / concurrent).max(1))
+}
+
+/// Runs every member of `plan` (continuing finished or interrupted ones when `resume`).
+/// `jobs` overrides how many members run at once (1 runs them one after another with every core).
+pub fn execute(plan: &Plan, resume: bool, jobs: Option<usize>) -> Vec<MemberOutcome> {
+    let cores = plan.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let (concurrent, threads_each) = thread_split(cores, jobs.unwrap_or(plan.members.len()).min(plan.members.len()));
+    let bars = std::io::stderr().is_terminal().then(indicatif::MultiProgress::new);
+    let interrupt = train::interrupt_flag();
+    let next = AtomicUsize::new(0);
+    let outcomes: Mutex<Vec<Option<MemberOutcome>>> = Mutex::new((0..plan.members.len()).map(|_| None).collect());
+    if bars.is_none() {
+        eprintln!(
+            "{}: {} member{}, {concurrent} at a time with {threads_each} thread{} each",
+            plan.name,
+            plan.members.len(),
+            if plan.members.len() == 1 { "" } else { "s" },
+            if threads_each == 1 { "" } else { "s" }
+        );
+    }
+    std::thread::scope(|scope| {
+        for _ in 0..concurrent {
+            scope.spawn(|| loop {
+                let index = next.fetch_add(1, Ordering::SeqCst);
+                let Some(member) = plan.members.get(index) else { break };
+                let dir = plan.output_dir.join(&member.name);
+                let result = run_member(member, &dir, resume, threads_each, bars.as_ref(), &interrupt);
+                let outcome = MemberOutcome { name: member.name.clone(), dir, result };
+                if let Ok(mut slots) = outcomes.lock() {
+                    slots[index] = Some(outcome);
+                }
+            });
+        }
+    });
+    outcomes.into_inner().unwrap_or_default().into_iter().flatten().collect()
+}
+
+fn run_member(
+    member: &super::Member,
+    dir: &Path,
+    resume: bool,
+    threads: usize,
+    bars: Option<&indicatif::MultiProgress>,
+    interrupt: &std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Result<TrainSummary> {
+    let paths = train::RunPaths { dir: dir.to_path_buf() };
+    if resume {
+        // a member that finished keeps its results
+        if let Ok(text) = std::fs::read_to_string(paths.summary()) {
+            if let Ok(summary) = serde_json::from_str::<TrainSummary>(&text) {
+                if summary.steps_done >= summary.steps_planned {
+                    return Ok(summary);
+                }
+            }
+        }
+    }
+    let started = resume && paths.latest_checkpoint().is_ok();
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .map_err(|e| Error::Numeric(format!("cannot start {threads} worker threads: {e}")))?;
+    let progress = Progress::for_run(bars, &member.name, member.config.steps);
+    let control = RunControl { resume: started, stop_after: None, interrupt: Some(interrupt.clone()) };
+    pool.install(|| train::train(&member.config, dir, &control, &progress))
+}
+
+/// The table printed when a pipeline finishes: one row per member and λ.
+pub fn summary_table(outcomes: &[MemberOutcome]) -> String {
+    let width = outcomes.iter().map(|o| o.name.len()).max().unwrap_or(6).max(6);
+    let mut s = format!(
+        "\n{:<width$}  {:>5}  {:>12}  {:>8}  {:>10}  {:>8}\n",
+        "run", "λ", "entropy bits", "fidelity", "perplexity", "accuracy"
+    );
+    for outcome in outcomes {
+        match &outcome.result {
+            Ok(summary) if summary.dial.is_empty() => {
+                s += &format!(
+                    "{:<width$}  {:>5}  {:>12}  {:>8}  {:>10.3}  {:>8.4}\n",
+                    outcome.name, "-", "-", "-", summary.test.perplexity, summary.test.accuracy
+                );
+            }
+            Ok(summary) => {
+                for row in &summary.dial {
+                    s += &format!(
+                        "{:<width$}  {:>5.2}  {:>12.3}  {:>8.4}  {:>10.3}  {:>8.4}\n",
+                        outcome.name,
+                        row.lambda,
+                        row.entropy_bits,
+                        row.pointer_fidelity,
+                        row.language_model.perplexity,
+                        row.language_model.accuracy
+                    );
+                }
+            }
+            Err(e) => s += &format!("{:<width$}  failed: {e}\n", outcome.name),
+        }
+    }
+    s
+}
