@@ -719,8 +719,10 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
     }
     let mut dial = Vec::new();
     if let Some((settings, _, set)) = &locality {
+        // evaluate with the rules in force when training ended (injections may have switched off)
+        let final_rules = set.active_at(optimizer.step);
         let evaluation = DialEvaluation {
-            rules: set,
+            rules: &final_rules,
             settings: settings.dial,
             progressive_beta: settings.progressive_beta,
             epsilon: settings.epsilon,

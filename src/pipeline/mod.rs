@@ -213,10 +213,13 @@ pub struct Problem {
 
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match (self.line, self.column) {
-            (Some(line), Some(column)) => write!(f, "{line}:{column}: `{}`: {}", self.field, self.message),
-            _ => write!(f, "`{}`: {}", self.field, self.message),
+        if let (Some(line), Some(column)) = (self.line, self.column) {
+            write!(f, "{line}:{column}: ")?;
         }
+        if !self.field.is_empty() {
+            write!(f, "`{}`: ", self.field)?;
+        }
+        write!(f, "{}", self.message)
     }
 }
 
@@ -280,25 +283,32 @@ pub fn plan(text: &str, path: &Path) -> Result<Plan, Vec<Problem>> {
     let pipeline: Pipeline = match serde_saphyr::from_str(text) {
         Ok(p) => p,
         Err(e) => {
-            let message = with_suggestion(&e.to_string());
-            // serde-saphyr's message starts with "line L column C:"; keep its position
+            let message = with_suggestion(&e.to_string()).replace("<input>", &path.display().to_string());
+            // serde-saphyr's message starts with "error: line L column C: "; the position is shown
+            // by the problem itself
             let (line, column) = parse_position(&message);
-            return Err(vec![Problem { field: "(file)".into(), line, column, message }]);
+            let message = match (line, message.strip_prefix("error: ")) {
+                (Some(_), Some(rest)) => rest.split_once(": ").map_or(rest, |(_, m)| m).to_string(),
+                _ => message,
+            };
+            return Err(vec![Problem { field: String::new(), line, column, message }]);
         }
     };
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let mut problems = Vec::new();
     validate_static(&pipeline, text, &base, &mut problems);
     let members = expand(&pipeline, text, &mut problems);
+    let sweeping = members.len() > 1;
     let mut planned = Vec::new();
     for (name, member) in members {
         let config = to_train_config(&member, &base);
         if let Err(e) = config.validate() {
-            let field = match &e {
-                crate::Error::Invalid { field, .. } => field.clone(),
-                _ => "(member)".into(),
+            let (field, message) = match &e {
+                crate::Error::Invalid { field, message } => (pipeline_field(field), message.clone()),
+                other => ("(member)".to_string(), other.to_string()),
             };
-            problems.push(problem(text, &field, format!("{e} (in sweep member `{name}`)")));
+            let message = if sweeping { format!("{message} (in sweep member `{name}`)") } else { message };
+            problems.push(problem(text, &field, message));
         }
         planned.push(Member { name, config });
     }
@@ -308,6 +318,29 @@ pub fn plan(text: &str, path: &Path) -> Result<Plan, Vec<Problem>> {
     }
     let output_dir = pipeline.outputs.dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(&pipeline.name));
     Ok(Plan { name: pipeline.name.clone(), output_dir, threads: pipeline.train.threads, members: planned })
+}
+
+/// Where a training-config field lives in a pipeline file.
+fn pipeline_field(field: &str) -> String {
+    let mapped = [
+        ("steps", "train.steps"),
+        ("batch_size", "train.batch_size"),
+        ("eval_tokens", "train.eval_tokens"),
+        ("vocab_cap", "data.vocab_cap"),
+        ("optim.", "train.optim."),
+        ("locality.margin", "locality.dial.margin"),
+        ("locality.temperature", "locality.dial.temperature"),
+        ("locality.penalty", "locality.dial.penalty"),
+        ("locality.schedule", "locality.lambda.schedule"),
+        ("locality.progressive_beta", "locality.lambda.progressive_beta"),
+        ("locality.eval_lambdas", "evaluation.lambdas"),
+    ];
+    for (from, to) in mapped {
+        if field == from || (from.ends_with('.') && field.starts_with(from)) || field.starts_with(&format!("{from}.")) {
+            return format!("{to}{}", &field[from.len()..]);
+        }
+    }
+    field.to_string()
 }
 
 fn parse_position(message: &str) -> (Option<usize>, Option<usize>) {

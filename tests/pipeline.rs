@@ -1,0 +1,125 @@
+//! `ailla run` and `ailla validate` end to end.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn ailla() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_ailla"))
+}
+
+#[test]
+fn malformed_pipelines_each_get_their_message() {
+    let dir = Path::new("tests/pipelines/bad");
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 20, "only {} malformed pipelines", files.len());
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        // a relative path keeps the messages the same on every machine
+        let problems = match ailla::pipeline::plan(&text, &path) {
+            Ok(_) => panic!("{} was accepted", path.display()),
+            Err(problems) => problems,
+        };
+        let rendered: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        let name = path.file_stem().unwrap().to_string_lossy().into_owned();
+        insta::assert_snapshot!(name, rendered.join("\n"));
+    }
+}
+
+#[test]
+fn the_shipped_pipelines_validate() {
+    for entry in std::fs::read_dir("pipelines").unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        if text.contains("shared/data") && !Path::new("../shared/data").is_dir() {
+            eprintln!("skipped {}: ../shared/data is absent", path.display());
+            continue;
+        }
+        let plan = ailla::pipeline::plan(&text, &path).unwrap_or_else(|p| {
+            panic!("{}: {}", path.display(), p.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n"))
+        });
+        assert!(!plan.members.is_empty());
+    }
+}
+
+#[test]
+fn sweeps_expand_to_named_members() {
+    let text = "name: s\nsweep:\n  train.seed: [1, 2]\n  model.d_model: [32, 64]\n";
+    let plan = ailla::pipeline::plan(text, Path::new("s.yaml")).unwrap();
+    let names: Vec<&str> = plan.members.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["d_model-32_seed-1", "d_model-32_seed-2", "d_model-64_seed-1", "d_model-64_seed-2"]);
+    assert_eq!(plan.members[3].config.seed, 2);
+    assert_eq!(plan.members[3].config.model.d_model, 64);
+    assert_eq!(ailla::pipeline::run::thread_split(2, 6), (2, 1));
+    assert_eq!(ailla::pipeline::run::thread_split(16, 6), (6, 2));
+    assert_eq!(ailla::pipeline::run::thread_split(2, 1), (1, 2));
+}
+
+fn pipeline(dir: &Path, name: &str, steps: usize) -> PathBuf {
+    let path = dir.join(format!("{name}.yaml"));
+    let text = format!(
+        "name: {name}\nmodel: {{ ctx_len: 32, d_model: 32, n_heads: 4, n_layers: 2, d_ff: 64 }}\n\
+         train:\n  steps: {steps}\n  batch_size: 8\n  eval_every: 0\n\
+         locality:\n  rules: bundled\n  lambda:\n    schedule: {{ uniform: {{ low: 0.0, high: 1.0 }} }}\n\
+         evaluation:\n  lambdas: [0.0, 1.0]\n\
+         outputs:\n  dir: {}\n  checkpoint_every: 10\n",
+        dir.join(name).display()
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn losses(run: &Path) -> Vec<String> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"train\""))
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn a_run_killed_without_warning_resumes_to_the_same_losses() {
+    let dir = tempfile::tempdir().unwrap();
+    let steps = 120;
+    let straight = pipeline(dir.path(), "straight", steps);
+    let output = ailla().args(["--threads", "2", "run", straight.to_str().unwrap()]).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains("fidelity"));
+
+    let killed = pipeline(dir.path(), "killed", steps);
+    let mut child = ailla()
+        .args(["--threads", "2", "run", killed.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let member = dir.path().join("killed").join("killed");
+    let started = std::time::Instant::now();
+    while !member.join("checkpoints/step-0000040.safetensors").is_file() {
+        assert!(started.elapsed().as_secs() < 120, "no checkpoint appeared");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    Command::new("kill").args(["-KILL", &child.id().to_string()]).status().unwrap();
+    let status = child.wait().unwrap();
+    assert!(!status.success(), "the run finished before it could be killed");
+    assert!(!member.join("summary.json").exists());
+
+    let run_dir = dir.path().join("killed");
+    let resumed = ailla().args(["--threads", "2", "run", "--resume", run_dir.to_str().unwrap()]).output().unwrap();
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    let expected = losses(&dir.path().join("straight").join("straight"));
+    assert_eq!(expected.len(), steps);
+    assert_eq!(losses(&member), expected);
+    assert_eq!(
+        std::fs::read(member.join("model.safetensors")).unwrap(),
+        std::fs::read(dir.path().join("straight/straight/model.safetensors")).unwrap()
+    );
+}
