@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::engine::attention::NoHook;
 use crate::engine::linalg::{gemm, gemm_flops};
 use crate::engine::optim::{AdamW, OptimConfig};
-use crate::engine::{Config, Gelu, Model};
+use crate::engine::{Config, Model};
 use crate::rng::Rng;
 use crate::{Error, Result};
 
@@ -29,17 +29,15 @@ pub struct BenchConfig {
 
 impl BenchConfig {
     pub fn model_config(&self) -> Config {
-        Config {
-            vocab_size: self.vocab_size,
+        let shape = crate::train::ModelShape {
             ctx_len: self.ctx_len,
             d_model: self.d_model,
             n_heads: self.n_heads,
             n_layers: self.n_layers,
             d_ff: self.d_ff,
-            ln_eps: 1e-5,
             tied: true,
-            gelu: Gelu::Tanh,
-        }
+        };
+        shape.config(self.vocab_size)
     }
 }
 

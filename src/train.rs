@@ -310,39 +310,54 @@ impl EvalResult {
     }
 }
 
-/// Scores every token of `ids` after the first: consecutive non-overlapping windows of the model's
-/// context, `batch` windows at a time, the shorter last window on its own. Every prediction conditions on
-/// the tokens before it within its window, as in PyTorch's `word_language_model` evaluation.
-pub fn evaluate(model: &Model<f32>, ids: &[u32], batch: usize, hook: &dyn AttentionHook<f32>) -> EvalResult {
-    let ctx = model.config.ctx_len;
+/// One forward pass of an evaluation: `windows` consecutive windows of `seq_len` inputs and their
+/// next-token targets.
+pub struct EvalBatch {
+    pub inputs: Vec<u32>,
+    pub targets: Vec<u32>,
+    pub windows: usize,
+    pub seq_len: usize,
+}
+
+/// Splits `ids` for scoring every token after the first: consecutive non-overlapping windows of the
+/// context `ctx`, `batch` windows at a time, the shorter last window on its own. Every prediction
+/// conditions on the tokens before it within its window, as in PyTorch's `word_language_model`.
+pub fn eval_batches(ids: &[u32], ctx: usize, batch: usize) -> impl Iterator<Item = EvalBatch> + '_ {
     let predicted = ids.len().saturating_sub(1);
     let full_windows = predicted / ctx;
-    let mut nll_sum = 0.0f64;
-    let mut correct = 0usize;
-    let mut score = |start_window: usize, windows: usize, seq_len: usize| {
+    let mut groups = Vec::new();
+    let mut window = 0;
+    while window < full_windows {
+        let windows = batch.max(1).min(full_windows - window);
+        groups.push((window, windows, ctx));
+        window += windows;
+    }
+    if predicted > full_windows * ctx {
+        groups.push((full_windows, 1, predicted - full_windows * ctx));
+    }
+    groups.into_iter().map(move |(first, windows, seq_len)| {
         let mut inputs = Vec::with_capacity(windows * seq_len);
         let mut targets = Vec::with_capacity(windows * seq_len);
-        for w in start_window..start_window + windows {
+        for w in first..first + windows {
             let start = w * ctx;
             inputs.extend_from_slice(&ids[start..start + seq_len]);
             targets.extend_from_slice(&ids[start + 1..start + seq_len + 1]);
         }
-        let cache = model.forward(&inputs, windows, seq_len, hook);
-        let loss = model.output_loss(&cache, &targets, false);
+        EvalBatch { inputs, targets, windows, seq_len }
+    })
+}
+
+/// Scores every token of `ids` after the first, windowed by [`eval_batches`].
+pub fn evaluate(model: &Model<f32>, ids: &[u32], batch: usize, hook: &dyn AttentionHook<f32>) -> EvalResult {
+    let mut nll_sum = 0.0f64;
+    let mut correct = 0usize;
+    for b in eval_batches(ids, model.config.ctx_len, batch) {
+        let cache = model.forward(&b.inputs, b.windows, b.seq_len, hook);
+        let loss = model.output_loss(&cache, &b.targets, false);
         nll_sum += loss.nll.iter().map(|&v| v as f64).sum::<f64>();
         correct += loss.correct;
-    };
-    let mut window = 0;
-    while window < full_windows {
-        let windows = batch.max(1).min(full_windows - window);
-        score(window, windows, ctx);
-        window += windows;
     }
-    let rest = predicted - full_windows * ctx;
-    if rest > 0 {
-        score(full_windows, 1, rest);
-    }
-    EvalResult::from_sums(predicted, nll_sum, correct)
+    EvalResult::from_sums(ids.len().saturating_sub(1), nll_sum, correct)
 }
 
 /// One line of `metrics.jsonl`.

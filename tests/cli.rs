@@ -1,5 +1,7 @@
 //! End-to-end tests of the `ailla` binary in temporary directories.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -62,15 +64,6 @@ fn train(config: &Path, out: &Path, extra: &[&str]) -> Output {
     output
 }
 
-fn train_losses(run: &Path) -> Vec<String> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains("\"kind\":\"train\""))
-        .map(String::from)
-        .collect()
-}
-
 #[test]
 fn training_beats_the_unigram_entropy_and_repeats_bit_for_bit() {
     let dir = tempfile::tempdir().unwrap();
@@ -85,9 +78,9 @@ fn training_beats_the_unigram_entropy_and_repeats_bit_for_bit() {
     let unigram = summary["unigram_entropy_nats"].as_f64().unwrap();
     assert!(valid < 0.5 * unigram, "validation CE {valid} is not well below the unigram entropy {unigram}");
 
-    let losses = train_losses(&a);
+    let losses = common::train_losses(&a);
     assert_eq!(losses.len(), 160);
-    assert_eq!(losses, train_losses(&b), "same seed and threads must give identical losses");
+    assert_eq!(losses, common::train_losses(&b), "same seed and threads must give identical losses");
     assert_eq!(
         std::fs::read(a.join("model.safetensors")).unwrap(),
         std::fs::read(b.join("model.safetensors")).unwrap()
@@ -103,10 +96,10 @@ fn a_paused_and_resumed_run_equals_an_uninterrupted_one() {
     train(&config, &straight, &[]);
     let paused = train(&config, &split, &["--stop-after", "70"]);
     assert!(stdout(&paused).contains("paused"), "{}", stdout(&paused));
-    assert_eq!(train_losses(&split).len(), 70);
+    assert_eq!(common::train_losses(&split).len(), 70);
     let resumed = ailla(&["--threads", "2", "train", "--resume", "--out", split.to_str().unwrap()]);
     assert!(resumed.status.success(), "{}", stderr(&resumed));
-    assert_eq!(train_losses(&split), train_losses(&straight));
+    assert_eq!(common::train_losses(&split), common::train_losses(&straight));
     assert_eq!(
         std::fs::read(split.join("model.safetensors")).unwrap(),
         std::fs::read(straight.join("model.safetensors")).unwrap()
@@ -139,7 +132,7 @@ fn ctrl_c_saves_the_finished_steps_and_the_run_resumes() {
     assert!(stderr(&output).contains("--resume"), "{}", stderr(&output));
     let saved = ailla::checkpoint::load(&out.join("model.safetensors")).unwrap();
     assert!(saved.step >= 5);
-    assert_eq!(train_losses(&out).len(), saved.step);
+    assert_eq!(common::train_losses(&out).len(), saved.step);
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! `ailla run` and `ailla validate` end to end.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -76,15 +78,6 @@ fn pipeline(dir: &Path, name: &str, steps: usize) -> PathBuf {
     path
 }
 
-fn losses(run: &Path) -> Vec<String> {
-    std::fs::read_to_string(run.join("metrics.jsonl"))
-        .unwrap()
-        .lines()
-        .filter(|l| l.contains("\"kind\":\"train\""))
-        .map(String::from)
-        .collect()
-}
-
 #[test]
 fn a_run_killed_without_warning_resumes_to_the_same_losses() {
     let dir = tempfile::tempdir().unwrap();
@@ -115,9 +108,9 @@ fn a_run_killed_without_warning_resumes_to_the_same_losses() {
     let run_dir = dir.path().join("killed");
     let resumed = ailla().args(["--threads", "2", "run", "--resume", run_dir.to_str().unwrap()]).output().unwrap();
     assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
-    let expected = losses(&dir.path().join("straight").join("straight"));
+    let expected = common::train_losses(&dir.path().join("straight").join("straight"));
     assert_eq!(expected.len(), steps);
-    assert_eq!(losses(&member), expected);
+    assert_eq!(common::train_losses(&member), expected);
     assert_eq!(
         std::fs::read(member.join("model.safetensors")).unwrap(),
         std::fs::read(dir.path().join("straight/straight/model.safetensors")).unwrap()

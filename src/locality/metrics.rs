@@ -12,7 +12,7 @@ use super::targets::{BatchTargets, RowSets};
 use crate::engine::linalg::matmul;
 use crate::engine::model::ForwardCache;
 use crate::engine::Model;
-use crate::train::EvalResult;
+use crate::train::{eval_batches, EvalResult};
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct SiteMetrics {
@@ -373,37 +373,19 @@ pub struct DialEvaluation<'a> {
 /// same pass. Windows as in [`crate::train::evaluate`].
 pub fn evaluate_at(model: &Model<f32>, ids: &[u32], lambda: f64, eval: &DialEvaluation) -> LocalityMetrics {
     let config = &model.config;
-    let ctx = config.ctx_len;
     let layer_lambdas = per_layer(lambda, config.n_layers, eval.progressive_beta);
     // the penalty is not part of the evaluation loss; with ρ = 0 the backward pass sees ∂CE/∂α alone
     let settings = DialSettings { penalty: 0.0, ..eval.settings };
     let mut acc = Accumulator::new(config.n_layers, config.n_heads, eval.rules.rules.len(), config.d_model);
     let predicted = ids.len().saturating_sub(1);
-    let full_windows = predicted / ctx;
     let (mut nll_sum, mut correct) = (0.0f64, 0usize);
-    let mut groups: Vec<(usize, usize, usize)> = Vec::new();
-    let mut window = 0;
-    while window < full_windows {
-        let windows = eval.batch_size.max(1).min(full_windows - window);
-        groups.push((window, windows, ctx));
-        window += windows;
-    }
-    if predicted > full_windows * ctx {
-        groups.push((full_windows, 1, predicted - full_windows * ctx));
-    }
-    for (index, &(first, windows, seq_len)) in groups.iter().enumerate() {
-        let mut inputs = Vec::with_capacity(windows * seq_len);
-        let mut targets = Vec::with_capacity(windows * seq_len);
-        for w in first..first + windows {
-            let start = w * ctx;
-            inputs.extend_from_slice(&ids[start..start + seq_len]);
-            targets.extend_from_slice(&ids[start + 1..start + seq_len + 1]);
-        }
-        let batch_targets = BatchTargets::new(eval.rules, &inputs, windows, seq_len, config.n_layers, config.n_heads);
+    for (index, b) in eval_batches(ids, config.ctx_len, eval.batch_size).enumerate() {
+        let (inputs, targets, windows, seq_len) = (&b.inputs, &b.targets, b.windows, b.seq_len);
+        let batch_targets = BatchTargets::new(eval.rules, inputs, windows, seq_len, config.n_layers, config.n_heads);
         let hook = LocalityHook::new(&batch_targets, layer_lambdas.clone(), settings, true);
-        let cache = model.forward(&inputs, windows, seq_len, &hook);
+        let cache = model.forward(inputs, windows, seq_len, &hook);
         let with_grad = index < eval.certificate_batches;
-        let loss = model.output_loss(&cache, &targets, with_grad);
+        let loss = model.output_loss(&cache, targets, with_grad);
         nll_sum += loss.nll.iter().map(|&v| v as f64).sum::<f64>();
         correct += loss.correct;
         if let (Some(dh), Some(dw)) = (loss.d_hidden.as_ref(), loss.d_weight_t.as_ref()) {

@@ -1,0 +1,13 @@
+//! Helpers shared by the integration tests.
+
+use std::path::Path;
+
+/// The `train` records of a run's `metrics.jsonl`, as written.
+pub fn train_losses(run: &Path) -> Vec<String> {
+    std::fs::read_to_string(run.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"train\""))
+        .map(String::from)
+        .collect()
+}
