@@ -695,11 +695,19 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
         };
         let (loss, penalty) = (loss as f64, penalty as f64);
         if !(loss + penalty).is_finite() {
-            save(&model, &optimizer, &paths.model())?;
+            // The weights that produced this loss came out of the previous update and are already
+            // diverged: they go aside for inspection, and the last periodic checkpoint stays the last
+            // good state.
+            let diverged = paths.dir.join(format!("diverged-step-{step:07}.safetensors"));
+            save(&model, &optimizer, &diverged)?;
+            let last_good = paths
+                .latest_checkpoint()
+                .map(|p| format!("the last good state is {}", p.display()))
+                .unwrap_or_else(|_| "no checkpoint was saved before it".into());
             return Err(Error::Numeric(format!(
-                "training loss became {loss} at step {step}; the weights before this step are saved in {} \
+                "training loss became {loss} at step {step}; {last_good}; the diverged weights are in {} \
                  (lower optim.learning_rate or enable optim.grad_clip)",
-                paths.model().display()
+                diverged.display()
             )));
         }
         let learning_rate = config.optim.learning_rate_at(step, config.steps);

@@ -116,3 +116,39 @@ fn a_run_killed_without_warning_resumes_to_the_same_losses() {
         std::fs::read(dir.path().join("straight/straight/model.safetensors")).unwrap()
     );
 }
+
+#[test]
+fn a_diverging_member_fails_alone_and_an_unwritable_output_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("nan.yaml");
+    let optim =
+        "{ min_lr_ratio: 1.0, warmup_steps: 1, beta1: 0.9, beta2: 0.95, eps: 1.0e-8, weight_decay: 0.0, grad_clip: 0.0";
+    std::fs::write(
+        &path,
+        format!(
+            "name: nan\nmodel: {{ ctx_len: 16, d_model: 16, n_heads: 2, n_layers: 1, d_ff: 32 }}\n\
+             train:\n  steps: 40\n  batch_size: 4\n  eval_every: 0\n\
+             sweep:\n  train.optim:\n    - {optim}, learning_rate: 0.003 }}\n    - {optim}, learning_rate: 1.0e+30 }}\n\
+             outputs:\n  dir: {}\n",
+            dir.path().join("run").display()
+        ),
+    )
+    .unwrap();
+    let output = ailla().args(["run", path.to_str().unwrap()]).output().unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stdout.contains("optim-2  failed: training loss became NaN"), "{stdout}");
+    assert!(stderr.contains("1 of 2 runs failed"), "{stderr}");
+    assert!(dir.path().join("run/optim-1/summary.json").is_file(), "the healthy member did not finish");
+    assert!(!stderr.contains("panicked"));
+
+    let blocked = dir.path().join("blocked.yaml");
+    let file_in_the_way = dir.path().join("a-file");
+    std::fs::write(&file_in_the_way, "").unwrap();
+    std::fs::write(&blocked, format!("name: blocked\noutputs: {{ dir: {} }}\n", file_in_the_way.join("run").display()))
+        .unwrap();
+    let output = ailla().args(["run", blocked.to_str().unwrap()]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("a-file") && !stderr.contains("panicked"), "{stderr}");
+}
