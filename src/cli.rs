@@ -31,6 +31,8 @@ pub enum Command {
     Run(RunArgs),
     /// Check a pipeline file and list its sweep members, without running anything.
     Validate(ValidateArgs),
+    /// Rebuild `report.json` and `report.md` of a pipeline run from what it stored.
+    Report(ReportArgs),
     /// Train a model and write a run directory (model, optimizer state, metrics, summary).
     Train(TrainArgs),
     /// Score a text or a stream of token ids with a checkpoint.
@@ -107,6 +109,12 @@ pub struct RunArgs {
 #[derive(Args, Debug)]
 pub struct ValidateArgs {
     pub pipeline: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// A run directory written by `ailla run`.
+    pub run_dir: PathBuf,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -236,6 +244,11 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     match cli.command {
         Command::Run(args) => run_pipeline(args, cli.threads, out),
         Command::Validate(args) => run_validate(args, out),
+        Command::Report(args) => {
+            let report = crate::report::build(&args.run_dir)?;
+            crate::report::write(&args.run_dir, &report)?;
+            write_out(out, &format!("wrote {0}/report.json and {0}/report.md\n", args.run_dir.display()))
+        }
         Command::Train(args) => run_train(args, out),
         Command::Eval(args) => run_eval(args, out),
         Command::Bench(args) => run_bench(args, out),
@@ -830,25 +843,38 @@ fn run_validate(args: ValidateArgs, out: &mut dyn Write) -> Result<()> {
 }
 
 fn run_pipeline(args: RunArgs, threads: Option<usize>, out: &mut dyn Write) -> Result<()> {
-    let (mut plan, resume) = match (&args.pipeline, &args.resume) {
-        (_, Some(dir)) => (crate::pipeline::run::read_plan(dir)?, true),
+    let (mut plan, resume, pipeline_file) = match (&args.pipeline, &args.resume) {
+        (_, Some(dir)) => (crate::pipeline::run::read_plan(dir)?, true, dir.join("pipeline.yaml")),
         (Some(path), None) => {
             let (plan, text) = load_plan(path)?;
             crate::pipeline::run::write_plan(&plan, &text)?;
-            (plan, false)
+            (plan, false, path.clone())
         }
         (None, None) => return Err(Error::invalid("pipeline", "give a pipeline file or --resume RUN_DIR")),
     };
     if threads.is_some() {
         plan.threads = threads;
     }
+    let cores = plan.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut provenance = crate::report::provenance::collect(&plan, &pipeline_file, cores)?;
     let started = std::time::Instant::now();
     if args.jobs == Some(0) {
         return Err(Error::invalid("--jobs", "must be at least 1"));
     }
     let outcomes = crate::pipeline::run::execute(&plan, resume, args.jobs);
+    provenance.wall_time_seconds = started.elapsed().as_secs_f64();
+    provenance.peak_memory_mib = crate::bench::peak_memory_mib();
+    let json = serde_json::to_string_pretty(&provenance).map_err(|e| Error::Numeric(e.to_string()))?;
+    checkpoint::atomic_write(&plan.output_dir.join(crate::report::PROVENANCE_FILE), json.as_bytes())?;
+    let report = crate::report::build(&plan.output_dir)?;
+    crate::report::write(&plan.output_dir, &report)?;
     let mut s = crate::pipeline::run::summary_table(&outcomes);
-    s += &format!("\nrun directory: {}  ({:.1} s)\n", plan.output_dir.display(), started.elapsed().as_secs_f64());
+    s += &format!(
+        "\nrun directory: {}  ({:.1} s); report: {}\n",
+        plan.output_dir.display(),
+        provenance.wall_time_seconds,
+        plan.output_dir.join("report.md").display()
+    );
     write_out(out, &s)?;
     let interrupted = outcomes.iter().any(|o| matches!(o.result, Err(Error::Interrupted(_))));
     if interrupted {

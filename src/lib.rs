@@ -16,6 +16,7 @@ pub mod engine;
 pub mod error;
 pub mod locality;
 pub mod pipeline;
+pub mod report;
 pub mod rng;
 pub mod train;
 

@@ -362,10 +362,28 @@ fn parse_position(message: &str) -> (Option<usize>, Option<usize>) {
 fn resolve(base: &Path, path: &str) -> PathBuf {
     let p = PathBuf::from(path);
     if p.is_relative() {
-        base.join(p)
+        normalize(&base.join(p))
     } else {
         p
     }
+}
+
+/// `pipelines/../rules/x.rules` → `rules/x.rules`, without touching the file system, so that reports
+/// name files the way a reader would.
+pub fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir
+                if out.components().next_back().is_some_and(|c| matches!(c, std::path::Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 fn rules_source(base: &Path, text: &str) -> RulesSource {
@@ -526,7 +544,7 @@ fn single_leaf(value: &serde_json::Value) -> Option<(String, String)> {
 
 fn to_train_config(p: &Pipeline, base: &Path) -> TrainConfig {
     let corpus = match &p.data.corpus {
-        CorpusSource::Directory(dir) if dir.is_relative() => CorpusSource::Directory(base.join(dir)),
+        CorpusSource::Directory(dir) if dir.is_relative() => CorpusSource::Directory(normalize(&base.join(dir))),
         other => other.clone(),
     };
     TrainConfig {

@@ -1,0 +1,442 @@
+//! Audit reports (`report.json`, `report.md`) built from what a run stored: its resolved plan, its
+//! provenance and every member's summary and metrics. `ailla report RUN_DIR` rebuilds them byte for
+//! byte without retraining.
+
+pub mod provenance;
+pub mod stats;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::Plan;
+use crate::train::{MetricsRecord, TrainSummary};
+use crate::{Error, Result};
+use provenance::Provenance;
+use stats::{estimate, welch_p, Estimate};
+
+pub const SCHEMA_VERSION: u32 = 1;
+pub const PROVENANCE_FILE: &str = "provenance.json";
+
+/// One λ of a group of runs that differ only in their seed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct DialRow {
+    pub lambda: f64,
+    pub entropy_bits: Estimate,
+    pub covered_entropy_bits: Estimate,
+    pub pointer_fidelity: Estimate,
+    pub pointer_hit_rate: Estimate,
+    pub block_concentration: Estimate,
+    pub perplexity: Estimate,
+    pub bits_per_token: Estimate,
+    pub accuracy: Estimate,
+    /// Mean over layers of the participation ratio.
+    pub participation_ratio: Estimate,
+    /// Welch's t-test against λ = 0 (two-sided p), when each side has two seeds or more.
+    pub entropy_p_vs_zero: Option<f64>,
+    pub fidelity_p_vs_zero: Option<f64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct RuleRow {
+    pub name: String,
+    /// `file:line` of the rule's declaration, when it came from a `.rules` file.
+    pub source: Option<String>,
+    pub covered_rows: usize,
+    /// `(λ, mean pointer fidelity)` over the group's runs.
+    pub fidelity_by_lambda: Vec<(f64, f64)>,
+    pub injected: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct CertificateRow {
+    pub lambda: f64,
+    pub lambda_star_p50: f64,
+    pub lambda_star_p90: f64,
+    pub lambda_star_max: f64,
+    pub share_certified: f64,
+    pub weight_only_lambda: f64,
+    pub mean_entropy_bits: f64,
+    pub mean_entropy_bound_bits: f64,
+    pub violations: usize,
+    pub share_past_group_sparsity_threshold: Option<f64>,
+}
+
+/// Runs that share everything but the seed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Group {
+    pub members: Vec<String>,
+    pub dial: Vec<DialRow>,
+    pub rules: Vec<RuleRow>,
+    pub certificates: Vec<CertificateRow>,
+    /// `(step, mean training loss)` at up to 20 evenly spaced steps.
+    pub training_curve: Vec<(usize, f64)>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Report {
+    pub schema_version: u32,
+    pub name: String,
+    pub provenance: Provenance,
+    pub resolved_pipeline: serde_json::Value,
+    pub failed_members: Vec<String>,
+    pub groups: Vec<Group>,
+}
+
+/// One member as the run left it: its plan entry, summary and metrics.
+type StoredRun<'a> = (&'a crate::pipeline::Member, TrainSummary, Vec<MetricsRecord>);
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Config { path: path.to_path_buf(), message: e.to_string() })
+}
+
+/// Where each rule of a `.rules` file is declared.
+fn rule_sources(member: &crate::pipeline::Member) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let Some(locality) = &member.config.locality else { return out };
+    let sources = std::iter::once(&locality.rules).chain(locality.injections.iter().map(|i| &i.rules));
+    for source in sources {
+        let loaded = match source {
+            crate::locality::RulesSource::Bundled => crate::dsl::load_source(
+                Path::new("rules/default.rules"),
+                crate::locality::rules::BUNDLED_RULES.to_string(),
+            ),
+            crate::locality::RulesSource::File(path) => crate::dsl::load(path),
+        };
+        let Ok(loaded) = loaded else { continue };
+        for (file, statement) in &loaded.statements {
+            if let crate::dsl::syntax::Statement::Rule(rule) = statement {
+                if let Ok(f) = loaded.files.get(*file) {
+                    let line = f.source()[..rule.span.start].matches('\n').count() + 1;
+                    out.entry(rule.name.value.clone()).or_insert_with(|| format!("{}:{line}", f.name()));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn group_key(member: &crate::pipeline::Member) -> String {
+    let mut config = member.config.clone();
+    config.seed = 0;
+    serde_json::to_string(&config).unwrap_or_default()
+}
+
+/// Builds the report of a pipeline run directory.
+pub fn build(run_dir: &Path) -> Result<Report> {
+    let plan: Plan = crate::pipeline::run::read_plan(run_dir)?;
+    let provenance: Provenance = read_json(&run_dir.join(PROVENANCE_FILE))?;
+    let resolved_pipeline = serde_json::to_value(&plan).map_err(|e| Error::Numeric(e.to_string()))?;
+    let mut failed_members = Vec::new();
+    let mut groups: Vec<(String, Vec<StoredRun>)> = Vec::new();
+    for member in &plan.members {
+        let dir = run_dir.join(&member.name);
+        let summary: TrainSummary = match read_json(&dir.join("summary.json")) {
+            Ok(s) => s,
+            Err(_) => {
+                failed_members.push(member.name.clone());
+                continue;
+            }
+        };
+        let metrics_path = dir.join("metrics.jsonl");
+        let text = std::fs::read_to_string(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
+        let records: Vec<MetricsRecord> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        let key = group_key(member);
+        match groups.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, runs)) => runs.push((member, summary, records)),
+            None => groups.push((key, vec![(member, summary, records)])),
+        }
+    }
+    let groups = groups.into_iter().map(|(_, runs)| build_group(&runs)).collect();
+    Ok(Report {
+        schema_version: SCHEMA_VERSION,
+        name: plan.name.clone(),
+        provenance,
+        resolved_pipeline,
+        failed_members,
+        groups,
+    })
+}
+
+fn build_group(runs: &[StoredRun]) -> Group {
+    let members = runs.iter().map(|(m, ..)| m.name.clone()).collect();
+    let lambdas: Vec<f64> = runs[0].1.dial.iter().map(|d| d.lambda).collect();
+    let column = |i: usize, f: &dyn Fn(&crate::locality::metrics::LocalityMetrics) -> f64| -> Vec<f64> {
+        runs.iter().filter_map(|(_, s, _)| s.dial.get(i).map(f)).collect()
+    };
+    let mut dial = Vec::new();
+    for (i, &lambda) in lambdas.iter().enumerate() {
+        let entropy = column(i, &|d| d.entropy_bits);
+        let fidelity = column(i, &|d| d.pointer_fidelity);
+        dial.push(DialRow {
+            lambda,
+            entropy_bits: estimate(&entropy),
+            covered_entropy_bits: estimate(&column(i, &|d| d.covered_entropy_bits)),
+            pointer_fidelity: estimate(&fidelity),
+            pointer_hit_rate: estimate(&column(i, &|d| d.pointer_hit_rate)),
+            block_concentration: estimate(&column(i, &|d| d.block_concentration)),
+            perplexity: estimate(&column(i, &|d| d.language_model.perplexity)),
+            bits_per_token: estimate(&column(i, &|d| d.language_model.bits_per_token)),
+            accuracy: estimate(&column(i, &|d| d.language_model.accuracy)),
+            participation_ratio: estimate(&column(i, &|d| {
+                d.participation_ratio.iter().sum::<f64>() / d.participation_ratio.len().max(1) as f64
+            })),
+            entropy_p_vs_zero: if i == 0 { None } else { welch_p(&column(0, &|d| d.entropy_bits), &entropy) },
+            fidelity_p_vs_zero: if i == 0 { None } else { welch_p(&column(0, &|d| d.pointer_fidelity), &fidelity) },
+        });
+    }
+    let sources = rule_sources(runs[0].0);
+    let injected: BTreeMap<String, String> = runs[0]
+        .0
+        .config
+        .locality
+        .as_ref()
+        .and_then(|l| l.load_rules().ok())
+        .map(|spec| {
+            spec.rules
+                .iter()
+                .filter(|r| r.from_step.is_some() || r.until_step.is_some())
+                .map(|r| {
+                    let from = r.from_step.map_or("the start".to_string(), |s| format!("step {s}"));
+                    let until = r.until_step.map_or(String::new(), |s| format!(" until step {s}"));
+                    (r.name.clone(), format!("from {from}{until}"))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let first = &runs[0].1;
+    let rules = first
+        .dial
+        .first()
+        .map(|d| {
+            d.per_rule
+                .iter()
+                .enumerate()
+                .map(|(r, rule)| RuleRow {
+                    name: rule.name.clone(),
+                    source: sources.get(&rule.name).cloned(),
+                    covered_rows: rule.covered_rows,
+                    fidelity_by_lambda: lambdas
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &l)| {
+                            let values = column(i, &|d| d.per_rule.get(r).map_or(f64::NAN, |x| x.pointer_fidelity));
+                            (l, values.iter().sum::<f64>() / values.len().max(1) as f64)
+                        })
+                        .collect(),
+                    injected: injected.get(&rule.name).cloned(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let certificates = first
+        .dial
+        .iter()
+        .map(|d| {
+            let c = &d.certificates;
+            CertificateRow {
+                lambda: d.lambda,
+                lambda_star_p50: c.lambda_star_quantiles[0],
+                lambda_star_p90: c.lambda_star_quantiles[1],
+                lambda_star_max: c.lambda_star_quantiles[3],
+                share_certified: c.share_certified,
+                weight_only_lambda: c.weight_only_lambda,
+                mean_entropy_bits: c.mean_entropy_bits,
+                mean_entropy_bound_bits: c.mean_entropy_bound_bits,
+                violations: runs
+                    .iter()
+                    .filter_map(|(_, s, _)| s.dial.iter().find(|x| x.lambda == d.lambda))
+                    .map(|x| x.certificates.violations.total())
+                    .sum(),
+                share_past_group_sparsity_threshold: c.group_sparsity.as_ref().map(|g| g.share_above_threshold),
+            }
+        })
+        .collect();
+    let steps = first.steps_done.max(1);
+    let marks: Vec<usize> = (1..=20).map(|k| (k * steps).div_ceil(20)).filter(|&s| s >= 1).collect();
+    let mut training_curve = Vec::new();
+    for &step in marks.iter().collect::<std::collections::BTreeSet<_>>() {
+        let losses: Vec<f64> = runs
+            .iter()
+            .filter_map(|(_, _, records)| {
+                records.iter().find_map(|r| match r {
+                    MetricsRecord::Train { step: s, loss, .. } if *s == step => Some(*loss),
+                    _ => None,
+                })
+            })
+            .collect();
+        if !losses.is_empty() {
+            training_curve.push((step, losses.iter().sum::<f64>() / losses.len() as f64));
+        }
+    }
+    Group { members, dial, rules, certificates, training_curve }
+}
+
+fn est(e: &Estimate, decimals: usize) -> String {
+    match e.ci95 {
+        Some(ci) => format!("{:.*} ± {:.*}", decimals, e.mean, decimals, ci),
+        None => format!("{:.*}", decimals, e.mean),
+    }
+}
+
+fn p_value(p: Option<f64>) -> String {
+    p.map_or("–".into(), |p| if p < 1e-4 { "<0.0001".into() } else { format!("{p:.4}") })
+}
+
+/// The report as Markdown: readable on a code-hosting site and in a terminal.
+pub fn markdown(report: &Report) -> String {
+    let mut s = String::new();
+    let p = &report.provenance;
+    let _ = writeln!(s, "# ailla report: {}\n", report.name);
+    let _ = writeln!(s, "## 1. Summary\n");
+    let runs: usize = report.groups.iter().map(|g| g.members.len()).sum();
+    let violations: usize = report.groups.iter().flat_map(|g| &g.certificates).map(|c| c.violations).sum();
+    let _ = writeln!(
+        s,
+        "{runs} run{} in {} group{} (runs in a group differ only in their seed); {} failed.",
+        if runs == 1 { "" } else { "s" },
+        report.groups.len(),
+        if report.groups.len() == 1 { "" } else { "s" },
+        report.failed_members.len()
+    );
+    let _ = writeln!(
+        s,
+        "Certified bounds: {} (violations: {violations}, METHOD §6; any violation would be an engine bug).\n",
+        if violations == 0 { "all held" } else { "VIOLATED" }
+    );
+    if let Some(group) = report.groups.first() {
+        let _ = writeln!(
+            s,
+            "| λ | entropy (bits) | pointer fidelity | perplexity | accuracy |\n|---:|---:|---:|---:|---:|"
+        );
+        for row in &group.dial {
+            let _ = writeln!(
+                s,
+                "| {:.2} | {} | {} | {} | {} |",
+                row.lambda,
+                est(&row.entropy_bits, 3),
+                est(&row.pointer_fidelity, 4),
+                est(&row.perplexity, 3),
+                est(&row.accuracy, 4)
+            );
+        }
+        let _ = writeln!(s);
+    }
+    if !report.failed_members.is_empty() {
+        let _ = writeln!(s, "Failed runs (no summary): {}.\n", report.failed_members.join(", "));
+    }
+
+    let _ = writeln!(s, "## 2. Provenance\n");
+    let _ = writeln!(s, "| | |\n|---|---|");
+    let _ = writeln!(s, "| ailla | {} (commit {}) |", p.ailla_version, p.git_commit);
+    let _ = writeln!(s, "| platform | {} |", p.platform);
+    let _ = writeln!(s, "| threads | {} |", p.threads);
+    let _ = writeln!(s, "| seeds | {} |", p.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", "));
+    let _ = writeln!(s, "| wall time | {:.1} s |", p.wall_time_seconds);
+    let _ = writeln!(s, "| peak memory | {} |\n", p.peak_memory_mib.map_or("–".into(), |m| format!("{m:.0} MiB")));
+    let _ = writeln!(s, "| file | SHA-256 |\n|---|---|");
+    let _ = writeln!(s, "| {} (pipeline) | `{}` |", p.pipeline.path, p.pipeline.sha256);
+    for h in p.rules.iter().chain(&p.data) {
+        let _ = writeln!(s, "| {} | `{}` |", h.path, h.sha256);
+    }
+    let _ = writeln!(
+        s,
+        "\nThe resolved pipeline is in `report.json` (`resolved_pipeline`) and `pipeline.resolved.json`.\n"
+    );
+
+    let _ = writeln!(s, "## 3. Locality across the dial\n");
+    for (index, group) in report.groups.iter().enumerate() {
+        let _ = writeln!(s, "### Group {}: {}\n", index + 1, group.members.join(", "));
+        let _ = writeln!(
+            s,
+            "| λ | entropy (bits) | covered entropy | fidelity | hit rate | block conc. | perplexity | bits/token | accuracy | PR | p(entropy) | p(fidelity) |"
+        );
+        let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for r in &group.dial {
+            let _ = writeln!(
+                s,
+                "| {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                r.lambda,
+                est(&r.entropy_bits, 3),
+                est(&r.covered_entropy_bits, 3),
+                est(&r.pointer_fidelity, 4),
+                est(&r.pointer_hit_rate, 4),
+                est(&r.block_concentration, 4),
+                est(&r.perplexity, 3),
+                est(&r.bits_per_token, 4),
+                est(&r.accuracy, 4),
+                est(&r.participation_ratio, 2),
+                p_value(r.entropy_p_vs_zero),
+                p_value(r.fidelity_p_vs_zero)
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nMeans over seeds with 95 % intervals (Student t) where there are several; p: Welch's t-test against λ = 0; PR: participation ratio of hidden states, mean over layers.\n"
+        );
+    }
+
+    let _ = writeln!(s, "## 4. Rules\n");
+    for (index, group) in report.groups.iter().enumerate() {
+        let _ = writeln!(s, "### Group {}\n", index + 1);
+        let lambdas: Vec<String> = group
+            .rules
+            .first()
+            .map_or(Vec::new(), |r| r.fidelity_by_lambda.iter().map(|(l, _)| format!("F@{l:.1}")).collect());
+        let _ = writeln!(s, "| rule | source | covered rows | {} |", lambdas.join(" | "));
+        let _ = writeln!(s, "|---|---|---:|{}", "---:|".repeat(lambdas.len()));
+        for rule in &group.rules {
+            let values: Vec<String> = rule.fidelity_by_lambda.iter().map(|(_, f)| format!("{f:.4}")).collect();
+            let source = match (&rule.source, &rule.injected) {
+                (Some(at), Some(when)) => format!("{at} (injected {when})"),
+                (Some(at), None) => at.clone(),
+                (None, _) => "(implicit own-block rule)".into(),
+            };
+            let _ = writeln!(s, "| {} | {} | {} | {} |", rule.name, source, rule.covered_rows, values.join(" | "));
+        }
+        let _ = writeln!(s, "\nF@λ: pointer fidelity of the rule's own targets at λ; covered rows counted over every layer and head the rule acts on, on the test split.\n");
+    }
+
+    let _ = writeln!(s, "## 5. Certificates\n");
+    for (index, group) in report.groups.iter().enumerate() {
+        let _ = writeln!(s, "### Group {}\n", index + 1);
+        let _ = writeln!(s, "| λ | λ* p50 | λ* p90 | λ* max | certified | weight-only λ | entropy | entropy bound | violations | past ρ threshold |");
+        let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        for c in &group.certificates {
+            let _ = writeln!(
+                s,
+                "| {:.2} | {:.3} | {:.3} | {:.3} | {:.4} | {:.3} | {:.3} | {:.3} | {} | {} |",
+                c.lambda,
+                c.lambda_star_p50,
+                c.lambda_star_p90,
+                c.lambda_star_max,
+                c.share_certified,
+                c.weight_only_lambda,
+                c.mean_entropy_bits,
+                c.mean_entropy_bound_bits,
+                c.violations,
+                c.share_past_group_sparsity_threshold.map_or("–".into(), |x| format!("{x:.4}"))
+            );
+        }
+        let _ = writeln!(s, "\nλ*: the dial that gives each covered row fidelity 1 − ε; certified: share of rows at or above 1 − ε; entropies in bits over covered rows.\n");
+    }
+
+    let _ = writeln!(s, "## 6. Recruitment\n\nNo recruitment ran in this pipeline.\n");
+    let _ = writeln!(s, "## 7. Training curves\n");
+    for (index, group) in report.groups.iter().enumerate() {
+        let points: Vec<String> =
+            group.training_curve.iter().map(|(step, loss)| format!("{step}: {loss:.4}")).collect();
+        let _ = writeln!(s, "Group {} (mean training loss in nats by step): {}\n", index + 1, points.join(", "));
+    }
+    s
+}
+
+/// Writes `report.json` and `report.md` into the run directory.
+pub fn write(run_dir: &Path, report: &Report) -> Result<()> {
+    let json = serde_json::to_string_pretty(report).map_err(|e| Error::Numeric(e.to_string()))? + "\n";
+    crate::checkpoint::atomic_write(&run_dir.join("report.json"), json.as_bytes())?;
+    crate::checkpoint::atomic_write(&run_dir.join("report.md"), markdown(report).as_bytes())
+}

@@ -1,0 +1,135 @@
+//! Reports: snapshot-tested form, byte-identical rebuilds, and provenance hashes.
+
+use std::path::Path;
+use std::process::Command;
+
+/// Runs ailla in `dir`, so that the pipeline names its files by relative paths and its bytes (and so
+/// its hash in the report) are the same on every machine.
+fn ailla(dir: &Path, args: &[&str]) -> std::process::Output {
+    let output = Command::new(env!("CARGO_BIN_EXE_ailla")).args(args).current_dir(dir).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    output
+}
+
+/// A small run with two seeds, so that intervals and Welch's test appear.
+const PIPELINE: &str = "\
+name: tiny
+model: { ctx_len: 32, d_model: 32, n_heads: 4, n_layers: 2, d_ff: 64 }
+train:
+  steps: 40
+  batch_size: 8
+  seeds: [1, 2]
+  eval_every: 0
+locality:
+  rules: default.rules
+  lambda:
+    schedule: { uniform: { low: 0.0, high: 1.0 } }
+evaluation:
+  lambdas: [0.0, 0.5, 1.0]
+outputs:
+  dir: run
+  checkpoint_every: 40
+";
+
+fn write_pipeline(dir: &Path) {
+    std::fs::write(dir.join("tiny.yaml"), PIPELINE).unwrap();
+}
+
+fn run(dir: &Path) -> (String, String) {
+    let rules = dir.join("default.rules");
+    if !rules.exists() {
+        std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/default.rules"), &rules).unwrap();
+    }
+    write_pipeline(dir);
+    ailla(dir, &["--threads", "2", "run", "tiny.yaml"]);
+    let read = |name: &str| std::fs::read_to_string(dir.join("run").join(name)).unwrap();
+    (read("report.md"), read("report.json"))
+}
+
+/// The fields that legitimately differ between identical runs (and the temporary directory and the
+/// commit, which differ between machines and commits) replaced by placeholders.
+fn redact_markdown(text: &str, dir: &Path) -> String {
+    text.replace(&dir.display().to_string(), "<dir>")
+        .lines()
+        .map(|line| {
+            if line.starts_with("| wall time |") {
+                "| wall time | <redacted> |".to_string()
+            } else if line.starts_with("| peak memory |") {
+                "| peak memory | <redacted> |".to_string()
+            } else if line.starts_with("| ailla |") {
+                "| ailla | <version and commit> |".to_string()
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn round_numbers(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Number(n) if n.is_f64() => {
+            let x = n.as_f64().unwrap_or(0.0);
+            *value = serde_json::json!((x * 1e4).round() / 1e4);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(round_numbers),
+        serde_json::Value::Object(map) => map.values_mut().for_each(round_numbers),
+        _ => {}
+    }
+}
+
+fn redact_json(text: &str, dir: &Path) -> String {
+    let mut value: serde_json::Value =
+        serde_json::from_str(&text.replace(&dir.display().to_string(), "<dir>")).unwrap();
+    value["provenance"]["wall_time_seconds"] = serde_json::json!("<redacted>");
+    value["provenance"]["peak_memory_mib"] = serde_json::json!("<redacted>");
+    value["provenance"]["git_commit"] = serde_json::json!("<commit>");
+    value["provenance"]["ailla_version"] = serde_json::json!("<version>");
+    round_numbers(&mut value);
+    serde_json::to_string_pretty(&value).unwrap()
+}
+
+#[test]
+fn reports_keep_their_form_rebuild_identically_and_hash_their_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let (markdown, json) = run(dir.path());
+    for section in [
+        "## 1. Summary",
+        "## 2. Provenance",
+        "## 3. Locality",
+        "## 4. Rules",
+        "## 5. Certificates",
+        "## 6. Recruitment",
+        "## 7. Training curves",
+    ] {
+        assert!(markdown.contains(section), "{section} missing");
+    }
+    insta::assert_snapshot!("tiny_report_md", redact_markdown(&markdown, dir.path()));
+    insta::assert_snapshot!("tiny_report_json", redact_json(&json, dir.path()));
+
+    // `ailla report` rebuilds both files byte for byte from what the run stored
+    let run_dir = dir.path().join("run");
+    ailla(dir.path(), &["report", "run"]);
+    assert_eq!(std::fs::read_to_string(run_dir.join("report.md")).unwrap(), markdown);
+    assert_eq!(std::fs::read_to_string(run_dir.join("report.json")).unwrap(), json);
+
+    // the hashes are sha256sum's
+    let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let rules_path = dir.path().join("default.rules");
+    let sha256sum = Command::new("sha256sum").arg(&rules_path).output().unwrap();
+    let expected = String::from_utf8_lossy(&sha256sum.stdout).split_whitespace().next().unwrap_or_default().to_string();
+    let listed = report["provenance"]["rules"][0]["sha256"].as_str().unwrap();
+    assert_eq!(listed, expected);
+
+    // one byte of a comment changes the rules' hash and nothing else
+    let text = std::fs::read_to_string(&rules_path).unwrap();
+    std::fs::write(&rules_path, text.replacen("# Rules", "# rules", 1)).unwrap();
+    let (changed, _) = run(dir.path());
+    let differing: Vec<(&str, &str)> = markdown
+        .lines()
+        .zip(changed.lines())
+        .filter(|(a, b)| a != b && !a.starts_with("| wall time |") && !a.starts_with("| peak memory |"))
+        .collect();
+    assert_eq!(differing.len(), 1, "{differing:#?}");
+    assert!(differing[0].0.contains("default.rules") && differing[0].0.contains('`'));
+}
