@@ -133,3 +133,18 @@ fn reports_keep_their_form_rebuild_identically_and_hash_their_inputs() {
     assert_eq!(differing.len(), 1, "{differing:#?}");
     assert!(differing[0].0.contains("default.rules") && differing[0].0.contains('`'));
 }
+
+#[test]
+fn the_committed_json_schema_is_the_one_the_types_generate() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/report/report.schema.json");
+    let generated = ailla::report::json_schema();
+    if std::env::var_os("AILLA_WRITE_SCHEMA").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+    }
+    let committed = std::fs::read_to_string(&path).expect("src/report/report.schema.json is committed");
+    assert_eq!(committed, generated, "regenerate it with AILLA_WRITE_SCHEMA=1 cargo test --test report");
+    let schema: serde_json::Value = serde_json::from_str(&committed).unwrap();
+    for key in ["schema_version", "provenance", "groups", "resolved_pipeline"] {
+        assert!(schema["properties"].get(key).is_some(), "{key} missing from the schema");
+    }
+}

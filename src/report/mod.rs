@@ -21,7 +21,7 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub const PROVENANCE_FILE: &str = "provenance.json";
 
 /// One λ of a group of runs that differ only in their seed.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct DialRow {
     pub lambda: f64,
     pub entropy_bits: Estimate,
@@ -39,7 +39,7 @@ pub struct DialRow {
     pub fidelity_p_vs_zero: Option<f64>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct RuleRow {
     pub name: String,
     /// `file:line` of the rule's declaration, when it came from a `.rules` file.
@@ -50,7 +50,7 @@ pub struct RuleRow {
     pub injected: Option<String>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct CertificateRow {
     pub lambda: f64,
     pub lambda_star_p50: f64,
@@ -65,7 +65,7 @@ pub struct CertificateRow {
 }
 
 /// Runs that share everything but the seed.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct Group {
     pub members: Vec<String>,
     pub dial: Vec<DialRow>,
@@ -75,7 +75,8 @@ pub struct Group {
     pub training_curve: Vec<(usize, f64)>,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// The whole report; `report.json` is this, serialised.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct Report {
     pub schema_version: u32,
     pub name: String,
@@ -432,6 +433,13 @@ pub fn markdown(report: &Report) -> String {
         let _ = writeln!(s, "Group {} (mean training loss in nats by step): {}\n", index + 1, points.join(", "));
     }
     s
+}
+
+/// The JSON Schema of `report.json`, generated from the types above; `src/report/report.schema.json`
+/// is this text, kept in the repository for readers and other tools (a test checks they agree).
+pub fn json_schema() -> String {
+    let schema = schemars::schema_for!(Report);
+    serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n"
 }
 
 /// Writes `report.json` and `report.md` into the run directory.

@@ -8,13 +8,13 @@ use crate::pipeline::Plan;
 use crate::train::CorpusSource;
 use crate::{Error, Result};
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct FileHash {
     pub path: String,
     pub sha256: String,
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct Provenance {
     pub ailla_version: String,
     pub git_commit: String,
