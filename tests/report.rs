@@ -112,6 +112,15 @@ fn reports_keep_their_form_rebuild_identically_and_hash_their_inputs() {
     ailla(dir.path(), &["report", "run"]);
     assert_eq!(std::fs::read_to_string(run_dir.join("report.md")).unwrap(), markdown);
     assert_eq!(std::fs::read_to_string(run_dir.join("report.json")).unwrap(), json);
+    let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
+    ailla(dir.path(), &["report", "run"]);
+    assert_eq!(std::fs::read_to_string(run_dir.join("report.html")).unwrap(), html);
+    check_html(&html);
+    for figure in ["report-entropy.svg", "report-fidelity.svg", "report-perplexity.svg", "report-training.svg"] {
+        let svg = std::fs::read_to_string(run_dir.join(figure)).unwrap();
+        assert!(html.contains(&svg), "{figure} is not inlined in the HTML");
+    }
+    render_in_chromium(&run_dir.join("report.html"));
 
     // the hashes are sha256sum's
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();
@@ -147,4 +156,67 @@ fn the_committed_json_schema_is_the_one_the_types_generate() {
     for key in ["schema_version", "provenance", "groups", "resolved_pipeline"] {
         assert!(schema["properties"].get(key).is_some(), "{key} missing from the schema");
     }
+}
+
+/// Every section is there, nothing is fetched, and every element that opens closes, in order.
+fn check_html(html: &str) {
+    assert!(html.starts_with("<!DOCTYPE html>"));
+    for section in [
+        "1. Summary",
+        "2. Provenance",
+        "3. Locality across the dial",
+        "4. Rules",
+        "5. Certificates",
+        "6. Recruitment",
+        "7. Training curves",
+    ] {
+        assert!(html.contains(&format!(">{section}</h2>")), "{section} missing from the HTML");
+    }
+    assert!(!html.contains("<script") && !html.contains("src=\"http") && !html.contains("href=\"http"));
+    let void = ["meta", "br", "hr", "img", "input", "link"];
+    let mut open: Vec<String> = Vec::new();
+    let mut rest = html;
+    while let Some(start) = rest.find('<') {
+        let Some(end) = rest[start..].find('>') else { panic!("unclosed tag near {}", &rest[start..]) };
+        let tag = &rest[start + 1..start + end];
+        rest = &rest[start + end + 1..];
+        if tag.starts_with('!') || tag.ends_with('/') {
+            continue;
+        }
+        let name: String = tag.trim_start_matches('/').chars().take_while(|c| c.is_ascii_alphanumeric()).collect();
+        if void.contains(&name.as_str()) {
+            continue;
+        }
+        if tag.starts_with('/') {
+            assert_eq!(open.pop().as_deref(), Some(name.as_str()), "</{name}> closes the wrong element");
+        } else {
+            open.push(name);
+        }
+    }
+    assert!(open.is_empty(), "never closed: {open:?}");
+}
+
+/// Opens the report in headless Chromium (Debian's package; `.ci/install-browser` installs it) and
+/// checks that it renders: the DOM comes back with the report's title and figures.
+fn render_in_chromium(path: &Path) {
+    let Some(browser) = ["chromium", "chromium-browser"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
+    else {
+        eprintln!("skipped: no chromium on this machine (bash .ci/install-browser installs it)");
+        return;
+    };
+    let profile = tempfile::tempdir().unwrap();
+    let output = Command::new(browser)
+        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
+        .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .arg("--dump-dom")
+        .arg(format!("file://{}", path.canonicalize().unwrap().display()))
+        .output()
+        .unwrap();
+    let dom = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "chromium failed: {}", String::from_utf8_lossy(&output.stderr));
+    assert!(dom.contains("ailla report: tiny") && dom.matches("<svg").count() >= 4, "the report did not render");
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("Uncaught"), "errors while rendering");
 }
