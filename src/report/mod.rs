@@ -74,6 +74,66 @@ pub struct Group {
     pub certificates: Vec<CertificateRow>,
     /// `(step, mean training loss)` at up to 20 evenly spaced steps.
     pub training_curve: Vec<(usize, f64)>,
+    /// Pointer fidelity of every (layer, head) where rules act, by λ (mean over the group's runs).
+    pub site_fidelity: Vec<SiteFidelity>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+pub struct SiteFidelity {
+    pub layer: usize,
+    pub head: usize,
+    pub fidelity_by_lambda: Vec<f64>,
+}
+
+/// The attention of one example sequence at λ = 0 and λ = 1, with the rule targets of each row.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+pub struct AttentionExample {
+    pub member: String,
+    pub layer: usize,
+    pub head: usize,
+    pub tokens: Vec<String>,
+    /// `weights[i][j]`, rows are queries, at λ = 0 and at λ = 1.
+    pub weights_lambda_0: Vec<Vec<f64>>,
+    pub weights_lambda_1: Vec<Vec<f64>>,
+    /// `T_i` of every row (empty where no rule covers it).
+    pub targets: Vec<Vec<usize>>,
+}
+
+/// Positions of the attention example: short enough to read cell by cell.
+const EXAMPLE_TOKENS: usize = 24;
+
+/// Runs the first member's final model on the start of its test split, last layer, head 0.
+fn attention_example(run_dir: &Path, member: &crate::pipeline::Member) -> Option<AttentionExample> {
+    let locality = member.config.locality.as_ref()?;
+    let checkpoint = crate::checkpoint::load(&run_dir.join(&member.name).join("model.safetensors")).ok()?;
+    let splits = member.config.corpus.load().ok()?;
+    let ids = checkpoint.vocabulary.encode(&splits.test);
+    let model = &checkpoint.model;
+    let seq_len = EXAMPLE_TOKENS.min(model.config.ctx_len).min(ids.len());
+    let tokens = &ids[..seq_len];
+    let spec = locality.load_rules().ok()?;
+    let (set, _) = crate::locality::RuleSet::compile(&spec, &checkpoint.vocabulary).ok()?;
+    let set = set.active_at(checkpoint.step);
+    let (layers, heads) = (model.config.n_layers, model.config.n_heads);
+    let (layer, head) = (layers - 1, 0);
+    let targets = crate::locality::BatchTargets::new(&set, tokens, 1, seq_len, layers, heads);
+    let weights_at = |lambda: f64| -> Vec<Vec<f64>> {
+        let lambdas = crate::locality::schedule::per_layer(lambda, layers, locality.progressive_beta);
+        let hook = crate::locality::LocalityHook::new(&targets, lambdas, locality.dial, false);
+        let cache = model.forward(tokens, 1, seq_len, &hook);
+        let alpha = &cache.layers[layer].attention.weights[head];
+        alpha.rows().into_iter().map(|r| r.iter().map(|&a| f64::from(a)).collect()).collect()
+    };
+    let rows = targets.at(layer, head, 0);
+    Some(AttentionExample {
+        member: member.name.clone(),
+        layer,
+        head,
+        tokens: tokens.iter().map(|&t| checkpoint.vocabulary.tokens[t as usize].clone()).collect(),
+        weights_lambda_0: weights_at(0.0),
+        weights_lambda_1: weights_at(1.0),
+        targets: (0..seq_len).map(|i| rows.map_or(Vec::new(), |r| r.targets(i).collect())).collect(),
+    })
 }
 
 /// The whole report; `report.json` is this, serialised.
@@ -85,6 +145,7 @@ pub struct Report {
     pub resolved_pipeline: serde_json::Value,
     pub failed_members: Vec<String>,
     pub groups: Vec<Group>,
+    pub attention_example: Option<AttentionExample>,
 }
 
 /// One member as the run left it: its plan entry, summary and metrics.
@@ -152,6 +213,7 @@ pub fn build(run_dir: &Path) -> Result<Report> {
             None => groups.push((key, vec![(member, summary, records)])),
         }
     }
+    let attention_example = groups.first().and_then(|(_, runs)| attention_example(run_dir, runs[0].0));
     let groups = groups.into_iter().map(|(_, runs)| build_group(&runs)).collect();
     Ok(Report {
         schema_version: SCHEMA_VERSION,
@@ -160,6 +222,7 @@ pub fn build(run_dir: &Path) -> Result<Report> {
         resolved_pipeline,
         failed_members,
         groups,
+        attention_example,
     })
 }
 
@@ -274,7 +337,28 @@ fn build_group(runs: &[StoredRun]) -> Group {
             training_curve.push((step, losses.iter().sum::<f64>() / losses.len() as f64));
         }
     }
-    Group { members, dial, rules, certificates, training_curve }
+    let site_fidelity = first
+        .dial
+        .first()
+        .map(|d| {
+            d.per_site
+                .iter()
+                .enumerate()
+                .filter(|(_, site)| site.covered_rows > 0)
+                .map(|(k, site)| SiteFidelity {
+                    layer: site.layer,
+                    head: site.head,
+                    fidelity_by_lambda: (0..lambdas.len())
+                        .map(|i| {
+                            let values = column(i, &|d| d.per_site.get(k).map_or(f64::NAN, |x| x.pointer_fidelity));
+                            values.iter().sum::<f64>() / values.len().max(1) as f64
+                        })
+                        .collect(),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Group { members, dial, rules, certificates, training_curve, site_fidelity }
 }
 
 fn est(e: &Estimate, decimals: usize) -> String {
@@ -379,9 +463,30 @@ pub fn markdown(report: &Report) -> String {
             s,
             "\nMeans over seeds with 95 % intervals (Student t) where there are several; p: Welch's t-test against λ = 0; PR: participation ratio of hidden states, mean over layers.\n"
         );
+        if !group.site_fidelity.is_empty() {
+            let header: Vec<String> = group.dial.iter().map(|r| format!("F@{:.1}", r.lambda)).collect();
+            let _ = writeln!(s, "Pointer fidelity by layer and head:\n\n| layer | head | {} |", header.join(" | "));
+            let _ = writeln!(s, "|---:|---:|{}", "---:|".repeat(header.len()));
+            for site in &group.site_fidelity {
+                let values: Vec<String> = site.fidelity_by_lambda.iter().map(|f| format!("{f:.4}")).collect();
+                let _ = writeln!(s, "| {} | {} | {} |", site.layer, site.head, values.join(" | "));
+            }
+            let _ = writeln!(s);
+        }
     }
 
     let _ = writeln!(s, "## 4. Rules\n");
+    if let Some(example) = &report.attention_example {
+        let _ = writeln!(
+            s,
+            "Attention of one test sequence (`{}`, layer {}, head {}) at λ = 0 and λ = 1, rule targets marked: \
+             `report-attention-0.svg`, `report-attention-1.svg`. Tokens: {}\n",
+            example.member,
+            example.layer,
+            example.head,
+            example.tokens.iter().map(|t| format!("`{t}`")).collect::<Vec<_>>().join(" ")
+        );
+    }
     for (index, group) in report.groups.iter().enumerate() {
         let _ = writeln!(s, "### Group {}\n", index + 1);
         let lambdas: Vec<String> = group
@@ -447,9 +552,20 @@ pub fn json_schema() -> String {
 /// curve, for the first group (the headline runs).
 pub fn figures(report: &Report) -> Vec<(&'static str, &'static str, String)> {
     use plots::{line_chart, Series};
-    let Some(group) = report.groups.first() else { return Vec::new() };
-    let along = |f: &dyn Fn(&DialRow) -> f64| group.dial.iter().map(|r| (r.lambda, f(r))).collect::<Vec<_>>();
     let mut out = Vec::new();
+    if let Some(example) = &report.attention_example {
+        for (file, lambda, weights) in [
+            ("report-attention-0.svg", 0.0, &example.weights_lambda_0),
+            ("report-attention-1.svg", 1.0, &example.weights_lambda_1),
+        ] {
+            let caption = format!("{}: layer {} head {}, λ = {lambda}", example.member, example.layer, example.head);
+            if let Some(svg) = plots::heatmap(&caption, weights, &example.targets) {
+                out.push((file, "4", svg));
+            }
+        }
+    }
+    let Some(group) = report.groups.first() else { return out };
+    let along = |f: &dyn Fn(&DialRow) -> f64| group.dial.iter().map(|r| (r.lambda, f(r))).collect::<Vec<_>>();
     let mut add = |file: &'static str, section: &'static str, svg: Option<String>| {
         if let Some(svg) = svg {
             out.push((file, section, svg));

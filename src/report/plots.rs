@@ -57,6 +57,42 @@ pub fn line_chart(caption: &str, x_label: &str, y_label: &str, series: &[Series]
     Some(svg)
 }
 
+/// An attention matrix as a grid of cells (white = 0 … dark blue = 1), queries down, keys across;
+/// each row's rule targets carry a red dot.
+pub fn heatmap(caption: &str, weights: &[Vec<f64>], targets: &[Vec<usize>]) -> Option<String> {
+    let n = weights.len();
+    if n == 0 {
+        return None;
+    }
+    let mut svg = String::new();
+    {
+        let root = SVGBackend::with_string(&mut svg, (420, 440)).into_drawing_area();
+        root.fill(&WHITE).ok()?;
+        let mut chart = ChartBuilder::on(&root)
+            .caption(caption, ("sans-serif", 15))
+            .margin(10)
+            .x_label_area_size(36)
+            .y_label_area_size(44)
+            .build_cartesian_2d(0f64..n as f64, n as f64..0f64)
+            .ok()?;
+        chart.configure_mesh().disable_mesh().x_desc("key position j").y_desc("query position i").draw().ok()?;
+        let cells = weights.iter().enumerate().flat_map(|(i, row)| {
+            row.iter().enumerate().map(move |(j, &a)| {
+                let shade = (255.0 * (1.0 - a.clamp(0.0, 1.0))) as u8;
+                let color = RGBColor(shade, shade, 255u8.saturating_sub((200.0 * a.clamp(0.0, 1.0)) as u8));
+                Rectangle::new([(j as f64, i as f64), (j as f64 + 1.0, i as f64 + 1.0)], color.filled())
+            })
+        });
+        chart.draw_series(cells).ok()?;
+        let marks = targets.iter().enumerate().flat_map(|(i, row)| {
+            row.iter().map(move |&j| Circle::new((j as f64 + 0.5, i as f64 + 0.5), 2, RED.filled()))
+        });
+        chart.draw_series(marks).ok()?;
+        root.present().ok()?;
+    }
+    Some(svg)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
