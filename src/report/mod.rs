@@ -45,6 +45,8 @@ pub struct RuleRow {
     pub name: String,
     /// `file:line` of the rule's declaration, when it came from a `.rules` file.
     pub source: Option<String>,
+    /// What the rule says, as written there (whitespace collapsed).
+    pub text: Option<String>,
     pub covered_rows: usize,
     /// `(λ, mean pointer fidelity)` over the group's runs.
     pub fidelity_by_lambda: Vec<(f64, f64)>,
@@ -156,8 +158,8 @@ fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     serde_json::from_str(&text).map_err(|e| Error::Config { path: path.to_path_buf(), message: e.to_string() })
 }
 
-/// Where each rule of a `.rules` file is declared.
-fn rule_sources(member: &crate::pipeline::Member) -> BTreeMap<String, String> {
+/// Where each rule of a `.rules` file is declared, and its text.
+fn rule_sources(member: &crate::pipeline::Member) -> BTreeMap<String, (String, String)> {
     let mut out = BTreeMap::new();
     let Some(locality) = &member.config.locality else { return out };
     let sources = std::iter::once(&locality.rules).chain(locality.injections.iter().map(|i| &i.rules));
@@ -174,7 +176,8 @@ fn rule_sources(member: &crate::pipeline::Member) -> BTreeMap<String, String> {
             if let crate::dsl::syntax::Statement::Rule(rule) = statement {
                 if let Ok(f) = loaded.files.get(*file) {
                     let line = f.source()[..rule.span.start].matches('\n').count() + 1;
-                    out.entry(rule.name.value.clone()).or_insert_with(|| format!("{}:{line}", f.name()));
+                    let text = f.source()[rule.span.clone()].split_whitespace().collect::<Vec<_>>().join(" ");
+                    out.entry(rule.name.value.clone()).or_insert_with(|| (format!("{}:{line}", f.name()), text));
                 }
             }
         }
@@ -282,7 +285,8 @@ fn build_group(runs: &[StoredRun]) -> Group {
                 .enumerate()
                 .map(|(r, rule)| RuleRow {
                     name: rule.name.clone(),
-                    source: sources.get(&rule.name).cloned(),
+                    source: sources.get(&rule.name).map(|(at, _)| at.clone()),
+                    text: sources.get(&rule.name).map(|(_, text)| text.clone()),
                     covered_rows: rule.covered_rows,
                     fidelity_by_lambda: lambdas
                         .iter()
@@ -502,7 +506,12 @@ pub fn markdown(report: &Report) -> String {
                 (Some(at), None) => at.clone(),
                 (None, _) => "(implicit own-block rule)".into(),
             };
-            let _ = writeln!(s, "| {} | {} | {} | {} |", rule.name, source, rule.covered_rows, values.join(" | "));
+            // the rule's name, and what it says as written
+            let name = match &rule.text {
+                Some(text) => format!("`{}`", text.replace('|', "\\|")),
+                None => rule.name.clone(),
+            };
+            let _ = writeln!(s, "| {} | {} | {} | {} |", name, source, rule.covered_rows, values.join(" | "));
         }
         let _ = writeln!(s, "\nF@λ: pointer fidelity of the rule's own targets at λ; covered rows counted over every layer and head the rule acts on, on the test split.\n");
     }
