@@ -30,6 +30,10 @@ pub struct RuleMetrics {
     pub covered_rows: usize,
     pub pointer_fidelity: f64,
     pub pointer_hit_rate: f64,
+    /// Fidelity of the rule's own targets at every (layer, head), in `layer·H + head` order; `NaN`
+    /// where the rule does not act.
+    #[serde(default)]
+    pub fidelity_by_site: Vec<f64>,
 }
 
 /// Everything measured at one λ.
@@ -136,6 +140,8 @@ struct Accumulator {
     site_fidelity: Vec<Mean>,
     rule_fidelity: Vec<Mean>,
     rule_hits: Vec<Mean>,
+    /// `[rule·sites + layer·H + head]`.
+    rule_site_fidelity: Vec<Mean>,
     covariances: Vec<Covariance>,
     lambda_stars: Vec<f64>,
     certified: Mean,
@@ -178,6 +184,7 @@ impl Accumulator {
             site_fidelity: vec![Mean::default(); layers * heads],
             rule_fidelity: vec![Mean::default(); rules],
             rule_hits: vec![Mean::default(); rules],
+            rule_site_fidelity: vec![Mean::default(); rules * layers * heads],
             covariances: (0..layers).map(|_| Covariance::new(d)).collect(),
             lambda_stars: Vec::new(),
             certified: Mean::default(),
@@ -261,7 +268,10 @@ impl Accumulator {
                         let alpha = &layer_cache.attention.weights[sequence * self.heads + head];
                         for i in (0..cache.seq_len).filter(|&i| rows.covered(i)) {
                             let row = &alpha.row(i).to_slice().expect("attention rows are contiguous")[..=i];
-                            self.rule_fidelity[r].add(mass_on(row, rows, i));
+                            let fidelity = mass_on(row, rows, i);
+                            self.rule_fidelity[r].add(fidelity);
+                            self.rule_site_fidelity[r * self.layers * self.heads + layer * self.heads + head]
+                                .add(fidelity);
                             self.rule_hits[r].add(if rows.contains(i, argmax(row)) { 1.0 } else { 0.0 });
                         }
                     }
@@ -325,6 +335,9 @@ impl Accumulator {
                 covered_rows: self.rule_fidelity[r].count,
                 pointer_fidelity: self.rule_fidelity[r].value(),
                 pointer_hit_rate: self.rule_hits[r].value(),
+                fidelity_by_site: (0..self.layers * self.heads)
+                    .map(|site| self.rule_site_fidelity[r * self.layers * self.heads + site].value())
+                    .collect(),
             })
             .collect();
         LocalityMetrics {

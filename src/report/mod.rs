@@ -50,6 +50,9 @@ pub struct RuleRow {
     pub covered_rows: usize,
     /// `(λ, mean pointer fidelity)` over the group's runs.
     pub fidelity_by_lambda: Vec<(f64, f64)>,
+    /// At the largest λ of the grid, for every (layer, head) in `layer·H + head` order; `None` where
+    /// the rule does not act.
+    pub fidelity_by_site_at_max_lambda: Vec<Option<f64>>,
     pub injected: Option<String>,
 }
 
@@ -296,6 +299,12 @@ fn build_group(runs: &[StoredRun]) -> Group {
                             (l, values.iter().sum::<f64>() / values.len().max(1) as f64)
                         })
                         .collect(),
+                    fidelity_by_site_at_max_lambda: first
+                        .dial
+                        .last()
+                        .and_then(|d| d.per_rule.get(r))
+                        .map(|x| x.fidelity_by_site.iter().map(|&f| f.is_finite().then_some(f)).collect())
+                        .unwrap_or_default(),
                     injected: injected.get(&rule.name).cloned(),
                 })
                 .collect()
@@ -514,6 +523,33 @@ pub fn markdown(report: &Report) -> String {
             let _ = writeln!(s, "| {} | {} | {} | {} |", name, source, rule.covered_rows, values.join(" | "));
         }
         let _ = writeln!(s, "\nF@λ: pointer fidelity of the rule's own targets at λ; covered rows counted over every layer and head the rule acts on, on the test split.\n");
+        if let (Some(last), Some(member)) = (group.dial.last(), group.members.first()) {
+            let heads = report
+                .resolved_pipeline
+                .get("members")
+                .and_then(|m| m.as_array())
+                .and_then(|m| m.iter().find(|x| x["name"] == member.as_str()))
+                .and_then(|m| m["config"]["model"]["n_heads"].as_u64())
+                .unwrap_or(1)
+                .max(1) as usize;
+            let count = group.rules.first().map_or(0, |r| r.fidelity_by_site_at_max_lambda.len());
+            let sites: Vec<String> = (0..count).map(|k| format!("L{}H{}", k / heads, k % heads)).collect();
+            let _ = writeln!(
+                s,
+                "Fidelity of each rule by layer (L) and head (H) at λ = {:.1} (first run of the group):\n",
+                last.lambda
+            );
+            let _ = writeln!(s, "| rule | {} |\n|---|{}", sites.join(" | "), "---:|".repeat(sites.len()));
+            for rule in &group.rules {
+                let values: Vec<String> = rule
+                    .fidelity_by_site_at_max_lambda
+                    .iter()
+                    .map(|f| f.map_or("–".into(), |f| format!("{f:.4}")))
+                    .collect();
+                let _ = writeln!(s, "| {} | {} |", rule.name, values.join(" | "));
+            }
+            let _ = writeln!(s);
+        }
     }
 
     let _ = writeln!(s, "## 5. Certificates\n");
