@@ -426,6 +426,24 @@ impl RunPaths {
         self.dir.join("checkpoints").join(format!("step-{step:07}.safetensors"))
     }
 
+    /// A fresh run in a directory that held another run removes that run's checkpoints and results
+    /// first, so that a later `--resume` can never pick up a checkpoint of the old run.
+    pub fn clear_previous_run(&self) -> Result<()> {
+        let checkpoints = self.dir.join("checkpoints");
+        if checkpoints.is_dir() {
+            std::fs::remove_dir_all(&checkpoints).map_err(|e| Error::io(&checkpoints, e))?;
+        }
+        let entries = std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        for entry in entries.filter_map(|e| e.ok()) {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let stale = name == "summary.json" || name.starts_with("model.") || name.starts_with("diverged-step-");
+            if stale {
+                std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The most advanced saved state: the run's model file or a periodic checkpoint, whichever has the
     /// higher step (a run killed without warning has only its periodic checkpoints).
     pub fn latest_checkpoint(&self) -> Result<PathBuf> {
@@ -600,6 +618,9 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
     let started = Instant::now();
     let paths = RunPaths { dir: out_dir.to_path_buf() };
     std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(&paths.dir, e))?;
+    if !resume {
+        paths.clear_previous_run()?;
+    }
     let splits = config.corpus.load()?;
 
     let (mut model, vocabulary, mut optimizer) = if resume {

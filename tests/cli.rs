@@ -256,3 +256,23 @@ fn eval_matches_pytorch_live_when_available() {
     let (a, b) = (ours["mean_ce_nats"].as_f64().unwrap(), theirs["mean_ce_nats"].as_f64().unwrap());
     assert!((a - b).abs() < 1e-4, "ailla {a} vs PyTorch {b}");
 }
+
+#[test]
+fn a_fresh_run_in_an_old_run_directory_leaves_nothing_of_the_old_run_to_resume_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let out = dir.path().join("run");
+    train(&config, &out, &[]);
+    assert!(out.join("checkpoints/step-0000080.safetensors").is_file());
+    // the same directory, a shorter run that stops before its first checkpoint
+    let short = dir.path().join("short.yaml");
+    std::fs::write(&short, SMALL_CONFIG.replace("steps: 160", "steps: 60")).unwrap();
+    train(&short, &out, &["--stop-after", "30"]);
+    assert!(!out.join("checkpoints").exists(), "the old run's checkpoints survived");
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["steps_done"], 30, "the summary is not the paused run's");
+    let resumed = ailla(&["--threads", "2", "train", "--resume", "--out", out.to_str().unwrap()]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert_eq!(common::train_losses(&out).len(), 60);
+}
