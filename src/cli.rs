@@ -269,14 +269,15 @@ pub fn load_train_config(path: &Path) -> Result<TrainConfig> {
     let mut config: TrainConfig = serde_saphyr::from_str(&text)
         .map_err(|e| Error::Config { path: path.to_path_buf(), message: e.to_string() })?;
     let base = path.parent().unwrap_or(Path::new("."));
+    // the same resolution as pipelines use, so both name files alike
     if let CorpusSource::Directory(dir) = &mut config.corpus {
         if dir.is_relative() {
-            *dir = base.join(&*dir);
+            *dir = crate::pipeline::normalize(&base.join(&*dir));
         }
     }
     if let Some(RulesSource::File(rules)) = config.locality.as_mut().map(|l| &mut l.rules) {
         if rules.is_relative() {
-            *rules = base.join(&*rules);
+            *rules = crate::pipeline::normalize(&base.join(&*rules));
         }
     }
     Ok(config)
@@ -288,11 +289,7 @@ fn train_config(args: &TrainArgs) -> Result<TrainConfig> {
         None => TrainConfig::default(),
     };
     if let Some(corpus) = &args.corpus {
-        config.corpus = if corpus == "bundled" {
-            CorpusSource::Bundled { seed: DEFAULT_SEED }
-        } else {
-            CorpusSource::Directory(PathBuf::from(corpus))
-        };
+        config.corpus = CorpusSource::parse(corpus);
     }
     if let Some(kind) = args.tokenizer {
         config.tokenizer = match kind {
@@ -661,14 +658,9 @@ fn run_generate(args: GenerateArgs, out: &mut dyn Write) -> Result<()> {
 
 /// The text of a corpus named on the command line: `bundled`, a directory's training split, or a file.
 fn corpus_text(name: &str) -> Result<String> {
-    if name == "bundled" {
-        return Ok(bundled_corpus(DEFAULT_SEED).train);
-    }
-    let path = Path::new(name);
-    if path.is_dir() {
-        Ok(crate::data::load_splits(path)?.train)
-    } else {
-        crate::data::corpus::read_text(path)
+    match CorpusSource::parse(name) {
+        CorpusSource::Directory(path) if path.is_file() => crate::data::corpus::read_text(&path),
+        source => Ok(source.load()?.train),
     }
 }
 

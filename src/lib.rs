@@ -18,6 +18,7 @@ pub mod locality;
 pub mod pipeline;
 pub mod report;
 pub mod rng;
+pub mod suggest;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -38,6 +38,16 @@ impl Default for CorpusSource {
 }
 
 impl CorpusSource {
+    /// `bundled` (the generated corpus with its default seed) or a directory, as the command line
+    /// names them.
+    pub fn parse(text: &str) -> Self {
+        if text == "bundled" {
+            CorpusSource::Bundled { seed: DEFAULT_SEED }
+        } else {
+            CorpusSource::Directory(PathBuf::from(text))
+        }
+    }
+
     pub fn load(&self) -> Result<Splits> {
         match self {
             CorpusSource::Bundled { seed } => Ok(bundled_corpus(*seed)),

@@ -14,6 +14,7 @@ use codespan_reporting::files::SimpleFiles;
 use crate::data::Vocabulary;
 use crate::locality::rules::{BlockSpec, MemberResolver, RuleEntrySpec, RuleKindSpec};
 use crate::locality::{RuleSet, RuleSpec};
+use crate::suggest::closest;
 use syntax::{BlockDecl, Located, Member, Query, RuleBody, RuleDecl, Statement, Target};
 
 /// Every file read (the root and its includes) and the statements in the order they take effect.
@@ -129,16 +130,6 @@ pub struct Compiled {
     pub spec: RuleSpec,
     pub set: Option<RuleSet>,
     pub diagnostics: Vec<Diagnostic<usize>>,
-}
-
-/// Closest candidates by edit distance, for "did you mean" notes.
-fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>, limit: usize) -> Vec<&'a str> {
-    let mut scored: Vec<(usize, &str)> = candidates
-        .map(|c| (strsim::levenshtein(word, c), c))
-        .filter(|&(d, c)| d <= (word.chars().count().max(c.chars().count()) / 2).max(1))
-        .collect();
-    scored.sort();
-    scored.into_iter().take(limit).map(|(_, c)| c).collect()
 }
 
 fn quoted(words: &[&str]) -> String {

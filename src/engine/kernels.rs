@@ -101,6 +101,12 @@ fn max_body<F: Scalar>(values: &[F]) -> F {
     m
 }
 
+/// The eight running lanes of a reduction, combined in the one fixed order every reduction uses.
+#[inline(always)]
+fn fold_lanes<F: Scalar>(lanes: [F; 8]) -> F {
+    ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
+}
+
 dispatch! {
     /// Sum in a fixed order: eight running lanes, then the lanes, then the tail.
     pub fn sum<F: Scalar>(values: &[F]) -> F = sum_body;
@@ -116,7 +122,7 @@ fn sum_body<F: Scalar>(values: &[F]) -> F {
             *lane += v;
         }
     }
-    let mut total = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    let mut total = fold_lanes(lanes);
     for &v in rest {
         total += v;
     }
@@ -196,7 +202,7 @@ fn dot_body<F: Scalar>(a: &[F], b: &[F]) -> F {
             lanes[k] += x[k] * y[k];
         }
     }
-    let mut total = ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
+    let mut total = fold_lanes(lanes);
     for (&x, &y) in ra.iter().zip(rb) {
         total += x * y;
     }

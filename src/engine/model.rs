@@ -260,6 +260,8 @@ pub struct LayerCache<F> {
     z1: Array2<F>,
     /// `[q | k | v]`, `[N, 3d]`, from one fused projection.
     qkv: Array2<F>,
+    /// `[W_Q | W_K | W_V]` as the forward pass used it, so the backward does not concatenate again.
+    w_qkv: Array2<F>,
     pub attention: AttentionCache<F>,
     y_att: Array2<F>,
     ln2: LayerNormCache<F>,
@@ -333,11 +335,13 @@ impl<F: Scalar> Model<F> {
         let c = &self.config;
         let p = &self.params;
         let eps = F::lit(c.ln_eps);
-        let mut x = embedding_forward(p.tok_emb.view(), p.pos_emb.view(), tokens, seq_len); // (N, d)
-        let mut layers = Vec::with_capacity(c.n_layers);
+        let embedded = embedding_forward(p.tok_emb.view(), p.pos_emb.view(), tokens, seq_len); // (N, d)
+        let mut layers: Vec<LayerCache<F>> = Vec::with_capacity(c.n_layers);
         let mut penalty = F::zero();
         for (layer, w) in p.layers.iter().enumerate() {
-            // h = x + Attn(LN₁(x))
+            // the residual stream: the previous block's output, kept in its cache rather than copied
+            let x = layers.last().map_or(&embedded, |previous| &previous.output); // (N, d)
+                                                                                  // h = x + Attn(LN₁(x))
             let (z1, ln1) = layernorm_forward(x.view(), w.ln1_weight.view(), w.ln1_bias.view(), eps);
             // q, k, v in one product: [q | k | v] = z₁·[W_Q | W_K | W_V] + [b_Q | b_K | b_V]
             let (w_qkv, b_qkv) = fused_qkv(w);
@@ -348,15 +352,16 @@ impl<F: Scalar> Model<F> {
             let (y_att, attention, layer_penalty) = attention_forward(q.view(), k.view(), v.view(), shape, hook);
             penalty += layer_penalty;
             let mut h = linear_forward(y_att.view(), w.wo.view(), w.bo.view());
-            h += &x;
+            h += x;
             // x' = h + W₂·GELU(W₁·LN₂(h) + b₁) + b₂
             let (z2, ln2) = layernorm_forward(h.view(), w.ln2_weight.view(), w.ln2_bias.view(), eps);
             let a1 = linear_forward(z2.view(), w.w1.view(), w.b1.view()); // (N, ff)
             let g = gelu_forward(a1.view()); // (N, ff)
-            x = linear_forward(g.view(), w.w2.view(), w.b2.view());
-            x += &h;
-            layers.push(LayerCache { ln1, z1, qkv, attention, y_att, ln2, z2, a1, g, output: x.clone() });
+            let mut output = linear_forward(g.view(), w.w2.view(), w.b2.view());
+            output += &h;
+            layers.push(LayerCache { ln1, z1, qkv, w_qkv, attention, y_att, ln2, z2, a1, g, output });
         }
+        let x = layers.last().map_or(&embedded, |last| &last.output);
         let (hidden, ln_f) = layernorm_forward(x.view(), p.ln_f_weight.view(), p.ln_f_bias.view(), eps);
         ForwardCache { tokens: tokens.to_vec(), batch, seq_len, layers, ln_f, hidden, penalty }
     }
@@ -411,9 +416,10 @@ impl<F: Scalar> Model<F> {
             let d = c.d_model;
             let qkv = &lc.qkv;
             let (q, k, v) = (qkv.slice(s![.., ..d]), qkv.slice(s![.., d..2 * d]), qkv.slice(s![.., 2 * d..]));
-            let d_qkv = attention_backward(dy_att.view(), q, k, v, &lc.attention, shape, hook); // (N, 3d)
-                                                                                                // [q | k | v] = z₁·W_QKV + b_QKV
-            let (w_qkv, _) = fused_qkv(w);
+            // d_qkv: (N, 3d)
+            let d_qkv = attention_backward(dy_att.view(), q, k, v, &lc.attention, shape, hook);
+            // [q | k | v] = z₁·W_QKV + b_QKV
+            let w_qkv = &lc.w_qkv;
             let mut dw_qkv = Array2::zeros(w_qkv.raw_dim());
             let mut db_qkv = Array1::zeros(3 * d);
             let dz1 = linear_backward(d_qkv.view(), lc.z1.view(), w_qkv.view(), dw_qkv.view_mut(), db_qkv.view_mut());

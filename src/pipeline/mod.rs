@@ -241,11 +241,7 @@ pub struct Plan {
 
 /// The closest of `candidates` to `word`, for "did you mean".
 fn suggestion<'a>(word: &str, candidates: impl Iterator<Item = &'a str>) -> Option<&'a str> {
-    candidates
-        .map(|c| (strsim::levenshtein(word, c), c))
-        .filter(|&(d, c)| d > 0 && d <= (word.len().max(c.len()) / 3).max(2))
-        .min()
-        .map(|(_, c)| c)
+    crate::suggest::closest(word, candidates, 1).into_iter().next()
 }
 
 /// Adds "did you mean" to serde's "unknown field/variant `x`, expected one of `a`, `b`" messages.
@@ -386,11 +382,11 @@ pub fn normalize(path: &Path) -> PathBuf {
     out
 }
 
+/// `bundled` or a path, as [`RulesSource::parse`] reads it, with the path resolved against `base`.
 fn rules_source(base: &Path, text: &str) -> RulesSource {
-    if text == "bundled" {
-        RulesSource::Bundled
-    } else {
-        RulesSource::File(resolve(base, text))
+    match RulesSource::parse(text) {
+        RulesSource::File(path) => RulesSource::File(resolve(base, &path.to_string_lossy())),
+        bundled => bundled,
     }
 }
 
