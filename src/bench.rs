@@ -41,8 +41,9 @@ impl BenchConfig {
     }
 }
 
-/// The standard configurations: a character model, and WikiText-2's word vocabulary (33,278 entries with
-/// `<eos>`, as counted in `shared/data/README.md`) where the output layer dominates.
+/// The standard configurations: a character model; WikiText-2's word vocabulary (33,278 entries with
+/// `<eos>`, as counted in `shared/data/README.md`) where the output layer dominates; and the word-level
+/// model of `pipelines/aila.yaml` (context 512, batch 4), where attention over long rows adds its share.
 pub fn standard_configs() -> Vec<BenchConfig> {
     let base = |name: &str, vocab_size| BenchConfig {
         name: name.into(),
@@ -54,7 +55,8 @@ pub fn standard_configs() -> Vec<BenchConfig> {
         ctx_len: 128,
         batch_size: 16,
     };
-    vec![base("char-small", 128), base("word-wt2", 33_278)]
+    let aila = BenchConfig { ctx_len: 512, batch_size: 4, ..base("aila", 33_278) };
+    vec![base("char-small", 128), base("word-wt2", 33_278), aila]
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

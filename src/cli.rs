@@ -53,10 +53,13 @@ pub enum Command {
 #[command(group(clap::ArgGroup::new("vocabulary").args(["corpus", "checkpoint"])))]
 pub struct CheckArgs {
     pub rules: PathBuf,
-    /// Compile against the word vocabulary of this corpus (`bundled`, a directory or a text file) and
+    /// Compile against the vocabulary of this corpus (`bundled`, a directory or a text file) and
     /// count the positions each rule covers in it.
     #[arg(long)]
     pub corpus: Option<String>,
+    /// How `--corpus` is tokenized.
+    #[arg(long, value_enum, default_value = "word")]
+    pub tokenizer: TokenizerArg,
     /// Compile against the vocabulary of this checkpoint.
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
@@ -104,11 +107,32 @@ pub struct RunArgs {
     /// among them.
     #[arg(long)]
     pub jobs: Option<usize>,
+    #[command(flatten)]
+    pub changes: PlanChanges,
+}
+
+/// Command-line changes to a pipeline, shared by `run` and `validate`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PlanChanges {
+    /// Run the pipeline's `quick` variant (its `quick` section), into `<output dir>-quick`.
+    #[arg(long)]
+    pub quick: bool,
+    /// Corpus directory (train.txt, valid.txt, test.txt) in place of the pipeline's `data.corpus`.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+}
+
+impl PlanChanges {
+    fn options(&self) -> crate::pipeline::PlanOptions {
+        crate::pipeline::PlanOptions { quick: self.quick, data_directory: self.data.clone() }
+    }
 }
 
 #[derive(Args, Debug)]
 pub struct ValidateArgs {
     pub pipeline: PathBuf,
+    #[command(flatten)]
+    pub changes: PlanChanges,
 }
 
 #[derive(Args, Debug)]
@@ -121,6 +145,15 @@ pub struct ReportArgs {
 pub enum TokenizerArg {
     Char,
     Word,
+}
+
+impl From<TokenizerArg> for TokenizerKind {
+    fn from(kind: TokenizerArg) -> Self {
+        match kind {
+            TokenizerArg::Char => TokenizerKind::Char,
+            TokenizerArg::Word => TokenizerKind::Word,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -292,10 +325,7 @@ fn train_config(args: &TrainArgs) -> Result<TrainConfig> {
         config.corpus = CorpusSource::parse(corpus);
     }
     if let Some(kind) = args.tokenizer {
-        config.tokenizer = match kind {
-            TokenizerArg::Char => TokenizerKind::Char,
-            TokenizerArg::Word => TokenizerKind::Word,
-        };
+        config.tokenizer = kind.into();
     }
     let overrides = [
         (args.steps, &mut config.steps),
@@ -673,7 +703,7 @@ fn run_check(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
     let (vocabulary, corpus_ids) = match (&args.corpus, &args.checkpoint) {
         (Some(corpus), _) => {
             let text = corpus_text(corpus)?;
-            let vocabulary = crate::data::Vocabulary::build(TokenizerKind::Word, &text, 1_000_000);
+            let vocabulary = crate::data::Vocabulary::build(args.tokenizer.into(), &text, 1_000_000);
             let ids = vocabulary.encode(&text);
             (Some(vocabulary), Some(ids))
         }
@@ -728,8 +758,9 @@ fn run_check(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
     }
     if let Some(ids) = &corpus_ids {
         s += &format!(
-            "\ncoverage: query positions each rule covers in the corpus ({} words, windows of {})\n",
+            "\ncoverage: query positions each rule covers in the corpus ({} {} tokens, windows of {})\n",
             ids.len(),
+            TokenizerKind::from(args.tokenizer).name(),
             crate::locality::targets::COVERAGE_WINDOW
         );
     }
@@ -799,9 +830,9 @@ fn run_anchors(args: AnchorsArgs, out: &mut dyn Write) -> Result<()> {
     write_out(out, &s)
 }
 
-fn load_plan(path: &Path) -> Result<(crate::pipeline::Plan, String)> {
+fn load_plan(path: &Path, changes: &PlanChanges) -> Result<(crate::pipeline::Plan, String)> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-    match crate::pipeline::plan(&text, path) {
+    match crate::pipeline::plan_with(&text, path, &changes.options()) {
         Ok(plan) => Ok((plan, text)),
         Err(problems) => {
             for problem in &problems {
@@ -820,7 +851,7 @@ fn load_plan(path: &Path) -> Result<(crate::pipeline::Plan, String)> {
 }
 
 fn run_validate(args: ValidateArgs, out: &mut dyn Write) -> Result<()> {
-    let (plan, _) = load_plan(&args.pipeline)?;
+    let (plan, _) = load_plan(&args.pipeline, &args.changes)?;
     let mut s = format!(
         "{}: valid; {} member{} into {}\n",
         args.pipeline.display(),
@@ -838,7 +869,7 @@ fn run_pipeline(args: RunArgs, threads: Option<usize>, out: &mut dyn Write) -> R
     let (mut plan, resume, pipeline_file) = match (&args.pipeline, &args.resume) {
         (_, Some(dir)) => (crate::pipeline::run::read_plan(dir)?, true, dir.join("pipeline.yaml")),
         (Some(path), None) => {
-            let (plan, text) = load_plan(path)?;
+            let (plan, text) = load_plan(path, &args.changes)?;
             crate::pipeline::run::write_plan(&plan, &text)?;
             (plan, false, path.clone())
         }

@@ -106,8 +106,11 @@ pub struct TrainConfig {
     pub seed: u64,
     /// Validation loss every this many steps (0: only at the end).
     pub eval_every: usize,
-    /// Tokens of the validation split used for the periodic evaluation (the final one uses all).
+    /// Tokens of the validation split used for the periodic evaluation.
     pub eval_tokens: usize,
+    /// Tokens of the validation and test splits (a prefix of each) used for the final evaluation and
+    /// every λ of the dial; `None`, the default, scores the whole splits.
+    pub final_eval_tokens: Option<usize>,
     /// Checkpoint every this many steps (0: only at the end).
     pub checkpoint_every: usize,
     /// Rules and the locality dial; absent for a plain transformer.
@@ -219,6 +222,7 @@ impl Default for TrainConfig {
             seed: 1,
             eval_every: 100,
             eval_tokens: 16_384,
+            final_eval_tokens: None,
             checkpoint_every: 200,
             locality: None,
         }
@@ -232,6 +236,7 @@ impl TrainConfig {
             ("batch_size", self.batch_size),
             ("vocab_cap", self.vocab_cap),
             ("eval_tokens", self.eval_tokens),
+            ("final_eval_tokens", self.final_eval_tokens.unwrap_or(1)),
         ];
         for (field, value) in positive {
             if value == 0 {
@@ -766,8 +771,12 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
             paths.dir.display()
         )));
     }
-    let valid = evaluate(&model, &data.valid, config.batch_size, &NoHook);
-    let test = evaluate(&model, &data.test, config.batch_size, &NoHook);
+    let final_slice = |ids: &'_ [u32]| -> std::ops::Range<usize> {
+        0..config.final_eval_tokens.map_or(ids.len(), |n| ids.len().min(n.saturating_add(1)))
+    };
+    let (valid_ids, test_ids) = (&data.valid[final_slice(&data.valid)], &data.test[final_slice(&data.test)]);
+    let valid = evaluate(&model, valid_ids, config.batch_size, &NoHook);
+    let test = evaluate(&model, test_ids, config.batch_size, &NoHook);
     for (split, result) in [("valid", &valid), ("test", &test)] {
         metrics.write(&MetricsRecord::Eval { step: optimizer.step, split: split.into(), result: result.clone() })?;
     }
@@ -784,7 +793,7 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
             batch_size: config.batch_size,
         };
         for &lambda in &settings.eval_lambdas {
-            let measured = evaluate_at(&model, &data.test, lambda, &evaluation);
+            let measured = evaluate_at(&model, test_ids, lambda, &evaluation);
             progress.note(&format!(
                 "λ {lambda:.2}  test ppl {:.3}  entropy {:.3} bits  fidelity {:.4}",
                 measured.language_model.perplexity, measured.entropy_bits, measured.pointer_fidelity

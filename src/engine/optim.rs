@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use super::{Params, Scalar};
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, default)]
 pub struct OptimConfig {
     pub learning_rate: f64,
     /// Floor of the cosine decay, as a fraction of `learning_rate`.

@@ -137,11 +137,15 @@ pub struct EvaluationSection {
     /// λ values every trained model is evaluated at (on the test split).
     #[serde(default = "default_lambdas")]
     pub lambdas: Vec<f64>,
+    /// Score only this many tokens (a prefix) of the validation and test splits at the end of training
+    /// and at every λ; absent: the whole splits.
+    #[serde(default)]
+    pub max_tokens: Option<usize>,
 }
 
 impl Default for EvaluationSection {
     fn default() -> Self {
-        EvaluationSection { lambdas: default_lambdas() }
+        EvaluationSection { lambdas: default_lambdas(), max_tokens: None }
     }
 }
 
@@ -199,6 +203,65 @@ pub struct Pipeline {
     pub sweep: BTreeMap<String, Vec<serde_json::Value>>,
     #[serde(default)]
     pub outputs: OutputsSection,
+    /// Published figures the report prints beside this run's, with the claims to test.
+    #[serde(default)]
+    pub published: Option<PublishedSection>,
+    /// Field values (dotted paths, as in `sweep`) that `ailla run --quick` puts in place of the file's
+    /// own, in the base and in every sweep member: a smoke-test variant of the same pipeline.
+    #[serde(default)]
+    pub quick: BTreeMap<String, serde_json::Value>,
+}
+
+/// A metric the report can set beside a published figure.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishedMetric {
+    /// Mean attention entropy over every query position and head, bits.
+    EntropyBits,
+    PointerFidelity,
+    Perplexity,
+    /// Top-1 accuracy as a fraction (84.7 % is 0.847).
+    Accuracy,
+}
+
+/// A published qualitative claim that the report checks on this run.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PublishedClaim {
+    /// Mean attention entropy falls as λ rises.
+    EntropyFalls,
+    /// Pointer fidelity rises as λ rises.
+    FidelityRises,
+    /// The best perplexity/interpretability trade-off lies strictly between λ = 0 and λ = 1.
+    IntermediateTradeoff,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishedFigure {
+    pub metric: PublishedMetric,
+    pub lambda: f64,
+    pub value: f64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublishedSection {
+    /// Where the figures come from, as a reader would cite it.
+    pub source: String,
+    #[serde(default)]
+    pub figures: Vec<PublishedFigure>,
+    #[serde(default)]
+    pub claims: Vec<PublishedClaim>,
+}
+
+/// What the command line changes in a pipeline before it is planned.
+#[derive(Clone, Debug, Default)]
+pub struct PlanOptions {
+    /// `--quick`: apply the pipeline's `quick` section.
+    pub quick: bool,
+    /// `--data DIR`: the corpus directory, in place of `data.corpus` (relative to the working directory).
+    pub data_directory: Option<PathBuf>,
 }
 
 /// One problem in a pipeline file.
@@ -237,6 +300,11 @@ pub struct Plan {
     pub output_dir: PathBuf,
     pub threads: Option<usize>,
     pub members: Vec<Member>,
+    #[serde(default)]
+    pub published: Option<PublishedSection>,
+    /// Whether this is the `--quick` variant of the pipeline.
+    #[serde(default)]
+    pub quick: bool,
 }
 
 /// The closest of `candidates` to `word`, for "did you mean".
@@ -276,7 +344,12 @@ pub fn load(path: &Path) -> crate::Result<Result<Plan, Vec<Problem>>> {
 }
 
 pub fn plan(text: &str, path: &Path) -> Result<Plan, Vec<Problem>> {
-    let pipeline: Pipeline = match serde_saphyr::from_str(text) {
+    plan_with(text, path, &PlanOptions::default())
+}
+
+/// [`plan`] with the command line's changes.
+pub fn plan_with(text: &str, path: &Path, options: &PlanOptions) -> Result<Plan, Vec<Problem>> {
+    let mut pipeline: Pipeline = match serde_saphyr::from_str(text) {
         Ok(p) => p,
         Err(e) => {
             let message = with_suggestion(&e.to_string()).replace("<input>", &path.display().to_string());
@@ -292,8 +365,16 @@ pub fn plan(text: &str, path: &Path) -> Result<Plan, Vec<Problem>> {
     };
     let base = path.parent().unwrap_or(Path::new(".")).to_path_buf();
     let mut problems = Vec::new();
+    if let Some(directory) = &options.data_directory {
+        // given on the command line, so relative to the working directory rather than the file
+        let directory = std::path::absolute(directory).unwrap_or_else(|_| directory.clone());
+        pipeline.data.corpus = CorpusSource::Directory(normalize(&directory));
+    }
+    if options.quick && pipeline.quick.is_empty() {
+        problems.push(problem(text, "quick", "`--quick` needs a `quick` section naming the fields it changes"));
+    }
     validate_static(&pipeline, text, &base, &mut problems);
-    let members = expand(&pipeline, text, &mut problems);
+    let members = expand(&pipeline, text, options.quick, &mut problems);
     let sweeping = members.len() > 1;
     let mut planned = Vec::new();
     for (name, member) in members {
@@ -313,7 +394,15 @@ pub fn plan(text: &str, path: &Path) -> Result<Plan, Vec<Problem>> {
         return Err(problems);
     }
     let output_dir = pipeline.outputs.dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(&pipeline.name));
-    Ok(Plan { name: pipeline.name.clone(), output_dir, threads: pipeline.train.threads, members: planned })
+    let output_dir = if options.quick { PathBuf::from(format!("{}-quick", output_dir.display())) } else { output_dir };
+    Ok(Plan {
+        name: pipeline.name.clone(),
+        output_dir,
+        threads: pipeline.train.threads,
+        members: planned,
+        published: pipeline.published.clone(),
+        quick: options.quick,
+    })
 }
 
 /// Where a training-config field lives in a pipeline file.
@@ -322,6 +411,7 @@ fn pipeline_field(field: &str) -> String {
         ("steps", "train.steps"),
         ("batch_size", "train.batch_size"),
         ("eval_tokens", "train.eval_tokens"),
+        ("final_eval_tokens", "evaluation.max_tokens"),
         ("vocab_cap", "data.vocab_cap"),
         ("optim.", "train.optim."),
         ("locality.margin", "locality.dial.margin"),
@@ -460,39 +550,82 @@ fn validate_static(p: &Pipeline, text: &str, base: &Path, problems: &mut Vec<Pro
 }
 
 /// The sweep's members: `(name, pipeline)` for every combination, in a fixed order.
-fn expand(p: &Pipeline, text: &str, problems: &mut Vec<Problem>) -> Vec<(String, Pipeline)> {
-    let mut axes: Vec<(String, Vec<serde_json::Value>)> = p.sweep.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    if let Some(seeds) = &p.train.seeds {
-        axes.push(("train.seed".into(), seeds.iter().map(|&s| serde_json::json!(s)).collect()));
-    }
-    let base_value = match serde_json::to_value(p) {
+fn expand(p: &Pipeline, text: &str, quick: bool, problems: &mut Vec<Problem>) -> Vec<(String, Pipeline)> {
+    let mut base_value = match serde_json::to_value(p) {
         Ok(v) => v,
         Err(e) => {
             problems.push(problem(text, "(file)", e.to_string()));
             return Vec::new();
         }
     };
+    let mut quick_fields: Vec<(Vec<String>, serde_json::Value)> = Vec::new();
+    if quick {
+        for (path, value) in &p.quick {
+            if unknown_field(&base_value, path, "quick", text, problems) {
+                continue;
+            }
+            let keys: Vec<String> = path.split('.').map(str::to_string).collect();
+            quick_fields.push((keys, value.clone()));
+        }
+    }
+    let apply_quick = |value: &mut serde_json::Value| {
+        for (keys, v) in &quick_fields {
+            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+            locate::set(value, &keys, v.clone());
+        }
+    };
+    // quick values apply before expansion, so that `train.seeds` shapes the sweep, and again after, so
+    // that they win over sweep values too
+    apply_quick(&mut base_value);
+    let base_pipeline: Pipeline = match serde_json::from_value(base_value.clone()) {
+        Ok(v) => v,
+        Err(e) => {
+            problems.push(problem(text, "quick", e.to_string()));
+            return Vec::new();
+        }
+    };
+    let mut axes: Vec<(String, Vec<serde_json::Value>)> =
+        base_pipeline.sweep.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    if let Some(seeds) = &base_pipeline.train.seeds {
+        axes.push(("train.seed".into(), seeds.iter().map(|&s| serde_json::json!(s)).collect()));
+    }
     let mut members = vec![(String::new(), base_value)];
-    for (path, values) in &axes {
+    for (axis, values) in &axes {
         if values.is_empty() {
-            problems.push(problem(text, &format!("sweep.{path}"), "needs at least one value"));
+            problems.push(problem(text, &format!("sweep.{axis}"), "needs at least one value"));
             continue;
         }
-        let keys: Vec<&str> = path.split('.').collect();
-        if locate::get(&members[0].1, &keys).is_none() {
-            let known = locate::field_paths(&members[0].1);
-            let hint = suggestion(path, known.iter().map(String::as_str))
-                .map(|s| format!("; did you mean `{s}`?"))
-                .unwrap_or_default();
-            problems.push(problem(text, "sweep", format!("`{path}` is not a field of the pipeline{hint}")));
+        // `a, b: [[a1, b1], [a2, b2]]` moves several fields together (one axis, not a product)
+        let paths: Vec<&str> = axis.split(',').map(str::trim).collect();
+        if paths.iter().any(|path| unknown_field(&members[0].1, path, "sweep", text, problems)) {
             continue;
         }
-        let short = keys.last().copied().unwrap_or(path);
+        let rows: Vec<Vec<serde_json::Value>> = if paths.len() == 1 {
+            values.iter().map(|v| vec![v.clone()]).collect()
+        } else {
+            let rows: Vec<Vec<serde_json::Value>> =
+                values.iter().filter_map(|v| v.as_array().filter(|a| a.len() == paths.len()).cloned()).collect();
+            if rows.len() != values.len() {
+                problems.push(problem(
+                    text,
+                    "sweep",
+                    format!("every value of `{axis}` must be a list of {} values, one per field", paths.len()),
+                ));
+                continue;
+            }
+            rows
+        };
         let mut next = Vec::new();
         for (name, value) in &members {
-            for (index, v) in values.iter().enumerate() {
+            for (index, row) in rows.iter().enumerate() {
                 let mut changed = value.clone();
-                locate::set(&mut changed, &keys, v.clone());
+                for (path, v) in paths.iter().zip(row) {
+                    let keys: Vec<&str> = path.split('.').collect();
+                    locate::set(&mut changed, &keys, v.clone());
+                }
+                let keys: Vec<&str> = paths[0].split('.').collect();
+                let short = keys.last().copied().unwrap_or(paths[0]);
+                let v = &row[0];
                 let label = match v {
                     serde_json::Value::Number(n) => format!("{short}-{n}"),
                     serde_json::Value::String(s) if s.len() <= 24 => {
@@ -503,7 +636,11 @@ fn expand(p: &Pipeline, text: &str, problems: &mut Vec<Problem>) -> Vec<(String,
                     other => match single_leaf(other) {
                         // `{ constant: { lambda: 0.2 } }` reads best as `lambda-0.2`
                         Some((key, leaf)) => format!("{key}-{leaf}"),
-                        None => format!("{short}-{}", index + 1),
+                        // `{ uniform: { low: 0, high: 1 } }` reads best as `schedule-uniform`
+                        None => match other.as_object().filter(|o| o.len() == 1).and_then(|o| o.keys().next()) {
+                            Some(key) => format!("{short}-{key}"),
+                            None => format!("{short}-{}", index + 1),
+                        },
                     },
                 };
                 let joined = if name.is_empty() { label } else { format!("{name}_{label}") };
@@ -513,7 +650,8 @@ fn expand(p: &Pipeline, text: &str, problems: &mut Vec<Problem>) -> Vec<(String,
         members = next;
     }
     let mut out = Vec::new();
-    for (name, value) in members {
+    for (name, mut value) in members {
+        apply_quick(&mut value);
         let name = if name.is_empty() { p.name.clone() } else { name };
         match serde_json::from_value::<Pipeline>(value) {
             Ok(member) => out.push((name, member)),
@@ -521,6 +659,26 @@ fn expand(p: &Pipeline, text: &str, problems: &mut Vec<Problem>) -> Vec<(String,
         }
     }
     out
+}
+
+/// Whether `path` names no field of `document`; if so a problem is recorded under `section`.
+fn unknown_field(
+    document: &serde_json::Value,
+    path: &str,
+    section: &str,
+    text: &str,
+    problems: &mut Vec<Problem>,
+) -> bool {
+    let keys: Vec<&str> = path.split('.').collect();
+    if locate::get(document, &keys).is_some() {
+        return false;
+    }
+    let known = locate::field_paths(document);
+    let hint = suggestion(path, known.iter().map(String::as_str))
+        .map(|s| format!("; did you mean `{s}`?"))
+        .unwrap_or_default();
+    problems.push(problem(text, section, format!("`{path}` is not a field of the pipeline{hint}")));
+    true
 }
 
 /// The one scalar inside nested single-entry objects, with its key.
@@ -554,6 +712,7 @@ fn to_train_config(p: &Pipeline, base: &Path) -> TrainConfig {
         seed: p.train.seed,
         eval_every: p.train.eval_every,
         eval_tokens: p.train.eval_tokens,
+        final_eval_tokens: p.evaluation.max_tokens,
         checkpoint_every: p.outputs.checkpoint_every,
         locality: p.locality.as_ref().map(|l| LocalityConfig {
             rules: rules_source(base, &l.rules),
