@@ -14,6 +14,7 @@ pub mod data;
 pub mod dsl;
 pub mod engine;
 pub mod error;
+pub mod json_float;
 pub mod locality;
 pub mod pipeline;
 pub mod report;

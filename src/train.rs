@@ -306,9 +306,13 @@ pub fn sample_batch(ids: &[u32], batch: usize, seq_len: usize, seed: u64, step: 
 pub struct EvalResult {
     /// Predicted tokens (the stream length minus one).
     pub tokens: usize,
+    #[serde(deserialize_with = "crate::json_float::f64_or_nan")]
     pub mean_ce_nats: f64,
+    #[serde(deserialize_with = "crate::json_float::f64_or_nan")]
     pub perplexity: f64,
+    #[serde(deserialize_with = "crate::json_float::f64_or_nan")]
     pub bits_per_token: f64,
+    #[serde(deserialize_with = "crate::json_float::f64_or_nan")]
     pub accuracy: f64,
 }
 

@@ -135,19 +135,26 @@ pub fn quantiles(values: &mut [f64], levels: &[f64]) -> Vec<f64> {
 /// Certificate figures of one evaluation.
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct Certificates {
+    #[serde(deserialize_with = "crate::json_float::f64_or_nan")]
     pub epsilon: f64,
     pub rows: usize,
     /// `λ*_i(ε)` at the 50th, 90th, 99th percentiles and the maximum over rows.
+    #[serde(deserialize_with = "crate::json_float::array4_or_nan")]
     pub lambda_star_quantiles: [f64; 4],
     /// Share of rows with `F_i ≥ 1 − ε`.
+    #[serde(deserialize_with = "crate::json_float::f64_or_nan")]
     pub share_certified: f64,
     /// Largest `|s_ij/τ|` over covered rows: the `R` of the weight-only certificate.
+    #[serde(deserialize_with = "crate::json_float::f64_or_nan")]
     pub logit_bound: f64,
     /// `max_i (2R + ln(n_i/m_i) + ln((1−ε)/ε)) / (μ s_r)`: a λ that guarantees `F_i ≥ 1 − ε` on every
     /// covered row from the weights' logit range alone.
+    #[serde(deserialize_with = "crate::json_float::f64_or_nan")]
     pub weight_only_lambda: f64,
     /// Mean over rows of the entropy bound beside the observed mean entropy, in bits.
+    #[serde(deserialize_with = "crate::json_float::f64_or_nan")]
     pub mean_entropy_bound_bits: f64,
+    #[serde(deserialize_with = "crate::json_float::f64_or_nan")]
     pub mean_entropy_bits: f64,
     pub violations: ViolationCounts,
     /// Group-sparsity threshold (present when a backward pass ran): `U_i` quantiles (50, 90, 99, max),
@@ -182,8 +189,11 @@ impl ViolationCounts {
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 pub struct GroupSparsity {
     pub rows: usize,
+    #[serde(deserialize_with = "crate::json_float::array4_or_nan")]
     pub u_quantiles: [f64; 4],
+    #[serde(deserialize_with = "crate::json_float::f64_or_nan")]
     pub lambda_threshold: f64,
+    #[serde(deserialize_with = "crate::json_float::f64_or_nan")]
     pub share_above_threshold: f64,
 }
 

@@ -18,8 +18,10 @@ use crate::train::{eval_batches, EvalResult};
 pub struct SiteMetrics {
     pub layer: usize,
     pub head: usize,
+    #[serde(deserialize_with = "crate::json_float::f64_or_nan")]
     pub entropy_bits: f64,
     /// `NaN` where no rule acts.
+    #[serde(deserialize_with = "crate::json_float::f64_or_nan")]
     pub pointer_fidelity: f64,
     pub covered_rows: usize,
 }
@@ -28,35 +30,46 @@ pub struct SiteMetrics {
 pub struct RuleMetrics {
     pub name: String,
     pub covered_rows: usize,
+    #[serde(deserialize_with = "crate::json_float::f64_or_nan")]
     pub pointer_fidelity: f64,
+    #[serde(deserialize_with = "crate::json_float::f64_or_nan")]
     pub pointer_hit_rate: f64,
     /// Fidelity of the rule's own targets at every (layer, head), in `layer·H + head` order; `NaN`
     /// where the rule does not act.
     #[serde(default)]
+    #[serde(deserialize_with = "crate::json_float::vec_or_nan")]
     pub fidelity_by_site: Vec<f64>,
 }
 
 /// Everything measured at one λ.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct LocalityMetrics {
+    #[serde(deserialize_with = "crate::json_float::f64_or_nan")]
     pub lambda: f64,
     /// λ of each layer (differs from `lambda` under a progressive schedule).
+    #[serde(deserialize_with = "crate::json_float::vec_or_nan")]
     pub layer_lambdas: Vec<f64>,
     pub language_model: EvalResult,
     /// Mean attention entropy over every query row of every layer and head, in bits.
+    #[serde(deserialize_with = "crate::json_float::f64_or_nan")]
     pub entropy_bits: f64,
     /// The same over rows a rule covers.
+    #[serde(deserialize_with = "crate::json_float::f64_or_nan")]
     pub covered_entropy_bits: f64,
     /// Mean mass on `T_i` over covered rows.
+    #[serde(deserialize_with = "crate::json_float::f64_or_nan")]
     pub pointer_fidelity: f64,
     /// Share of covered rows whose largest weight lies in `T_i`.
+    #[serde(deserialize_with = "crate::json_float::f64_or_nan")]
     pub pointer_hit_rate: f64,
     pub covered_rows: usize,
     /// Mean mass a block-token query puts on its own block.
+    #[serde(deserialize_with = "crate::json_float::f64_or_nan")]
     pub block_concentration: f64,
     pub per_site: Vec<SiteMetrics>,
     pub per_rule: Vec<RuleMetrics>,
     /// Participation ratio `(Σe)²/Σe²` of the hidden-state covariance after each layer.
+    #[serde(deserialize_with = "crate::json_float::vec_or_nan")]
     pub participation_ratio: Vec<f64>,
     pub certificates: Certificates,
 }

@@ -4,6 +4,7 @@
 
 pub mod plots;
 pub mod provenance;
+pub mod published;
 pub mod stats;
 
 use std::collections::BTreeMap;
@@ -151,6 +152,9 @@ pub struct Report {
     pub failed_members: Vec<String>,
     pub groups: Vec<Group>,
     pub attention_example: Option<AttentionExample>,
+    /// The pipeline's published figures beside ours, when it names any.
+    #[serde(default)]
+    pub published: Option<published::PublishedComparison>,
 }
 
 /// One member as the run left it: its plan entry, summary and metrics.
@@ -220,7 +224,12 @@ pub fn build(run_dir: &Path) -> Result<Report> {
         }
     }
     let attention_example = groups.first().and_then(|(_, runs)| attention_example(run_dir, runs[0].0));
-    let groups = groups.into_iter().map(|(_, runs)| build_group(&runs)).collect();
+    let configs: Vec<&crate::train::TrainConfig> = groups.iter().map(|(_, runs)| &runs[0].0.config).collect();
+    let test_tokens: Vec<usize> = groups.iter().map(|(_, runs)| runs[0].1.test.tokens).collect();
+    let built: Vec<Group> = groups.iter().map(|(_, runs)| build_group(runs)).collect();
+    let published =
+        plan.published.as_ref().map(|p| published::compare(p, published::curves(&configs, &built, &test_tokens)));
+    let groups = built;
     Ok(Report {
         schema_version: SCHEMA_VERSION,
         name: plan.name.clone(),
@@ -229,6 +238,7 @@ pub fn build(run_dir: &Path) -> Result<Report> {
         failed_members,
         groups,
         attention_example,
+        published,
     })
 }
 
@@ -583,7 +593,82 @@ pub fn markdown(report: &Report) -> String {
             group.training_curve.iter().map(|(step, loss)| format!("{step}: {loss:.4}")).collect();
         let _ = writeln!(s, "Group {} (mean training loss in nats by step): {}\n", index + 1, points.join(", "));
     }
+    if let Some(comparison) = &report.published {
+        published_markdown(&mut s, comparison);
+    }
     s
+}
+
+fn published_markdown(s: &mut String, comparison: &published::PublishedComparison) {
+    use published::{claim_text, metric_name, verdict_text, Comparability};
+    let _ = writeln!(s, "## 8. Published figures beside ours\n");
+    let _ = writeln!(s, "Source: {}.\n", comparison.source);
+    let _ = writeln!(s, "Our curves (means over seeds):\n");
+    for (index, curve) in comparison.curves.iter().enumerate() {
+        let _ = writeln!(
+            s,
+            "- C{}: {}; context {} tokens; {} test tokens scored at every λ",
+            index + 1,
+            curve.label,
+            curve.ctx_len,
+            curve.test_tokens
+        );
+    }
+    let names: Vec<String> = (1..=comparison.curves.len()).map(|i| format!("C{i}")).collect();
+    let _ = writeln!(s, "\n| figure | λ | published | {} |", names.join(" | "));
+    let _ = writeln!(s, "|---|---:|---:|{}", "---:|".repeat(names.len()));
+    for figure in &comparison.figures {
+        let ours: Vec<String> = figure
+            .ours
+            .iter()
+            .zip(&figure.comparability)
+            .map(|(value, comparable)| {
+                let mark = match comparable {
+                    Comparability::Comparable => "",
+                    Comparability::DefinitionOnly => " ¹",
+                    Comparability::NotComparable => " ²",
+                };
+                value.map_or("–".into(), |v| format!("{v:.4}{mark}"))
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "| {} | {:.1} | {} | {} |",
+            metric_name(figure.metric),
+            figure.lambda,
+            figure.published,
+            ours.join(" | ")
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\n¹ same definition, not the same setting; ² cannot be the same quantity. Why, figure by figure:\n"
+    );
+    for figure in &comparison.figures {
+        let mut reasons: Vec<&String> = figure.reasons.iter().collect();
+        reasons.dedup();
+        for reason in reasons {
+            let _ = writeln!(s, "- {} at λ = {:.1}: {reason}", metric_name(figure.metric), figure.lambda);
+        }
+    }
+    let _ = writeln!(s, "\nThe published qualitative claims, checked on each curve:\n");
+    let _ = writeln!(s, "| claim | {} |\n|---|{}", names.join(" | "), "---|".repeat(names.len()));
+    for claim in &comparison.claims {
+        let verdicts: Vec<&str> = claim.verdicts.iter().map(|&v| verdict_text(v)).collect();
+        let _ = writeln!(s, "| {} | {} |", claim_text(claim.claim), verdicts.join(" | "));
+    }
+    let _ = writeln!(s);
+    for claim in &comparison.claims {
+        for (index, evidence) in claim.evidence.iter().enumerate() {
+            let _ = writeln!(s, "- {} — C{}: {evidence}", claim_text(claim.claim), index + 1);
+        }
+    }
+    let _ = writeln!(
+        s,
+        "\nTrade-off score of a λ: F − (ppl − ppl_min)/ppl_min over the curve, the pointer fidelity gained minus \
+         the relative perplexity paid (one percent of perplexity weighs as much as one point of fidelity); the \
+         claim holds when the best score lies strictly between the smallest and the largest λ.\n"
+    );
 }
 
 /// The JSON Schema of `report.json`, generated from the types above; `src/report/report.schema.json`
@@ -607,6 +692,32 @@ pub fn figures(report: &Report) -> Vec<(&'static str, &'static str, String)> {
             if let Some(svg) = plots::heatmap(&caption, weights, &example.targets) {
                 out.push((file, "4", svg));
             }
+        }
+    }
+    if let Some(comparison) = &report.published {
+        let names: Vec<String> = (1..=comparison.curves.len()).map(|i| format!("C{i}")).collect();
+        let mut series: Vec<Series> = comparison
+            .curves
+            .iter()
+            .zip(&names)
+            .map(|(c, name)| Series {
+                name,
+                points: c.points.iter().map(|p| (p.lambda, p.row.entropy_bits.mean)).collect(),
+            })
+            .collect();
+        let published: Vec<(f64, f64)> = comparison
+            .figures
+            .iter()
+            .filter(|f| f.metric == crate::pipeline::PublishedMetric::EntropyBits)
+            .map(|f| (f.lambda, f.published))
+            .collect();
+        if !published.is_empty() {
+            series.push(Series { name: "published", points: published });
+        }
+        if let Some(svg) =
+            line_chart("Attention entropy: ours and published", "locality dial λ", "entropy (bits per row)", &series)
+        {
+            out.push(("report-published.svg", "8", svg));
         }
     }
     let Some(group) = report.groups.first() else { return out };

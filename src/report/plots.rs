@@ -8,8 +8,14 @@ pub struct Series<'a> {
     pub points: Vec<(f64, f64)>,
 }
 
-const PALETTE: [RGBColor; 4] =
-    [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
+const PALETTE: [RGBColor; 6] = [
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+    RGBColor(0, 0, 0),
+];
 
 fn range(values: impl Iterator<Item = f64> + Clone) -> (f64, f64) {
     let lo = values.clone().filter(|v| v.is_finite()).fold(f64::INFINITY, f64::min);
