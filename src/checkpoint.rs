@@ -270,6 +270,7 @@ mod tests {
             ln_eps: 1e-5,
             tied: false,
             gelu: Gelu::Tanh,
+            recruited_blocks: Vec::new(),
         };
         Checkpoint { model: Model::init(config, 5).unwrap(), vocabulary, step: 12, locality: None }
     }

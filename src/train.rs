@@ -86,6 +86,7 @@ impl ModelShape {
             ln_eps: 1e-5,
             tied: self.tied,
             gelu: Gelu::Tanh,
+            recruited_blocks: Vec::new(),
         }
     }
 }

@@ -5,6 +5,7 @@
 //! The engine is generic over [`Scalar`] so that gradient checks run in `f64` while training runs in `f32`.
 
 pub mod attention;
+pub mod block_embedding;
 pub mod embedding;
 pub mod gelu;
 pub mod gradcheck;

@@ -7,6 +7,7 @@ use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewD, ArrayViewMutD, Axis};
 use serde::{Deserialize, Serialize};
 
 use super::attention::{attention_backward, attention_forward, AttentionCache, AttentionHook, AttentionShape};
+use super::block_embedding::{block_embedding_backward, block_embedding_forward};
 use super::embedding::{embedding_backward, embedding_forward};
 use super::gelu::{gelu_backward, gelu_forward};
 use super::layernorm::{layernorm_backward, layernorm_forward, LayerNormCache};
@@ -38,6 +39,18 @@ pub struct Config {
     /// Output projection shares the token embedding (`U = E`).
     pub tied: bool,
     pub gelu: Gelu,
+    /// Semantic blocks recruited during training (METHOD §7), each with a block embedding.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub recruited_blocks: Vec<RecruitedBlock>,
+}
+
+/// A block that recruitment admitted: its members get the block's embedding added to their input.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RecruitedBlock {
+    pub name: String,
+    /// Sorted vocabulary ids.
+    pub members: Vec<u32>,
 }
 
 impl Config {
@@ -69,6 +82,19 @@ impl Config {
 
     pub fn head_size(&self) -> usize {
         self.d_model / self.n_heads
+    }
+
+    /// `k + 1` for members of recruited block `k`, 0 for every other vocabulary id.
+    pub fn block_lookup(&self) -> Vec<u32> {
+        let mut lookup = vec![0u32; self.vocab_size];
+        for (k, block) in self.recruited_blocks.iter().enumerate() {
+            for &member in &block.members {
+                if let Some(slot) = lookup.get_mut(member as usize) {
+                    *slot = k as u32 + 1;
+                }
+            }
+        }
+        lookup
     }
 
     /// Multiply-adds ×2 of one training token (forward and backward), for GFLOP/s figures: the usual
@@ -179,6 +205,9 @@ pub struct Params<F> {
     pub ln_f_bias: Array1<F>,
     /// `[d, V]`, only when the output is untied from the token embedding.
     pub head: Option<Array2<F>>,
+    /// `[K, d]`, one row per recruited block; named (and saved) only when `K > 0`, and last, so that
+    /// recruiting a block appends a tensor instead of renumbering the optimizer's state.
+    pub block_emb: Array2<F>,
 }
 
 pub type Grads<F> = Params<F>;
@@ -192,6 +221,7 @@ impl<F: Scalar> Params<F> {
             ln_f_weight: Array1::zeros(c.d_model),
             ln_f_bias: Array1::zeros(c.d_model),
             head: (!c.tied).then(|| Array2::zeros((c.d_model, c.vocab_size))),
+            block_emb: Array2::zeros((c.recruited_blocks.len(), c.d_model)),
         }
     }
 
@@ -210,6 +240,9 @@ impl<F: Scalar> Params<F> {
         if let Some(head) = &self.head {
             out.push(("head".to_string(), head.view().into_dyn()));
         }
+        if self.block_emb.nrows() > 0 {
+            out.push(("block_emb".to_string(), self.block_emb.view().into_dyn()));
+        }
         out
     }
 
@@ -225,6 +258,9 @@ impl<F: Scalar> Params<F> {
         out.push(("ln_f.bias".to_string(), self.ln_f_bias.view_mut().into_dyn()));
         if let Some(head) = &mut self.head {
             out.push(("head".to_string(), head.view_mut().into_dyn()));
+        }
+        if self.block_emb.nrows() > 0 {
+            out.push(("block_emb".to_string(), self.block_emb.view_mut().into_dyn()));
         }
         out
     }
@@ -335,7 +371,10 @@ impl<F: Scalar> Model<F> {
         let c = &self.config;
         let p = &self.params;
         let eps = F::lit(c.ln_eps);
-        let embedded = embedding_forward(p.tok_emb.view(), p.pos_emb.view(), tokens, seq_len); // (N, d)
+        let mut embedded = embedding_forward(p.tok_emb.view(), p.pos_emb.view(), tokens, seq_len); // (N, d)
+        if !c.recruited_blocks.is_empty() {
+            block_embedding_forward(embedded.view_mut(), p.block_emb.view(), tokens, &c.block_lookup());
+        }
         let mut layers: Vec<LayerCache<F>> = Vec::with_capacity(c.n_layers);
         let mut penalty = F::zero();
         for (layer, w) in p.layers.iter().enumerate() {
@@ -441,7 +480,28 @@ impl<F: Scalar> Model<F> {
             dx = dx_in;
         }
         embedding_backward(dx.view(), &cache.tokens, cache.seq_len, grads.tok_emb.view_mut(), grads.pos_emb.view_mut());
+        if !c.recruited_blocks.is_empty() {
+            block_embedding_backward(dx.view(), &cache.tokens, &c.block_lookup(), grads.block_emb.view_mut());
+        }
         grads
+    }
+
+    /// Adds a recruited block with a zero embedding: the model computes exactly what it computed before
+    /// until training moves the new row. Members already in a recruited block are not taken twice.
+    pub fn add_block(&mut self, name: &str, members: &[u32]) -> crate::Result<()> {
+        let lookup = self.config.block_lookup();
+        let mut members: Vec<u32> =
+            members.iter().copied().filter(|&m| lookup.get(m as usize).is_some_and(|&k| k == 0)).collect();
+        members.sort_unstable();
+        members.dedup();
+        if members.is_empty() {
+            return Err(crate::Error::invalid("recruitment", format!("block `{name}` has no free member")));
+        }
+        self.config.recruited_blocks.push(RecruitedBlock { name: name.to_string(), members });
+        let mut grown = Array2::zeros((self.config.recruited_blocks.len(), self.config.d_model));
+        grown.slice_mut(s![..self.params.block_emb.nrows(), ..]).assign(&self.params.block_emb);
+        self.params.block_emb = grown;
+        Ok(())
     }
 
     /// One training evaluation: returns `(mean CE, penalty, gradients of their sum)`.
@@ -482,6 +542,7 @@ mod tests {
             ln_eps: 1e-5,
             tied,
             gelu: Gelu::Tanh,
+            recruited_blocks: Vec::new(),
         }
     }
 
@@ -490,7 +551,12 @@ mod tests {
     /// the attention is nearly uniform and a missing attention term would hide under the tolerance), but
     /// not so large that softmaxes saturate and gradients vanish to rounding noise.
     fn model_gradient_errors(tied: bool, hook: &dyn AttentionHook<f64>) -> Vec<(String, f64)> {
-        let config = tiny_config(tied);
+        let mut config = tiny_config(tied);
+        // two recruited blocks, so that the block embedding is checked with the rest
+        config.recruited_blocks = vec![
+            RecruitedBlock { name: "a".into(), members: vec![2, 9] },
+            RecruitedBlock { name: "b".into(), members: vec![5] },
+        ];
         let mut model = Model::<f64>::init(config, 3).unwrap();
         let mut rng = Rng::new(11);
         for (name, mut t) in model.params.named_mut() {
@@ -553,5 +619,23 @@ mod tests {
         assert_eq!(shape_of("layers.0.mlp.w2"), Some(vec![12, 8]));
         assert_eq!(shape_of("head"), Some(vec![8, 11]));
         assert_eq!(named.len(), 2 + 2 * 16 + 2 + 1);
+    }
+
+    #[test]
+    fn adding_a_block_appends_a_zero_row_and_changes_nothing_computed() {
+        let mut model = Model::<f64>::init(tiny_config(true), 1).unwrap();
+        let tokens: Vec<u32> = (0..6).map(|i| (i * 3 % 11) as u32).collect();
+        let before = model.forward(&tokens, 1, 6, &NoHook).hidden;
+        model.add_block("first", &[3, 6, 3]).unwrap();
+        assert_eq!(
+            model.params.named().last().map(|(n, t)| (n.clone(), t.shape().to_vec())),
+            Some(("block_emb".into(), vec![1, 8]))
+        );
+        assert_eq!(model.config.recruited_blocks[0].members, vec![3, 6]);
+        assert_eq!(model.forward(&tokens, 1, 6, &NoHook).hidden, before);
+        // a second block cannot take members of the first
+        model.add_block("second", &[6, 7]).unwrap();
+        assert_eq!(model.config.recruited_blocks[1].members, vec![7]);
+        assert!(model.add_block("third", &[3]).is_err());
     }
 }

@@ -68,6 +68,27 @@ impl<F: Scalar> AdamW<F> {
         AdamW { step: 0, m: zeros.clone(), v: zeros }
     }
 
+    /// Follows a model that gained a recruited block: new tensors get zero moments, and a tensor that
+    /// gained rows keeps the moments of its old rows.
+    pub fn grow_to(&mut self, params: &Params<F>) {
+        for (index, (_, tensor)) in params.named().iter().enumerate() {
+            for moments in [&mut self.m, &mut self.v] {
+                match moments.get_mut(index) {
+                    None => moments.push(ArrayD::zeros(tensor.raw_dim())),
+                    Some(old) if old.shape() != tensor.shape() => {
+                        let mut grown = ArrayD::zeros(tensor.raw_dim());
+                        let rows = old.shape()[0].min(tensor.shape()[0]);
+                        grown
+                            .slice_axis_mut(ndarray::Axis(0), (0..rows).into())
+                            .assign(&old.slice_axis(ndarray::Axis(0), (0..rows).into()));
+                        *old = grown;
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+
     /// Applies one update with learning rate `lr`; returns the gradient norm before clipping.
     pub fn update(&mut self, params: &mut Params<F>, grads: &Params<F>, config: &OptimConfig, lr: f64) -> f64 {
         let grad_tensors = grads.named();
@@ -127,6 +148,7 @@ mod tests {
             ln_eps: 1e-5,
             tied: true,
             gelu: crate::engine::Gelu::Tanh,
+            recruited_blocks: Vec::new(),
         };
         let mut params = Params::<f64>::zeros(&config);
         let mut grads = Params::<f64>::zeros(&config);
@@ -137,5 +159,22 @@ mod tests {
         adam.update(&mut params, &grads, &oc, 0.01);
         assert!((params.ln_f_bias[0] + 0.01).abs() < 1e-12);
         assert!((params.ln_f_bias[1] - 0.01).abs() < 1e-12);
+    }
+
+    #[test]
+    fn moments_follow_a_recruited_block_and_keep_the_old_rows() {
+        let config =
+            crate::train::ModelShape { ctx_len: 2, d_model: 2, n_heads: 1, n_layers: 1, d_ff: 2, tied: true }.config(4);
+        let mut model = crate::engine::Model::<f64>::init(config, 1).unwrap();
+        let mut adam = AdamW::new(&model.params);
+        let count = adam.m.len();
+        model.add_block("a", &[1]).unwrap();
+        adam.grow_to(&model.params);
+        assert_eq!(adam.m.len(), count + 1);
+        adam.m[count].fill(7.0);
+        model.add_block("b", &[2]).unwrap();
+        adam.grow_to(&model.params);
+        assert_eq!(adam.m[count].shape(), &[2, 2]);
+        assert_eq!(adam.m[count].sum(), 14.0);
     }
 }

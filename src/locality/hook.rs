@@ -344,6 +344,7 @@ mod tests {
             ln_eps: 1e-5,
             tied: true,
             gelu: Gelu::Tanh,
+            recruited_blocks: Vec::new(),
         };
         let mut model = Model::<f64>::init(config, 3).unwrap();
         let mut rng = crate::rng::Rng::new(5);
