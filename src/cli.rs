@@ -263,6 +263,9 @@ pub struct GenerateArgs {
     /// Rewrite data/pharmacy-sample.txt, the excerpt committed for readers.
     #[arg(long)]
     pub sample: bool,
+    /// Add allergy records whose allergens form a block no rules file names (for block recruitment).
+    #[arg(long)]
+    pub planted: bool,
 }
 
 /// Runs a parsed command line; output goes to `out`.
@@ -679,7 +682,8 @@ fn run_generate(args: GenerateArgs, out: &mut dyn Write) -> Result<()> {
     let Some(dir) = args.out else {
         return Err(Error::invalid("--out", "give a directory"));
     };
-    let splits = bundled_corpus(args.seed);
+    let splits =
+        if args.planted { crate::data::generator::planted_corpus(args.seed) } else { bundled_corpus(args.seed) };
     for (name, text) in [("train.txt", &splits.train), ("valid.txt", &splits.valid), ("test.txt", &splits.test)] {
         checkpoint::atomic_write(&dir.join(name), text.as_bytes())?;
     }

@@ -17,6 +17,7 @@ pub mod error;
 pub mod json_float;
 pub mod locality;
 pub mod pipeline;
+pub mod recruit;
 pub mod report;
 pub mod rng;
 pub mod suggest;

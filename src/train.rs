@@ -116,6 +116,8 @@ pub struct TrainConfig {
     pub checkpoint_every: usize,
     /// Rules and the locality dial; absent for a plain transformer.
     pub locality: Option<LocalityConfig>,
+    /// Block recruitment during training (METHOD §7); needs `locality`.
+    pub recruitment: Option<crate::recruit::RecruitmentConfig>,
 }
 
 fn default_epsilon() -> f64 {
@@ -226,12 +228,22 @@ impl Default for TrainConfig {
             final_eval_tokens: None,
             checkpoint_every: 200,
             locality: None,
+            recruitment: None,
         }
     }
 }
 
 impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
+        if let Some(recruitment) = &self.recruitment {
+            recruitment.validate()?;
+            if self.locality.is_none() {
+                return Err(Error::invalid(
+                    "recruitment",
+                    "recruits blocks into rules: it needs a `locality` section (rules may be empty)",
+                ));
+            }
+        }
         let positive = [
             ("steps", self.steps),
             ("batch_size", self.batch_size),
@@ -384,6 +396,8 @@ pub fn evaluate(model: &Model<f32>, ids: &[u32], batch: usize, hook: &dyn Attent
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum MetricsRecord {
+    /// One recruitment trial's verdict (METHOD §7).
+    Recruitment(Box<crate::recruit::Decision>),
     Train {
         step: usize,
         /// Mean cross-entropy of the batch, in nats.
@@ -583,6 +597,7 @@ impl MetricsLog {
                         MetricsRecord::Train { step: s, .. }
                         | MetricsRecord::Eval { step: s, .. }
                         | MetricsRecord::Dial { step: s, .. } => s <= step,
+                        MetricsRecord::Recruitment(decision) => decision.step <= step,
                     })
                 })
                 .map(|l| format!("{l}\n"))
@@ -630,6 +645,42 @@ pub struct RunControl {
     pub interrupt: Option<Arc<AtomicBool>>,
 }
 
+/// Loss, penalty and gradients of training step `step` (its batch and λ are fixed by the seed and the
+/// step), with the rules of `locality` in force at that step.
+pub fn step_gradients(
+    model: &Model<f32>,
+    config: &TrainConfig,
+    locality: Option<(&LocalityConfig, &RuleSet)>,
+    train_ids: &[u32],
+    step: usize,
+) -> (f32, f32, crate::engine::Grads<f32>, f64) {
+    let seq_len = model.config.ctx_len;
+    let (layers, heads) = (model.config.n_layers, model.config.n_heads);
+    let (inputs, targets) = sample_batch(train_ids, config.batch_size, seq_len, config.seed, step);
+    match locality {
+        Some((settings, set)) => {
+            let lambda = settings.schedule.at(step, config.seed);
+            // injected rules switch on and off with the step
+            let scheduled;
+            let active = if set.has_schedule() {
+                scheduled = set.active_at(step);
+                &scheduled
+            } else {
+                set
+            };
+            let targets_of_batch = BatchTargets::new(active, &inputs, config.batch_size, seq_len, layers, heads);
+            let lambdas = per_layer(lambda, layers, settings.progressive_beta);
+            let hook = LocalityHook::new(&targets_of_batch, lambdas, settings.dial, false);
+            let (loss, penalty, grads) = model.loss_and_grads(&inputs, &targets, config.batch_size, seq_len, &hook);
+            (loss, penalty, grads, lambda)
+        }
+        None => {
+            let (loss, penalty, grads) = model.loss_and_grads(&inputs, &targets, config.batch_size, seq_len, &NoHook);
+            (loss, penalty, grads, 0.0)
+        }
+    }
+}
+
 /// Trains from scratch (or resumes) and writes the run directory. Returns `Error::Interrupted` after
 /// saving when stopped early; the run then continues with `resume`.
 pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progress: &Progress) -> Result<TrainSummary> {
@@ -656,11 +707,11 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
     };
     let data = Dataset::with_vocabulary(&splits, vocabulary)?;
     let seq_len = model.config.ctx_len;
-    let (layers, heads) = (model.config.n_layers, model.config.n_heads);
     let mut rule_warnings = Vec::new();
-    let locality = match &config.locality {
+    let mut locality = match &config.locality {
         Some(locality) => {
-            let spec = locality.load_rules()?;
+            // a resumed run's recruited blocks are part of its rules
+            let spec = crate::recruit::spec_with_recruited(&locality.load_rules()?, &model, &data.vocabulary);
             let (set, warnings) = RuleSet::compile(&spec, &data.vocabulary)?;
             for warning in &warnings {
                 progress.note(&format!("warning: {}", warning.0));
@@ -670,11 +721,14 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
         }
         None => None,
     };
-    let stored_locality = locality.as_ref().map(|(l, spec, _)| StoredLocality {
-        rules: spec.clone(),
-        dial: l.dial,
-        progressive_beta: l.progressive_beta,
-    });
+    let stored = |locality: &Option<(&LocalityConfig, RuleSpec, RuleSet)>| {
+        locality.as_ref().map(|(l, spec, _)| StoredLocality {
+            rules: spec.clone(),
+            dial: l.dial,
+            progressive_beta: l.progressive_beta,
+        })
+    };
+    let mut stored_locality = stored(&locality);
     for (split, ids) in [("train", &data.train), ("valid", &data.valid)] {
         if ids.len() <= seq_len + 1 {
             return Err(Error::Corpus {
@@ -688,7 +742,7 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
     let start_step = optimizer.step;
     let mut metrics = MetricsLog::open(paths.metrics(), Some(start_step).filter(|_| resume))?;
 
-    let save = |model: &Model<f32>, optimizer: &AdamW<f32>, path: &Path| -> Result<()> {
+    let save = |model: &Model<f32>, optimizer: &AdamW<f32>, stored_locality: &Option<StoredLocality>, path: &Path| {
         let ckpt = Checkpoint {
             model: model.clone(),
             vocabulary: data.vocabulary.clone(),
@@ -698,11 +752,15 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
         checkpoint::save(path, &ckpt)?;
         checkpoint::save_optimizer(&checkpoint::optimizer_path(path), optimizer, &model.params)
     };
+    let recruitment_split =
+        crate::recruit::split_of(&data.valid, config.recruitment.as_ref().map_or(0, |r| r.split_tokens));
+    let mut decisions: Vec<crate::recruit::Decision> = Vec::new();
 
     let eval_slice = &data.valid[..data.valid.len().min(config.eval_tokens + 1)];
     let mut losses = Vec::with_capacity(config.steps.saturating_sub(start_step));
     let mut interrupted = false;
-    for step in start_step..config.steps {
+    let mut step = start_step;
+    while step < config.steps {
         if control.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
             interrupted = true;
             break;
@@ -710,37 +768,20 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
         if control.stop_after.is_some_and(|n| step >= n) {
             break;
         }
-        let (inputs, targets) = sample_batch(&data.train, config.batch_size, seq_len, config.seed, step);
-        let (loss, penalty, grads, lambda) = match &locality {
-            Some((settings, _, set)) => {
-                let lambda = settings.schedule.at(step, config.seed);
-                // injected rules switch on and off with the step
-                let scheduled;
-                let active = if set.has_schedule() {
-                    scheduled = set.active_at(step);
-                    &scheduled
-                } else {
-                    set
-                };
-                let targets_of_batch = BatchTargets::new(active, &inputs, config.batch_size, seq_len, layers, heads);
-                let lambdas = per_layer(lambda, layers, settings.progressive_beta);
-                let hook = LocalityHook::new(&targets_of_batch, lambdas, settings.dial, false);
-                let (loss, penalty, grads) = model.loss_and_grads(&inputs, &targets, config.batch_size, seq_len, &hook);
-                (loss, penalty, grads, lambda)
-            }
-            None => {
-                let (loss, penalty, grads) =
-                    model.loss_and_grads(&inputs, &targets, config.batch_size, seq_len, &NoHook);
-                (loss, penalty, grads, 0.0)
-            }
-        };
+        let (loss, penalty, grads, lambda) = step_gradients(
+            &model,
+            config,
+            locality.as_ref().map(|(settings, _, set)| (*settings, set)),
+            &data.train,
+            step,
+        );
         let (loss, penalty) = (loss as f64, penalty as f64);
         if !(loss + penalty).is_finite() {
             // The weights that produced this loss came out of the previous update and are already
             // diverged: they go aside for inspection, and the last periodic checkpoint stays the last
             // good state.
             let diverged = paths.dir.join(format!("diverged-step-{step:07}.safetensors"));
-            save(&model, &optimizer, &diverged)?;
+            save(&model, &optimizer, &stored_locality, &diverged)?;
             let last_good = paths
                 .latest_checkpoint()
                 .map(|p| format!("the last good state is {}", p.display()))
@@ -764,11 +805,66 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
             metrics.write(&MetricsRecord::Eval { step: done, split: "valid".into(), result })?;
         }
         if config.checkpoint_every > 0 && done % config.checkpoint_every == 0 && done < config.steps {
-            save(&model, &optimizer, &paths.step_checkpoint(done))?;
+            save(&model, &optimizer, &stored_locality, &paths.step_checkpoint(done))?;
+        }
+        step += 1;
+        let recruiting = config.recruitment.as_ref().filter(|r| {
+            done % r.check_every == 0 && done < config.steps && model.config.recruited_blocks.len() < r.max_blocks
+        });
+        if let (Some(recruitment), Some((settings, spec, set))) = (recruiting, locality.as_ref()) {
+            let context = crate::recruit::CheckContext {
+                config,
+                recruitment,
+                locality: settings,
+                spec,
+                set,
+                vocabulary: &data.vocabulary,
+                train_ids: &data.train,
+                split: recruitment_split,
+                step: done,
+            };
+            let outcome = crate::recruit::check(&context, &model, &optimizer, &[])?;
+            for decision in &outcome.decisions {
+                progress.note(&format!(
+                    "step {done:>6}  recruitment: {} ({} members) saves {:.1} bits, costs {:.1}: {}",
+                    decision.candidate,
+                    decision.members.len(),
+                    decision.saving_bits(),
+                    decision.cost_bits,
+                    if decision.accepted { "accepted" } else { "rejected" }
+                ));
+                metrics.write(&MetricsRecord::Recruitment(Box::new(decision.clone())))?;
+            }
+            decisions.extend(outcome.decisions);
+            if let Some((trial, spec)) = outcome.accepted {
+                // the accepted trial's steps are the run's next steps
+                for &(s, loss, penalty, lambda, learning_rate, grad_norm) in &trial.steps {
+                    losses.push(loss);
+                    metrics.write(&MetricsRecord::Train {
+                        step: s,
+                        loss,
+                        penalty,
+                        lambda,
+                        learning_rate,
+                        grad_norm,
+                    })?;
+                }
+                let (set, _) = RuleSet::compile(&spec, &data.vocabulary)?;
+                let settings = *settings;
+                model = trial.model;
+                optimizer = trial.optimizer;
+                step = optimizer.step;
+                locality = Some((settings, spec, set));
+                stored_locality = stored(&locality);
+                checkpoint::atomic_write(
+                    &paths.dir.join("recruited.rules"),
+                    crate::recruit::rules_snippet(&model, &data.vocabulary, &decisions).as_bytes(),
+                )?;
+            }
         }
     }
     progress.finish();
-    save(&model, &optimizer, &paths.model())?;
+    save(&model, &optimizer, &stored_locality, &paths.model())?;
     if interrupted {
         return Err(Error::Interrupted(format!(
             "stopped after step {}; continue with `ailla train --resume --out {}`",

@@ -160,10 +160,53 @@ pub fn bundled_corpus(seed: u64) -> Splits {
 
 /// `records` records of split number `split`.
 pub fn generate(seed: u64, split: u64, records: usize) -> String {
+    generate_records(seed, split, records, false)
+}
+
+/// The allergens of the planted block: no `.rules` file names them, and an allergy record lists some
+/// of them twice, in two orders, so attending to the earlier members of the block predicts the later
+/// ones. Recruitment tests check that it is found.
+pub const PLANTED_ALLERGENS: &[&str] = &[
+    "penicillin",
+    "latex",
+    "peanuts",
+    "shellfish",
+    "codeine",
+    "aspirin",
+    "sulfa",
+    "iodine",
+    "eggs",
+    "pollen",
+    "nickel",
+    "soy",
+    "wheat",
+    "sesame",
+    "ibuprofen",
+    "chlorhexidine",
+];
+
+/// The bundled corpus with a planted block: a third of the records are allergy records
+/// ([`PLANTED_ALLERGENS`]).
+pub fn planted_corpus(seed: u64) -> Splits {
+    Splits {
+        train: generate_records(seed, 0, TRAIN_RECORDS, true),
+        valid: generate_records(seed, 1, HELD_OUT_RECORDS, true),
+        test: generate_records(seed, 2, HELD_OUT_RECORDS, true),
+        files: Vec::new(),
+        name: format!("pharmacy corpus with planted allergens (generator seed {seed})"),
+    }
+}
+
+fn generate_records(seed: u64, split: u64, records: usize, planted: bool) -> String {
     let mut rng = Rng::derive(seed, 0x0DA7A, split);
+    let mut planted_rng = Rng::derive(seed, 0x0A11E, split);
     let mut out = String::with_capacity(records * 200);
     for record in 0..records {
         let id = 100 + (rng.below(900) as u64 + record as u64 * 7) % 900;
+        if planted && planted_rng.below(3) == 0 {
+            allergy(&mut planted_rng, id, &mut out);
+            continue;
+        }
         match rng.below(10) {
             0..=5 => order(&mut rng, id, &mut out),
             6..=8 => lab(&mut rng, id, &mut out),
@@ -171,6 +214,30 @@ pub fn generate(seed: u64, split: u64, records: usize) -> String {
         }
     }
     out
+}
+
+fn allergy(rng: &mut Rng, id: u64, out: &mut String) {
+    let (first, last) = (*rng.choose(FIRST_NAMES), *rng.choose(SURNAMES));
+    let mut listed: Vec<&str> = Vec::new();
+    while listed.len() < 4 {
+        let allergen = *rng.choose(PLANTED_ALLERGENS);
+        if !listed.contains(&allergen) {
+            listed.push(allergen);
+        }
+    }
+    let mut confirmed = listed.clone();
+    for i in (1..confirmed.len()).rev() {
+        confirmed.swap(i, rng.below(i + 1));
+    }
+    let id = id.to_string();
+    line(out, &["<allergy>", "id", &id]);
+    let mut words = vec!["patient", first, last, "allergic", "to"];
+    words.extend_from_slice(&listed);
+    line(out, &words);
+    let mut words = vec!["confirmed"];
+    words.extend_from_slice(&confirmed);
+    line(out, &words);
+    line(out, &["</allergy>"]);
 }
 
 fn line(out: &mut String, words: &[&str]) {

@@ -57,7 +57,13 @@ fn list(head: &str, items: &[String], indent: &str) -> String {
 }
 
 /// A block statement from its parts, already rendered as words.
-fn render_block(name: &str, ignore_case: bool, recruitable: bool, members: &[String], anchors: &[String]) -> String {
+pub fn render_block(
+    name: &str,
+    ignore_case: bool,
+    recruitable: bool,
+    members: &[String],
+    anchors: &[String],
+) -> String {
     let case = if ignore_case { " ignoring case" } else { "" };
     if recruitable {
         return list(&format!("recruitable block {name}{case} seeded by"), anchors, INDENT);

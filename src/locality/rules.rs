@@ -415,7 +415,15 @@ impl RuleSet {
             });
         }
         if spec.own_block_default {
-            for (index, block) in blocks.iter().enumerate() {
+            // a block with an own-block rule of its own keeps that rule's layers and heads
+            let explicit: Vec<usize> = rules
+                .iter()
+                .filter_map(|r| match r.kind {
+                    RuleKind::OwnBlock { block } => Some(block),
+                    _ => None,
+                })
+                .collect();
+            for (index, block) in blocks.iter().enumerate().filter(|(index, _)| !explicit.contains(&(index + 1))) {
                 rules.push(Rule {
                     name: format!("{} (own block, default)", block.name),
                     kind: RuleKind::OwnBlock { block: index + 1 },

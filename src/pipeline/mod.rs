@@ -115,18 +115,6 @@ pub struct LocalitySection {
     pub certificate_batches: usize,
 }
 
-/// Priors of block and model recruitment (METHOD §7–§8); validated now, used by recruitment.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct RecruitmentSection {
-    pub check_every: usize,
-    pub trial_steps: usize,
-    pub margin_bits: f64,
-    pub max_blocks: usize,
-    #[serde(default)]
-    pub bits_per_parameter: Option<f64>,
-}
-
 fn default_lambdas() -> Vec<f64> {
     vec![0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
 }
@@ -195,7 +183,7 @@ pub struct Pipeline {
     #[serde(default)]
     pub locality: Option<LocalitySection>,
     #[serde(default)]
-    pub recruitment: Option<RecruitmentSection>,
+    pub recruitment: Option<crate::recruit::RecruitmentConfig>,
     #[serde(default)]
     pub evaluation: EvaluationSection,
     /// Dotted field paths to lists of values; members are their cartesian product.
@@ -527,23 +515,6 @@ fn validate_static(p: &Pipeline, text: &str, base: &Path, problems: &mut Vec<Pro
             }
         }
     }
-    if let Some(r) = &p.recruitment {
-        for (field, value) in [
-            ("recruitment.check_every", r.check_every),
-            ("recruitment.trial_steps", r.trial_steps),
-            ("recruitment.max_blocks", r.max_blocks),
-        ] {
-            if value == 0 {
-                problems.push(problem(text, field, "must be at least 1"));
-            }
-        }
-        if !(r.margin_bits >= 0.0 && r.margin_bits.is_finite()) {
-            problems.push(problem(text, "recruitment.margin_bits", "must be a non-negative number of bits"));
-        }
-        if r.bits_per_parameter.is_some_and(|b| !(b > 0.0 && b.is_finite())) {
-            problems.push(problem(text, "recruitment.bits_per_parameter", "must be a positive number of bits"));
-        }
-    }
     if p.outputs.checkpoint_every == 0 {
         problems.push(problem(text, "outputs.checkpoint_every", "must be at least 1"));
     }
@@ -714,6 +685,7 @@ fn to_train_config(p: &Pipeline, base: &Path) -> TrainConfig {
         eval_tokens: p.train.eval_tokens,
         final_eval_tokens: p.evaluation.max_tokens,
         checkpoint_every: p.outputs.checkpoint_every,
+        recruitment: p.recruitment.clone(),
         locality: p.locality.as_ref().map(|l| LocalityConfig {
             rules: rules_source(base, &l.rules),
             dial: l.dial,

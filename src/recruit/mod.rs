@@ -1,0 +1,549 @@
+//! Recruitment of semantic blocks during training (METHOD §7), decided in bits.
+//!
+//! Every `check_every` steps candidates are proposed — clusters of the model's own embeddings of
+//! frequent general-block tokens, and `recruitable` blocks of the rules grown from their seeds by
+//! embedding similarity — and each is trialled: a copy of the model gains the block (a zero block
+//! embedding and the block's own-block rule) and trains `trial_steps` on the batches the run would train
+//! on next. A **control** copy trains the same steps without any new block, so that the comparison credits
+//! the block and not the extra training. With `D` the recruitment split (the tail of the validation split):
+//!
+//!     saving(B) = L(D | control) − L(D | with B)                        [bits]
+//!     accept  ⇔ saving(B) > cost(B) + margin_bits
+//!     cost(B) = log2 C(V, |B|) + (d/2)·log2 |D|   (or d · bits_per_parameter)
+//!
+//! At most one block is accepted per check, the one with the largest net saving; the run then continues
+//! from that trial's weights (its steps are the run's next steps). When nothing is accepted the run
+//! continues from its exact pre-trial state: trials work on copies.
+
+pub mod kmeans;
+
+use std::time::Instant;
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+use crate::data::Vocabulary;
+use crate::engine::optim::AdamW;
+use crate::engine::Model;
+use crate::locality::rules::{Block, BlockSpec, RuleEntrySpec, RuleKindSpec};
+use crate::locality::schedule::per_layer;
+use crate::locality::{BatchTargets, LambdaSchedule, LocalityHook, RuleSet, RuleSpec};
+use crate::train::{eval_batches, step_gradients, LocalityConfig, TrainConfig};
+use crate::{Error, Result};
+
+fn default_candidates() -> usize {
+    3
+}
+fn default_cluster_vocabulary() -> usize {
+    200
+}
+fn default_cluster_size() -> usize {
+    8
+}
+fn default_split_tokens() -> usize {
+    4096
+}
+
+/// The recruitment priors of a pipeline (`recruitment:`), METHOD §7–§8.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RecruitmentConfig {
+    /// Steps between recruitment checks.
+    pub check_every: usize,
+    /// Training steps of every trial (the control's and each candidate's).
+    pub trial_steps: usize,
+    /// Bits a block must save beyond its cost.
+    pub margin_bits: f64,
+    /// Most blocks recruited in a run.
+    pub max_blocks: usize,
+    /// Candidates trialled per check (the most cohesive clusters, after every recruitable block).
+    #[serde(default = "default_candidates")]
+    pub candidates_per_check: usize,
+    /// How many of the most frequent general-block tokens are clustered.
+    #[serde(default = "default_cluster_vocabulary")]
+    pub cluster_vocabulary: usize,
+    /// Mean members per cluster (sets k), and the size a recruitable block grows to.
+    #[serde(default = "default_cluster_size")]
+    pub cluster_size: usize,
+    /// Tokens of the recruitment split `D`, the end of the validation split.
+    #[serde(default = "default_split_tokens")]
+    pub split_tokens: usize,
+    /// Bits per parameter in place of the BIC's `½ log2 N`.
+    #[serde(default)]
+    pub bits_per_parameter: Option<f64>,
+}
+
+impl RecruitmentConfig {
+    pub fn validate(&self) -> Result<()> {
+        for (field, value) in [
+            ("recruitment.check_every", self.check_every),
+            ("recruitment.trial_steps", self.trial_steps),
+            ("recruitment.max_blocks", self.max_blocks),
+            ("recruitment.candidates_per_check", self.candidates_per_check),
+            ("recruitment.cluster_size", self.cluster_size),
+            ("recruitment.split_tokens", self.split_tokens),
+        ] {
+            if value == 0 {
+                return Err(Error::invalid(field, "must be at least 1"));
+            }
+        }
+        if self.cluster_vocabulary < 2 {
+            return Err(Error::invalid("recruitment.cluster_vocabulary", "must be at least 2"));
+        }
+        if !(self.margin_bits >= 0.0 && self.margin_bits.is_finite()) {
+            return Err(Error::invalid("recruitment.margin_bits", "must be a non-negative number of bits"));
+        }
+        if self.bits_per_parameter.is_some_and(|b| !(b > 0.0 && b.is_finite())) {
+            return Err(Error::invalid("recruitment.bits_per_parameter", "must be a positive number of bits"));
+        }
+        Ok(())
+    }
+}
+
+/// `log2 C(n, k)`, through `ln Γ` so that vocabularies of any size stay exact to rounding.
+pub fn log2_binomial(n: usize, k: usize) -> f64 {
+    use statrs::function::gamma::ln_gamma;
+    if k > n {
+        return f64::INFINITY;
+    }
+    let (n, k) = (n as f64, k as f64);
+    (ln_gamma(n + 1.0) - ln_gamma(k + 1.0) - ln_gamma(n - k + 1.0)) / std::f64::consts::LN_2
+}
+
+/// `cost(B)` of METHOD §7 in bits: which `members` of `vocab_size` entries, plus the `d` numbers of its
+/// block embedding at `½ log2 N` bits each (or `bits_per_parameter`).
+pub fn block_cost_bits(
+    vocab_size: usize,
+    members: usize,
+    d_model: usize,
+    split_tokens: usize,
+    bits_per_parameter: Option<f64>,
+) -> f64 {
+    let per_parameter = bits_per_parameter.unwrap_or(0.5 * (split_tokens.max(2) as f64).log2());
+    log2_binomial(vocab_size, members) + d_model as f64 * per_parameter
+}
+
+/// Where a candidate came from.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Origin {
+    /// A cluster of the model's token embeddings.
+    Cluster,
+    /// A `recruitable` block of the rules, grown from its seeds.
+    Recruitable,
+    /// Handed in by the caller (tests, and `ailla` users probing a block of their own).
+    Given,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidate {
+    pub name: String,
+    pub origin: Origin,
+    /// Sorted vocabulary ids.
+    pub members: Vec<u32>,
+}
+
+/// One trial's verdict, as `metrics.jsonl` and the report keep it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+pub struct Decision {
+    /// Training steps done when the check ran.
+    pub step: usize,
+    /// The block's name: the recruited name when accepted, a provisional label otherwise.
+    pub candidate: String,
+    pub origin: Origin,
+    pub members: Vec<String>,
+    /// `L(D | control)`: the split's code length after the trial steps without the block.
+    pub bits_before: f64,
+    /// `L(D | with the block)` after the same steps.
+    pub bits_after: f64,
+    pub cost_bits: f64,
+    pub margin_bits: f64,
+    pub split_tokens: usize,
+    pub accepted: bool,
+    /// `DL(M, D)` of the model the run continues with, before and after this decision: data bits of the
+    /// control plus the cost of every recruited block.
+    pub description_length_before: f64,
+    pub description_length_after: f64,
+}
+
+impl Decision {
+    pub fn saving_bits(&self) -> f64 {
+        self.bits_before - self.bits_after
+    }
+}
+
+/// What a check needs from the run.
+pub struct CheckContext<'a> {
+    pub config: &'a TrainConfig,
+    pub recruitment: &'a RecruitmentConfig,
+    pub locality: &'a LocalityConfig,
+    /// The rules in force, recruited blocks included.
+    pub spec: &'a RuleSpec,
+    pub set: &'a RuleSet,
+    pub vocabulary: &'a Vocabulary,
+    pub train_ids: &'a [u32],
+    /// The recruitment split `D`.
+    pub split: &'a [u32],
+    /// Training steps done.
+    pub step: usize,
+}
+
+/// A trial's result: its weights and optimizer, the split's code length, and its training records.
+pub struct Trial {
+    pub model: Model<f32>,
+    pub optimizer: AdamW<f32>,
+    pub bits: f64,
+    /// `(step, loss, penalty, λ, learning rate, gradient norm)` of every trial step.
+    pub steps: Vec<(usize, f64, f64, f64, f64, f64)>,
+}
+
+pub struct CheckOutcome {
+    pub decisions: Vec<Decision>,
+    /// The accepted candidate's trial, with the spec that now includes its block.
+    pub accepted: Option<(Trial, RuleSpec)>,
+    pub seconds: f64,
+}
+
+/// The recruitment split: the last `tokens + 1` ids of the validation split.
+pub fn split_of(valid: &[u32], tokens: usize) -> &[u32] {
+    &valid[valid.len().saturating_sub(tokens + 1)..]
+}
+
+/// The λ at which code lengths are measured: the schedule's at this step, or the middle of a uniform
+/// draw (dial training serves every λ; its centre is the one it is trained at on average).
+pub fn measuring_lambda(schedule: &LambdaSchedule, step: usize, seed: u64) -> f64 {
+    match schedule {
+        LambdaSchedule::Uniform { low, high } => 0.5 * (low + high),
+        other => other.at(step, seed),
+    }
+}
+
+/// `L(ids | model)` in bits at dial value `lambda` under `set`.
+pub fn code_length_bits(
+    model: &Model<f32>,
+    ids: &[u32],
+    set: &RuleSet,
+    locality: &LocalityConfig,
+    lambda: f64,
+    batch: usize,
+) -> f64 {
+    let (layers, heads) = (model.config.n_layers, model.config.n_heads);
+    let mut nats = 0.0f64;
+    for b in eval_batches(ids, model.config.ctx_len, batch) {
+        let targets = BatchTargets::new(set, &b.inputs, b.windows, b.seq_len, layers, heads);
+        let hook =
+            LocalityHook::new(&targets, per_layer(lambda, layers, locality.progressive_beta), locality.dial, false);
+        let cache = model.forward(&b.inputs, b.windows, b.seq_len, &hook);
+        nats += model.output_loss(&cache, &b.targets, false).nll.iter().map(|&v| f64::from(v)).sum::<f64>();
+    }
+    nats / std::f64::consts::LN_2
+}
+
+/// `spec` with a recruited block: a `recruitable` block of the same name is replaced by it. Its own-block
+/// rule acts on one head, the last layer's first: a recruited block gains a pointer head rather than
+/// taking every head of every layer away from what the model already does with them.
+pub fn spec_with_block(
+    spec: &RuleSpec,
+    name: &str,
+    members: &[u32],
+    vocabulary: &Vocabulary,
+    layers: usize,
+) -> RuleSpec {
+    let mut out = spec.clone();
+    let words: Vec<String> = members.iter().filter_map(|&m| vocabulary.tokens.get(m as usize).cloned()).collect();
+    let block = BlockSpec {
+        name: name.to_string(),
+        words,
+        patterns: Vec::new(),
+        anchors: Vec::new(),
+        ignore_case: false,
+        recruitable: false,
+    };
+    match out.blocks.iter_mut().find(|b| b.name == name) {
+        Some(existing) => *existing = block,
+        None => out.blocks.push(block),
+    }
+    out.rules.push(RuleEntrySpec {
+        name: format!("{name} attends to its own block (recruited)"),
+        kind: RuleKindSpec::OwnBlock { block: name.to_string() },
+        layers: Some(vec![layers.saturating_sub(1)]),
+        heads: Some(vec![0]),
+        within: None,
+        strength: 1.0,
+        priority: 0,
+        from_step: None,
+        until_step: None,
+    });
+    out
+}
+
+/// `spec` with every block the model recruited (a resumed run rebuilds its rules this way).
+pub fn spec_with_recruited(spec: &RuleSpec, model: &Model<f32>, vocabulary: &Vocabulary) -> RuleSpec {
+    model.config.recruited_blocks.iter().fold(spec.clone(), |s, block| {
+        spec_with_block(&s, &block.name, &block.members, vocabulary, model.config.n_layers)
+    })
+}
+
+/// Tokens that may join a new block: not special, in no block, not recruited.
+fn free_tokens(set: &RuleSet, model: &Model<f32>, vocabulary: &Vocabulary) -> Vec<u32> {
+    let lookup = model.config.block_lookup();
+    (0..vocabulary.len() as u32)
+        .filter(|&t| {
+            let token = &vocabulary.tokens[t as usize];
+            let special = token == crate::data::tokenizer::UNK || token == crate::data::tokenizer::EOS;
+            !special && set.block_of_token(t) == 0 && lookup.get(t as usize).is_none_or(|&k| k == 0)
+        })
+        .collect()
+}
+
+/// The candidates of a check: every recruitable block not yet grown, then the most cohesive clusters.
+pub fn propose(ctx: &CheckContext, model: &Model<f32>) -> Vec<Candidate> {
+    let r = ctx.recruitment;
+    // the vocabulary is ordered by frequency, so the first free ids are the most frequent
+    let frequent: Vec<u32> =
+        free_tokens(ctx.set, model, ctx.vocabulary).into_iter().take(r.cluster_vocabulary).collect();
+    let rows: Vec<usize> = frequent.iter().map(|&t| t as usize).collect();
+    let embeddings = model.params.tok_emb.select(ndarray::Axis(0), &rows);
+    let unit = kmeans::normalized(embeddings.view());
+    let mut candidates = Vec::new();
+    let recruited: Vec<&str> = model.config.recruited_blocks.iter().map(|b| b.name.as_str()).collect();
+    for block in ctx.set.blocks.iter().filter(|b| b.recruitable && !recruited.contains(&b.name.as_str())) {
+        if block.members.is_empty() || frequent.is_empty() {
+            continue;
+        }
+        // grow from the seeds' mean direction
+        let seeds = model
+            .params
+            .tok_emb
+            .select(ndarray::Axis(0), &block.members.iter().map(|&m| m as usize).collect::<Vec<_>>());
+        let seed_unit = kmeans::normalized(seeds.view());
+        let centre = seed_unit.sum_axis(ndarray::Axis(0));
+        let similarity = unit.dot(&centre);
+        let mut order: Vec<usize> = (0..frequent.len()).collect();
+        order.sort_by(|&a, &b| similarity[b].total_cmp(&similarity[a]).then(a.cmp(&b)));
+        let grow = r.cluster_size.saturating_sub(block.members.len());
+        let mut members: Vec<u32> = block.members.clone();
+        members.extend(order.iter().take(grow).map(|&i| frequent[i]));
+        members.sort_unstable();
+        candidates.push(Candidate { name: block.name.clone(), origin: Origin::Recruitable, members });
+    }
+    if frequent.len() >= 4 {
+        let k = (frequent.len() / r.cluster_size).max(2);
+        let assignment = kmeans::cluster(&unit, k, 25, ctx.config.seed ^ ctx.step as u64);
+        // a cluster counts by how much tighter than the frequent tokens at large it is, and by its size
+        // (√n: a big tight group says more than a pair)
+        let background = kmeans::cohesion(&unit, &(0..frequent.len()).collect::<Vec<_>>());
+        let mut clusters: Vec<(f64, Vec<usize>)> = (0..k)
+            .map(|c| (0..frequent.len()).filter(|&i| assignment[i] == c).collect::<Vec<_>>())
+            .filter(|members| members.len() >= 2)
+            .map(|members| ((kmeans::cohesion(&unit, &members) - background) * (members.len() as f64).sqrt(), members))
+            .collect();
+        clusters.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        for (index, (_, members)) in clusters.into_iter().take(r.candidates_per_check).enumerate() {
+            let mut ids: Vec<u32> = members.iter().map(|&i| frequent[i]).collect();
+            ids.sort_unstable();
+            candidates.push(Candidate {
+                name: format!("cluster-{}-{}", ctx.step, index + 1),
+                origin: Origin::Cluster,
+                members: ids,
+            });
+        }
+    }
+    candidates
+}
+
+/// Trains a copy of `model` for the trial's steps, with `candidate`'s block added when given, and
+/// measures the recruitment split. The copy shares nothing with `model`.
+pub fn trial(
+    ctx: &CheckContext,
+    model: &Model<f32>,
+    optimizer: &AdamW<f32>,
+    candidate: Option<&Candidate>,
+) -> Result<(Trial, RuleSpec, RuleSet)> {
+    let mut model = model.clone();
+    let mut optimizer = optimizer.clone();
+    let (spec, set) = match candidate {
+        Some(c) => {
+            model.add_block(&c.name, &c.members)?;
+            optimizer.grow_to(&model.params);
+            let spec = spec_with_block(ctx.spec, &c.name, &c.members, ctx.vocabulary, model.config.n_layers);
+            let (set, _) = RuleSet::compile(&spec, ctx.vocabulary)?;
+            (spec, set)
+        }
+        None => (ctx.spec.clone(), ctx.set.clone()),
+    };
+    let config = ctx.config;
+    let last = (ctx.step + ctx.recruitment.trial_steps).min(config.steps);
+    let mut steps = Vec::new();
+    for step in ctx.step..last {
+        let (loss, penalty, grads, lambda) =
+            step_gradients(&model, config, Some((ctx.locality, &set)), ctx.train_ids, step);
+        let learning_rate = config.optim.learning_rate_at(step, config.steps);
+        let grad_norm = optimizer.update(&mut model.params, &grads, &config.optim, learning_rate);
+        steps.push((step + 1, f64::from(loss), f64::from(penalty), lambda, learning_rate, grad_norm));
+    }
+    let lambda = measuring_lambda(&ctx.locality.schedule, ctx.step, config.seed);
+    let bits = code_length_bits(&model, ctx.split, &set, ctx.locality, lambda, config.batch_size);
+    Ok((Trial { model, optimizer, bits, steps }, spec, set))
+}
+
+/// A readable block name from its members' most informative anchors (METHOD §2): `recruited_a_b`.
+pub fn block_name(members: &[u32], vocabulary: &Vocabulary, ids: &[u32], taken: &[String]) -> String {
+    let block = Block { name: "candidate".into(), members: members.to_vec(), anchors: Vec::new(), recruitable: false };
+    let anchors = RuleSet::new(vocabulary.len(), vec![block], Vec::new())
+        .ok()
+        .and_then(|set| crate::dsl::anchors::score(&set, vocabulary, ids, 8, 2, 0.0).into_iter().next())
+        .map(|b| b.chosen)
+        .unwrap_or_default();
+    let words: Vec<String> = anchors
+        .iter()
+        .map(|a| {
+            a.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect::<String>()
+        })
+        .map(|w| w.trim_matches('_').to_string())
+        .filter(|w| !w.is_empty())
+        .collect();
+    let stem = if words.is_empty() { "recruited".to_string() } else { format!("recruited_{}", words.join("_")) };
+    let mut name = stem.clone();
+    let mut n = 2;
+    while taken.contains(&name) {
+        name = format!("{stem}_{n}");
+        n += 1;
+    }
+    name
+}
+
+/// Runs one recruitment check on the run's current state. `extra` candidates (if any) are trialled
+/// beside the proposed ones.
+pub fn check(
+    ctx: &CheckContext,
+    model: &Model<f32>,
+    optimizer: &AdamW<f32>,
+    extra: &[Candidate],
+) -> Result<CheckOutcome> {
+    let started = Instant::now();
+    let mut candidates = propose(ctx, model);
+    candidates.extend(extra.iter().cloned());
+    // the control and every candidate are independent copies: trial them side by side
+    let runs: Vec<Option<&Candidate>> = std::iter::once(None).chain(candidates.iter().map(Some)).collect();
+    let mut results: Vec<Result<(Trial, RuleSpec, RuleSet)>> =
+        runs.par_iter().map(|c| trial(ctx, model, optimizer, *c)).collect();
+    let control = results.remove(0)?;
+    let recruited_cost: f64 = model.config.recruited_blocks.iter().map(|b| cost_of(ctx, model, b.members.len())).sum();
+    let before = control.0.bits + recruited_cost;
+    let mut decisions = Vec::new();
+    let mut best: Option<(usize, f64)> = None;
+    let mut trials = Vec::new();
+    for (index, (candidate, result)) in candidates.iter().zip(results).enumerate() {
+        let (trial, spec, _) = match result {
+            Ok(t) => t,
+            // a candidate whose members were all taken cannot be trialled; say so and go on
+            Err(_) => continue,
+        };
+        let cost = cost_of(ctx, model, candidate.members.len());
+        let saving = control.0.bits - trial.bits;
+        let acceptable = saving > cost + ctx.recruitment.margin_bits;
+        if acceptable && best.is_none_or(|(_, net)| saving - cost > net) {
+            best = Some((index, saving - cost));
+        }
+        decisions.push(Decision {
+            step: ctx.step,
+            candidate: candidate.name.clone(),
+            origin: candidate.origin,
+            members: candidate.members.iter().map(|&m| ctx.vocabulary.tokens[m as usize].clone()).collect(),
+            bits_before: control.0.bits,
+            bits_after: trial.bits,
+            cost_bits: cost,
+            margin_bits: ctx.recruitment.margin_bits,
+            split_tokens: ctx.split.len().saturating_sub(1),
+            accepted: false,
+            description_length_before: before,
+            description_length_after: before,
+        });
+        trials.push((index, trial, spec));
+    }
+    let mut accepted = None;
+    if let Some((index, _)) = best {
+        let position = trials.iter().position(|(i, ..)| *i == index);
+        if let Some((_, mut trial, spec)) = position.map(|p| trials.swap_remove(p)) {
+            let candidate = &candidates[index];
+            let name = if candidate.origin == Origin::Recruitable {
+                candidate.name.clone()
+            } else {
+                let taken: Vec<String> = spec.blocks.iter().map(|b| b.name.clone()).collect();
+                let sample = &ctx.train_ids[..ctx.train_ids.len().min(200_000)];
+                block_name(&candidate.members, ctx.vocabulary, sample, &taken)
+            };
+            // the trial named its block provisionally; the run keeps the anchor-derived name
+            if let Some(block) = trial.model.config.recruited_blocks.last_mut() {
+                block.name = name.clone();
+            }
+            let spec = spec_with_block(ctx.spec, &name, &candidate.members, ctx.vocabulary, model.config.n_layers);
+            for decision in decisions.iter_mut().filter(|d| d.candidate == candidate.name) {
+                decision.candidate = name.clone();
+                decision.accepted = true;
+                decision.description_length_after = trial.bits + recruited_cost + decision.cost_bits;
+            }
+            accepted = Some((trial, spec));
+        }
+    }
+    Ok(CheckOutcome { decisions, accepted, seconds: started.elapsed().as_secs_f64() })
+}
+
+fn cost_of(ctx: &CheckContext, model: &Model<f32>, members: usize) -> f64 {
+    block_cost_bits(
+        ctx.vocabulary.len(),
+        members,
+        model.config.d_model,
+        ctx.split.len().saturating_sub(1),
+        ctx.recruitment.bits_per_parameter,
+    )
+}
+
+/// The recruited blocks as a `.rules` snippet an expert can edit and pin (include it, or paste it),
+/// each with the bits that admitted it.
+pub fn rules_snippet(model: &Model<f32>, vocabulary: &Vocabulary, decisions: &[Decision]) -> String {
+    let mut out = String::from(
+        "# Blocks recruited by ailla during training (METHOD §7). Each saved more bits on the recruitment\n\
+         # split than it costs; edit the members and include this file to pin them as ordinary blocks.\n",
+    );
+    for block in &model.config.recruited_blocks {
+        let words: Vec<String> = block
+            .members
+            .iter()
+            .filter_map(|&m| vocabulary.tokens.get(m as usize))
+            .map(|w| crate::dsl::format::word(w))
+            .collect();
+        if let Some(d) = decisions.iter().find(|d| d.accepted && d.candidate == block.name) {
+            out += &format!(
+                "\n# step {}: saved {:.1} bits on {} tokens; cost {:.1} bits, margin {:.1} bits\n",
+                d.step,
+                d.saving_bits(),
+                d.split_tokens,
+                d.cost_bits,
+                d.margin_bits
+            );
+        } else {
+            out.push('\n');
+        }
+        out += &crate::dsl::format::render_block(&block.name, false, false, &words, &[]);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binomial_code_lengths_match_small_cases_and_symmetry() {
+        assert!((log2_binomial(10, 3) - 120f64.log2()).abs() < 1e-9);
+        assert!((log2_binomial(50_000, 7) - log2_binomial(50_000, 49_993)).abs() < 1e-6);
+        assert_eq!(log2_binomial(5, 0), 0.0);
+        // the membership code plus d/2·log2 N
+        let cost = block_cost_bits(10, 3, 4, 1024, None);
+        assert!((cost - (120f64.log2() + 4.0 * 5.0)).abs() < 1e-9);
+        assert!((block_cost_bits(10, 3, 4, 1024, Some(1.0)) - (120f64.log2() + 4.0)).abs() < 1e-9);
+    }
+}

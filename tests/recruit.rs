@@ -1,0 +1,161 @@
+//! Block recruitment (METHOD §7) on the bundled generator with a planted block that no rules name.
+
+use std::path::Path;
+
+use ailla::checkpoint;
+use ailla::data::generator::{planted_corpus, DEFAULT_SEED, PLANTED_ALLERGENS};
+use ailla::data::Vocabulary;
+use ailla::engine::optim::AdamW;
+use ailla::locality::{DialSettings, LambdaSchedule, RuleSet, RulesSource};
+use ailla::recruit::{self, Candidate, CheckContext, Origin, RecruitmentConfig};
+use ailla::train::{self, CorpusSource, LocalityConfig, ModelShape, Progress, RunControl, TrainConfig};
+
+fn write_planted(dir: &Path) {
+    let splits = planted_corpus(DEFAULT_SEED);
+    for (name, text) in [("train.txt", &splits.train), ("valid.txt", &splits.valid), ("test.txt", &splits.test)] {
+        std::fs::write(dir.join(name), text).unwrap();
+    }
+}
+
+fn config(corpus: &Path, steps: usize, recruitment: Option<RecruitmentConfig>) -> TrainConfig {
+    TrainConfig {
+        corpus: CorpusSource::Directory(corpus.to_path_buf()),
+        model: ModelShape { ctx_len: 64, d_model: 48, n_heads: 4, n_layers: 2, d_ff: 192, tied: true },
+        steps,
+        eval_every: 0,
+        checkpoint_every: 0,
+        final_eval_tokens: Some(2048),
+        locality: Some(LocalityConfig {
+            rules: RulesSource::Bundled,
+            dial: DialSettings { margin: 12.0, temperature: 1.0, penalty: 0.5 },
+            schedule: LambdaSchedule::Constant { lambda: 0.5 },
+            progressive_beta: None,
+            epsilon: 0.05,
+            eval_lambdas: vec![0.0, 1.0],
+            certificate_batches: 0,
+            injections: Vec::new(),
+        }),
+        recruitment,
+        ..TrainConfig::default()
+    }
+}
+
+fn recruitment(margin_bits: f64) -> RecruitmentConfig {
+    RecruitmentConfig {
+        check_every: 100,
+        trial_steps: 20,
+        margin_bits,
+        max_blocks: 2,
+        candidates_per_check: 4,
+        cluster_vocabulary: 200,
+        cluster_size: 8,
+        split_tokens: 4096,
+        bits_per_parameter: None,
+    }
+}
+
+/// Trains on the planted corpus and returns what a recruitment check needs.
+struct Trained {
+    config: TrainConfig,
+    model: ailla::engine::Model<f32>,
+    optimizer: AdamW<f32>,
+    vocabulary: Vocabulary,
+    train_ids: Vec<u32>,
+    valid_ids: Vec<u32>,
+}
+
+fn trained(steps: usize) -> (tempfile::TempDir, Trained) {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    write_planted(&corpus);
+    let config = config(&corpus, steps, None);
+    let run = dir.path().join("run");
+    train::train(&config, &run, &RunControl::default(), &Progress::Silent).unwrap();
+    let loaded = checkpoint::load(&run.join("model.safetensors")).unwrap();
+    let optimizer =
+        checkpoint::load_optimizer(&checkpoint::optimizer_path(&run.join("model.safetensors")), &loaded.model.params)
+            .unwrap();
+    let splits = config.corpus.load().unwrap();
+    let train_ids = loaded.vocabulary.encode(&splits.train);
+    let valid_ids = loaded.vocabulary.encode(&splits.valid);
+    let trained =
+        Trained { config, model: loaded.model, optimizer, vocabulary: loaded.vocabulary, train_ids, valid_ids };
+    (dir, trained)
+}
+
+#[test]
+fn clustering_proposes_the_planted_block_and_a_random_block_is_rejected_in_bits() {
+    let (_dir, t) = trained(200);
+    let recruitment = recruitment(0.0);
+    let locality = t.config.locality.clone().unwrap();
+    let spec = locality.load_rules().unwrap();
+    let (set, _) = RuleSet::compile(&spec, &t.vocabulary).unwrap();
+    let split = recruit::split_of(&t.valid_ids, recruitment.split_tokens);
+    let context = CheckContext {
+        config: &t.config,
+        recruitment: &recruitment,
+        locality: &locality,
+        spec: &spec,
+        set: &set,
+        vocabulary: &t.vocabulary,
+        train_ids: &t.train_ids,
+        split,
+        step: 200,
+    };
+    let planted: Vec<u32> = PLANTED_ALLERGENS.iter().filter_map(|a| t.vocabulary.id(a)).collect();
+    assert_eq!(planted.len(), PLANTED_ALLERGENS.len());
+    let proposed = recruit::propose(&context, &t.model);
+    let best = proposed
+        .iter()
+        .filter(|c| c.origin == Origin::Cluster)
+        .map(|c| {
+            let shared = c.members.iter().filter(|m| planted.contains(m)).count() as f64;
+            (shared / planted.len() as f64).min(shared / c.members.len() as f64)
+        })
+        .fold(0.0, f64::max);
+    assert!(best >= 0.8, "no proposed cluster overlaps the planted allergens by 80 % both ways: {proposed:?}");
+
+    // a block of frequent tokens drawn at random, the kind of candidate recruitment must turn down
+    let mut rng = ailla::rng::Rng::new(5);
+    let pool: Vec<u32> = (2..120).filter(|&t| set.block_of_token(t) == 0 && !planted.contains(&t)).collect();
+    let mut random: Vec<u32> = (0..8).map(|_| *rng.choose(&pool)).collect();
+    random.sort_unstable();
+    random.dedup();
+    let given = Candidate { name: "random".into(), origin: Origin::Given, members: random };
+    let before = t.model.clone();
+    let outcome = recruit::check(&context, &t.model, &t.optimizer, std::slice::from_ref(&given)).unwrap();
+    let verdict = outcome.decisions.iter().find(|d| d.candidate == "random").expect("the random block was trialled");
+    assert!(!verdict.accepted, "a random block was accepted: {verdict:?}");
+    assert!(verdict.saving_bits() < verdict.cost_bits + verdict.margin_bits);
+    // every decision is written in bits, and the description length never rises because of one
+    for d in &outcome.decisions {
+        assert!(d.bits_before.is_finite() && d.bits_after.is_finite() && d.cost_bits > 0.0);
+        assert!(d.description_length_after <= d.description_length_before);
+    }
+    assert_eq!(t.model, before, "a check must not touch the model it was given");
+}
+
+#[test]
+fn a_run_whose_trials_are_all_rejected_is_bit_identical_to_a_run_without_recruitment() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    write_planted(&corpus);
+    // no block can save a billion bits on 4096 tokens: every trial is rejected
+    let with = config(&corpus, 220, Some(recruitment(1e9)));
+    let without = config(&corpus, 220, None);
+    let (a, b) = (dir.path().join("with"), dir.path().join("without"));
+    train::train(&with, &a, &RunControl::default(), &Progress::Silent).unwrap();
+    train::train(&without, &b, &RunControl::default(), &Progress::Silent).unwrap();
+    let metrics = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap();
+    let trials = metrics.lines().filter(|l| l.contains("\"kind\":\"recruitment\"")).count();
+    assert!(trials >= 2, "the recruitment check at step 200 did not run");
+    assert!(!metrics.contains("\"accepted\":true"));
+    let (ma, mb) = (
+        checkpoint::load(&a.join("model.safetensors")).unwrap(),
+        checkpoint::load(&b.join("model.safetensors")).unwrap(),
+    );
+    assert_eq!(ma.model, mb.model, "rejected trials changed the weights");
+    assert!(!a.join("recruited.rules").exists());
+}
