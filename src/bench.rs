@@ -219,6 +219,148 @@ pub fn dial_overhead(steps: usize) -> Result<DialOverhead> {
     })
 }
 
+/// Aggregate training throughput of `members` concurrent sweep members, each training `config` for
+/// `steps` steps on random tokens, under the pipeline's thread policy (`pipeline::run::thread_split`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Scaling {
+    pub members: usize,
+    /// Members running at once, and engine threads each.
+    pub concurrent: usize,
+    pub threads_each: usize,
+    pub tokens_per_s: f64,
+}
+
+pub fn sweep_scaling(config: &BenchConfig, steps: usize, members: usize, cores: usize) -> Result<Scaling> {
+    let (concurrent, threads_each) = crate::pipeline::run::thread_split(cores, members);
+    let model_config = config.model_config();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let failed = std::sync::atomic::AtomicBool::new(false);
+    let n = config.batch_size * config.ctx_len;
+    let start = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..concurrent {
+            scope.spawn(|| {
+                let Ok(pool) = rayon::ThreadPoolBuilder::new().num_threads(threads_each).build() else {
+                    failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    return;
+                };
+                while next.fetch_add(1, std::sync::atomic::Ordering::SeqCst) < members {
+                    pool.install(|| {
+                        let Ok(mut model) = Model::<f32>::init(model_config.clone(), 1) else { return };
+                        let mut optimizer = AdamW::new(&model.params);
+                        let mut rng = Rng::new(7);
+                        let tokens: Vec<u32> = (0..n).map(|_| rng.below(config.vocab_size) as u32).collect();
+                        for _ in 0..steps {
+                            let (_, _, grads) =
+                                model.loss_and_grads(&tokens, &tokens, config.batch_size, config.ctx_len, &NoHook);
+                            optimizer.update(&mut model.params, &grads, &OptimConfig::default(), 1e-4);
+                        }
+                    });
+                }
+            });
+        }
+    });
+    if failed.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(Error::Numeric("cannot start the members' worker threads".into()));
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    Ok(Scaling { members, concurrent, threads_each, tokens_per_s: (members * steps * n) as f64 / seconds })
+}
+
+/// The price of one block-recruitment check against the training steps it trials.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct RecruitmentCost {
+    /// Trials in the check: the control and every candidate.
+    pub trials: usize,
+    pub trial_steps: usize,
+    pub check_seconds: f64,
+    /// The same number of ordinary training steps (`trials × trial_steps`), one after another.
+    pub steps_seconds: f64,
+    /// `check / steps`; the target is at most 1.1.
+    pub ratio: f64,
+}
+
+/// One recruitment check on the bundled corpus (char-small shape, word vocabulary, the bundled rules)
+/// beside the training steps it runs.
+pub fn recruitment_cost(trial_steps: usize) -> Result<RecruitmentCost> {
+    use crate::data::generator::{bundled_corpus, DEFAULT_SEED};
+    use crate::data::{TokenizerKind, Vocabulary};
+    use crate::locality::{RuleSet, RulesSource};
+    use crate::recruit::{check, split_of, CheckContext, RecruitmentConfig};
+    use crate::train::{step_gradients, LocalityConfig, TrainConfig};
+
+    let corpus = bundled_corpus(DEFAULT_SEED);
+    let vocabulary = Vocabulary::build(TokenizerKind::Word, &corpus.train, 50_000);
+    let spec = RulesSource::Bundled.load()?;
+    let (set, _) = RuleSet::compile(&spec, &vocabulary)?;
+    let shape = standard_configs().into_iter().next().ok_or_else(|| Error::invalid("bench", "no configuration"))?;
+    let recruitment = RecruitmentConfig {
+        check_every: 1,
+        trial_steps,
+        margin_bits: 0.0,
+        max_blocks: 1,
+        candidates_per_check: 3,
+        cluster_vocabulary: 200,
+        cluster_size: 8,
+        split_tokens: 4096,
+        bits_per_parameter: None,
+        rule_within: Some(32),
+    };
+    let locality = LocalityConfig {
+        rules: RulesSource::Bundled,
+        dial: Default::default(),
+        schedule: crate::locality::LambdaSchedule::Constant { lambda: 0.5 },
+        progressive_beta: None,
+        epsilon: 0.05,
+        eval_lambdas: vec![0.0],
+        certificate_batches: 0,
+        injections: Vec::new(),
+    };
+    let config = TrainConfig {
+        model: crate::train::ModelShape {
+            ctx_len: shape.ctx_len,
+            d_model: shape.d_model,
+            n_heads: shape.n_heads,
+            n_layers: shape.n_layers,
+            d_ff: shape.d_ff,
+            tied: true,
+        },
+        batch_size: shape.batch_size,
+        steps: 10 * trial_steps,
+        locality: Some(locality.clone()),
+        recruitment: Some(recruitment.clone()),
+        ..TrainConfig::default()
+    };
+    let model = Model::<f32>::init(config.model.config(vocabulary.len()), 1)?;
+    let optimizer = AdamW::new(&model.params);
+    let train_ids = vocabulary.encode(&corpus.train);
+    let valid_ids = vocabulary.encode(&corpus.valid);
+    let context = CheckContext {
+        config: &config,
+        recruitment: &recruitment,
+        locality: &locality,
+        spec: &spec,
+        set: &set,
+        vocabulary: &vocabulary,
+        train_ids: &train_ids,
+        split: split_of(&valid_ids, recruitment.split_tokens),
+        step: 0,
+    };
+    let started = Instant::now();
+    let outcome = check(&context, &model, &optimizer, &[])?;
+    let check_seconds = started.elapsed().as_secs_f64();
+    let trials = outcome.decisions.len() + 1;
+    let mut plain = model.clone();
+    let mut plain_optimizer = optimizer.clone();
+    let started = Instant::now();
+    for step in 0..trials * trial_steps {
+        let (_, _, grads, _) = step_gradients(&plain, &config, Some((&locality, &set)), &train_ids, step);
+        plain_optimizer.update(&mut plain.params, &grads, &config.optim, 1e-3);
+    }
+    let steps_seconds = started.elapsed().as_secs_f64();
+    Ok(RecruitmentCost { trials, trial_steps, check_seconds, steps_seconds, ratio: check_seconds / steps_seconds })
+}
+
 /// PyTorch's figures for one configuration, as `benches/torch_reference.py bench` prints them.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct TorchResult {
@@ -290,6 +432,25 @@ mod tests {
         assert!(result.train_tokens_per_s > 0.0 && result.eval_tokens_per_s > 0.0);
         assert_eq!(result.parameters, Model::<f32>::init(config.model_config(), 1).unwrap().params.parameter_count());
         assert!(sgemm_gflops(64, 1) > 0.0);
+    }
+
+    #[test]
+    fn scaling_and_recruitment_cost_are_measured() {
+        let tiny = BenchConfig {
+            name: "tiny".into(),
+            vocab_size: 50,
+            d_model: 16,
+            n_heads: 2,
+            n_layers: 1,
+            d_ff: 32,
+            ctx_len: 8,
+            batch_size: 2,
+        };
+        let scaling = sweep_scaling(&tiny, 2, 3, 2).unwrap();
+        assert_eq!((scaling.members, scaling.concurrent, scaling.threads_each), (3, 2, 1));
+        assert!(scaling.tokens_per_s > 0.0);
+        let cost = recruitment_cost(1).unwrap();
+        assert!(cost.trials >= 2 && cost.ratio > 0.0);
     }
 
     #[test]

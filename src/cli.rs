@@ -47,6 +47,22 @@ pub enum Command {
     Fmt(FmtArgs),
     /// Score candidate anchors of each block by mutual information on a corpus (METHOD §2).
     Anchors(AnchorsArgs),
+    /// Send a document to the pool model that codes its first tokens in the fewest bits (METHOD §8).
+    Route(RouteArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct RouteArgs {
+    /// A pool directory written by a `domains` pipeline (`runs/NAME/pool`).
+    pub pool: PathBuf,
+    /// The document to route.
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Tokens the router reads (default: the pool's own setting).
+    #[arg(long)]
+    pub tokens: Option<usize>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -251,6 +267,10 @@ pub struct BenchArgs {
     /// Measure one configuration in this process (used internally to attribute peak memory).
     #[arg(long, hide = true)]
     pub single: bool,
+    /// Also measure sweep scaling (1, 2, 4 and 6 concurrent members) and the cost of a recruitment
+    /// check against the steps it trials.
+    #[arg(long)]
+    pub scaling: bool,
 }
 
 #[derive(Args, Debug)]
@@ -290,6 +310,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Bench(args) => run_bench(args, out),
         Command::Generate(args) => run_generate(args, out),
         Command::Check(args) => run_check(args, out),
+        Command::Route(args) => run_route(args, out),
         Command::Fmt(args) => run_fmt(args, out),
         Command::Anchors(args) => run_anchors(args, out),
     }
@@ -593,12 +614,24 @@ fn run_bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
         rows.push((result, torch));
     }
     let overhead = bench::dial_overhead(args.steps)?;
+    let (scaling, recruitment) = if args.scaling {
+        let shape = all.first().cloned().ok_or_else(|| Error::invalid("bench", "no configuration"))?;
+        let scaling: Vec<bench::Scaling> = [1, 2, 4, 6]
+            .iter()
+            .map(|&m| bench::sweep_scaling(&shape, args.steps, m, threads))
+            .collect::<Result<_>>()?;
+        (scaling, Some(bench::recruitment_cost(args.steps)?))
+    } else {
+        (Vec::new(), None)
+    };
     let text = if args.json {
         let json = serde_json::json!({
             "threads": threads,
             "sgemm_gflops": sgemm,
             "results": rows.iter().map(|(r, t)| serde_json::json!({"ailla": r, "torch": t})).collect::<Vec<_>>(),
             "dial_overhead": overhead,
+            "sweep_scaling": scaling,
+            "recruitment_cost": recruitment,
         });
         serde_json::to_string_pretty(&json).map_err(|e| Error::Numeric(e.to_string()))? + "\n"
     } else {
@@ -612,8 +645,40 @@ fn run_bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
                 overhead.cost_ratio,
                 overhead.metrics_tokens_per_s
             )
+            + &scaling_text(&scaling, recruitment.as_ref())
     };
     write_out(out, &text)
+}
+
+fn scaling_text(scaling: &[bench::Scaling], recruitment: Option<&bench::RecruitmentCost>) -> String {
+    let mut s = String::new();
+    if let Some(first) = scaling.first() {
+        s += "\nsweep scaling (char-small training, members share the cores as `ailla run` shares them):\n";
+        s += "members  at once  threads each  tokens/s  vs one member\n";
+        for row in scaling {
+            s += &format!(
+                "{:>7}  {:>7}  {:>12}  {:>8.0}  {:>12.2}×\n",
+                row.members,
+                row.concurrent,
+                row.threads_each,
+                row.tokens_per_s,
+                row.tokens_per_s / first.tokens_per_s
+            );
+        }
+    }
+    if let Some(r) = recruitment {
+        s += &format!(
+            "\nrecruitment check (bundled corpus, char-small shape): {} trials × {} steps in {:.2} s; the same {} training \
+             steps alone {:.2} s: {:.2}× (target ≤ 1.1×)\n",
+            r.trials,
+            r.trial_steps,
+            r.check_seconds,
+            r.trials * r.trial_steps,
+            r.steps_seconds,
+            r.ratio
+        );
+    }
+    s
 }
 
 fn measure_in_child(config: &BenchConfig, steps: usize, threads: usize) -> Result<BenchResult> {
@@ -669,6 +734,51 @@ fn bench_table(
         s += "\n";
     }
     s
+}
+
+fn run_route(args: RouteArgs, out: &mut dyn Write) -> Result<()> {
+    let pool = crate::recruit::domains::load_pool(&args.pool)?;
+    let text = crate::data::corpus::read_text(&args.text)?;
+    let ids = pool.vocabulary.encode(&text);
+    let k = args.tokens.unwrap_or(pool.manifest.router_tokens);
+    if k == 0 {
+        return Err(Error::invalid("--tokens", "must be at least 1"));
+    }
+    if ids.len() < 2 {
+        return Err(Error::Corpus { path: args.text.clone(), message: "has fewer than two tokens to score".into() });
+    }
+    let (best, bits) = crate::recruit::domains::route(&pool.models, &ids, k);
+    let read = ids.len().min(k + 1) - 1;
+    if args.json {
+        let rows: Vec<serde_json::Value> = pool
+            .manifest
+            .models
+            .iter()
+            .zip(&bits)
+            .map(|(m, b)| serde_json::json!({ "model": m.name, "trained_on": m.trained_on, "bits": b }))
+            .collect();
+        let json = serde_json::json!({ "tokens": read, "chosen": pool.manifest.models[best].name, "models": rows });
+        return write_out(out, &format!("{json}\n"));
+    }
+    let mut s = format!(
+        "{}: first {read} tokens\n\n{:<32} {:<20} {:>12} {:>12}\n",
+        args.text.display(),
+        "model",
+        "trained on",
+        "bits",
+        "bits/token"
+    );
+    for (index, (model, b)) in pool.manifest.models.iter().zip(&bits).enumerate() {
+        let mark = if index == best { "  ← chosen" } else { "" };
+        s += &format!(
+            "{:<32} {:<20} {:>12.1} {:>12.4}{mark}\n",
+            model.name,
+            model.trained_on,
+            b,
+            b / read.max(1) as f64
+        );
+    }
+    write_out(out, &s)
 }
 
 fn run_generate(args: GenerateArgs, out: &mut dyn Write) -> Result<()> {
@@ -856,6 +966,19 @@ fn load_plan(path: &Path, changes: &PlanChanges) -> Result<(crate::pipeline::Pla
 
 fn run_validate(args: ValidateArgs, out: &mut dyn Write) -> Result<()> {
     let (plan, _) = load_plan(&args.pipeline, &args.changes)?;
+    if let Some(domains) = &plan.domains {
+        let names: Vec<&str> = domains.domains.sources.iter().map(|s| s.name.as_str()).collect();
+        return write_out(
+            out,
+            &format!(
+                "{}: valid; recruitment of specialised models over {} domains ({}) into {}\n",
+                args.pipeline.display(),
+                names.len(),
+                names.join(", "),
+                plan.output_dir.display()
+            ),
+        );
+    }
     let mut s = format!(
         "{}: valid; {} member{} into {}\n",
         args.pipeline.display(),
@@ -887,6 +1010,29 @@ fn run_pipeline(args: RunArgs, threads: Option<usize>, out: &mut dyn Write) -> R
     let started = std::time::Instant::now();
     if args.jobs == Some(0) {
         return Err(Error::invalid("--jobs", "must be at least 1"));
+    }
+    if let Some(domains) = &plan.domains {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cores)
+            .build()
+            .map_err(|e| Error::Numeric(format!("cannot start {cores} worker threads: {e}")))?;
+        let progress = crate::train::Progress::Lines { every: usize::MAX, prefix: format!("[{}] ", plan.name) };
+        let summary = pool.install(|| crate::recruit::domains::run(domains, &plan.output_dir, &progress))?;
+        provenance.wall_time_seconds = started.elapsed().as_secs_f64();
+        provenance.peak_memory_mib = crate::bench::peak_memory_mib();
+        let json = serde_json::to_string_pretty(&provenance).map_err(|e| Error::Numeric(e.to_string()))?;
+        checkpoint::atomic_write(&plan.output_dir.join(crate::report::PROVENANCE_FILE), json.as_bytes())?;
+        let report = crate::report::build(&plan.output_dir)?;
+        crate::report::write(&plan.output_dir, &report)?;
+        let mut s = crate::report::domains_markdown(&summary);
+        s += &format!(
+            "\nrun directory: {}  ({:.1} s); pool: {}; report: {}\n",
+            plan.output_dir.display(),
+            provenance.wall_time_seconds,
+            plan.output_dir.join("pool").display(),
+            plan.output_dir.join("report.md").display()
+        );
+        return write_out(out, &s);
     }
     let outcomes = crate::pipeline::run::execute(&plan, resume, args.jobs);
     provenance.wall_time_seconds = started.elapsed().as_secs_f64();

@@ -563,7 +563,7 @@ impl Progress {
         }
     }
 
-    fn note(&self, message: &str) {
+    pub fn note(&self, message: &str) {
         match self {
             Progress::Bar(bar) => bar.println(message),
             Progress::Lines { prefix, .. } => eprintln!("{prefix}{message}"),
@@ -711,7 +711,8 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
     let mut locality = match &config.locality {
         Some(locality) => {
             // a resumed run's recruited blocks are part of its rules
-            let spec = crate::recruit::spec_with_recruited(&locality.load_rules()?, &model, &data.vocabulary);
+            let within = config.recruitment.as_ref().and_then(|r| r.rule_within);
+            let spec = crate::recruit::spec_with_recruited(&locality.load_rules()?, &model, &data.vocabulary, within);
             let (set, warnings) = RuleSet::compile(&spec, &data.vocabulary)?;
             for warning in &warnings {
                 progress.note(&format!("warning: {}", warning.0));

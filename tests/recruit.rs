@@ -51,6 +51,7 @@ fn recruitment(margin_bits: f64) -> RecruitmentConfig {
         cluster_size: 8,
         split_tokens: 4096,
         bits_per_parameter: None,
+        rule_within: Some(32),
     }
 }
 

@@ -30,3 +30,49 @@ fn wikitext2_word_counts_match_the_published_statistics() {
     let unseen = splits.valid.split_whitespace().chain(splits.test.split_whitespace()).find(|w| vocab.id(w).is_none());
     assert_eq!(unseen, None);
 }
+
+/// `ailla run pipelines/aila.yaml --quick`, as CI runs it: every member of both protocols and both
+/// tokenizations trains, and the report sets the published figures beside ours.
+#[test]
+fn the_quick_reproduction_runs_both_protocols_and_both_tokenizations() {
+    let Some(data) = shared("wikitext-2") else {
+        return;
+    };
+    let work = tempfile::tempdir().unwrap();
+    let pipeline = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("pipelines/aila.yaml");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ailla"))
+        .args(["--threads", "2", "run"])
+        .arg(&pipeline)
+        .arg("--quick")
+        .arg("--data")
+        .arg(&data)
+        .current_dir(work.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let run = work.path().join("runs/aila-quick");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("report.json")).unwrap()).unwrap();
+    assert_eq!(report["failed_members"].as_array().map(Vec::len), Some(0));
+    assert_eq!(report["groups"].as_array().map(Vec::len), Some(14), "2 tokenizations × 7 schedules");
+    let published = &report["published"];
+    let labels: Vec<&str> =
+        published["curves"].as_array().unwrap().iter().filter_map(|c| c["label"].as_str()).collect();
+    assert_eq!(
+        labels,
+        [
+            "word tokens, dial training (protocol a)",
+            "word tokens, one model per fixed λ (protocol b)",
+            "char tokens, dial training (protocol a)",
+            "char tokens, one model per fixed λ (protocol b)"
+        ]
+    );
+    for curve in published["curves"].as_array().unwrap() {
+        assert_eq!(curve["points"].as_array().map(Vec::len), Some(6), "{}", curve["label"]);
+    }
+    assert_eq!(published["figures"].as_array().map(Vec::len), Some(4));
+    assert_eq!(published["claims"].as_array().map(Vec::len), Some(3));
+    let markdown = std::fs::read_to_string(run.join("report.md")).unwrap();
+    assert!(markdown.contains("## 8. Published figures beside ours") && markdown.contains("| 7.18 |"));
+    assert!(run.join("report-published.svg").is_file());
+}

@@ -31,6 +31,12 @@ pub fn load_splits(dir: &Path) -> Result<Splits> {
             message: "is not a directory; a corpus directory holds train.txt, valid.txt and test.txt".into(),
         });
     }
+    let has_splits = SPLIT_NAMES[0].1.iter().any(|n| dir.join(n).is_file());
+    if !has_splits {
+        if let Some(single) = single_text_file(dir) {
+            return split_single_file(&single);
+        }
+    }
     let mut texts = Vec::with_capacity(3);
     let mut files = Vec::with_capacity(3);
     for (split, names) in SPLIT_NAMES {
@@ -45,6 +51,54 @@ pub fn load_splits(dir: &Path) -> Result<Splits> {
     let valid = texts.pop().unwrap_or_default();
     let train = texts.pop().unwrap_or_default();
     Ok(Splits { train, valid, test, files, name: dir.display().to_string() })
+}
+
+/// The one `.txt` file of a directory without split files (Tiny Shakespeare's `input.txt`).
+pub fn single_text_file(dir: &Path) -> Option<std::path::PathBuf> {
+    let entries = std::fs::read_dir(dir).ok()?;
+    let mut texts: Vec<std::path::PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_file() && p.extension().is_some_and(|e| e == "txt"))
+        .collect();
+    (texts.len() == 1).then(|| texts.remove(0))
+}
+
+/// A corpus shipped as one file: its lines split in order, the first 90 % for training, the next 5 %
+/// for validation and the last 5 % for testing (contiguous, so no passage leaks across splits).
+pub fn split_single_file(path: &Path) -> Result<Splits> {
+    split_text(path, &read_text(path)?, None)
+}
+
+/// [`split_single_file`] on `text` read from `path`, keeping only lines `first..=last` (1-based) when a
+/// range is given (to leave out a licence header or footer).
+pub fn split_text(path: &Path, text: &str, range: Option<(usize, usize)>) -> Result<Splits> {
+    let mut lines: Vec<&str> = text.split_inclusive('\n').collect();
+    if let Some((first, last)) = range {
+        if first == 0 || first > last || last > lines.len() {
+            return Err(Error::Corpus {
+                path: path.to_path_buf(),
+                message: format!("lines {first}–{last} are not within its {} lines", lines.len()),
+            });
+        }
+        lines = lines[first - 1..last].to_vec();
+    }
+    let (train_end, valid_end) = (lines.len() * 90 / 100, lines.len() * 95 / 100);
+    if train_end == 0 || valid_end == train_end || valid_end == lines.len() {
+        return Err(Error::Corpus {
+            path: path.to_path_buf(),
+            message: format!("{} lines are too few to split into train, valid and test (90/5/5 %)", lines.len()),
+        });
+    }
+    Ok(Splits {
+        train: lines[..train_end].concat(),
+        valid: lines[train_end..valid_end].concat(),
+        test: lines[valid_end..].concat(),
+        files: vec![path.to_path_buf()],
+        name: match range {
+            Some((first, last)) => format!("{} (lines {first}–{last}, split 90/5/5 %)", path.display()),
+            None => format!("{} (lines split 90/5/5 %)", path.display()),
+        },
+    })
 }
 
 /// Reads a UTF-8 text file that must contain at least one non-blank character.
@@ -92,6 +146,20 @@ mod tests {
         std::fs::write(dir.path().join("valid.txt"), "fine\n").unwrap();
         let splits = load_splits(dir.path()).unwrap();
         assert_eq!((splits.train.as_str(), splits.valid.as_str()), ("a b\n", "fine\n"));
+    }
+
+    #[test]
+    fn a_directory_with_one_text_file_is_split_by_lines_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(dir.path().join("input.txt"), &text).unwrap();
+        let splits = load_splits(dir.path()).unwrap();
+        assert!(splits.train.starts_with("line 0\n") && splits.train.ends_with("line 89\n"));
+        assert_eq!(splits.valid.lines().count(), 5);
+        assert!(splits.test.ends_with("line 99\n"));
+        assert_eq!(format!("{}{}{}", splits.train, splits.valid, splits.test), text);
+        std::fs::write(dir.path().join("input.txt"), "one\ntwo\n").unwrap();
+        assert!(load_splits(dir.path()).unwrap_err().to_string().contains("too few"));
     }
 
     #[test]

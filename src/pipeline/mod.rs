@@ -194,6 +194,10 @@ pub struct Pipeline {
     /// Published figures the report prints beside this run's, with the claims to test.
     #[serde(default)]
     pub published: Option<PublishedSection>,
+    /// Hierarchical recruitment of specialised models over several corpora (METHOD §8), in place of a
+    /// sweep: `model` and `train` give the shape and the optimizer of every model in the pool.
+    #[serde(default)]
+    pub domains: Option<crate::recruit::domains::DomainsConfig>,
     /// Field values (dotted paths, as in `sweep`) that `ailla run --quick` puts in place of the file's
     /// own, in the base and in every sweep member: a smoke-test variant of the same pipeline.
     #[serde(default)]
@@ -293,6 +297,9 @@ pub struct Plan {
     /// Whether this is the `--quick` variant of the pipeline.
     #[serde(default)]
     pub quick: bool,
+    /// A domain-recruitment run (METHOD §8) instead of sweep members.
+    #[serde(default)]
+    pub domains: Option<crate::recruit::domains::DomainsPlan>,
 }
 
 /// The closest of `candidates` to `word`, for "did you mean".
@@ -362,6 +369,9 @@ pub fn plan_with(text: &str, path: &Path, options: &PlanOptions) -> Result<Plan,
         problems.push(problem(text, "quick", "`--quick` needs a `quick` section naming the fields it changes"));
     }
     validate_static(&pipeline, text, &base, &mut problems);
+    if let Some(domains) = &pipeline.domains {
+        return plan_domains(&pipeline, domains, text, &base, options, problems);
+    }
     let members = expand(&pipeline, text, options.quick, &mut problems);
     let sweeping = members.len() > 1;
     let mut planned = Vec::new();
@@ -390,6 +400,76 @@ pub fn plan_with(text: &str, path: &Path, options: &PlanOptions) -> Result<Plan,
         members: planned,
         published: pipeline.published.clone(),
         quick: options.quick,
+        domains: None,
+    })
+}
+
+/// A pipeline with `domains`: one pool run, its corpora resolved against the pipeline file.
+fn plan_domains(
+    pipeline: &Pipeline,
+    domains: &crate::recruit::domains::DomainsConfig,
+    text: &str,
+    base: &Path,
+    options: &PlanOptions,
+    mut problems: Vec<Problem>,
+) -> Result<Plan, Vec<Problem>> {
+    let mut domains = domains.clone();
+    for source in &mut domains.sources {
+        if let CorpusSource::Directory(dir) = &source.corpus {
+            let dir = if dir.is_relative() { normalize(&base.join(dir)) } else { dir.clone() };
+            if !dir.is_dir() {
+                problems.push(problem(
+                    text,
+                    "domains.sources.corpus.directory",
+                    format!("{} (domain `{}`) is not a directory", dir.display(), source.name),
+                ));
+            }
+            source.corpus = CorpusSource::Directory(dir);
+        }
+    }
+    if options.quick {
+        for (path, value) in &pipeline.quick {
+            let field = path.strip_prefix("domains.").unwrap_or(path);
+            let mut as_json = serde_json::to_value(&domains).unwrap_or_default();
+            let keys: Vec<&str> = field.split('.').collect();
+            if locate::get(&as_json, &keys).is_none() {
+                problems.push(problem(text, "quick", format!("`{path}` is not a field of `domains`")));
+                continue;
+            }
+            locate::set(&mut as_json, &keys, value.clone());
+            match serde_json::from_value(as_json) {
+                Ok(changed) => domains = changed,
+                Err(e) => problems.push(problem(text, "quick", format!("`{path}`: {e}"))),
+            }
+        }
+    }
+    if let Err(e) = domains.validate() {
+        let (field, message) = match &e {
+            crate::Error::Invalid { field, message } => (field.clone(), message.clone()),
+            other => ("domains".to_string(), other.to_string()),
+        };
+        problems.push(problem(text, &field, message));
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    let output_dir = pipeline.outputs.dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(&pipeline.name));
+    let output_dir = if options.quick { PathBuf::from(format!("{}-quick", output_dir.display())) } else { output_dir };
+    Ok(Plan {
+        name: pipeline.name.clone(),
+        output_dir,
+        threads: pipeline.train.threads,
+        members: Vec::new(),
+        published: None,
+        quick: options.quick,
+        domains: Some(crate::recruit::domains::DomainsPlan {
+            domains,
+            model: pipeline.model.clone(),
+            batch_size: pipeline.train.batch_size,
+            optim: pipeline.train.optim.clone(),
+            seed: pipeline.train.seed,
+            vocab_cap: pipeline.data.vocab_cap,
+        }),
     })
 }
 

@@ -155,6 +155,18 @@ pub struct Report {
     /// The pipeline's published figures beside ours, when it names any.
     #[serde(default)]
     pub published: Option<published::PublishedComparison>,
+    /// Every block-recruitment decision of every run (METHOD §7), in run order.
+    #[serde(default)]
+    pub block_recruitment: Vec<MemberDecision>,
+    /// Hierarchical recruitment of specialised models (METHOD §8), for a `domains` pipeline.
+    #[serde(default)]
+    pub domain_recruitment: Option<crate::recruit::domains::DomainsSummary>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+pub struct MemberDecision {
+    pub member: String,
+    pub decision: crate::recruit::Decision,
 }
 
 /// One member as the run left it: its plan entry, summary and metrics.
@@ -204,6 +216,7 @@ pub fn build(run_dir: &Path) -> Result<Report> {
     let provenance: Provenance = read_json(&run_dir.join(PROVENANCE_FILE))?;
     let resolved_pipeline = serde_json::to_value(&plan).map_err(|e| Error::Numeric(e.to_string()))?;
     let mut failed_members = Vec::new();
+    let mut block_recruitment = Vec::new();
     let mut groups: Vec<(String, Vec<StoredRun>)> = Vec::new();
     for member in &plan.members {
         let dir = run_dir.join(&member.name);
@@ -217,6 +230,11 @@ pub fn build(run_dir: &Path) -> Result<Report> {
         let metrics_path = dir.join("metrics.jsonl");
         let text = std::fs::read_to_string(&metrics_path).map_err(|e| Error::io(&metrics_path, e))?;
         let records: Vec<MetricsRecord> = text.lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+        for record in &records {
+            if let MetricsRecord::Recruitment(decision) = record {
+                block_recruitment.push(MemberDecision { member: member.name.clone(), decision: (**decision).clone() });
+            }
+        }
         let key = group_key(member);
         match groups.iter_mut().find(|(k, _)| *k == key) {
             Some((_, runs)) => runs.push((member, summary, records)),
@@ -239,6 +257,8 @@ pub fn build(run_dir: &Path) -> Result<Report> {
         groups,
         attention_example,
         published,
+        block_recruitment,
+        domain_recruitment: read_json(&run_dir.join(crate::recruit::domains::SUMMARY)).ok(),
     })
 }
 
@@ -586,7 +606,46 @@ pub fn markdown(report: &Report) -> String {
         let _ = writeln!(s, "\nλ*: the dial that gives each covered row fidelity 1 − ε; certified: share of rows at or above 1 − ε; entropies in bits over covered rows.\n");
     }
 
-    let _ = writeln!(s, "## 6. Recruitment\n\nNo recruitment ran in this pipeline.\n");
+    let _ = writeln!(s, "## 6. Recruitment\n");
+    if report.block_recruitment.is_empty() && report.domain_recruitment.is_none() {
+        let _ = writeln!(s, "No recruitment ran in this pipeline.\n");
+    }
+    if !report.block_recruitment.is_empty() {
+        let _ = writeln!(
+            s,
+            "Semantic blocks (METHOD §7). Each candidate trained beside a control without it; bits are code lengths of the recruitment split; a block is accepted iff its saving exceeds its cost plus the margin.\n"
+        );
+        let _ = writeln!(s, "| run | step | candidate | members | bits before | bits after | saving | cost | margin | verdict | DL before | DL after |");
+        let _ = writeln!(s, "|---|---:|---|---|---:|---:|---:|---:|---:|---|---:|---:|");
+        for entry in &report.block_recruitment {
+            let d = &entry.decision;
+            let members: Vec<String> =
+                d.members.iter().take(12).map(|m| format!("`{}`", m.replace('|', "\\|"))).collect();
+            let more = if d.members.len() > 12 { format!(" … ({} in all)", d.members.len()) } else { String::new() };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {}{} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.1} |",
+                entry.member,
+                d.step,
+                d.candidate,
+                members.join(" "),
+                more,
+                d.bits_before,
+                d.bits_after,
+                d.saving_bits(),
+                d.cost_bits,
+                d.margin_bits,
+                if d.accepted { "**accepted**" } else { "rejected" },
+                d.description_length_before,
+                d.description_length_after
+            );
+        }
+        let _ = writeln!(s);
+    }
+    if let Some(domains) = &report.domain_recruitment {
+        s.push_str(&domains_markdown(domains));
+        let _ = writeln!(s);
+    }
     let _ = writeln!(s, "## 7. Training curves\n");
     for (index, group) in report.groups.iter().enumerate() {
         let points: Vec<String> =
@@ -669,6 +728,60 @@ fn published_markdown(s: &mut String, comparison: &published::PublishedCompariso
          the relative perplexity paid (one percent of perplexity weighs as much as one point of fidelity); the \
          claim holds when the best score lies strictly between the smallest and the largest λ.\n"
     );
+}
+
+/// Hierarchical recruitment in Markdown: the decisions, every model's bits on every domain, the
+/// description length and the routing of held-out documents.
+pub fn domains_markdown(summary: &crate::recruit::domains::DomainsSummary) -> String {
+    let mut s = String::new();
+    let _ = writeln!(
+        s,
+        "Specialised models (METHOD §8). Bits over a whole domain are its N_S training tokens times the bits per token on held-out text; the control is the best model trained as many more steps on its own data.\n"
+    );
+    let _ = writeln!(
+        s,
+        "| domain | best model | N_S | control bits | specialist bits | saving | cost | verdict | serves it |"
+    );
+    let _ = writeln!(s, "|---|---|---:|---:|---:|---:|---:|---|---|");
+    for d in &summary.decisions {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} |",
+            d.domain,
+            d.best_model,
+            d.domain_tokens,
+            d.bits_before,
+            d.bits_after,
+            d.bits_before - d.bits_after,
+            d.cost_bits,
+            if d.recruited { "**recruited**" } else { "not recruited" },
+            d.assigned_model
+        );
+    }
+    let _ = writeln!(s, "\nBits per token of every pool model on every domain's held-out text:\n");
+    let _ = writeln!(s, "| model | {} |\n|---|{}", summary.domains.join(" | "), "---:|".repeat(summary.domains.len()));
+    for (model, row) in summary.pool.iter().zip(&summary.bits_per_token) {
+        let values: Vec<String> = row.iter().map(|b| format!("{b:.3}")).collect();
+        let _ = writeln!(s, "| {model} | {} |", values.join(" | "));
+    }
+    let _ = writeln!(s, "\nDescription length of the pool (bits) as domains arrive:\n");
+    let _ = writeln!(s, "| after | total | without that recruitment |\n|---|---:|---:|");
+    for dl in &summary.description_length {
+        let _ = writeln!(s, "| {} | {:.0} | {:.0} |", dl.after_domain, dl.total_bits, dl.without_this_recruitment_bits);
+    }
+    let _ = writeln!(
+        s,
+        "\nRouting of held-out documents by the code length of their first {} tokens:\n",
+        summary.router_tokens
+    );
+    let _ = writeln!(s, "| domain | documents | to its model | {} |", summary.pool.join(" | "));
+    let _ = writeln!(s, "|---|---:|---:|{}", "---:|".repeat(summary.pool.len()));
+    for r in &summary.routing {
+        let counts: Vec<String> = r.sent_to.iter().map(usize::to_string).collect();
+        let _ =
+            writeln!(s, "| {} | {} | {:.1} % | {} |", r.domain, r.documents, 100.0 * r.accuracy, counts.join(" | "));
+    }
+    s
 }
 
 /// The JSON Schema of `report.json`, generated from the types above; `src/report/report.schema.json`

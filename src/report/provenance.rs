@@ -49,6 +49,16 @@ pub fn collect(plan: &Plan, pipeline_path: &std::path::Path, threads: usize) -> 
             list.push(item);
         }
     };
+    if let Some(domains) = &plan.domains {
+        seeds.push(domains.seed);
+        for source in &domains.domains.sources {
+            if let CorpusSource::Directory(dir) = &source.corpus {
+                for file in crate::data::load_splits(dir)?.files {
+                    push(&mut data, hash_file(&file)?);
+                }
+            }
+        }
+    }
     for member in &plan.members {
         if !seeds.contains(&member.config.seed) {
             seeds.push(member.config.seed);
