@@ -461,7 +461,7 @@ pub fn check(
     for (index, (candidate, result)) in candidates.iter().zip(results).enumerate() {
         let (trial, spec, _) = match result {
             Ok(t) => t,
-            // a candidate whose members were all taken cannot be trialled; say so and go on
+            // a candidate whose members were all taken by recruited blocks cannot be trialled: left out
             Err(_) => continue,
         };
         let cost = cost_of(ctx, model, candidate.members.len());
