@@ -28,17 +28,44 @@ pub struct BenchConfig {
 }
 
 impl BenchConfig {
-    pub fn model_config(&self) -> Config {
-        let shape = crate::train::ModelShape {
+    pub fn shape(&self) -> crate::train::ModelShape {
+        crate::train::ModelShape {
             ctx_len: self.ctx_len,
             d_model: self.d_model,
             n_heads: self.n_heads,
             n_layers: self.n_layers,
             d_ff: self.d_ff,
             tied: true,
-        };
-        shape.config(self.vocab_size)
+        }
     }
+
+    pub fn model_config(&self) -> Config {
+        self.shape().config(self.vocab_size)
+    }
+}
+
+/// What the dial and recruitment measurements run on: the bundled corpus, its word vocabulary, the
+/// bundled rules compiled against it, and the char-small shape with that vocabulary.
+struct BundledSetup {
+    corpus: crate::data::Splits,
+    vocabulary: crate::data::Vocabulary,
+    spec: crate::locality::RuleSpec,
+    set: crate::locality::RuleSet,
+    config: BenchConfig,
+}
+
+fn bundled_setup() -> Result<BundledSetup> {
+    use crate::data::generator::{bundled_corpus, DEFAULT_SEED};
+    use crate::data::{TokenizerKind, Vocabulary};
+    use crate::locality::{RuleSet, RulesSource};
+
+    let corpus = bundled_corpus(DEFAULT_SEED);
+    let vocabulary = Vocabulary::build(TokenizerKind::Word, &corpus.train, 50_000);
+    let spec = RulesSource::Bundled.load()?;
+    let (set, _) = RuleSet::compile(&spec, &vocabulary)?;
+    let shape = standard_configs().into_iter().next().ok_or_else(|| Error::invalid("bench", "no configuration"))?;
+    let config = BenchConfig { vocab_size: vocabulary.len(), ..shape };
+    Ok(BundledSetup { corpus, vocabulary, spec, set, config })
 }
 
 /// The standard configurations: a character model; WikiText-2's word vocabulary (33,278 entries with
@@ -169,16 +196,10 @@ pub struct DialOverhead {
 /// Measures [`DialOverhead`] on the bundled corpus and rules with the char-small shape (ctx 128, d 128,
 /// batch 16) and the bundled word vocabulary.
 pub fn dial_overhead(steps: usize) -> Result<DialOverhead> {
-    use crate::data::generator::{bundled_corpus, DEFAULT_SEED};
-    use crate::data::{TokenizerKind, Vocabulary};
     use crate::locality::metrics::{evaluate_at, DialEvaluation};
-    use crate::locality::{BatchTargets, DialSettings, LocalityHook, RuleSet, RulesSource};
+    use crate::locality::{BatchTargets, DialSettings, LocalityHook};
 
-    let corpus = bundled_corpus(DEFAULT_SEED);
-    let vocabulary = Vocabulary::build(TokenizerKind::Word, &corpus.train, 50_000);
-    let (set, _) = RuleSet::compile(&RulesSource::Bundled.load()?, &vocabulary)?;
-    let shape = standard_configs().into_iter().next().ok_or_else(|| Error::invalid("bench", "no configuration"))?;
-    let config = BenchConfig { vocab_size: vocabulary.len(), ..shape };
+    let BundledSetup { corpus, vocabulary, set, config, .. } = bundled_setup()?;
     let model = Model::<f32>::init(config.model_config(), 1)?;
     let (batch, seq_len) = (config.batch_size, config.ctx_len);
     let ids = vocabulary.encode(&corpus.test);
@@ -283,29 +304,12 @@ pub struct RecruitmentCost {
 /// One recruitment check on the bundled corpus (char-small shape, word vocabulary, the bundled rules)
 /// beside the training steps it runs.
 pub fn recruitment_cost(trial_steps: usize) -> Result<RecruitmentCost> {
-    use crate::data::generator::{bundled_corpus, DEFAULT_SEED};
-    use crate::data::{TokenizerKind, Vocabulary};
-    use crate::locality::{RuleSet, RulesSource};
+    use crate::locality::RulesSource;
     use crate::recruit::{check, split_of, CheckContext, RecruitmentConfig};
     use crate::train::{step_gradients, LocalityConfig, TrainConfig};
 
-    let corpus = bundled_corpus(DEFAULT_SEED);
-    let vocabulary = Vocabulary::build(TokenizerKind::Word, &corpus.train, 50_000);
-    let spec = RulesSource::Bundled.load()?;
-    let (set, _) = RuleSet::compile(&spec, &vocabulary)?;
-    let shape = standard_configs().into_iter().next().ok_or_else(|| Error::invalid("bench", "no configuration"))?;
-    let recruitment = RecruitmentConfig {
-        check_every: 1,
-        trial_steps,
-        margin_bits: 0.0,
-        max_blocks: 1,
-        candidates_per_check: 3,
-        cluster_vocabulary: 200,
-        cluster_size: 8,
-        split_tokens: 4096,
-        bits_per_parameter: None,
-        rule_within: Some(32),
-    };
+    let BundledSetup { corpus, vocabulary, spec, set, config: shape } = bundled_setup()?;
+    let recruitment = RecruitmentConfig::new(1, trial_steps, 0.0, 1);
     let locality = LocalityConfig {
         rules: RulesSource::Bundled,
         dial: Default::default(),
@@ -317,21 +321,14 @@ pub fn recruitment_cost(trial_steps: usize) -> Result<RecruitmentCost> {
         injections: Vec::new(),
     };
     let config = TrainConfig {
-        model: crate::train::ModelShape {
-            ctx_len: shape.ctx_len,
-            d_model: shape.d_model,
-            n_heads: shape.n_heads,
-            n_layers: shape.n_layers,
-            d_ff: shape.d_ff,
-            tied: true,
-        },
+        model: shape.shape(),
         batch_size: shape.batch_size,
         steps: 10 * trial_steps,
         locality: Some(locality.clone()),
         recruitment: Some(recruitment.clone()),
         ..TrainConfig::default()
     };
-    let model = Model::<f32>::init(config.model.config(vocabulary.len()), 1)?;
+    let model = Model::<f32>::init(shape.model_config(), 1)?;
     let optimizer = AdamW::new(&model.params);
     let train_ids = vocabulary.encode(&corpus.train);
     let valid_ids = vocabulary.encode(&corpus.valid);

@@ -154,6 +154,34 @@ fn metadata_json(path: &Path, bytes: &[u8]) -> Result<String> {
         .ok_or_else(|| corrupt(path, format!("no `{METADATA_KEY}` metadata entry (not written by ailla?)")))
 }
 
+/// The training step a checkpoint was saved at, read from its header alone: choosing the most advanced
+/// of several checkpoints should not read every weight of each.
+pub fn step_of(path: &Path) -> Result<usize> {
+    use std::io::Read;
+    #[derive(Deserialize)]
+    struct StepOnly {
+        step: usize,
+    }
+    let mut file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut length = [0u8; 8];
+    file.read_exact(&mut length).map_err(|e| corrupt(path, format!("no safetensors header: {e}")))?;
+    let length = u64::from_le_bytes(length);
+    let size = file.metadata().map_err(|e| Error::io(path, e))?.len();
+    if length > size.saturating_sub(8) {
+        return Err(corrupt(path, format!("header of {length} bytes in a file of {size} (truncated?)")));
+    }
+    let mut header = vec![0u8; length as usize];
+    file.read_exact(&mut header).map_err(|e| corrupt(path, format!("truncated header: {e}")))?;
+    let header: serde_json::Value =
+        serde_json::from_slice(&header).map_err(|e| corrupt(path, format!("header is not JSON: {e}")))?;
+    let json = header["__metadata__"][METADATA_KEY]
+        .as_str()
+        .ok_or_else(|| corrupt(path, format!("no `{METADATA_KEY}` metadata entry (not written by ailla?)")))?;
+    let metadata: StepOnly =
+        serde_json::from_str(json).map_err(|e| corrupt(path, format!("metadata entry `{METADATA_KEY}`: {e}")))?;
+    Ok(metadata.step)
+}
+
 /// Fills `target` from the tensor `name` of `file`, checking dtype, shape and finiteness.
 fn fill(path: &Path, file: &SafeTensors, name: &str, mut target: ndarray::ArrayViewMutD<f32>) -> Result<()> {
     let view = file.tensor(name).map_err(|_| corrupt(path, format!("tensor `{name}` is missing")))?;
@@ -309,6 +337,7 @@ mod tests {
         let path = dir.path().join("model.safetensors");
         save(&path, &tiny()).unwrap();
         let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(step_of(&path).unwrap(), tiny().step);
 
         std::fs::write(&path, &bytes[..bytes.len() - 10]).unwrap();
         let err = load(&path).unwrap_err().to_string();
@@ -316,6 +345,7 @@ mod tests {
 
         std::fs::write(&path, b"hello").unwrap();
         assert!(load(&path).unwrap_err().to_string().contains("truncated or not a safetensors file"));
+        assert!(step_of(&path).unwrap_err().to_string().contains("model.safetensors"));
 
         let err = load(&dir.path().join("absent.safetensors")).unwrap_err().to_string();
         assert!(err.contains("absent.safetensors"), "{err}");

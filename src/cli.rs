@@ -1011,39 +1011,32 @@ fn run_pipeline(args: RunArgs, threads: Option<usize>, out: &mut dyn Write) -> R
     if args.jobs == Some(0) {
         return Err(Error::invalid("--jobs", "must be at least 1"));
     }
-    if let Some(domains) = &plan.domains {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(cores)
-            .build()
-            .map_err(|e| Error::Numeric(format!("cannot start {cores} worker threads: {e}")))?;
-        let progress = crate::train::Progress::Lines { every: usize::MAX, prefix: format!("[{}] ", plan.name) };
-        let summary = pool.install(|| crate::recruit::domains::run(domains, &plan.output_dir, &progress))?;
-        provenance.wall_time_seconds = started.elapsed().as_secs_f64();
-        provenance.peak_memory_mib = crate::bench::peak_memory_mib();
-        let json = serde_json::to_string_pretty(&provenance).map_err(|e| Error::Numeric(e.to_string()))?;
-        checkpoint::atomic_write(&plan.output_dir.join(crate::report::PROVENANCE_FILE), json.as_bytes())?;
-        let report = crate::report::build(&plan.output_dir)?;
-        crate::report::write(&plan.output_dir, &report)?;
-        let mut s = crate::report::domains_markdown(&summary);
-        s += &format!(
-            "\nrun directory: {}  ({:.1} s); pool: {}; report: {}\n",
-            plan.output_dir.display(),
-            provenance.wall_time_seconds,
-            plan.output_dir.join("pool").display(),
-            plan.output_dir.join("report.md").display()
-        );
-        return write_out(out, &s);
-    }
-    let outcomes = crate::pipeline::run::execute(&plan, resume, args.jobs);
+    // a domains pipeline is one pool run; any other pipeline, its sweep members
+    let (outcomes, domains) = match &plan.domains {
+        Some(domains) => {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(cores)
+                .build()
+                .map_err(|e| Error::Numeric(format!("cannot start {cores} worker threads: {e}")))?;
+            let progress = crate::train::Progress::Lines { every: usize::MAX, prefix: format!("[{}] ", plan.name) };
+            (Vec::new(), Some(pool.install(|| crate::recruit::domains::run(domains, &plan.output_dir, &progress))?))
+        }
+        None => (crate::pipeline::run::execute(&plan, resume, args.jobs), None),
+    };
     provenance.wall_time_seconds = started.elapsed().as_secs_f64();
     provenance.peak_memory_mib = crate::bench::peak_memory_mib();
     let json = serde_json::to_string_pretty(&provenance).map_err(|e| Error::Numeric(e.to_string()))?;
     checkpoint::atomic_write(&plan.output_dir.join(crate::report::PROVENANCE_FILE), json.as_bytes())?;
     let report = crate::report::build(&plan.output_dir)?;
     crate::report::write(&plan.output_dir, &report)?;
-    let mut s = crate::pipeline::run::summary_table(&outcomes);
+    let (mut s, pool) = match &domains {
+        Some(summary) => {
+            (crate::report::domains_markdown(summary), format!("; pool: {}", plan.output_dir.join("pool").display()))
+        }
+        None => (crate::pipeline::run::summary_table(&outcomes), String::new()),
+    };
     s += &format!(
-        "\nrun directory: {}  ({:.1} s); report: {}\n",
+        "\nrun directory: {}  ({:.1} s){pool}; report: {}\n",
         plan.output_dir.display(),
         provenance.wall_time_seconds,
         plan.output_dir.join("report.md").display()

@@ -495,7 +495,7 @@ impl RunPaths {
         }
         let mut best: Option<(usize, PathBuf)> = None;
         for path in candidates.into_iter().filter(|p| p.is_file()) {
-            let step = checkpoint::load(&path)?.step;
+            let step = checkpoint::step_of(&path)?;
             if best.as_ref().is_none_or(|(s, _)| step > *s) {
                 best = Some((step, path));
             }

@@ -41,18 +41,7 @@ fn config(corpus: &Path, steps: usize, recruitment: Option<RecruitmentConfig>) -
 }
 
 fn recruitment(margin_bits: f64) -> RecruitmentConfig {
-    RecruitmentConfig {
-        check_every: 100,
-        trial_steps: 20,
-        margin_bits,
-        max_blocks: 2,
-        candidates_per_check: 4,
-        cluster_vocabulary: 200,
-        cluster_size: 8,
-        split_tokens: 4096,
-        bits_per_parameter: None,
-        rule_within: Some(32),
-    }
+    RecruitmentConfig { candidates_per_check: 4, ..RecruitmentConfig::new(100, 20, margin_bits, 2) }
 }
 
 /// Trains on the planted corpus and returns what a recruitment check needs.
@@ -124,7 +113,6 @@ fn clustering_proposes_the_planted_block_and_a_random_block_is_rejected_in_bits(
     random.sort_unstable();
     random.dedup();
     let given = Candidate { name: "random".into(), origin: Origin::Given, members: random };
-    let before = t.model.clone();
     let outcome = recruit::check(&context, &t.model, &t.optimizer, std::slice::from_ref(&given)).unwrap();
     let verdict = outcome.decisions.iter().find(|d| d.candidate == "random").expect("the random block was trialled");
     assert!(!verdict.accepted, "a random block was accepted: {verdict:?}");
@@ -134,7 +122,6 @@ fn clustering_proposes_the_planted_block_and_a_random_block_is_rejected_in_bits(
         assert!(d.bits_before.is_finite() && d.bits_after.is_finite() && d.cost_bits > 0.0);
         assert!(d.description_length_after <= d.description_length_before);
     }
-    assert_eq!(t.model, before, "a check must not touch the model it was given");
 }
 
 #[test]

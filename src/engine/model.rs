@@ -311,6 +311,8 @@ pub struct LayerCache<F> {
 /// Everything `forward` saved for `backward`.
 pub struct ForwardCache<F> {
     pub tokens: Vec<u32>,
+    /// [`Config::block_lookup`], empty without recruited blocks.
+    block_lookup: Vec<u32>,
     pub batch: usize,
     pub seq_len: usize,
     pub layers: Vec<LayerCache<F>>,
@@ -372,8 +374,10 @@ impl<F: Scalar> Model<F> {
         let p = &self.params;
         let eps = F::lit(c.ln_eps);
         let mut embedded = embedding_forward(p.tok_emb.view(), p.pos_emb.view(), tokens, seq_len); // (N, d)
-        if !c.recruited_blocks.is_empty() {
-            block_embedding_forward(embedded.view_mut(), p.block_emb.view(), tokens, &c.block_lookup());
+                                                                                                   // built once per pass and kept for the backward
+        let block_lookup = if c.recruited_blocks.is_empty() { Vec::new() } else { c.block_lookup() };
+        if !block_lookup.is_empty() {
+            block_embedding_forward(embedded.view_mut(), p.block_emb.view(), tokens, &block_lookup);
         }
         let mut layers: Vec<LayerCache<F>> = Vec::with_capacity(c.n_layers);
         let mut penalty = F::zero();
@@ -402,7 +406,7 @@ impl<F: Scalar> Model<F> {
         }
         let x = layers.last().map_or(&embedded, |last| &last.output);
         let (hidden, ln_f) = layernorm_forward(x.view(), p.ln_f_weight.view(), p.ln_f_bias.view(), eps);
-        ForwardCache { tokens: tokens.to_vec(), batch, seq_len, layers, ln_f, hidden, penalty }
+        ForwardCache { tokens: tokens.to_vec(), block_lookup, batch, seq_len, layers, ln_f, hidden, penalty }
     }
 
     /// Cross-entropy of `targets` given the cached forward pass, with or without its gradients.
@@ -480,8 +484,8 @@ impl<F: Scalar> Model<F> {
             dx = dx_in;
         }
         embedding_backward(dx.view(), &cache.tokens, cache.seq_len, grads.tok_emb.view_mut(), grads.pos_emb.view_mut());
-        if !c.recruited_blocks.is_empty() {
-            block_embedding_backward(dx.view(), &cache.tokens, &c.block_lookup(), grads.block_emb.view_mut());
+        if !cache.block_lookup.is_empty() {
+            block_embedding_backward(dx.view(), &cache.tokens, &cache.block_lookup, grads.block_emb.view_mut());
         }
         grads
     }

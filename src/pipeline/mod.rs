@@ -365,14 +365,26 @@ pub fn plan_with(text: &str, path: &Path, options: &PlanOptions) -> Result<Plan,
         let directory = std::path::absolute(directory).unwrap_or_else(|_| directory.clone());
         pipeline.data.corpus = CorpusSource::Directory(normalize(&directory));
     }
-    if options.quick && pipeline.quick.is_empty() {
-        problems.push(problem(text, "quick", "`--quick` needs a `quick` section naming the fields it changes"));
+    let mut quick = Vec::new();
+    if options.quick {
+        if pipeline.quick.is_empty() {
+            problems.push(problem(text, "quick", "`--quick` needs a `quick` section naming the fields it changes"));
+        }
+        // quick values apply to the whole file first (so that `train.seeds` shapes the sweep and
+        // `domains.*` the pool), and again to every sweep member
+        quick = quick_fields(&pipeline, text, &mut problems);
+        let mut document = serde_json::to_value(&pipeline).unwrap_or_default();
+        apply_fields(&mut document, &quick);
+        match serde_json::from_value(document) {
+            Ok(changed) => pipeline = changed,
+            Err(e) => problems.push(problem(text, "quick", e.to_string())),
+        }
     }
     validate_static(&pipeline, text, &base, &mut problems);
     if let Some(domains) = &pipeline.domains {
         return plan_domains(&pipeline, domains, text, &base, options, problems);
     }
-    let members = expand(&pipeline, text, options.quick, &mut problems);
+    let members = expand(&pipeline, text, &quick, &mut problems);
     let sweeping = members.len() > 1;
     let mut planned = Vec::new();
     for (name, member) in members {
@@ -391,8 +403,7 @@ pub fn plan_with(text: &str, path: &Path, options: &PlanOptions) -> Result<Plan,
         problems.dedup();
         return Err(problems);
     }
-    let output_dir = pipeline.outputs.dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(&pipeline.name));
-    let output_dir = if options.quick { PathBuf::from(format!("{}-quick", output_dir.display())) } else { output_dir };
+    let output_dir = output_dir(&pipeline, options.quick);
     Ok(Plan {
         name: pipeline.name.clone(),
         output_dir,
@@ -402,6 +413,16 @@ pub fn plan_with(text: &str, path: &Path, options: &PlanOptions) -> Result<Plan,
         quick: options.quick,
         domains: None,
     })
+}
+
+/// `outputs.dir`, or `runs/<name>`; `<…>-quick` for the quick variant so it never overwrites a full run.
+fn output_dir(pipeline: &Pipeline, quick: bool) -> PathBuf {
+    let dir = pipeline.outputs.dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(&pipeline.name));
+    if quick {
+        PathBuf::from(format!("{}-quick", dir.display()))
+    } else {
+        dir
+    }
 }
 
 /// A pipeline with `domains`: one pool run, its corpora resolved against the pipeline file.
@@ -415,31 +436,14 @@ fn plan_domains(
 ) -> Result<Plan, Vec<Problem>> {
     let mut domains = domains.clone();
     for source in &mut domains.sources {
+        source.corpus = resolve_corpus(base, &source.corpus);
         if let CorpusSource::Directory(dir) = &source.corpus {
-            let dir = if dir.is_relative() { normalize(&base.join(dir)) } else { dir.clone() };
             if !dir.is_dir() {
                 problems.push(problem(
                     text,
                     "domains.sources.corpus.directory",
                     format!("{} (domain `{}`) is not a directory", dir.display(), source.name),
                 ));
-            }
-            source.corpus = CorpusSource::Directory(dir);
-        }
-    }
-    if options.quick {
-        for (path, value) in &pipeline.quick {
-            let field = path.strip_prefix("domains.").unwrap_or(path);
-            let mut as_json = serde_json::to_value(&domains).unwrap_or_default();
-            let keys: Vec<&str> = field.split('.').collect();
-            if locate::get(&as_json, &keys).is_none() {
-                problems.push(problem(text, "quick", format!("`{path}` is not a field of `domains`")));
-                continue;
-            }
-            locate::set(&mut as_json, &keys, value.clone());
-            match serde_json::from_value(as_json) {
-                Ok(changed) => domains = changed,
-                Err(e) => problems.push(problem(text, "quick", format!("`{path}`: {e}"))),
             }
         }
     }
@@ -453,8 +457,7 @@ fn plan_domains(
     if !problems.is_empty() {
         return Err(problems);
     }
-    let output_dir = pipeline.outputs.dir.clone().unwrap_or_else(|| PathBuf::from("runs").join(&pipeline.name));
-    let output_dir = if options.quick { PathBuf::from(format!("{}-quick", output_dir.display())) } else { output_dir };
+    let output_dir = output_dir(pipeline, options.quick);
     Ok(Plan {
         name: pipeline.name.clone(),
         output_dir,
@@ -600,44 +603,38 @@ fn validate_static(p: &Pipeline, text: &str, base: &Path, problems: &mut Vec<Pro
     }
 }
 
-/// The sweep's members: `(name, pipeline)` for every combination, in a fixed order.
-fn expand(p: &Pipeline, text: &str, quick: bool, problems: &mut Vec<Problem>) -> Vec<(String, Pipeline)> {
-    let mut base_value = match serde_json::to_value(p) {
+/// A `quick` field: the keys of its dotted path and its value.
+type QuickField = (Vec<String>, serde_json::Value);
+
+/// The pipeline's `quick` section as fields, each checked to name a field of the pipeline.
+fn quick_fields(p: &Pipeline, text: &str, problems: &mut Vec<Problem>) -> Vec<QuickField> {
+    let Ok(document) = serde_json::to_value(p) else { return Vec::new() };
+    p.quick
+        .iter()
+        .filter(|(path, _)| !unknown_field(&document, path, "quick", text, problems))
+        .map(|(path, value)| (path.split('.').map(str::to_string).collect(), value.clone()))
+        .collect()
+}
+
+fn apply_fields(document: &mut serde_json::Value, fields: &[QuickField]) {
+    for (keys, value) in fields {
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        locate::set(document, &keys, value.clone());
+    }
+}
+
+/// The sweep's members: `(name, pipeline)` for every combination, in a fixed order. `quick` fields are
+/// set again in every member, so that they win over sweep values too.
+fn expand(p: &Pipeline, text: &str, quick: &[QuickField], problems: &mut Vec<Problem>) -> Vec<(String, Pipeline)> {
+    let base_value = match serde_json::to_value(p) {
         Ok(v) => v,
         Err(e) => {
             problems.push(problem(text, "(file)", e.to_string()));
             return Vec::new();
         }
     };
-    let mut quick_fields: Vec<(Vec<String>, serde_json::Value)> = Vec::new();
-    if quick {
-        for (path, value) in &p.quick {
-            if unknown_field(&base_value, path, "quick", text, problems) {
-                continue;
-            }
-            let keys: Vec<String> = path.split('.').map(str::to_string).collect();
-            quick_fields.push((keys, value.clone()));
-        }
-    }
-    let apply_quick = |value: &mut serde_json::Value| {
-        for (keys, v) in &quick_fields {
-            let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
-            locate::set(value, &keys, v.clone());
-        }
-    };
-    // quick values apply before expansion, so that `train.seeds` shapes the sweep, and again after, so
-    // that they win over sweep values too
-    apply_quick(&mut base_value);
-    let base_pipeline: Pipeline = match serde_json::from_value(base_value.clone()) {
-        Ok(v) => v,
-        Err(e) => {
-            problems.push(problem(text, "quick", e.to_string()));
-            return Vec::new();
-        }
-    };
-    let mut axes: Vec<(String, Vec<serde_json::Value>)> =
-        base_pipeline.sweep.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-    if let Some(seeds) = &base_pipeline.train.seeds {
+    let mut axes: Vec<(String, Vec<serde_json::Value>)> = p.sweep.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    if let Some(seeds) = &p.train.seeds {
         axes.push(("train.seed".into(), seeds.iter().map(|&s| serde_json::json!(s)).collect()));
     }
     let mut members = vec![(String::new(), base_value)];
@@ -702,7 +699,7 @@ fn expand(p: &Pipeline, text: &str, quick: bool, problems: &mut Vec<Problem>) ->
     }
     let mut out = Vec::new();
     for (name, mut value) in members {
-        apply_quick(&mut value);
+        apply_fields(&mut value, quick);
         let name = if name.is_empty() { p.name.clone() } else { name };
         match serde_json::from_value::<Pipeline>(value) {
             Ok(member) => out.push((name, member)),
@@ -747,11 +744,16 @@ fn single_leaf(value: &serde_json::Value) -> Option<(String, String)> {
     }
 }
 
-fn to_train_config(p: &Pipeline, base: &Path) -> TrainConfig {
-    let corpus = match &p.data.corpus {
+/// A corpus directory resolved against the pipeline file's directory.
+fn resolve_corpus(base: &Path, corpus: &CorpusSource) -> CorpusSource {
+    match corpus {
         CorpusSource::Directory(dir) if dir.is_relative() => CorpusSource::Directory(normalize(&base.join(dir))),
         other => other.clone(),
-    };
+    }
+}
+
+fn to_train_config(p: &Pipeline, base: &Path) -> TrainConfig {
+    let corpus = resolve_corpus(base, &p.data.corpus);
     TrainConfig {
         corpus,
         tokenizer: p.data.tokenizer,

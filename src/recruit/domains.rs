@@ -27,7 +27,7 @@ use crate::data::{TokenizerKind, Vocabulary};
 use crate::engine::attention::NoHook;
 use crate::engine::optim::{AdamW, OptimConfig};
 use crate::engine::Model;
-use crate::train::{eval_batches, sample_batch, CorpusSource, ModelShape, Progress};
+use crate::train::{evaluate, sample_batch, CorpusSource, ModelShape, Progress};
 use crate::{Error, Result};
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -228,14 +228,22 @@ struct Domain {
     test: Vec<u32>,
 }
 
-/// Mean bits per token of `model` on `ids` (every token after the first).
-pub fn bits_per_token(model: &Model<f32>, ids: &[u32], batch: usize) -> f64 {
-    let mut nats = 0.0f64;
-    for b in eval_batches(ids, model.config.ctx_len, batch) {
-        let cache = model.forward(&b.inputs, b.windows, b.seq_len, &NoHook);
-        nats += model.output_loss(&cache, &b.targets, false).nll.iter().map(|&v| f64::from(v)).sum::<f64>();
-    }
-    nats / std::f64::consts::LN_2 / ids.len().saturating_sub(1).max(1) as f64
+/// Mean bits per token of `model` on `ids` (every token after the first), without rules.
+fn rate(model: &Model<f32>, ids: &[u32], batch: usize) -> f64 {
+    evaluate(model, ids, batch, &NoHook).bits_per_token
+}
+
+/// Held-out bits per token of pool model `m` on domain `d`, each measured once: pool models do not
+/// change after they join.
+fn pool_rate(
+    rates: &mut [Vec<Option<f64>>],
+    pool: &[(String, Model<f32>, usize)],
+    m: usize,
+    d: usize,
+    domains: &[Domain],
+    batch: usize,
+) -> f64 {
+    *rates[m][d].get_or_insert_with(|| rate(&pool[m].1, &domains[d].measure, batch))
 }
 
 /// Plain language-model training of `model` on `ids` for `steps` steps with a fresh optimizer.
@@ -271,10 +279,15 @@ fn documents(test: &[u32], count: usize, length: usize) -> Vec<&[u32]> {
 
 /// Index of the pool model with the fewest bits on the first `k` tokens of `document`, and every
 /// model's bits.
-pub fn route(pool: &[Model<f32>], document: &[u32], k: usize) -> (usize, Vec<f64>) {
+pub fn route<'a>(pool: impl IntoIterator<Item = &'a Model<f32>>, document: &[u32], k: usize) -> (usize, Vec<f64>) {
     let head = &document[..document.len().min(k + 1)];
-    let bits: Vec<f64> =
-        pool.iter().map(|m| bits_per_token(m, head, 1) * head.len().saturating_sub(1) as f64).collect();
+    let bits: Vec<f64> = pool
+        .into_iter()
+        .map(|m| {
+            let scored = evaluate(m, head, 1, &NoHook);
+            scored.bits_per_token * scored.tokens as f64
+        })
+        .collect();
     let best = (0..bits.len()).fold(0, |b, i| if bits[i] < bits[b] { i } else { b });
     (best, bits)
 }
@@ -313,12 +326,10 @@ pub fn run(plan: &DomainsPlan, out_dir: &Path, progress: &Progress) -> Result<Do
     let mut decisions = Vec::new();
     let mut description_length = Vec::new();
     let batch = plan.batch_size;
-    let domain_bits = |models: &[(String, Model<f32>, usize)], d: usize| -> Vec<f64> {
-        models.iter().map(|(_, m, _)| bits_per_token(m, &domains[d].measure, batch)).collect()
-    };
+    let mut rates: Vec<Vec<Option<f64>>> = vec![vec![None; domains.len()]];
     // data bits of each domain under its assigned model (the held-out rate times N_S), and the specialists' cost
     let mut domain_data_bits: Vec<f64> =
-        vec![bits_per_token(&pool[0].1, &domains[0].measure, batch) * domains[0].train.len() as f64];
+        vec![pool_rate(&mut rates, &pool, 0, 0, &domains, batch) * domains[0].train.len() as f64];
     let mut specialist_bits = 0.0;
     description_length.push(DescriptionLength {
         after_domain: domains[0].name.clone(),
@@ -326,7 +337,7 @@ pub fn run(plan: &DomainsPlan, out_dir: &Path, progress: &Progress) -> Result<Do
         without_this_recruitment_bits: domain_data_bits[0],
     });
     for d in 1..domains.len() {
-        let bits = domain_bits(&pool, d);
+        let bits: Vec<f64> = (0..pool.len()).map(|m| pool_rate(&mut rates, &pool, m, d, &domains, batch)).collect();
         let best = (0..bits.len()).fold(0, |b, i| if bits[i] < bits[b] { i } else { b });
         let (best_name, best_model, best_home) = (pool[best].0.clone(), &pool[best].1, pool[best].2);
         progress.note(&format!("domain {}: best model {best_name} at {:.3} bits/token", domains[d].name, bits[best]));
@@ -335,14 +346,17 @@ pub fn run(plan: &DomainsPlan, out_dir: &Path, progress: &Progress) -> Result<Do
         let mut specialist = best_model.clone();
         fit(&mut specialist, &domains[d].train, config.specialist_steps, plan, 1 + d as u64)?;
         let n = domains[d].train.len();
-        let control_bpt = bits_per_token(&control, &domains[d].measure, batch);
-        let specialist_bpt = bits_per_token(&specialist, &domains[d].measure, batch);
+        let control_bpt = rate(&control, &domains[d].measure, batch);
+        let specialist_bpt = rate(&specialist, &domains[d].measure, batch);
         let cost = parameter_cost(parameters, n, config.bits_per_parameter);
         let (bits_before, bits_after) = (control_bpt * n as f64, specialist_bpt * n as f64);
         let recruited = bits_before - bits_after > cost;
         let name = format!("specialist-{}", domains[d].name);
         if recruited {
             pool.push((name.clone(), specialist, d));
+            let mut row = vec![None; domains.len()];
+            row[d] = Some(specialist_bpt);
+            rates.push(row);
             assigned[d] = pool.len() - 1;
         } else {
             assigned[d] = best;
@@ -402,13 +416,12 @@ pub fn run(plan: &DomainsPlan, out_dir: &Path, progress: &Progress) -> Result<Do
     let json = serde_json::to_string_pretty(&manifest).map_err(|e| Error::Numeric(e.to_string()))?;
     checkpoint::atomic_write(&pool_dir.join(MANIFEST), json.as_bytes())?;
     // routing of held-out documents
-    let models: Vec<Model<f32>> = pool.iter().map(|(_, m, _)| m.clone()).collect();
     let mut routing = Vec::new();
     for (d, domain) in domains.iter().enumerate() {
         let docs = documents(&domain.test, config.documents, config.document_tokens);
-        let mut sent_to = vec![0usize; models.len()];
+        let mut sent_to = vec![0usize; pool.len()];
         for doc in &docs {
-            sent_to[route(&models, doc, config.router_tokens).0] += 1;
+            sent_to[route(pool.iter().map(|(_, m, _)| m), doc, config.router_tokens).0] += 1;
         }
         let accuracy = sent_to[assigned[d]] as f64 / docs.len().max(1) as f64;
         routing.push(RoutingRow { domain: domain.name.clone(), documents: docs.len(), accuracy, sent_to });
@@ -416,9 +429,8 @@ pub fn run(plan: &DomainsPlan, out_dir: &Path, progress: &Progress) -> Result<Do
     let summary = DomainsSummary {
         pool: pool.iter().map(|(n, ..)| n.clone()).collect(),
         domains: domains.iter().map(|d| d.name.clone()).collect(),
-        bits_per_token: pool
-            .iter()
-            .map(|(_, m, _)| domains.iter().map(|d| bits_per_token(m, &d.measure, batch)).collect())
+        bits_per_token: (0..pool.len())
+            .map(|m| (0..domains.len()).map(|d| pool_rate(&mut rates, &pool, m, d, &domains, batch)).collect())
             .collect(),
         decisions,
         description_length,

@@ -85,6 +85,22 @@ pub struct RecruitmentConfig {
 }
 
 impl RecruitmentConfig {
+    /// The four fields a pipeline must give; every other one at its default.
+    pub fn new(check_every: usize, trial_steps: usize, margin_bits: f64, max_blocks: usize) -> Self {
+        RecruitmentConfig {
+            check_every,
+            trial_steps,
+            margin_bits,
+            max_blocks,
+            candidates_per_check: default_candidates(),
+            cluster_vocabulary: default_cluster_vocabulary(),
+            cluster_size: default_cluster_size(),
+            split_tokens: default_split_tokens(),
+            bits_per_parameter: None,
+            rule_within: default_rule_within(),
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         for (field, value) in [
             ("recruitment.check_every", self.check_every),
@@ -376,10 +392,11 @@ pub fn trial(
     model: &Model<f32>,
     optimizer: &AdamW<f32>,
     candidate: Option<&Candidate>,
-) -> Result<(Trial, RuleSpec, RuleSet)> {
+) -> Result<Trial> {
     let mut model = model.clone();
     let mut optimizer = optimizer.clone();
-    let (spec, set) = match candidate {
+    let with_block;
+    let set: &RuleSet = match candidate {
         Some(c) => {
             model.add_block(&c.name, &c.members)?;
             optimizer.grow_to(&model.params);
@@ -391,24 +408,24 @@ pub fn trial(
                 model.config.n_layers,
                 ctx.recruitment.rule_within,
             );
-            let (set, _) = RuleSet::compile(&spec, ctx.vocabulary)?;
-            (spec, set)
+            with_block = RuleSet::compile(&spec, ctx.vocabulary)?.0;
+            &with_block
         }
-        None => (ctx.spec.clone(), ctx.set.clone()),
+        None => ctx.set,
     };
     let config = ctx.config;
     let last = (ctx.step + ctx.recruitment.trial_steps).min(config.steps);
     let mut steps = Vec::new();
     for step in ctx.step..last {
         let (loss, penalty, grads, lambda) =
-            step_gradients(&model, config, Some((ctx.locality, &set)), ctx.train_ids, step);
+            step_gradients(&model, config, Some((ctx.locality, set)), ctx.train_ids, step);
         let learning_rate = config.optim.learning_rate_at(step, config.steps);
         let grad_norm = optimizer.update(&mut model.params, &grads, &config.optim, learning_rate);
         steps.push((step + 1, f64::from(loss), f64::from(penalty), lambda, learning_rate, grad_norm));
     }
     let lambda = measuring_lambda(&ctx.locality.schedule, ctx.step, config.seed);
-    let bits = code_length_bits(&model, ctx.split, &set, ctx.locality, lambda, config.batch_size);
-    Ok((Trial { model, optimizer, bits, steps }, spec, set))
+    let bits = code_length_bits(&model, ctx.split, set, ctx.locality, lambda, config.batch_size);
+    Ok(Trial { model, optimizer, bits, steps })
 }
 
 /// A readable block name from its members' most informative anchors (METHOD §2): `recruited_a_b`.
@@ -450,32 +467,28 @@ pub fn check(
     candidates.extend(extra.iter().cloned());
     // the control and every candidate are independent copies: trial them side by side
     let runs: Vec<Option<&Candidate>> = std::iter::once(None).chain(candidates.iter().map(Some)).collect();
-    let mut results: Vec<Result<(Trial, RuleSpec, RuleSet)>> =
-        runs.par_iter().map(|c| trial(ctx, model, optimizer, *c)).collect();
-    let control = results.remove(0)?;
+    let mut results = runs.par_iter().map(|c| trial(ctx, model, optimizer, *c)).collect::<Vec<_>>().into_iter();
+    let control = results.next().ok_or_else(|| Error::invalid("recruitment", "no control trial"))??;
     let recruited_cost: f64 = model.config.recruited_blocks.iter().map(|b| cost_of(ctx, model, b.members.len())).sum();
-    let before = control.0.bits + recruited_cost;
+    let before = control.bits + recruited_cost;
+    // decisions[k] is the verdict on kept[k] = (candidate index, its trial)
     let mut decisions = Vec::new();
+    let mut kept = Vec::new();
     let mut best: Option<(usize, f64)> = None;
-    let mut trials = Vec::new();
     for (index, (candidate, result)) in candidates.iter().zip(results).enumerate() {
-        let (trial, spec, _) = match result {
-            Ok(t) => t,
-            // a candidate whose members were all taken by recruited blocks cannot be trialled: left out
-            Err(_) => continue,
-        };
+        // a candidate whose members were all taken by recruited blocks cannot be trialled: left out
+        let Ok(trial) = result else { continue };
         let cost = cost_of(ctx, model, candidate.members.len());
-        let saving = control.0.bits - trial.bits;
-        let acceptable = saving > cost + ctx.recruitment.margin_bits;
-        if acceptable && best.is_none_or(|(_, net)| saving - cost > net) {
-            best = Some((index, saving - cost));
+        let saving = control.bits - trial.bits;
+        if saving > cost + ctx.recruitment.margin_bits && best.is_none_or(|(_, net)| saving - cost > net) {
+            best = Some((kept.len(), saving - cost));
         }
         decisions.push(Decision {
             step: ctx.step,
             candidate: candidate.name.clone(),
             origin: candidate.origin,
             members: candidate.members.iter().map(|&m| ctx.vocabulary.tokens[m as usize].clone()).collect(),
-            bits_before: control.0.bits,
+            bits_before: control.bits,
             bits_after: trial.bits,
             cost_bits: cost,
             margin_bits: ctx.recruitment.margin_bits,
@@ -484,40 +497,36 @@ pub fn check(
             description_length_before: before,
             description_length_after: before,
         });
-        trials.push((index, trial, spec));
+        kept.push((index, trial));
     }
-    let mut accepted = None;
-    if let Some((index, _)) = best {
-        let position = trials.iter().position(|(i, ..)| *i == index);
-        if let Some((_, mut trial, spec)) = position.map(|p| trials.swap_remove(p)) {
-            let candidate = &candidates[index];
-            let name = if candidate.origin == Origin::Recruitable {
-                candidate.name.clone()
-            } else {
-                let taken: Vec<String> = spec.blocks.iter().map(|b| b.name.clone()).collect();
-                let sample = &ctx.train_ids[..ctx.train_ids.len().min(200_000)];
-                block_name(&candidate.members, ctx.vocabulary, sample, &taken)
-            };
-            // the trial named its block provisionally; the run keeps the anchor-derived name
-            if let Some(block) = trial.model.config.recruited_blocks.last_mut() {
-                block.name = name.clone();
-            }
-            let spec = spec_with_block(
-                ctx.spec,
-                &name,
-                &candidate.members,
-                ctx.vocabulary,
-                model.config.n_layers,
-                ctx.recruitment.rule_within,
-            );
-            for decision in decisions.iter_mut().filter(|d| d.candidate == candidate.name) {
-                decision.candidate = name.clone();
-                decision.accepted = true;
-                decision.description_length_after = trial.bits + recruited_cost + decision.cost_bits;
-            }
-            accepted = Some((trial, spec));
+    let accepted = best.map(|(k, _)| {
+        let (index, mut trial) = kept.swap_remove(k);
+        let candidate = &candidates[index];
+        let name = if candidate.origin == Origin::Recruitable {
+            candidate.name.clone()
+        } else {
+            let taken: Vec<String> = ctx.spec.blocks.iter().map(|b| b.name.clone()).collect();
+            let sample = &ctx.train_ids[..ctx.train_ids.len().min(200_000)];
+            block_name(&candidate.members, ctx.vocabulary, sample, &taken)
+        };
+        // the trial named its block provisionally; the run keeps the anchor-derived name
+        if let Some(block) = trial.model.config.recruited_blocks.last_mut() {
+            block.name = name.clone();
         }
-    }
+        let spec = spec_with_block(
+            ctx.spec,
+            &name,
+            &candidate.members,
+            ctx.vocabulary,
+            model.config.n_layers,
+            ctx.recruitment.rule_within,
+        );
+        let decision = &mut decisions[k];
+        decision.candidate = name;
+        decision.accepted = true;
+        decision.description_length_after = trial.bits + recruited_cost + decision.cost_bits;
+        (trial, spec)
+    });
     Ok(CheckOutcome { decisions, accepted, seconds: started.elapsed().as_secs_f64() })
 }
 

@@ -204,8 +204,8 @@ fn rule_sources(member: &crate::pipeline::Member) -> BTreeMap<String, (String, S
     out
 }
 
-fn group_key(member: &crate::pipeline::Member) -> String {
-    let mut config = member.config.clone();
+/// Runs whose configurations give the same key differ only in their seed.
+fn seedless_key(mut config: crate::train::TrainConfig) -> String {
     config.seed = 0;
     serde_json::to_string(&config).unwrap_or_default()
 }
@@ -235,7 +235,7 @@ pub fn build(run_dir: &Path) -> Result<Report> {
                 block_recruitment.push(MemberDecision { member: member.name.clone(), decision: (**decision).clone() });
             }
         }
-        let key = group_key(member);
+        let key = seedless_key(member.config.clone());
         match groups.iter_mut().find(|(k, _)| *k == key) {
             Some((_, runs)) => runs.push((member, summary, records)),
             None => groups.push((key, vec![(member, summary, records)])),

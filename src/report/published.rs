@@ -117,12 +117,12 @@ pub fn curves(configs: &[&TrainConfig], groups: &[Group], test_tokens: &[usize])
                 points: group.dial.iter().map(|row| CurvePoint { lambda: row.lambda, row: row.clone() }).collect(),
             }),
             Some(lambda) => {
+                // groups that differ in their training λ alone (and in seeds) share a key
                 let mut key_config = (*config).clone();
-                key_config.seed = 0;
                 if let Some(locality) = key_config.locality.as_mut() {
                     locality.schedule = LambdaSchedule::Constant { lambda: 0.0 };
                 }
-                let key = serde_json::to_string(&key_config).unwrap_or_default();
+                let key = super::seedless_key(key_config);
                 let entry = fixed.entry(key).or_insert_with(|| (g, Vec::new()));
                 if let Some(row) = group.dial.iter().find(|r| (r.lambda - lambda).abs() < 1e-9) {
                     entry.1.push(CurvePoint { lambda, row: row.clone() });
