@@ -14,7 +14,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use ndarray::ArrayD;
-use safetensors::tensor::{Dtype, SafeTensors, View};
+use safetensors::tensor::{Dtype, Metadata as Header, SafeTensors, View};
 use serde::{Deserialize, Serialize};
 
 use crate::data::Vocabulary;
@@ -144,14 +144,32 @@ fn read_file(path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path).map_err(|e| Error::io(path, e))
 }
 
-fn metadata_json(path: &Path, bytes: &[u8]) -> Result<String> {
-    let (_, header) = SafeTensors::read_metadata(bytes).map_err(|e| corrupt(path, e.to_string()))?;
-    header
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(METADATA_KEY))
-        .cloned()
-        .ok_or_else(|| corrupt(path, format!("no `{METADATA_KEY}` metadata entry (not written by ailla?)")))
+/// A safetensors file parsed once: its header, and the data the header's offsets point into.
+struct Parsed<'a> {
+    header: Header,
+    data: &'a [u8],
+}
+
+impl<'a> Parsed<'a> {
+    fn new(path: &Path, bytes: &'a [u8]) -> Result<Self> {
+        // `read_metadata` checks that every tensor's offsets lie inside the buffer and tile it exactly
+        let (length, header) = SafeTensors::read_metadata(bytes)
+            .map_err(|e| corrupt(path, format!("{e} (truncated or not a safetensors file?)")))?;
+        Ok(Parsed { header, data: &bytes[8 + length..] })
+    }
+
+    fn metadata_json(&self, path: &Path) -> Result<&str> {
+        self.header
+            .metadata()
+            .as_ref()
+            .and_then(|m| m.get(METADATA_KEY))
+            .map(String::as_str)
+            .ok_or_else(|| corrupt(path, format!("no `{METADATA_KEY}` metadata entry (not written by ailla?)")))
+    }
+
+    fn tensor_count(&self) -> usize {
+        self.header.tensors().len()
+    }
 }
 
 /// The training step a checkpoint was saved at, read from its header alone: choosing the most advanced
@@ -183,18 +201,19 @@ pub fn step_of(path: &Path) -> Result<usize> {
 }
 
 /// Fills `target` from the tensor `name` of `file`, checking dtype, shape and finiteness.
-fn fill(path: &Path, file: &SafeTensors, name: &str, mut target: ndarray::ArrayViewMutD<f32>) -> Result<()> {
-    let view = file.tensor(name).map_err(|_| corrupt(path, format!("tensor `{name}` is missing")))?;
-    if view.dtype() != Dtype::F32 {
-        return Err(corrupt(path, format!("tensor `{name}` is {:?}, expected F32", view.dtype())));
+fn fill(path: &Path, file: &Parsed, name: &str, mut target: ndarray::ArrayViewMutD<f32>) -> Result<()> {
+    let info = file.header.info(name).ok_or_else(|| corrupt(path, format!("tensor `{name}` is missing")))?;
+    if info.dtype != Dtype::F32 {
+        return Err(corrupt(path, format!("tensor `{name}` is {:?}, expected F32", info.dtype)));
     }
-    if view.shape() != target.shape() {
+    if info.shape != target.shape() {
         return Err(corrupt(
             path,
-            format!("tensor `{name}` has shape {:?}, the config implies {:?}", view.shape(), target.shape()),
+            format!("tensor `{name}` has shape {:?}, the config implies {:?}", info.shape, target.shape()),
         ));
     }
-    for (slot, chunk) in target.iter_mut().zip(view.data().chunks_exact(4)) {
+    let (start, end) = info.data_offsets;
+    for (slot, chunk) in target.iter_mut().zip(file.data[start..end].chunks_exact(4)) {
         *slot = f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
     }
     if target.iter().any(|v| !v.is_finite()) {
@@ -205,11 +224,9 @@ fn fill(path: &Path, file: &SafeTensors, name: &str, mut target: ndarray::ArrayV
 
 pub fn load(path: &Path) -> Result<Checkpoint> {
     let bytes = read_file(path)?;
-    let file = SafeTensors::deserialize(&bytes)
-        .map_err(|e| corrupt(path, format!("{e} (truncated or not a safetensors file?)")))?;
-    let json = metadata_json(path, &bytes)?;
-    let metadata: Metadata =
-        serde_json::from_str(&json).map_err(|e| corrupt(path, format!("metadata entry `{METADATA_KEY}`: {e}")))?;
+    let file = Parsed::new(path, &bytes)?;
+    let metadata: Metadata = serde_json::from_str(file.metadata_json(path)?)
+        .map_err(|e| corrupt(path, format!("metadata entry `{METADATA_KEY}`: {e}")))?;
     if metadata.format != FORMAT || metadata.version != FORMAT_VERSION {
         return Err(corrupt(
             path,
@@ -232,8 +249,8 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         fill(path, &file, &name, target)?;
     }
     let expected = params.named().len();
-    if file.len() != expected {
-        return Err(corrupt(path, format!("{} tensors, the config implies {expected}", file.len())));
+    if file.tensor_count() != expected {
+        return Err(corrupt(path, format!("{} tensors, the config implies {expected}", file.tensor_count())));
     }
     Ok(Checkpoint {
         model: Model { config: metadata.config, params },
@@ -265,11 +282,9 @@ pub fn save_optimizer(path: &Path, optimizer: &AdamW<f32>, params: &Params<f32>)
 
 pub fn load_optimizer(path: &Path, params: &Params<f32>) -> Result<AdamW<f32>> {
     let bytes = read_file(path)?;
-    let file = SafeTensors::deserialize(&bytes)
-        .map_err(|e| corrupt(path, format!("{e} (truncated or not a safetensors file?)")))?;
-    let json = metadata_json(path, &bytes)?;
-    let metadata: OptimizerMetadata =
-        serde_json::from_str(&json).map_err(|e| corrupt(path, format!("metadata entry `{METADATA_KEY}`: {e}")))?;
+    let file = Parsed::new(path, &bytes)?;
+    let metadata: OptimizerMetadata = serde_json::from_str(file.metadata_json(path)?)
+        .map_err(|e| corrupt(path, format!("metadata entry `{METADATA_KEY}`: {e}")))?;
     let mut optimizer = AdamW::new(params);
     optimizer.step = metadata.step;
     for (index, (name, _)) in params.named().into_iter().enumerate() {
