@@ -49,6 +49,31 @@ pub enum Command {
     Anchors(AnchorsArgs),
     /// Send a document to the pool model that codes its first tokens in the fewest bits (METHOD §8).
     Route(RouteArgs),
+    /// Trial a block of your own on a run, as recruitment would, and say in bits whether it pays (METHOD §7).
+    Trial(TrialArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct TrialArgs {
+    /// A run directory written by `ailla train` or a pipeline member (`train.json`, its checkpoint).
+    pub run_dir: PathBuf,
+    /// The block's words, separated by commas or spaces, as the run's tokenizer wrote them.
+    #[arg(long)]
+    pub block: String,
+    /// The block's name in the output.
+    #[arg(long, default_value = "proposed")]
+    pub name: String,
+    /// Trial steps (default: the run's `recruitment.trial_steps`, else 100).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Tokens of the recruitment split, the end of the validation split (default: the run's, else 4096).
+    #[arg(long)]
+    pub split_tokens: Option<usize>,
+    /// Bits the block must save beyond its cost (default: the run's `recruitment.margin_bits`, else 0).
+    #[arg(long)]
+    pub margin: Option<f64>,
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -311,6 +336,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Generate(args) => run_generate(args, out),
         Command::Check(args) => run_check(args, out),
         Command::Route(args) => run_route(args, out),
+        Command::Trial(args) => run_trial(args, out),
         Command::Fmt(args) => run_fmt(args, out),
         Command::Anchors(args) => run_anchors(args, out),
     }
@@ -778,6 +804,73 @@ fn run_route(args: RouteArgs, out: &mut dyn Write) -> Result<()> {
             b / read.max(1) as f64
         );
     }
+    write_out(out, &s)
+}
+
+fn run_trial(args: TrialArgs, out: &mut dyn Write) -> Result<()> {
+    let request = crate::recruit::probe::ProbeRequest {
+        name: args.name,
+        words: args.block.split([',', ' ', '\t', '\n']).filter(|w| !w.is_empty()).map(String::from).collect(),
+        trial_steps: args.steps,
+        split_tokens: args.split_tokens,
+        margin_bits: args.margin,
+    };
+    let probe = crate::recruit::probe::probe(&args.run_dir, &request)?;
+    if args.json {
+        let json = serde_json::to_string_pretty(&probe).map_err(|e| Error::Numeric(e.to_string()))?;
+        return write_out(out, &format!("{json}\n"));
+    }
+    let d = &probe.decision;
+    let per_token = |bits: f64, n: usize| bits / n.max(1) as f64;
+    let mut s = format!(
+        "block `{}` ({} members) on {} from step {}: {} trial steps, split of {} tokens coded at λ = {}\n\n",
+        d.candidate,
+        d.members.len(),
+        args.run_dir.display(),
+        probe.from_step,
+        probe.trial_steps,
+        d.split_tokens,
+        probe.lambda
+    );
+    let rows = [
+        (format!("all {} positions", d.split_tokens), d.bits_before, d.bits_after, d.split_tokens),
+        (
+            format!("  a member is the input ({})", probe.member_queries.positions),
+            probe.member_queries.bits_control,
+            probe.member_queries.bits_with_block,
+            probe.member_queries.positions,
+        ),
+        (
+            format!("  everywhere else ({})", probe.other_queries.positions),
+            probe.other_queries.bits_control,
+            probe.other_queries.bits_with_block,
+            probe.other_queries.positions,
+        ),
+    ];
+    s += &format!("{:<36} {:>11} {:>11} {:>9} {:>19}\n", "bits", "control", "with block", "saved", "bits/token");
+    for (label, control, with, positions) in rows {
+        s += &format!(
+            "{label:<36} {control:>11.1} {with:>11.1} {:>9.1} {:>8.4} → {:.4}\n",
+            control - with,
+            per_token(control, positions),
+            per_token(with, positions)
+        );
+    }
+    s += "(the control trains the same steps without the block, so the saving credits the block)\n";
+    s += &format!(
+        "\nsaving {:.1} bits; cost {:.1} bits ({:.1} for the membership, {:.1} for the block embedding); margin {:.1} bits\n",
+        d.saving_bits(),
+        d.cost_bits,
+        probe.membership_bits,
+        d.cost_bits - probe.membership_bits,
+        d.margin_bits
+    );
+    let need = d.cost_bits + d.margin_bits;
+    s += &if d.accepted {
+        format!("verdict: recruited — it saves {:.1} bits more than it costs\n", d.saving_bits() - need)
+    } else {
+        format!("verdict: not recruited — {:.1} bits short\n", need - d.saving_bits())
+    };
     write_out(out, &s)
 }
 

@@ -147,3 +147,51 @@ fn a_run_whose_trials_are_all_rejected_is_bit_identical_to_a_run_without_recruit
     assert_eq!(ma.model, mb.model, "rejected trials changed the weights");
     assert!(!a.join("recruited.rules").exists());
 }
+
+#[test]
+fn ailla_trial_weighs_an_experts_block_in_bits_without_touching_the_run() {
+    let (dir, t) = trained(200);
+    let run = dir.path().join("run");
+    let ailla = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_ailla")).args(args).output().expect("the ailla binary runs")
+    };
+    let weights_before = std::fs::read(run.join("model.safetensors")).unwrap();
+    let block = PLANTED_ALLERGENS.join(", ");
+    let args = ["--threads", "2", "trial", run.to_str().unwrap(), "--block", &block, "--steps", "20", "--json"];
+    let output = ailla(&args);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let probe: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let decision = &probe["decision"];
+    let number = |v: &serde_json::Value| v.as_f64().unwrap();
+    assert_eq!(decision["members"].as_array().unwrap().len(), PLANTED_ALLERGENS.len());
+    assert_eq!(probe["from_step"], 200);
+    assert_eq!(probe["trial_steps"], 20);
+    // the split's bits are the sum of its member-query and other positions, under both models
+    let split = decision["split_tokens"].as_u64().unwrap() as usize;
+    let (members, others) = (&probe["member_queries"], &probe["other_queries"]);
+    assert_eq!(members["positions"].as_u64().unwrap() + others["positions"].as_u64().unwrap(), split as u64);
+    assert!(members["positions"].as_u64().unwrap() > 100, "the planted allergens are inputs in the split");
+    for (side, total) in [("bits_control", "bits_before"), ("bits_with_block", "bits_after")] {
+        let sum = number(&members[side]) + number(&others[side]);
+        assert!((sum - number(&decision[total])).abs() < 1e-6 * sum, "{side}: {sum} vs {}", decision[total]);
+    }
+    let cost = recruit::block_cost_bits(t.vocabulary.len(), PLANTED_ALLERGENS.len(), 48, split, None);
+    assert!((number(&decision["cost_bits"]) - cost).abs() < 1e-9);
+    assert!((number(&probe["membership_bits"]) - recruit::log2_binomial(t.vocabulary.len(), 16)).abs() < 1e-9);
+    let saving = number(&decision["bits_before"]) - number(&decision["bits_after"]);
+    assert_eq!(decision["accepted"].as_bool().unwrap(), saving > cost + number(&decision["margin_bits"]));
+    // the same question gets the same answer, and the run is left as it was
+    assert_eq!(ailla(&args).stdout, output.stdout);
+    assert_eq!(std::fs::read(run.join("model.safetensors")).unwrap(), weights_before);
+
+    let text = ailla(&["trial", run.to_str().unwrap(), "--block", &block, "--steps", "5"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("a member is the input") && text.contains("verdict: "), "{text}");
+
+    for (words, says) in [("latex, peanutz", "`peanutz` is not in the run's vocabulary"), ("latex, insulin", "`drugs`")] {
+        let refused = ailla(&["trial", run.to_str().unwrap(), "--block", words]);
+        assert_eq!(refused.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains(says) && stderr.contains("--block"), "{stderr}");
+    }
+}

@@ -19,6 +19,7 @@
 
 pub mod domains;
 pub mod kmeans;
+pub mod probe;
 
 use std::time::Instant;
 
@@ -194,6 +195,32 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// The verdict "not recruited", with the bits behind it; `description_length` is the run's before the
+    /// check, which a rejection leaves as it was.
+    fn rejected(
+        ctx: &CheckContext,
+        candidate: &Candidate,
+        control_bits: f64,
+        trial_bits: f64,
+        cost_bits: f64,
+        description_length: f64,
+    ) -> Self {
+        Decision {
+            step: ctx.step,
+            candidate: candidate.name.clone(),
+            origin: candidate.origin,
+            members: candidate.members.iter().map(|&m| ctx.vocabulary.tokens[m as usize].clone()).collect(),
+            bits_before: control_bits,
+            bits_after: trial_bits,
+            cost_bits,
+            margin_bits: ctx.recruitment.margin_bits,
+            split_tokens: ctx.split.len().saturating_sub(1),
+            accepted: false,
+            description_length_before: description_length,
+            description_length_after: description_length,
+        }
+    }
+
     pub fn saving_bits(&self) -> f64 {
         self.bits_before - self.bits_after
     }
@@ -220,6 +247,8 @@ pub struct Trial {
     pub model: Model<f32>,
     pub optimizer: AdamW<f32>,
     pub bits: f64,
+    /// The split's bits position by position (`bits` is their sum).
+    pub bits_by_position: Vec<f64>,
     /// `(step, loss, penalty, λ, learning rate, gradient norm)` of every trial step.
     pub steps: Vec<(usize, f64, f64, f64, f64, f64)>,
 }
@@ -254,16 +283,30 @@ pub fn code_length_bits(
     lambda: f64,
     batch: usize,
 ) -> f64 {
+    code_lengths(model, ids, set, locality, lambda, batch).iter().sum()
+}
+
+/// The bits of every predicted token of `ids` (`ids[p + 1]` given `ids[..=p]` within its window), in
+/// order: where a block's saving comes from is read off these.
+pub fn code_lengths(
+    model: &Model<f32>,
+    ids: &[u32],
+    set: &RuleSet,
+    locality: &LocalityConfig,
+    lambda: f64,
+    batch: usize,
+) -> Vec<f64> {
     let (layers, heads) = (model.config.n_layers, model.config.n_heads);
-    let mut nats = 0.0f64;
+    let mut bits = Vec::with_capacity(ids.len().saturating_sub(1));
     for b in eval_batches(ids, model.config.ctx_len, batch) {
         let targets = BatchTargets::new(set, &b.inputs, b.windows, b.seq_len, layers, heads);
         let hook =
             LocalityHook::new(&targets, per_layer(lambda, layers, locality.progressive_beta), locality.dial, false);
         let cache = model.forward(&b.inputs, b.windows, b.seq_len, &hook);
-        nats += model.output_loss(&cache, &b.targets, false).nll.iter().map(|&v| f64::from(v)).sum::<f64>();
+        let nll = model.output_loss(&cache, &b.targets, false).nll;
+        bits.extend(nll.iter().map(|&v| f64::from(v) / std::f64::consts::LN_2));
     }
-    nats / std::f64::consts::LN_2
+    bits
 }
 
 /// `spec` with a recruited block: a `recruitable` block of the same name is replaced by it. Its own-block
@@ -424,8 +467,9 @@ pub fn trial(
         steps.push((step + 1, f64::from(loss), f64::from(penalty), lambda, learning_rate, grad_norm));
     }
     let lambda = measuring_lambda(&ctx.locality.schedule, ctx.step, config.seed);
-    let bits = code_length_bits(&model, ctx.split, set, ctx.locality, lambda, config.batch_size);
-    Ok(Trial { model, optimizer, bits, steps })
+    let bits_by_position = code_lengths(&model, ctx.split, set, ctx.locality, lambda, config.batch_size);
+    let bits = bits_by_position.iter().sum();
+    Ok(Trial { model, optimizer, bits, bits_by_position, steps })
 }
 
 /// A readable block name from its members' most informative anchors (METHOD §2): `recruited_a_b`.
@@ -483,20 +527,7 @@ pub fn check(
         if saving > cost + ctx.recruitment.margin_bits && best.is_none_or(|(_, net)| saving - cost > net) {
             best = Some((kept.len(), saving - cost));
         }
-        decisions.push(Decision {
-            step: ctx.step,
-            candidate: candidate.name.clone(),
-            origin: candidate.origin,
-            members: candidate.members.iter().map(|&m| ctx.vocabulary.tokens[m as usize].clone()).collect(),
-            bits_before: control.bits,
-            bits_after: trial.bits,
-            cost_bits: cost,
-            margin_bits: ctx.recruitment.margin_bits,
-            split_tokens: ctx.split.len().saturating_sub(1),
-            accepted: false,
-            description_length_before: before,
-            description_length_after: before,
-        });
+        decisions.push(Decision::rejected(ctx, candidate, control.bits, trial.bits, cost, before));
         kept.push((index, trial));
     }
     let accepted = best.map(|(k, _)| {

@@ -1,0 +1,179 @@
+//! `ailla trial`: the recruitment trial of METHOD §7 run on demand, for a block an expert proposes, on a
+//! finished (or interrupted) run. It answers "would this block pay for itself here, and where do its bits
+//! come from?" without changing the run: the trial and its control work on copies.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::{
+    cost_of, log2_binomial, measuring_lambda, split_of, trial, Candidate, CheckContext, Decision, Origin,
+    RecruitmentConfig,
+};
+use crate::checkpoint;
+use crate::locality::RuleSet;
+use crate::train::{Dataset, RunPaths, TrainConfig};
+use crate::{Error, Result};
+
+/// What to trial, and how long.
+#[derive(Clone, Debug)]
+pub struct ProbeRequest {
+    pub name: String,
+    /// Vocabulary entries, exactly as the run's tokenizer wrote them.
+    pub words: Vec<String>,
+    /// Trial steps (default: the run's `recruitment.trial_steps`, else 100).
+    pub trial_steps: Option<usize>,
+    /// Tokens of the recruitment split (default: the run's, else 4096).
+    pub split_tokens: Option<usize>,
+    /// Bits beyond the cost (default: the run's `recruitment.margin_bits`, else 0).
+    pub margin_bits: Option<f64>,
+}
+
+/// The bits of the split's positions whose input token is (or is not) a member.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct PositionBits {
+    pub positions: usize,
+    pub bits_control: f64,
+    pub bits_with_block: f64,
+}
+
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct Probe {
+    /// The verdict in the form a training run records it.
+    pub decision: Decision,
+    /// Steps of the run's checkpoint the trial started from.
+    pub from_step: usize,
+    pub trial_steps: usize,
+    /// The dial value the split was coded at.
+    pub lambda: f64,
+    /// `log2 C(V, |B|)`: which entries are members.
+    pub membership_bits: f64,
+    /// Positions where a member is the input: the queries the block's own-block rule covers.
+    pub member_queries: PositionBits,
+    pub other_queries: PositionBits,
+}
+
+fn corrupt_run(run_dir: &Path, message: impl Into<String>) -> Error {
+    Error::Config { path: run_dir.join("train.json"), message: message.into() }
+}
+
+/// Trials `request`'s block on the run in `run_dir`, beside a control, as a recruitment check would.
+pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
+    let paths = RunPaths { dir: run_dir.to_path_buf() };
+    let config_path = paths.config();
+    let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
+    let config: TrainConfig =
+        serde_json::from_str(&text).map_err(|e| corrupt_run(run_dir, format!("not a run's training config: {e}")))?;
+    let Some(locality) = config.locality.clone() else {
+        return Err(corrupt_run(
+            run_dir,
+            "the run trained without rules (`locality`), so a block has no rule to act by",
+        ));
+    };
+    let latest = paths.latest_checkpoint()?;
+    let loaded = checkpoint::load(&latest)?;
+    let optimizer = checkpoint::load_optimizer(&checkpoint::optimizer_path(&latest), &loaded.model.params)?;
+    let vocabulary = loaded.vocabulary;
+    let model = loaded.model;
+
+    let mut recruitment = config.recruitment.clone().unwrap_or_else(|| RecruitmentConfig::new(1, 100, 0.0, 1));
+    if let Some(steps) = request.trial_steps {
+        recruitment.trial_steps = steps;
+    }
+    if let Some(tokens) = request.split_tokens {
+        recruitment.split_tokens = tokens;
+    }
+    if let Some(margin) = request.margin_bits {
+        recruitment.margin_bits = margin;
+    }
+    recruitment.validate()?;
+
+    let spec = super::spec_with_recruited(&locality.load_rules()?, &model, &vocabulary, recruitment.rule_within);
+    let (set, _) = RuleSet::compile(&spec, &vocabulary)?;
+    let mut members = Vec::new();
+    for word in &request.words {
+        let Some(id) = vocabulary.id(word) else {
+            let suggestions = crate::suggest::closest(word, vocabulary.tokens.iter().map(String::as_str), 3);
+            let hint = if suggestions.is_empty() {
+                String::new()
+            } else {
+                format!(" (closest entries: {})", suggestions.join(", "))
+            };
+            return Err(Error::invalid("--block", format!("`{word}` is not in the run's vocabulary{hint}")));
+        };
+        let block = set.block_of_token(id);
+        let recruited = model.config.block_lookup().get(id as usize).is_some_and(|&k| k != 0);
+        if block != 0 || recruited {
+            let owner =
+                if block != 0 { set.blocks[usize::from(block) - 1].name.clone() } else { "a recruited block".into() };
+            return Err(Error::invalid("--block", format!("`{word}` already belongs to `{owner}`")));
+        }
+        members.push(id);
+    }
+    members.sort_unstable();
+    members.dedup();
+    if members.is_empty() {
+        return Err(Error::invalid("--block", "names no word"));
+    }
+    if spec.blocks.iter().any(|b| b.name == request.name) {
+        return Err(Error::invalid("--name", format!("the run's rules already have a block `{}`", request.name)));
+    }
+
+    let splits = config.corpus.load()?;
+    let data = Dataset::with_vocabulary(&splits, vocabulary)?;
+    let split = split_of(&data.valid, recruitment.split_tokens);
+    // a finished run has no steps left: its schedule is stretched to cover the trial, near its floor
+    let step = optimizer.step;
+    let mut trial_config = config.clone();
+    trial_config.steps = trial_config.steps.max(step + recruitment.trial_steps);
+    let context = CheckContext {
+        config: &trial_config,
+        recruitment: &recruitment,
+        locality: &locality,
+        spec: &spec,
+        set: &set,
+        vocabulary: &data.vocabulary,
+        train_ids: &data.train,
+        split,
+        step,
+    };
+    let candidate = Candidate { name: request.name.clone(), origin: Origin::Given, members };
+    let (control, with) = rayon::join(
+        || trial(&context, &model, &optimizer, None),
+        || trial(&context, &model, &optimizer, Some(&candidate)),
+    );
+    let (control, with) = (control?, with?);
+
+    let cost = cost_of(&context, &model, candidate.members.len());
+    let membership_bits = log2_binomial(data.vocabulary.len(), candidate.members.len());
+    let recruited_cost: f64 =
+        model.config.recruited_blocks.iter().map(|b| cost_of(&context, &model, b.members.len())).sum();
+    let before = control.bits + recruited_cost;
+    let mut decision = Decision::rejected(&context, &candidate, control.bits, with.bits, cost, before);
+    if decision.saving_bits() > cost + recruitment.margin_bits {
+        decision.accepted = true;
+        decision.description_length_after = with.bits + recruited_cost + cost;
+    }
+
+    let mut member_queries = PositionBits { positions: 0, bits_control: 0.0, bits_with_block: 0.0 };
+    let mut other_queries = member_queries.clone();
+    for (position, (&c, &w)) in control.bits_by_position.iter().zip(&with.bits_by_position).enumerate() {
+        let side = if candidate.members.binary_search(&split[position]).is_ok() {
+            &mut member_queries
+        } else {
+            &mut other_queries
+        };
+        side.positions += 1;
+        side.bits_control += c;
+        side.bits_with_block += w;
+    }
+    Ok(Probe {
+        decision,
+        from_step: step,
+        trial_steps: with.steps.len(),
+        lambda: measuring_lambda(&locality.schedule, step, config.seed),
+        membership_bits,
+        member_queries,
+        other_queries,
+    })
+}
