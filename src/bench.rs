@@ -346,7 +346,7 @@ pub fn recruitment_cost(trial_steps: usize) -> Result<RecruitmentCost> {
     let started = Instant::now();
     let outcome = check(&context, &model, &optimizer, &[])?;
     let check_seconds = started.elapsed().as_secs_f64();
-    let trials = outcome.decisions.len() + 1;
+    let trials = outcome.trials;
     let mut plain = model.clone();
     let mut plain_optimizer = optimizer.clone();
     let started = Instant::now();

@@ -858,18 +858,19 @@ fn run_trial(args: TrialArgs, out: &mut dyn Write) -> Result<()> {
     }
     s += "(the control trains the same steps without the block, so the saving credits the block)\n";
     s += &format!(
-        "\nsaving {:.1} bits; cost {:.1} bits ({:.1} for the membership, {:.1} for the block embedding); margin {:.1} bits\n",
+        "\nsaving {:.1} bits; cost {:.1} bits ({:.1} for the membership, {:.1} for the block embedding); \
+         margin {:.1} bits; noise {:.1} bits (a second control on the reversed batches)\n",
         d.saving_bits(),
         d.cost_bits,
         probe.membership_bits,
         d.cost_bits - probe.membership_bits,
-        d.margin_bits
+        d.margin_bits,
+        d.noise_bits
     );
-    let need = d.cost_bits + d.margin_bits;
     s += &if d.accepted {
-        format!("verdict: recruited — it saves {:.1} bits more than it costs\n", d.saving_bits() - need)
+        format!("verdict: recruited — it saves {:.1} bits more than it must\n", d.saving_bits() - d.required_bits())
     } else {
-        format!("verdict: not recruited — {:.1} bits short\n", need - d.saving_bits())
+        format!("verdict: not recruited — {:.1} bits short\n", d.required_bits() - d.saving_bits())
     };
     write_out(out, &s)
 }

@@ -82,8 +82,10 @@ fn clustering_proposes_the_planted_block_and_a_random_block_is_rejected_in_bits(
     let spec = locality.load_rules().unwrap();
     let (set, _) = RuleSet::compile(&spec, &t.vocabulary).unwrap();
     let split = recruit::split_of(&t.valid_ids, recruitment.split_tokens);
+    // the run goes on past the check, so that its trials have steps to train
+    let config = TrainConfig { steps: 400, ..t.config.clone() };
     let context = CheckContext {
-        config: &t.config,
+        config: &config,
         recruitment: &recruitment,
         locality: &locality,
         spec: &spec,
@@ -121,7 +123,29 @@ fn clustering_proposes_the_planted_block_and_a_random_block_is_rejected_in_bits(
     for d in &outcome.decisions {
         assert!(d.bits_before.is_finite() && d.bits_after.is_finite() && d.cost_bits > 0.0);
         assert!(d.description_length_after <= d.description_length_before);
+        assert!(d.noise_bits.is_finite() && d.noise_bits >= 0.0);
     }
+    assert_eq!(outcome.trials, outcome.decisions.len() + 2, "control, reversed control, candidates");
+
+    // the reversed control trains on the very batches of the control: over one step it is the control,
+    // over several it takes another path to a different code length
+    let one_step = RecruitmentConfig { trial_steps: 1, ..recruitment.clone() };
+    let context = CheckContext { recruitment: &one_step, ..context };
+    let (control, reversed) = (
+        recruit::trial(&context, &t.model, &t.optimizer, None).unwrap(),
+        recruit::reversed_control(&context, &t.model, &t.optimizer).unwrap(),
+    );
+    assert_eq!(control.model, reversed.model);
+    assert_eq!(control.bits, reversed.bits);
+    let context = CheckContext { recruitment: &recruitment, ..context };
+    let (control, reversed) = (
+        recruit::trial(&context, &t.model, &t.optimizer, None).unwrap(),
+        recruit::reversed_control(&context, &t.model, &t.optimizer).unwrap(),
+    );
+    assert_ne!(control.bits, reversed.bits);
+    let batches = |trial: &recruit::Trial| trial.steps.iter().map(|s| s.1.to_bits()).collect::<Vec<_>>();
+    assert_eq!(control.steps.len(), reversed.steps.len());
+    assert_ne!(batches(&control), batches(&reversed), "the reversed control saw its batches in another order");
 }
 
 #[test]
@@ -179,7 +203,9 @@ fn ailla_trial_weighs_an_experts_block_in_bits_without_touching_the_run() {
     assert!((number(&decision["cost_bits"]) - cost).abs() < 1e-9);
     assert!((number(&probe["membership_bits"]) - recruit::log2_binomial(t.vocabulary.len(), 16)).abs() < 1e-9);
     let saving = number(&decision["bits_before"]) - number(&decision["bits_after"]);
-    assert_eq!(decision["accepted"].as_bool().unwrap(), saving > cost + number(&decision["margin_bits"]));
+    let required = cost + number(&decision["margin_bits"]) + number(&decision["noise_bits"]);
+    assert!(number(&decision["noise_bits"]) > 0.0, "the noise floor is measured");
+    assert_eq!(decision["accepted"].as_bool().unwrap(), saving > required);
     // the same question gets the same answer, and the run is left as it was
     assert_eq!(ailla(&args).stdout, output.stdout);
     assert_eq!(std::fs::read(run.join("model.safetensors")).unwrap(), weights_before);
@@ -188,7 +214,8 @@ fn ailla_trial_weighs_an_experts_block_in_bits_without_touching_the_run() {
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("a member is the input") && text.contains("verdict: "), "{text}");
 
-    for (words, says) in [("latex, peanutz", "`peanutz` is not in the run's vocabulary"), ("latex, insulin", "`drugs`")] {
+    for (words, says) in [("latex, peanutz", "`peanutz` is not in the run's vocabulary"), ("latex, insulin", "`drugs`")]
+    {
         let refused = ailla(&["trial", run.to_str().unwrap(), "--block", words]);
         assert_eq!(refused.status.code(), Some(2));
         let stderr = String::from_utf8_lossy(&refused.stderr);

@@ -50,6 +50,9 @@ fn default_split_tokens() -> usize {
 fn default_rule_within() -> Option<usize> {
     Some(32)
 }
+fn default_noise_control() -> bool {
+    true
+}
 
 /// The recruitment priors of a pipeline (`recruitment:`), METHOD §7–§8.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -83,6 +86,10 @@ pub struct RecruitmentConfig {
     /// does not dilute its pointer.
     #[serde(default = "default_rule_within")]
     pub rule_within: Option<usize>,
+    /// Train a second control on the same batches in reverse order, and require a block to save more
+    /// than the two controls differ by: a saving inside the noise of training is no evidence.
+    #[serde(default = "default_noise_control")]
+    pub noise_control: bool,
 }
 
 impl RecruitmentConfig {
@@ -99,6 +106,7 @@ impl RecruitmentConfig {
             split_tokens: default_split_tokens(),
             bits_per_parameter: None,
             rule_within: default_rule_within(),
+            noise_control: default_noise_control(),
         }
     }
 
@@ -186,6 +194,10 @@ pub struct Decision {
     pub bits_after: f64,
     pub cost_bits: f64,
     pub margin_bits: f64,
+    /// `|L(D | control) − L(D | control on the reversed batches)|`: how far two equally informed trainings
+    /// land apart. A block must save more than cost, margin and this (0 when `noise_control` is off).
+    #[serde(default)]
+    pub noise_bits: f64,
     pub split_tokens: usize,
     pub accepted: bool,
     /// `DL(M, D)` of the model the run continues with, before and after this decision: data bits of the
@@ -200,7 +212,7 @@ impl Decision {
     fn rejected(
         ctx: &CheckContext,
         candidate: &Candidate,
-        control_bits: f64,
+        (control_bits, noise_bits): (f64, f64),
         trial_bits: f64,
         cost_bits: f64,
         description_length: f64,
@@ -214,6 +226,7 @@ impl Decision {
             bits_after: trial_bits,
             cost_bits,
             margin_bits: ctx.recruitment.margin_bits,
+            noise_bits,
             split_tokens: ctx.split.len().saturating_sub(1),
             accepted: false,
             description_length_before: description_length,
@@ -223,6 +236,11 @@ impl Decision {
 
     pub fn saving_bits(&self) -> f64 {
         self.bits_before - self.bits_after
+    }
+
+    /// What the saving must exceed: cost, margin and the measured noise.
+    pub fn required_bits(&self) -> f64 {
+        self.cost_bits + self.margin_bits + self.noise_bits
     }
 }
 
@@ -257,6 +275,8 @@ pub struct CheckOutcome {
     pub decisions: Vec<Decision>,
     /// The accepted candidate's trial, with the spec that now includes its block.
     pub accepted: Option<(Trial, RuleSpec)>,
+    /// Copies trained, controls included.
+    pub trials: usize,
     pub seconds: f64,
 }
 
@@ -436,6 +456,23 @@ pub fn trial(
     optimizer: &AdamW<f32>,
     candidate: Option<&Candidate>,
 ) -> Result<Trial> {
+    train_copy(ctx, model, optimizer, candidate, false)
+}
+
+/// A second control: the same model trained on the same batches (each with its own λ) in the reverse
+/// order. Its code length differs from the control's only by the path training took, never by what it
+/// saw, so their difference is a measured noise floor for the check's savings.
+pub fn reversed_control(ctx: &CheckContext, model: &Model<f32>, optimizer: &AdamW<f32>) -> Result<Trial> {
+    train_copy(ctx, model, optimizer, None, true)
+}
+
+fn train_copy(
+    ctx: &CheckContext,
+    model: &Model<f32>,
+    optimizer: &AdamW<f32>,
+    candidate: Option<&Candidate>,
+    reversed: bool,
+) -> Result<Trial> {
     let mut model = model.clone();
     let mut optimizer = optimizer.clone();
     let with_block;
@@ -460,8 +497,10 @@ pub fn trial(
     let last = (ctx.step + ctx.recruitment.trial_steps).min(config.steps);
     let mut steps = Vec::new();
     for step in ctx.step..last {
+        // the batch (and its λ) of step `batch_step`; the learning rate stays the step's own
+        let batch_step = if reversed { last - 1 - (step - ctx.step) } else { step };
         let (loss, penalty, grads, lambda) =
-            step_gradients(&model, config, Some((ctx.locality, set)), ctx.train_ids, step);
+            step_gradients(&model, config, Some((ctx.locality, set)), ctx.train_ids, batch_step);
         let learning_rate = config.optim.learning_rate_at(step, config.steps);
         let grad_norm = optimizer.update(&mut model.params, &grads, &config.optim, learning_rate);
         steps.push((step + 1, f64::from(loss), f64::from(penalty), lambda, learning_rate, grad_norm));
@@ -509,25 +548,24 @@ pub fn check(
     let started = Instant::now();
     let mut candidates = propose(ctx, model);
     candidates.extend(extra.iter().cloned());
-    // the control and every candidate are independent copies: trial them side by side
-    let runs: Vec<Option<&Candidate>> = std::iter::once(None).chain(candidates.iter().map(Some)).collect();
-    let mut results = runs.par_iter().map(|c| trial(ctx, model, optimizer, *c)).collect::<Vec<_>>().into_iter();
-    let control = results.next().ok_or_else(|| Error::invalid("recruitment", "no control trial"))??;
+    let trialled = trial_all(ctx, model, optimizer, &candidates)?;
+    let (control, noise) = (&trialled.control, trialled.noise_bits);
     let recruited_cost: f64 = model.config.recruited_blocks.iter().map(|b| cost_of(ctx, model, b.members.len())).sum();
     let before = control.bits + recruited_cost;
     // decisions[k] is the verdict on kept[k] = (candidate index, its trial)
     let mut decisions = Vec::new();
     let mut kept = Vec::new();
     let mut best: Option<(usize, f64)> = None;
-    for (index, (candidate, result)) in candidates.iter().zip(results).enumerate() {
+    for (index, (candidate, result)) in candidates.iter().zip(trialled.candidates).enumerate() {
         // a candidate whose members were all taken by recruited blocks cannot be trialled: left out
         let Ok(trial) = result else { continue };
         let cost = cost_of(ctx, model, candidate.members.len());
-        let saving = control.bits - trial.bits;
-        if saving > cost + ctx.recruitment.margin_bits && best.is_none_or(|(_, net)| saving - cost > net) {
-            best = Some((kept.len(), saving - cost));
+        let decision = Decision::rejected(ctx, candidate, (control.bits, noise), trial.bits, cost, before);
+        let net = decision.saving_bits() - cost;
+        if decision.saving_bits() > decision.required_bits() && best.is_none_or(|(_, best_net)| net > best_net) {
+            best = Some((kept.len(), net));
         }
-        decisions.push(Decision::rejected(ctx, candidate, control.bits, trial.bits, cost, before));
+        decisions.push(decision);
         kept.push((index, trial));
     }
     let accepted = best.map(|(k, _)| {
@@ -558,7 +596,56 @@ pub fn check(
         decision.description_length_after = trial.bits + recruited_cost + decision.cost_bits;
         (trial, spec)
     });
-    Ok(CheckOutcome { decisions, accepted, seconds: started.elapsed().as_secs_f64() })
+    Ok(CheckOutcome { decisions, accepted, trials: trialled.trials, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// The trials of one check: the control, the noise floor, and each candidate's trial (an error for a
+/// candidate that cannot be trialled).
+pub struct Trialled {
+    pub control: Trial,
+    /// `|L(control) − L(reversed control)|`, or 0 when `noise_control` is off.
+    pub noise_bits: f64,
+    pub candidates: Vec<Result<Trial>>,
+    /// Copies trained, controls included.
+    pub trials: usize,
+}
+
+/// Trains the control, the reversed control (when asked for) and every candidate's copy side by side:
+/// they are independent copies of the same state.
+pub fn trial_all(
+    ctx: &CheckContext,
+    model: &Model<f32>,
+    optimizer: &AdamW<f32>,
+    candidates: &[Candidate],
+) -> Result<Trialled> {
+    enum Run<'a> {
+        Control,
+        Reversed,
+        Block(&'a Candidate),
+    }
+    let noise = ctx.recruitment.noise_control;
+    let runs: Vec<Run> = std::iter::once(Run::Control)
+        .chain(noise.then_some(Run::Reversed))
+        .chain(candidates.iter().map(Run::Block))
+        .collect();
+    let trials = runs.len();
+    let mut results = runs
+        .par_iter()
+        .map(|run| match run {
+            Run::Control => trial(ctx, model, optimizer, None),
+            Run::Reversed => reversed_control(ctx, model, optimizer),
+            Run::Block(c) => trial(ctx, model, optimizer, Some(c)),
+        })
+        .collect::<Vec<_>>()
+        .into_iter();
+    let control = results.next().ok_or_else(|| Error::invalid("recruitment", "no control trial"))??;
+    let noise_bits = if noise {
+        let reversed = results.next().ok_or_else(|| Error::invalid("recruitment", "no reversed control"))??;
+        (control.bits - reversed.bits).abs()
+    } else {
+        0.0
+    };
+    Ok(Trialled { control, noise_bits, candidates: results.collect(), trials })
 }
 
 fn cost_of(ctx: &CheckContext, model: &Model<f32>, members: usize) -> f64 {
@@ -587,12 +674,13 @@ pub fn rules_snippet(model: &Model<f32>, vocabulary: &Vocabulary, decisions: &[D
             .collect();
         if let Some(d) = decisions.iter().find(|d| d.accepted && d.candidate == block.name) {
             out += &format!(
-                "\n# step {}: saved {:.1} bits on {} tokens; cost {:.1} bits, margin {:.1} bits\n",
+                "\n# step {}: saved {:.1} bits on {} tokens; cost {:.1} bits, margin {:.1} bits, noise {:.1} bits\n",
                 d.step,
                 d.saving_bits(),
                 d.split_tokens,
                 d.cost_bits,
-                d.margin_bits
+                d.margin_bits,
+                d.noise_bits
             );
         } else {
             out.push('\n');

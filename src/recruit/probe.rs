@@ -7,7 +7,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use super::{
-    cost_of, log2_binomial, measuring_lambda, split_of, trial, Candidate, CheckContext, Decision, Origin,
+    cost_of, log2_binomial, measuring_lambda, split_of, trial_all, Candidate, CheckContext, Decision, Origin,
     RecruitmentConfig,
 };
 use crate::checkpoint;
@@ -138,19 +138,19 @@ pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
         step,
     };
     let candidate = Candidate { name: request.name.clone(), origin: Origin::Given, members };
-    let (control, with) = rayon::join(
-        || trial(&context, &model, &optimizer, None),
-        || trial(&context, &model, &optimizer, Some(&candidate)),
-    );
-    let (control, with) = (control?, with?);
+    let trialled = trial_all(&context, &model, &optimizer, std::slice::from_ref(&candidate))?;
+    let control = trialled.control;
+    let with =
+        trialled.candidates.into_iter().next().ok_or_else(|| Error::invalid("--block", "was not trialled"))??;
 
     let cost = cost_of(&context, &model, candidate.members.len());
     let membership_bits = log2_binomial(data.vocabulary.len(), candidate.members.len());
     let recruited_cost: f64 =
         model.config.recruited_blocks.iter().map(|b| cost_of(&context, &model, b.members.len())).sum();
     let before = control.bits + recruited_cost;
-    let mut decision = Decision::rejected(&context, &candidate, control.bits, with.bits, cost, before);
-    if decision.saving_bits() > cost + recruitment.margin_bits {
+    let mut decision =
+        Decision::rejected(&context, &candidate, (control.bits, trialled.noise_bits), with.bits, cost, before);
+    if decision.saving_bits() > decision.required_bits() {
         decision.accepted = true;
         decision.description_length_after = with.bits + recruited_cost + cost;
     }

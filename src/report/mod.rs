@@ -613,10 +613,10 @@ pub fn markdown(report: &Report) -> String {
     if !report.block_recruitment.is_empty() {
         let _ = writeln!(
             s,
-            "Semantic blocks (METHOD §7). Each candidate trained beside a control without it; bits are code lengths of the recruitment split; a block is accepted iff its saving exceeds its cost plus the margin.\n"
+            "Semantic blocks (METHOD §7). Each candidate trained beside a control without it; bits are code lengths of the recruitment split; a block is accepted iff its saving exceeds its cost plus the margin plus the noise (how far a second control, trained on the same batches in reverse order, lands from the first).\n"
         );
-        let _ = writeln!(s, "| run | step | candidate | members | bits before | bits after | saving | cost | margin | verdict | DL before | DL after |");
-        let _ = writeln!(s, "|---|---:|---|---|---:|---:|---:|---:|---:|---|---:|---:|");
+        let _ = writeln!(s, "| run | step | candidate | members | bits before | bits after | saving | cost | margin | noise | verdict | DL before | DL after |");
+        let _ = writeln!(s, "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|");
         for entry in &report.block_recruitment {
             let d = &entry.decision;
             let members: Vec<String> =
@@ -624,7 +624,7 @@ pub fn markdown(report: &Report) -> String {
             let more = if d.members.len() > 12 { format!(" … ({} in all)", d.members.len()) } else { String::new() };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {}{} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.1} |",
+                "| {} | {} | {} | {}{} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.1} |",
                 entry.member,
                 d.step,
                 d.candidate,
@@ -635,6 +635,7 @@ pub fn markdown(report: &Report) -> String {
                 d.saving_bits(),
                 d.cost_bits,
                 d.margin_bits,
+                d.noise_bits,
                 if d.accepted { "**accepted**" } else { "rejected" },
                 d.description_length_before,
                 d.description_length_after
