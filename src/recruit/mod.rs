@@ -294,20 +294,9 @@ pub fn measuring_lambda(schedule: &LambdaSchedule, step: usize, seed: u64) -> f6
     }
 }
 
-/// `L(ids | model)` in bits at dial value `lambda` under `set`.
-pub fn code_length_bits(
-    model: &Model<f32>,
-    ids: &[u32],
-    set: &RuleSet,
-    locality: &LocalityConfig,
-    lambda: f64,
-    batch: usize,
-) -> f64 {
-    code_lengths(model, ids, set, locality, lambda, batch).iter().sum()
-}
-
 /// The bits of every predicted token of `ids` (`ids[p + 1]` given `ids[..=p]` within its window), in
-/// order: where a block's saving comes from is read off these.
+/// order, at dial value `lambda` under `set`: their sum is `L(ids | model)`, and where a block's saving
+/// comes from is read off them.
 pub fn code_lengths(
     model: &Model<f32>,
     ids: &[u32],

@@ -101,11 +101,10 @@ pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
             };
             return Err(Error::invalid("--block", format!("`{word}` is not in the run's vocabulary{hint}")));
         };
-        let block = set.block_of_token(id);
-        let recruited = model.config.block_lookup().get(id as usize).is_some_and(|&k| k != 0);
-        if block != 0 || recruited {
-            let owner =
-                if block != 0 { set.blocks[usize::from(block) - 1].name.clone() } else { "a recruited block".into() };
+        // the spec holds the run's recruited blocks too, so this catches both kinds of owner
+        let block = usize::from(set.block_of_token(id));
+        if block != 0 {
+            let owner = &set.blocks[block - 1].name;
             return Err(Error::invalid("--block", format!("`{word}` already belongs to `{owner}`")));
         }
         members.push(id);
