@@ -70,6 +70,29 @@ pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
             "the run trained without rules (`locality`), so a block has no rule to act by",
         ));
     };
+    // a run records its files as it was started; relative ones resolve from where that was
+    let named = [
+        match &locality.rules {
+            crate::locality::RulesSource::File(path) => Some(("rules file", path)),
+            crate::locality::RulesSource::Bundled => None,
+        },
+        match &config.corpus {
+            crate::train::CorpusSource::Directory(path) => Some(("corpus", path)),
+            crate::train::CorpusSource::Bundled { .. } => None,
+        },
+    ];
+    for (what, path) in named.into_iter().flatten() {
+        if path.is_relative() && !path.exists() {
+            return Err(corrupt_run(
+                run_dir,
+                format!(
+                    "names its {what} `{}` relative to the directory the run was started in; \
+                     run `ailla trial` from that directory",
+                    path.display()
+                ),
+            ));
+        }
+    }
     let latest = paths.latest_checkpoint()?;
     let loaded = checkpoint::load(&latest)?;
     let optimizer = checkpoint::load_optimizer(&checkpoint::optimizer_path(&latest), &loaded.model.params)?;
