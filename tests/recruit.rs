@@ -221,6 +221,9 @@ fn ailla_trial_weighs_an_experts_block_in_bits_without_touching_the_run() {
         let stderr = String::from_utf8_lossy(&refused.stderr);
         assert!(stderr.contains(says) && stderr.contains("--block"), "{stderr}");
     }
+    let refused = ailla(&["trial", run.to_str().unwrap(), "--block", "latex", "--steps", "0"]);
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("`--steps`"));
     // a run started elsewhere names its corpus relative to there: the error says so
     let mut recorded: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join("train.json")).unwrap()).unwrap();

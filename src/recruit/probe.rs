@@ -99,6 +99,14 @@ pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
     let vocabulary = loaded.vocabulary;
     let model = loaded.model;
 
+    for (flag, value) in [("--steps", request.trial_steps), ("--split-tokens", request.split_tokens)] {
+        if value == Some(0) {
+            return Err(Error::invalid(flag, "must be at least 1"));
+        }
+    }
+    if request.margin_bits.is_some_and(|m| !(m >= 0.0 && m.is_finite())) {
+        return Err(Error::invalid("--margin", "must be a non-negative number of bits"));
+    }
     let mut recruitment = config.recruitment.clone().unwrap_or_else(|| RecruitmentConfig::new(1, 100, 0.0, 1));
     if let Some(steps) = request.trial_steps {
         recruitment.trial_steps = steps;
