@@ -54,15 +54,19 @@ pub enum Command {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("blocks").required(true).args(["block", "rules"])))]
 pub struct TrialArgs {
     /// A run directory written by `ailla train` or a pipeline member (`train.json`, its checkpoint).
     pub run_dir: PathBuf,
     /// The block's words, separated by commas or spaces, as the run's tokenizer wrote them.
     #[arg(long)]
-    pub block: String,
-    /// The block's name in the output.
-    #[arg(long, default_value = "proposed")]
-    pub name: String,
+    pub block: Option<String>,
+    /// A `.rules` file whose blocks (words and patterns) are trialled, each against the same controls.
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+    /// With `--block`, the block's name; with `--rules`, the one block of the file to trial.
+    #[arg(long)]
+    pub name: Option<String>,
     /// Trial steps (default: the run's `recruitment.trial_steps`, else 100).
     #[arg(long)]
     pub steps: Option<usize>,
@@ -808,70 +812,87 @@ fn run_route(args: RouteArgs, out: &mut dyn Write) -> Result<()> {
 }
 
 fn run_trial(args: TrialArgs, out: &mut dyn Write) -> Result<()> {
+    use crate::recruit::probe::BlockSource;
+    let blocks = match (&args.block, &args.rules) {
+        (Some(words), _) => BlockSource::Words {
+            name: args.name.clone().unwrap_or_else(|| "proposed".into()),
+            words: words.split([',', ' ', '\t', '\n']).filter(|w| !w.is_empty()).map(String::from).collect(),
+        },
+        (None, Some(path)) => BlockSource::Rules { path: path.clone(), only: args.name.clone() },
+        (None, None) => return Err(Error::invalid("--block", "give --block or --rules")),
+    };
     let request = crate::recruit::probe::ProbeRequest {
-        name: args.name,
-        words: args.block.split([',', ' ', '\t', '\n']).filter(|w| !w.is_empty()).map(String::from).collect(),
+        blocks,
         trial_steps: args.steps,
         split_tokens: args.split_tokens,
         margin_bits: args.margin,
     };
     let probe = crate::recruit::probe::probe(&args.run_dir, &request)?;
+    if !probe.rules_warnings.is_empty() {
+        eprint!("{}", probe.rules_warnings);
+    }
     if args.json {
         let json = serde_json::to_string_pretty(&probe).map_err(|e| Error::Numeric(e.to_string()))?;
         return write_out(out, &format!("{json}\n"));
     }
-    let d = &probe.decision;
+    let Some(first) = probe.blocks.first() else {
+        return write_out(out, "no block was trialled\n");
+    };
     let per_token = |bits: f64, n: usize| bits / n.max(1) as f64;
     let mut s = format!(
-        "block `{}` ({} members) on {} from step {}: {} trial steps, split of {} tokens coded at λ = {}\n\n",
-        d.candidate,
-        d.members.len(),
+        "{} from step {}: {} trial steps, split of {} tokens coded at λ = {}\n\
+         control (the same steps, no new block): {:.1} bits; noise {:.1} bits (a second control on the reversed batches)\n",
         args.run_dir.display(),
         probe.from_step,
         probe.trial_steps,
-        d.split_tokens,
-        probe.lambda
+        first.decision.split_tokens,
+        probe.lambda,
+        first.decision.bits_before,
+        first.decision.noise_bits
     );
-    let rows = [
-        (format!("all {} positions", d.split_tokens), d.bits_before, d.bits_after, d.split_tokens),
-        (
-            format!("  a member is the input ({})", probe.member_queries.positions),
-            probe.member_queries.bits_control,
-            probe.member_queries.bits_with_block,
-            probe.member_queries.positions,
-        ),
-        (
-            format!("  everywhere else ({})", probe.other_queries.positions),
-            probe.other_queries.bits_control,
-            probe.other_queries.bits_with_block,
-            probe.other_queries.positions,
-        ),
-    ];
-    s += &format!("{:<36} {:>11} {:>11} {:>9} {:>19}\n", "bits", "control", "with block", "saved", "bits/token");
-    for (label, control, with, positions) in rows {
+    for verdict in &probe.blocks {
+        let d = &verdict.decision;
+        s += &format!("\nblock `{}` ({} members)\n", d.candidate, d.members.len());
+        let rows = [
+            (format!("all {} positions", d.split_tokens), d.bits_before, d.bits_after, d.split_tokens),
+            (
+                format!("  a member is the input ({})", verdict.member_queries.positions),
+                verdict.member_queries.bits_control,
+                verdict.member_queries.bits_with_block,
+                verdict.member_queries.positions,
+            ),
+            (
+                format!("  everywhere else ({})", verdict.other_queries.positions),
+                verdict.other_queries.bits_control,
+                verdict.other_queries.bits_with_block,
+                verdict.other_queries.positions,
+            ),
+        ];
+        s += &format!("{:<36} {:>11} {:>11} {:>9} {:>19}\n", "bits", "control", "with block", "saved", "bits/token");
+        for (label, control, with, positions) in rows {
+            s += &format!(
+                "{label:<36} {control:>11.1} {with:>11.1} {:>9.1} {:>8.4} → {:.4}\n",
+                control - with,
+                per_token(control, positions),
+                per_token(with, positions)
+            );
+        }
         s += &format!(
-            "{label:<36} {control:>11.1} {with:>11.1} {:>9.1} {:>8.4} → {:.4}\n",
-            control - with,
-            per_token(control, positions),
-            per_token(with, positions)
+            "saving {:.1} bits; cost {:.1} bits ({:.1} for the membership, {:.1} for the block embedding); \
+             margin {:.1} bits; noise {:.1} bits\n",
+            d.saving_bits(),
+            d.cost_bits,
+            verdict.membership_bits,
+            d.cost_bits - verdict.membership_bits,
+            d.margin_bits,
+            d.noise_bits
         );
+        s += &if d.accepted {
+            format!("verdict: recruited — it saves {:.1} bits more than it must\n", d.saving_bits() - d.required_bits())
+        } else {
+            format!("verdict: not recruited — {:.1} bits short\n", d.required_bits() - d.saving_bits())
+        };
     }
-    s += "(the control trains the same steps without the block, so the saving credits the block)\n";
-    s += &format!(
-        "\nsaving {:.1} bits; cost {:.1} bits ({:.1} for the membership, {:.1} for the block embedding); \
-         margin {:.1} bits; noise {:.1} bits (a second control on the reversed batches)\n",
-        d.saving_bits(),
-        d.cost_bits,
-        probe.membership_bits,
-        d.cost_bits - probe.membership_bits,
-        d.margin_bits,
-        d.noise_bits
-    );
-    s += &if d.accepted {
-        format!("verdict: recruited — it saves {:.1} bits more than it must\n", d.saving_bits() - d.required_bits())
-    } else {
-        format!("verdict: not recruited — {:.1} bits short\n", d.required_bits() - d.saving_bits())
-    };
     write_out(out, &s)
 }
 

@@ -185,14 +185,16 @@ fn ailla_trial_weighs_an_experts_block_in_bits_without_touching_the_run() {
     let output = ailla(&args);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let probe: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-    let decision = &probe["decision"];
+    assert_eq!(probe["blocks"].as_array().unwrap().len(), 1);
+    let verdict = &probe["blocks"][0];
+    let decision = &verdict["decision"];
     let number = |v: &serde_json::Value| v.as_f64().unwrap();
     assert_eq!(decision["members"].as_array().unwrap().len(), PLANTED_ALLERGENS.len());
     assert_eq!(probe["from_step"], 200);
     assert_eq!(probe["trial_steps"], 20);
     // the split's bits are the sum of its member-query and other positions, under both models
     let split = decision["split_tokens"].as_u64().unwrap() as usize;
-    let (members, others) = (&probe["member_queries"], &probe["other_queries"]);
+    let (members, others) = (&verdict["member_queries"], &verdict["other_queries"]);
     assert_eq!(members["positions"].as_u64().unwrap() + others["positions"].as_u64().unwrap(), split as u64);
     assert!(members["positions"].as_u64().unwrap() > 100, "the planted allergens are inputs in the split");
     for (side, total) in [("bits_control", "bits_before"), ("bits_with_block", "bits_after")] {
@@ -201,7 +203,7 @@ fn ailla_trial_weighs_an_experts_block_in_bits_without_touching_the_run() {
     }
     let cost = recruit::block_cost_bits(t.vocabulary.len(), PLANTED_ALLERGENS.len(), 48, split, None);
     assert!((number(&decision["cost_bits"]) - cost).abs() < 1e-9);
-    assert!((number(&probe["membership_bits"]) - recruit::log2_binomial(t.vocabulary.len(), 16)).abs() < 1e-9);
+    assert!((number(&verdict["membership_bits"]) - recruit::log2_binomial(t.vocabulary.len(), 16)).abs() < 1e-9);
     let saving = number(&decision["bits_before"]) - number(&decision["bits_after"]);
     let required = cost + number(&decision["margin_bits"]) + number(&decision["noise_bits"]);
     assert!(number(&decision["noise_bits"]) > 0.0, "the noise floor is measured");
@@ -221,6 +223,28 @@ fn ailla_trial_weighs_an_experts_block_in_bits_without_touching_the_run() {
         let stderr = String::from_utf8_lossy(&refused.stderr);
         assert!(stderr.contains(says) && stderr.contains("--block"), "{stderr}");
     }
+    // a rules file's blocks, patterns included, are trialled against one pair of controls
+    let rules = dir.path().join("candidates.rules");
+    let allergens: Vec<&str> = PLANTED_ALLERGENS.iter().take(8).copied().collect();
+    std::fs::write(&rules, format!("block allergens: {}\n\nblock ids: pattern \"[0-9]+\"\n", allergens.join(", ")))
+        .unwrap();
+    let output = ailla(&["trial", run.to_str().unwrap(), "--rules", rules.to_str().unwrap(), "--steps", "5", "--json"]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let probe: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let blocks = probe["blocks"].as_array().unwrap();
+    assert_eq!(blocks.len(), 2);
+    assert_eq!(blocks[0]["decision"]["candidate"], "allergens");
+    assert_eq!(blocks[0]["decision"]["members"].as_array().unwrap().len(), 8);
+    assert!(blocks[1]["decision"]["members"].as_array().unwrap().len() > 100, "the pattern matched the ids");
+    assert_eq!(blocks[0]["decision"]["bits_before"], blocks[1]["decision"]["bits_before"]);
+    let only = ailla(&["trial", run.to_str().unwrap(), "--rules", rules.to_str().unwrap(), "--name", "ids"]);
+    let only = String::from_utf8_lossy(&only.stdout);
+    assert!(only.contains("block `ids`") && !only.contains("block `allergens`"), "{only}");
+    std::fs::write(&rules, "block allergens: latex,\n").unwrap();
+    let refused = ailla(&["trial", run.to_str().unwrap(), "--rules", rules.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("candidates.rules:2:1"), "{stderr}");
+
     let refused = ailla(&["trial", run.to_str().unwrap(), "--block", "latex", "--steps", "0"]);
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("`--steps`"));

@@ -2,7 +2,7 @@
 //! finished (or interrupted) run. It answers "would this block pay for itself here, and where do its bits
 //! come from?" without changing the run: the trial and its control work on copies.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
@@ -10,17 +10,27 @@ use super::{
     cost_of, log2_binomial, measuring_lambda, split_of, trial_all, Candidate, CheckContext, Decision, Origin,
     RecruitmentConfig,
 };
+use codespan_reporting::diagnostic::Severity;
+
 use crate::checkpoint;
+use crate::data::Vocabulary;
 use crate::locality::RuleSet;
 use crate::train::{Dataset, RunPaths, TrainConfig};
 use crate::{Error, Result};
 
+/// Which blocks to trial.
+#[derive(Clone, Debug)]
+pub enum BlockSource {
+    /// One block of vocabulary entries, exactly as the run's tokenizer wrote them.
+    Words { name: String, words: Vec<String> },
+    /// The blocks a `.rules` file declares (words and patterns), or only the one named `only`.
+    Rules { path: PathBuf, only: Option<String> },
+}
+
 /// What to trial, and how long.
 #[derive(Clone, Debug)]
 pub struct ProbeRequest {
-    pub name: String,
-    /// Vocabulary entries, exactly as the run's tokenizer wrote them.
-    pub words: Vec<String>,
+    pub blocks: BlockSource,
     /// Trial steps (default: the run's `recruitment.trial_steps`, else 100).
     pub trial_steps: Option<usize>,
     /// Tokens of the recruitment split (default: the run's, else 4096).
@@ -37,20 +47,30 @@ pub struct PositionBits {
     pub bits_with_block: f64,
 }
 
+/// One block's verdict, and where its bits came from.
 #[derive(Serialize, Clone, Debug, PartialEq)]
-pub struct Probe {
+pub struct BlockVerdict {
     /// The verdict in the form a training run records it.
     pub decision: Decision,
-    /// Steps of the run's checkpoint the trial started from.
-    pub from_step: usize,
-    pub trial_steps: usize,
-    /// The dial value the split was coded at.
-    pub lambda: f64,
     /// `log2 C(V, |B|)`: which entries are members.
     pub membership_bits: f64,
     /// Positions where a member is the input: the queries the block's own-block rule covers.
     pub member_queries: PositionBits,
     pub other_queries: PositionBits,
+}
+
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct Probe {
+    /// Steps of the run's checkpoint the trials started from.
+    pub from_step: usize,
+    pub trial_steps: usize,
+    /// The dial value the split was coded at.
+    pub lambda: f64,
+    /// Every block against the same two controls, in the order asked for.
+    pub blocks: Vec<BlockVerdict>,
+    /// Warnings about the rules file, rendered with their places (not in the JSON).
+    #[serde(skip)]
+    pub rules_warnings: String,
 }
 
 fn corrupt_run(run_dir: &Path, message: impl Into<String>) -> Error {
@@ -121,34 +141,7 @@ pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
 
     let spec = super::spec_with_recruited(&locality.load_rules()?, &model, &vocabulary, recruitment.rule_within);
     let (set, _) = RuleSet::compile(&spec, &vocabulary)?;
-    let mut members = Vec::new();
-    for word in &request.words {
-        let Some(id) = vocabulary.id(word) else {
-            let suggestions = crate::suggest::closest(word, vocabulary.tokens.iter().map(String::as_str), 3);
-            let hint = if suggestions.is_empty() {
-                String::new()
-            } else {
-                format!(" (closest entries: {})", suggestions.join(", "))
-            };
-            return Err(Error::invalid("--block", format!("`{word}` is not in the run's vocabulary{hint}")));
-        };
-        // the spec holds the run's recruited blocks too, so this catches both kinds of owner
-        let block = usize::from(set.block_of_token(id));
-        if block != 0 {
-            let owner = &set.blocks[block - 1].name;
-            return Err(Error::invalid("--block", format!("`{word}` already belongs to `{owner}`")));
-        }
-        members.push(id);
-    }
-    members.sort_unstable();
-    members.dedup();
-    if members.is_empty() {
-        return Err(Error::invalid("--block", "names no word"));
-    }
-    if spec.blocks.iter().any(|b| b.name == request.name) {
-        return Err(Error::invalid("--name", format!("the run's rules already have a block `{}`", request.name)));
-    }
-
+    let (candidates, rules_warnings) = requested_blocks(&request.blocks, &vocabulary, &set)?;
     let splits = config.corpus.load()?;
     let data = Dataset::with_vocabulary(&splits, vocabulary)?;
     let split = split_of(&data.valid, recruitment.split_tokens);
@@ -167,43 +160,131 @@ pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
         split,
         step,
     };
-    let candidate = Candidate { name: request.name.clone(), origin: Origin::Given, members };
-    let trialled = trial_all(&context, &model, &optimizer, std::slice::from_ref(&candidate))?;
-    let control = trialled.control;
-    let with =
-        trialled.candidates.into_iter().next().ok_or_else(|| Error::invalid("--block", "was not trialled"))??;
-
-    let cost = cost_of(&context, &model, candidate.members.len());
-    let membership_bits = log2_binomial(data.vocabulary.len(), candidate.members.len());
+    let trialled = trial_all(&context, &model, &optimizer, &candidates)?;
+    let control = &trialled.control;
     let recruited_cost: f64 =
         model.config.recruited_blocks.iter().map(|b| cost_of(&context, &model, b.members.len())).sum();
     let before = control.bits + recruited_cost;
-    let mut decision =
-        Decision::rejected(&context, &candidate, (control.bits, trialled.noise_bits), with.bits, cost, before);
-    if decision.saving_bits() > decision.required_bits() {
-        decision.accepted = true;
-        decision.description_length_after = with.bits + recruited_cost + cost;
-    }
-
-    let mut member_queries = PositionBits { positions: 0, bits_control: 0.0, bits_with_block: 0.0 };
-    let mut other_queries = member_queries.clone();
-    for (position, (&c, &w)) in control.bits_by_position.iter().zip(&with.bits_by_position).enumerate() {
-        let side = if candidate.members.binary_search(&split[position]).is_ok() {
-            &mut member_queries
-        } else {
-            &mut other_queries
-        };
-        side.positions += 1;
-        side.bits_control += c;
-        side.bits_with_block += w;
+    let mut blocks = Vec::new();
+    for (candidate, with) in candidates.iter().zip(trialled.candidates) {
+        let with = with?;
+        let cost = cost_of(&context, &model, candidate.members.len());
+        let mut decision =
+            Decision::rejected(&context, candidate, (control.bits, trialled.noise_bits), with.bits, cost, before);
+        if decision.saving_bits() > decision.required_bits() {
+            decision.accepted = true;
+            decision.description_length_after = with.bits + recruited_cost + cost;
+        }
+        let mut member_queries = PositionBits { positions: 0, bits_control: 0.0, bits_with_block: 0.0 };
+        let mut other_queries = member_queries.clone();
+        for (position, (&c, &w)) in control.bits_by_position.iter().zip(&with.bits_by_position).enumerate() {
+            let side = if candidate.members.binary_search(&split[position]).is_ok() {
+                &mut member_queries
+            } else {
+                &mut other_queries
+            };
+            side.positions += 1;
+            side.bits_control += c;
+            side.bits_with_block += w;
+        }
+        blocks.push(BlockVerdict {
+            decision,
+            membership_bits: log2_binomial(data.vocabulary.len(), candidate.members.len()),
+            member_queries,
+            other_queries,
+        });
     }
     Ok(Probe {
-        decision,
         from_step: step,
-        trial_steps: with.steps.len(),
+        trial_steps: trialled.control.steps.len(),
         lambda: measuring_lambda(&locality.schedule, step, config.seed),
-        membership_bits,
-        member_queries,
-        other_queries,
+        blocks,
+        rules_warnings,
     })
+}
+
+/// The candidates `source` names, as vocabulary ids, each free of the run's blocks; and the rules
+/// file's warnings, rendered.
+fn requested_blocks(
+    source: &BlockSource,
+    vocabulary: &Vocabulary,
+    run_set: &RuleSet,
+) -> Result<(Vec<Candidate>, String)> {
+    let (named, warnings): (Vec<(String, Vec<u32>)>, String) = match source {
+        BlockSource::Words { name, words } => {
+            let mut members = Vec::new();
+            for word in words {
+                let Some(id) = vocabulary.id(word) else {
+                    let suggestions = crate::suggest::closest(word, vocabulary.tokens.iter().map(String::as_str), 3);
+                    let hint = if suggestions.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (closest entries: {})", suggestions.join(", "))
+                    };
+                    return Err(Error::invalid("--block", format!("`{word}` is not in the run's vocabulary{hint}")));
+                };
+                members.push(id);
+            }
+            (vec![(name.clone(), members)], String::new())
+        }
+        BlockSource::Rules { path, only } => {
+            let loaded = crate::dsl::load(path)?;
+            let compiled = crate::dsl::compile(&loaded, Some(vocabulary));
+            let mut diagnostics = loaded.diagnostics.clone();
+            diagnostics.extend(compiled.diagnostics.iter().cloned());
+            let errors = diagnostics.iter().filter(|d| d.severity >= Severity::Error).count();
+            if errors > 0 {
+                return Err(Error::Rejected(format!(
+                    "{}: {errors} error{} found\n{}",
+                    path.display(),
+                    if errors == 1 { "" } else { "s" },
+                    loaded.render(&diagnostics).trim_end()
+                )));
+            }
+            let set = compiled.set.ok_or_else(|| Error::Rejected(format!("{}: did not compile", path.display())))?;
+            let mut blocks: Vec<(String, Vec<u32>)> = set.blocks.into_iter().map(|b| (b.name, b.members)).collect();
+            if let Some(only) = only {
+                let names: Vec<String> = blocks.iter().map(|(n, _)| format!("`{n}`")).collect();
+                blocks.retain(|(n, _)| n == only);
+                if blocks.is_empty() {
+                    return Err(Error::invalid(
+                        "--name",
+                        format!("{} declares no block `{only}` (it declares {})", path.display(), names.join(", ")),
+                    ));
+                }
+            }
+            if blocks.is_empty() {
+                return Err(Error::Rejected(format!("{}: declares no block to trial", path.display())));
+            }
+            (blocks, if diagnostics.is_empty() { String::new() } else { loaded.render(&diagnostics) })
+        }
+    };
+    let flag = match source {
+        BlockSource::Words { .. } => "--block",
+        BlockSource::Rules { .. } => "--rules",
+    };
+    let mut candidates = Vec::new();
+    for (name, mut members) in named {
+        // the run's set holds its recruited blocks too, so this catches both kinds of owner
+        if let Some(&taken) = members.iter().find(|&&id| run_set.block_of_token(id) != 0) {
+            let owner = &run_set.blocks[usize::from(run_set.block_of_token(taken)) - 1].name;
+            return Err(Error::invalid(
+                flag,
+                format!(
+                    "`{}` of block `{name}` already belongs to the run's block `{owner}`",
+                    vocabulary.tokens[taken as usize]
+                ),
+            ));
+        }
+        if run_set.blocks.iter().any(|b| b.name == name) {
+            return Err(Error::invalid(flag, format!("the run's rules already have a block `{name}`")));
+        }
+        members.sort_unstable();
+        members.dedup();
+        if members.is_empty() {
+            return Err(Error::invalid(flag, format!("block `{name}` names no word of the run's vocabulary")));
+        }
+        candidates.push(Candidate { name, origin: Origin::Given, members });
+    }
+    Ok((candidates, warnings))
 }
