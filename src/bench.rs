@@ -413,9 +413,8 @@ pub fn run_torch(
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_tiny_configuration_runs_and_reports_positive_rates() {
-        let config = BenchConfig {
+    fn tiny() -> BenchConfig {
+        BenchConfig {
             name: "tiny".into(),
             vocab_size: 50,
             d_model: 16,
@@ -424,7 +423,12 @@ mod tests {
             d_ff: 32,
             ctx_len: 8,
             batch_size: 2,
-        };
+        }
+    }
+
+    #[test]
+    fn a_tiny_configuration_runs_and_reports_positive_rates() {
+        let config = tiny();
         let result = run_config(&config, 2).unwrap();
         assert!(result.train_tokens_per_s > 0.0 && result.eval_tokens_per_s > 0.0);
         assert_eq!(result.parameters, Model::<f32>::init(config.model_config(), 1).unwrap().params.parameter_count());
@@ -433,17 +437,7 @@ mod tests {
 
     #[test]
     fn scaling_and_recruitment_cost_are_measured() {
-        let tiny = BenchConfig {
-            name: "tiny".into(),
-            vocab_size: 50,
-            d_model: 16,
-            n_heads: 2,
-            n_layers: 1,
-            d_ff: 32,
-            ctx_len: 8,
-            batch_size: 2,
-        };
-        let scaling = sweep_scaling(&tiny, 2, 3, 2).unwrap();
+        let scaling = sweep_scaling(&tiny(), 2, 3, 2).unwrap();
         assert_eq!((scaling.members, scaling.concurrent, scaling.threads_each), (3, 2, 1));
         assert!(scaling.tokens_per_s > 0.0);
         let cost = recruitment_cost(1).unwrap();

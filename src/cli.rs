@@ -767,13 +767,11 @@ fn bench_table(
 }
 
 fn run_route(args: RouteArgs, out: &mut dyn Write) -> Result<()> {
+    Error::require_counts([("--tokens", args.tokens.unwrap_or(1))])?;
     let pool = crate::recruit::domains::load_pool(&args.pool)?;
     let text = crate::data::corpus::read_text(&args.text)?;
     let ids = pool.vocabulary.encode(&text);
     let k = args.tokens.unwrap_or(pool.manifest.router_tokens);
-    if k == 0 {
-        return Err(Error::invalid("--tokens", "must be at least 1"));
-    }
     if ids.len() < 2 {
         return Err(Error::Corpus { path: args.text.clone(), message: "has fewer than two tokens to score".into() });
     }

@@ -38,6 +38,24 @@ impl Error {
         Error::Invalid { field: field.to_string(), message: message.into() }
     }
 
+    /// The first of `fields` whose count is 0, as an error; settings that count things start at 1.
+    pub fn require_counts<'a>(fields: impl IntoIterator<Item = (&'a str, usize)>) -> Result<(), Error> {
+        match fields.into_iter().find(|&(_, value)| value == 0) {
+            Some((field, _)) => Err(Error::invalid(field, "must be at least 1")),
+            None => Ok(()),
+        }
+    }
+
+    /// An error unless `bits` is finite and non-negative (positive when `zero_allowed` is false).
+    pub fn require_bits(field: &str, bits: f64, zero_allowed: bool) -> Result<(), Error> {
+        let fine = bits.is_finite() && if zero_allowed { bits >= 0.0 } else { bits > 0.0 };
+        match (fine, zero_allowed) {
+            (true, _) => Ok(()),
+            (false, true) => Err(Error::invalid(field, "must be a non-negative number of bits")),
+            (false, false) => Err(Error::invalid(field, "must be a positive number of bits")),
+        }
+    }
+
     /// Exit code convention shared by every verb: 1 for a failure of the work, 2 for unusable input.
     pub fn exit_code(&self) -> i32 {
         match self {

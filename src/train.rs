@@ -244,18 +244,13 @@ impl TrainConfig {
                 ));
             }
         }
-        let positive = [
+        Error::require_counts([
             ("steps", self.steps),
             ("batch_size", self.batch_size),
             ("vocab_cap", self.vocab_cap),
             ("eval_tokens", self.eval_tokens),
             ("final_eval_tokens", self.final_eval_tokens.unwrap_or(1)),
-        ];
-        for (field, value) in positive {
-            if value == 0 {
-                return Err(Error::invalid(field, "must be at least 1"));
-            }
-        }
+        ])?;
         if !(self.optim.learning_rate > 0.0 && self.optim.learning_rate.is_finite()) {
             return Err(Error::invalid("optim.learning_rate", "must be a positive number"));
         }
@@ -827,11 +822,11 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
             let outcome = crate::recruit::check(&context, &model, &optimizer, &[])?;
             for decision in &outcome.decisions {
                 progress.note(&format!(
-                    "step {done:>6}  recruitment: {} ({} members) saves {:.1} bits, costs {:.1}: {}",
+                    "step {done:>6}  recruitment: {} ({} members) saves {:.1} bits, needs {:.1} (cost, margin, noise): {}",
                     decision.candidate,
                     decision.members.len(),
                     decision.saving_bits(),
-                    decision.cost_bits,
+                    decision.required_bits(),
                     if decision.accepted { "accepted" } else { "rejected" }
                 ));
                 metrics.write(&MetricsRecord::Recruitment(Box::new(decision.clone())))?;

@@ -55,19 +55,14 @@ pub struct RecruitedBlock {
 
 impl Config {
     pub fn validate(&self) -> crate::Result<()> {
-        let positive = [
+        crate::Error::require_counts([
             ("model.vocab_size", self.vocab_size),
             ("model.ctx_len", self.ctx_len),
             ("model.d_model", self.d_model),
             ("model.n_heads", self.n_heads),
             ("model.n_layers", self.n_layers),
             ("model.d_ff", self.d_ff),
-        ];
-        for (field, value) in positive {
-            if value == 0 {
-                return Err(crate::Error::invalid(field, "must be at least 1"));
-            }
-        }
+        ])?;
         if self.d_model % self.n_heads != 0 {
             return Err(crate::Error::invalid(
                 "model.n_heads",
@@ -373,8 +368,8 @@ impl<F: Scalar> Model<F> {
         let c = &self.config;
         let p = &self.params;
         let eps = F::lit(c.ln_eps);
-        let mut embedded = embedding_forward(p.tok_emb.view(), p.pos_emb.view(), tokens, seq_len); // (N, d)
-                                                                                                   // built once per pass and kept for the backward
+        // (N, d); the block lookup is built once per pass and kept for the backward
+        let mut embedded = embedding_forward(p.tok_emb.view(), p.pos_emb.view(), tokens, seq_len);
         let block_lookup = if c.recruited_blocks.is_empty() { Vec::new() } else { c.block_lookup() };
         if !block_lookup.is_empty() {
             block_embedding_forward(embedded.view_mut(), p.block_emb.view(), tokens, &block_lookup);

@@ -390,10 +390,8 @@ pub fn plan_with(text: &str, path: &Path, options: &PlanOptions) -> Result<Plan,
     for (name, member) in members {
         let config = to_train_config(&member, &base);
         if let Err(e) = config.validate() {
-            let (field, message) = match &e {
-                crate::Error::Invalid { field, message } => (pipeline_field(field), message.clone()),
-                other => ("(member)".to_string(), other.to_string()),
-            };
+            let (field, message) = field_and_message(&e, "(member)");
+            let field = pipeline_field(&field);
             let message = if sweeping { format!("{message} (in sweep member `{name}`)") } else { message };
             problems.push(problem(text, &field, message));
         }
@@ -413,6 +411,14 @@ pub fn plan_with(text: &str, path: &Path, options: &PlanOptions) -> Result<Plan,
         quick: options.quick,
         domains: None,
     })
+}
+
+/// A validation error as the field it names (or `otherwise`) and its message, for a pipeline problem.
+fn field_and_message(e: &crate::Error, otherwise: &str) -> (String, String) {
+    match e {
+        crate::Error::Invalid { field, message } => (field.clone(), message.clone()),
+        other => (otherwise.to_string(), other.to_string()),
+    }
 }
 
 /// `outputs.dir`, or `runs/<name>`; `<…>-quick` for the quick variant so it never overwrites a full run.
@@ -448,10 +454,7 @@ fn plan_domains(
         }
     }
     if let Err(e) = domains.validate() {
-        let (field, message) = match &e {
-            crate::Error::Invalid { field, message } => (field.clone(), message.clone()),
-            other => ("domains".to_string(), other.to_string()),
-        };
+        let (field, message) = field_and_message(&e, "domains");
         problems.push(problem(text, &field, message));
     }
     if !problems.is_empty() {

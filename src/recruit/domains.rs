@@ -111,25 +111,21 @@ impl DomainsConfig {
                 return Err(Error::invalid("domains.sources", format!("domain `{}` is named twice", source.name)));
             }
         }
-        for (field, value) in [
+        Error::require_counts([
             ("domains.base_steps", self.base_steps),
             ("domains.specialist_steps", self.specialist_steps),
             ("domains.measure_tokens", self.measure_tokens),
             ("domains.router_tokens", self.router_tokens),
             ("domains.documents", self.documents),
             ("domains.document_tokens", self.document_tokens),
-        ] {
-            if value == 0 {
-                return Err(Error::invalid(field, "must be at least 1"));
-            }
-        }
+        ])?;
         if self.router_tokens > self.document_tokens {
             return Err(Error::invalid("domains.router_tokens", "must not exceed domains.document_tokens"));
         }
-        if self.bits_per_parameter.is_some_and(|b| !(b > 0.0 && b.is_finite())) {
-            return Err(Error::invalid("domains.bits_per_parameter", "must be a positive number of bits"));
+        match self.bits_per_parameter {
+            Some(bits) => Error::require_bits("domains.bits_per_parameter", bits, false),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -277,6 +273,11 @@ fn documents(test: &[u32], count: usize, length: usize) -> Vec<&[u32]> {
     test.chunks_exact(length).take(count).collect()
 }
 
+/// Index of the smallest of `bits`, the first on ties (0 when empty).
+fn fewest(bits: &[f64]) -> usize {
+    (0..bits.len()).fold(0, |b, i| if bits[i] < bits[b] { i } else { b })
+}
+
 /// Index of the pool model with the fewest bits on the first `k` tokens of `document`, and every
 /// model's bits.
 pub fn route<'a>(pool: impl IntoIterator<Item = &'a Model<f32>>, document: &[u32], k: usize) -> (usize, Vec<f64>) {
@@ -288,8 +289,7 @@ pub fn route<'a>(pool: impl IntoIterator<Item = &'a Model<f32>>, document: &[u32
             scored.bits_per_token * scored.tokens as f64
         })
         .collect();
-    let best = (0..bits.len()).fold(0, |b, i| if bits[i] < bits[b] { i } else { b });
-    (best, bits)
+    (fewest(&bits), bits)
 }
 
 /// Runs hierarchical recruitment and writes the pool (checkpoints + manifest) and `recruitment.json`
@@ -338,7 +338,7 @@ pub fn run(plan: &DomainsPlan, out_dir: &Path, progress: &Progress) -> Result<Do
     });
     for d in 1..domains.len() {
         let bits: Vec<f64> = (0..pool.len()).map(|m| pool_rate(&mut rates, &pool, m, d, &domains, batch)).collect();
-        let best = (0..bits.len()).fold(0, |b, i| if bits[i] < bits[b] { i } else { b });
+        let best = fewest(&bits);
         let (best_name, best_model, best_home) = (pool[best].0.clone(), &pool[best].1, pool[best].2);
         progress.note(&format!("domain {}: best model {best_name} at {:.3} bits/token", domains[d].name, bits[best]));
         let mut control = best_model.clone();

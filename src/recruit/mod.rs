@@ -111,28 +111,22 @@ impl RecruitmentConfig {
     }
 
     pub fn validate(&self) -> Result<()> {
-        for (field, value) in [
+        Error::require_counts([
             ("recruitment.check_every", self.check_every),
             ("recruitment.trial_steps", self.trial_steps),
             ("recruitment.max_blocks", self.max_blocks),
             ("recruitment.candidates_per_check", self.candidates_per_check),
             ("recruitment.cluster_size", self.cluster_size),
             ("recruitment.split_tokens", self.split_tokens),
-        ] {
-            if value == 0 {
-                return Err(Error::invalid(field, "must be at least 1"));
-            }
-        }
+        ])?;
         if self.cluster_vocabulary < 2 {
             return Err(Error::invalid("recruitment.cluster_vocabulary", "must be at least 2"));
         }
-        if !(self.margin_bits >= 0.0 && self.margin_bits.is_finite()) {
-            return Err(Error::invalid("recruitment.margin_bits", "must be a non-negative number of bits"));
+        Error::require_bits("recruitment.margin_bits", self.margin_bits, true)?;
+        match self.bits_per_parameter {
+            Some(bits) => Error::require_bits("recruitment.bits_per_parameter", bits, false),
+            None => Ok(()),
         }
-        if self.bits_per_parameter.is_some_and(|b| !(b > 0.0 && b.is_finite())) {
-            return Err(Error::invalid("recruitment.bits_per_parameter", "must be a positive number of bits"));
-        }
-        Ok(())
     }
 }
 

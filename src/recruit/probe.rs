@@ -79,6 +79,14 @@ fn corrupt_run(run_dir: &Path, message: impl Into<String>) -> Error {
 
 /// Trials `request`'s block on the run in `run_dir`, beside a control, as a recruitment check would.
 pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
+    // the flags first: a wrong one should not wait for a checkpoint to load
+    Error::require_counts([
+        ("--steps", request.trial_steps.unwrap_or(1)),
+        ("--split-tokens", request.split_tokens.unwrap_or(1)),
+    ])?;
+    if let Some(margin) = request.margin_bits {
+        Error::require_bits("--margin", margin, true)?;
+    }
     let paths = RunPaths { dir: run_dir.to_path_buf() };
     let config_path = paths.config();
     let text = std::fs::read_to_string(&config_path).map_err(|e| Error::io(&config_path, e))?;
@@ -119,14 +127,6 @@ pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
     let vocabulary = loaded.vocabulary;
     let model = loaded.model;
 
-    for (flag, value) in [("--steps", request.trial_steps), ("--split-tokens", request.split_tokens)] {
-        if value == Some(0) {
-            return Err(Error::invalid(flag, "must be at least 1"));
-        }
-    }
-    if request.margin_bits.is_some_and(|m| !(m >= 0.0 && m.is_finite())) {
-        return Err(Error::invalid("--margin", "must be a non-negative number of bits"));
-    }
     let mut recruitment = config.recruitment.clone().unwrap_or_else(|| RecruitmentConfig::new(1, 100, 0.0, 1));
     if let Some(steps) = request.trial_steps {
         recruitment.trial_steps = steps;

@@ -241,13 +241,15 @@ pub fn build(run_dir: &Path) -> Result<Report> {
             None => groups.push((key, vec![(member, summary, records)])),
         }
     }
+    // a domain run writes its summary; a sweep has none, but a summary that is there must read
+    let summary = run_dir.join(crate::recruit::domains::SUMMARY);
+    let domain_recruitment = if summary.is_file() { Some(read_json(&summary)?) } else { None };
     let attention_example = groups.first().and_then(|(_, runs)| attention_example(run_dir, runs[0].0));
     let configs: Vec<&crate::train::TrainConfig> = groups.iter().map(|(_, runs)| &runs[0].0.config).collect();
     let test_tokens: Vec<usize> = groups.iter().map(|(_, runs)| runs[0].1.test.tokens).collect();
-    let built: Vec<Group> = groups.iter().map(|(_, runs)| build_group(runs)).collect();
+    let groups: Vec<Group> = groups.iter().map(|(_, runs)| build_group(runs)).collect();
     let published =
-        plan.published.as_ref().map(|p| published::compare(p, published::curves(&configs, &built, &test_tokens)));
-    let groups = built;
+        plan.published.as_ref().map(|p| published::compare(p, published::curves(&configs, &groups, &test_tokens)));
     Ok(Report {
         schema_version: SCHEMA_VERSION,
         name: plan.name.clone(),
@@ -258,7 +260,7 @@ pub fn build(run_dir: &Path) -> Result<Report> {
         attention_example,
         published,
         block_recruitment,
-        domain_recruitment: read_json(&run_dir.join(crate::recruit::domains::SUMMARY)).ok(),
+        domain_recruitment,
     })
 }
 
