@@ -76,6 +76,14 @@ pub struct TrialArgs {
     /// Bits the block must save beyond its cost (default: the run's `recruitment.margin_bits`, else 0).
     #[arg(long)]
     pub margin: Option<f64>,
+    /// The layer whose head carries the block's own-block rule, from 0 (default: the run's
+    /// `recruitment.rule_layer`, else the last).
+    #[arg(long)]
+    pub layer: Option<usize>,
+    /// The head that carries the block's own-block rule, from 0 (default: the run's
+    /// `recruitment.rule_head`, else 0).
+    #[arg(long)]
+    pub head: Option<usize>,
     #[arg(long)]
     pub json: bool,
 }
@@ -824,6 +832,8 @@ fn run_trial(args: TrialArgs, out: &mut dyn Write) -> Result<()> {
         trial_steps: args.steps,
         split_tokens: args.split_tokens,
         margin_bits: args.margin,
+        rule_layer: args.layer,
+        rule_head: args.head,
     };
     let probe = crate::recruit::probe::probe(&args.run_dir, &request)?;
     if !probe.rules_warnings.is_empty() {
@@ -839,12 +849,19 @@ fn run_trial(args: TrialArgs, out: &mut dyn Write) -> Result<()> {
     let per_token = |bits: f64, n: usize| bits / n.max(1) as f64;
     let mut s = format!(
         "{} from step {}: {} trial steps, split of {} tokens coded at λ = {}\n\
+         each block's own-block rule acts on layer {}, head {}, {}\n\
          control (the same steps, no new block): {:.1} bits; noise {:.1} bits (a second control on the reversed batches)\n",
         args.run_dir.display(),
         probe.from_step,
         probe.trial_steps,
         first.decision.split_tokens,
         probe.lambda,
+        probe.rule_layer,
+        probe.rule_head,
+        match probe.rule_within {
+            Some(within) => format!("within {within} positions"),
+            None => "over the whole context".to_string(),
+        },
         first.decision.bits_before,
         first.decision.noise_bits
     );

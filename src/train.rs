@@ -237,6 +237,7 @@ impl TrainConfig {
     pub fn validate(&self) -> Result<()> {
         if let Some(recruitment) = &self.recruitment {
             recruitment.validate()?;
+            recruitment.placement(self.model.n_layers, self.model.n_heads)?;
             if self.locality.is_none() {
                 return Err(Error::invalid(
                     "recruitment",
@@ -706,8 +707,13 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
     let mut locality = match &config.locality {
         Some(locality) => {
             // a resumed run's recruited blocks are part of its rules
-            let within = config.recruitment.as_ref().and_then(|r| r.rule_within);
-            let spec = crate::recruit::spec_with_recruited(&locality.load_rules()?, &model, &data.vocabulary, within);
+            let (layers, heads) = (model.config.n_layers, model.config.n_heads);
+            let placement = match &config.recruitment {
+                Some(recruitment) => recruitment.placement(layers, heads)?,
+                None => crate::recruit::RulePlacement::default_for(layers),
+            };
+            let spec =
+                crate::recruit::spec_with_recruited(&locality.load_rules()?, &model, &data.vocabulary, placement);
             let (set, warnings) = RuleSet::compile(&spec, &data.vocabulary)?;
             for warning in &warnings {
                 progress.note(&format!("warning: {}", warning.0));

@@ -212,9 +212,30 @@ fn ailla_trial_weighs_an_experts_block_in_bits_without_touching_the_run() {
     assert_eq!(ailla(&args).stdout, output.stdout);
     assert_eq!(std::fs::read(run.join("model.safetensors")).unwrap(), weights_before);
 
+    assert_eq!((probe["rule_layer"].as_u64(), probe["rule_head"].as_u64()), (Some(1), Some(0)));
+
     let text = ailla(&["trial", run.to_str().unwrap(), "--block", &block, "--steps", "5"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("a member is the input") && text.contains("verdict: "), "{text}");
+    assert!(text.contains("own-block rule acts on layer 1, head 0, within 32 positions"), "{text}");
+    // another head: the same controls, another copy with the block
+    let on_head = |head: &str| {
+        let output =
+            ailla(&["trial", run.to_str().unwrap(), "--block", &block, "--steps", "5", "--head", head, "--json"]);
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
+    };
+    let (head_0, head_2) = (on_head("0"), on_head("2"));
+    assert_eq!(head_2["rule_head"], 2);
+    let decision = |probe: &serde_json::Value, field: &str| probe["blocks"][0]["decision"][field].clone();
+    assert_eq!(decision(&head_0, "bits_before"), decision(&head_2, "bits_before"));
+    assert_ne!(decision(&head_0, "bits_after"), decision(&head_2, "bits_after"));
+    for (flag, value, says) in [("--head", "4", "4 heads per layer"), ("--layer", "2", "2 layers")] {
+        let refused = ailla(&["trial", run.to_str().unwrap(), "--block", "latex", flag, value]);
+        assert_eq!(refused.status.code(), Some(2));
+        let stderr = String::from_utf8_lossy(&refused.stderr);
+        assert!(stderr.contains(&format!("`{flag}`")) && stderr.contains(says), "{stderr}");
+    }
 
     for (words, says) in [("latex, peanutz", "`peanutz` is not in the run's vocabulary"), ("latex, insulin", "`drugs`")]
     {

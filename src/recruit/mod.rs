@@ -86,6 +86,14 @@ pub struct RecruitmentConfig {
     /// does not dilute its pointer.
     #[serde(default = "default_rule_within")]
     pub rule_within: Option<usize>,
+    /// The layer whose head carries a recruited block's own-block rule (`null`: the last). Which head
+    /// a pointer should take is an empirical question (`ailla trial --layer --head` measures it); the
+    /// default leaves every other head to what the model already does with it.
+    #[serde(default)]
+    pub rule_layer: Option<usize>,
+    /// The head, within `rule_layer`, that carries a recruited block's own-block rule.
+    #[serde(default)]
+    pub rule_head: usize,
     /// Train a second control on the same batches in reverse order, and require a block to save more
     /// than the two controls differ by: a saving inside the noise of training is no evidence.
     #[serde(default = "default_noise_control")]
@@ -106,6 +114,8 @@ impl RecruitmentConfig {
             split_tokens: default_split_tokens(),
             bits_per_parameter: None,
             rule_within: default_rule_within(),
+            rule_layer: None,
+            rule_head: 0,
             noise_control: default_noise_control(),
         }
     }
@@ -127,6 +137,41 @@ impl RecruitmentConfig {
             Some(bits) => Error::require_bits("recruitment.bits_per_parameter", bits, false),
             None => Ok(()),
         }
+    }
+
+    /// Where a recruited block's own-block rule acts in a model of `layers` × `heads`, or which field
+    /// names a layer or head the model does not have.
+    pub fn placement(&self, layers: usize, heads: usize) -> Result<RulePlacement> {
+        let layer = match self.rule_layer {
+            Some(layer) => require_index("recruitment.rule_layer", layer, layers, "layers")?,
+            None => layers.saturating_sub(1),
+        };
+        let head = require_index("recruitment.rule_head", self.rule_head, heads, "heads per layer")?;
+        Ok(RulePlacement { layer, head, within: self.rule_within })
+    }
+}
+
+/// `index` if the model has it among its `count` `what` (numbered from 0), else an error naming `field`.
+pub(crate) fn require_index(field: &str, index: usize, count: usize, what: &str) -> Result<usize> {
+    if index < count {
+        Ok(index)
+    } else {
+        Err(Error::invalid(field, format!("the model has {count} {what}, numbered from 0: {index} is not one of them")))
+    }
+}
+
+/// Where a recruited block's own-block rule acts: one head of one layer, within a window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RulePlacement {
+    pub layer: usize,
+    pub head: usize,
+    pub within: Option<usize>,
+}
+
+impl RulePlacement {
+    /// The placement of a run that sets no recruitment priors but resumes with recruited blocks.
+    pub fn default_for(layers: usize) -> Self {
+        RulePlacement { layer: layers.saturating_sub(1), head: 0, within: default_rule_within() }
     }
 }
 
@@ -236,6 +281,18 @@ impl Decision {
     pub fn required_bits(&self) -> f64 {
         self.cost_bits + self.margin_bits + self.noise_bits
     }
+
+    /// Whether the block pays for itself: its saving exceeds cost, margin and noise.
+    pub fn pays(&self) -> bool {
+        self.saving_bits() > self.required_bits()
+    }
+
+    /// The verdict "recruited": the description length becomes the trial's code length plus the cost
+    /// of every block, the already recruited ones (`recruited_cost`) and this one.
+    fn accept(&mut self, recruited_cost: f64) {
+        self.accepted = true;
+        self.description_length_after = self.bits_after + recruited_cost + self.cost_bits;
+    }
 }
 
 /// What a check needs from the run.
@@ -313,15 +370,14 @@ pub fn code_lengths(
 }
 
 /// `spec` with a recruited block: a `recruitable` block of the same name is replaced by it. Its own-block
-/// rule acts on one head, the last layer's first: a recruited block gains a pointer head rather than
-/// taking every head of every layer away from what the model already does with them.
+/// rule acts on one head (by default the last layer's first): a recruited block gains a pointer head
+/// rather than taking every head of every layer away from what the model already does with them.
 pub fn spec_with_block(
     spec: &RuleSpec,
     name: &str,
     members: &[u32],
     vocabulary: &Vocabulary,
-    layers: usize,
-    within: Option<usize>,
+    placement: RulePlacement,
 ) -> RuleSpec {
     let mut out = spec.clone();
     let words: Vec<String> = members.iter().filter_map(|&m| vocabulary.tokens.get(m as usize).cloned()).collect();
@@ -340,9 +396,9 @@ pub fn spec_with_block(
     out.rules.push(RuleEntrySpec {
         name: format!("{name} attends to its own block (recruited)"),
         kind: RuleKindSpec::OwnBlock { block: name.to_string() },
-        layers: Some(vec![layers.saturating_sub(1)]),
-        heads: Some(vec![0]),
-        within,
+        layers: Some(vec![placement.layer]),
+        heads: Some(vec![placement.head]),
+        within: placement.within,
         strength: 1.0,
         priority: 0,
         from_step: None,
@@ -356,11 +412,13 @@ pub fn spec_with_recruited(
     spec: &RuleSpec,
     model: &Model<f32>,
     vocabulary: &Vocabulary,
-    within: Option<usize>,
+    placement: RulePlacement,
 ) -> RuleSpec {
-    model.config.recruited_blocks.iter().fold(spec.clone(), |s, block| {
-        spec_with_block(&s, &block.name, &block.members, vocabulary, model.config.n_layers, within)
-    })
+    model
+        .config
+        .recruited_blocks
+        .iter()
+        .fold(spec.clone(), |s, block| spec_with_block(&s, &block.name, &block.members, vocabulary, placement))
 }
 
 /// Tokens that may join a new block: not special, in no block, not recruited.
@@ -463,14 +521,8 @@ fn train_copy(
         Some(c) => {
             model.add_block(&c.name, &c.members)?;
             optimizer.grow_to(&model.params);
-            let spec = spec_with_block(
-                ctx.spec,
-                &c.name,
-                &c.members,
-                ctx.vocabulary,
-                model.config.n_layers,
-                ctx.recruitment.rule_within,
-            );
+            let placement = ctx.recruitment.placement(model.config.n_layers, model.config.n_heads)?;
+            let spec = spec_with_block(ctx.spec, &c.name, &c.members, ctx.vocabulary, placement);
             with_block = RuleSet::compile(&spec, ctx.vocabulary)?.0;
             &with_block
         }
@@ -529,6 +581,7 @@ pub fn check(
     extra: &[Candidate],
 ) -> Result<CheckOutcome> {
     let started = Instant::now();
+    let placement = ctx.recruitment.placement(model.config.n_layers, model.config.n_heads)?;
     let mut candidates = propose(ctx, model);
     candidates.extend(extra.iter().cloned());
     let trialled = trial_all(ctx, model, optimizer, &candidates)?;
@@ -545,7 +598,7 @@ pub fn check(
         let cost = cost_of(ctx, model, candidate.members.len());
         let decision = Decision::rejected(ctx, candidate, (control.bits, noise), trial.bits, cost, before);
         let net = decision.saving_bits() - cost;
-        if decision.saving_bits() > decision.required_bits() && best.is_none_or(|(_, best_net)| net > best_net) {
+        if decision.pays() && best.is_none_or(|(_, best_net)| net > best_net) {
             best = Some((kept.len(), net));
         }
         decisions.push(decision);
@@ -565,18 +618,10 @@ pub fn check(
         if let Some(block) = trial.model.config.recruited_blocks.last_mut() {
             block.name = name.clone();
         }
-        let spec = spec_with_block(
-            ctx.spec,
-            &name,
-            &candidate.members,
-            ctx.vocabulary,
-            model.config.n_layers,
-            ctx.recruitment.rule_within,
-        );
+        let spec = spec_with_block(ctx.spec, &name, &candidate.members, ctx.vocabulary, placement);
         let decision = &mut decisions[k];
         decision.candidate = name;
-        decision.accepted = true;
-        decision.description_length_after = trial.bits + recruited_cost + decision.cost_bits;
+        decision.accept(recruited_cost);
         (trial, spec)
     });
     Ok(CheckOutcome { decisions, accepted, trials: trialled.trials, seconds: started.elapsed().as_secs_f64() })
@@ -687,5 +732,38 @@ mod tests {
         let cost = block_cost_bits(10, 3, 4, 1024, None);
         assert!((cost - (120f64.log2() + 4.0 * 5.0)).abs() < 1e-9);
         assert!((block_cost_bits(10, 3, 4, 1024, Some(1.0)) - (120f64.log2() + 4.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_recruited_rule_acts_on_the_head_the_priors_name_and_a_missing_head_is_refused() {
+        let mut priors = RecruitmentConfig::new(10, 5, 0.0, 1);
+        let default = priors.placement(3, 4).unwrap();
+        assert_eq!((default.layer, default.head, default.within), (2, 0, Some(32)));
+        assert_eq!(default, RulePlacement::default_for(3));
+        priors.rule_layer = Some(0);
+        priors.rule_head = 3;
+        let placement = priors.placement(3, 4).unwrap();
+        assert_eq!((placement.layer, placement.head), (0, 3));
+
+        let vocabulary = Vocabulary::from_tokens(
+            crate::data::TokenizerKind::Word,
+            ["<unk>", "<eos>", "latex", "soy"].map(String::from).to_vec(),
+        );
+        let spec = RuleSpec { blocks: Vec::new(), rules: Vec::new(), own_block_default: true };
+        let with = spec_with_block(&spec, "allergens", &[2, 3], &vocabulary, placement);
+        assert_eq!(with.blocks[0].words, ["latex", "soy"]);
+        let rule = &with.rules[0];
+        assert_eq!(
+            (rule.layers.as_deref(), rule.heads.as_deref(), rule.within),
+            (Some(&[0][..]), Some(&[3][..]), Some(32))
+        );
+
+        priors.rule_head = 4;
+        let refused = priors.placement(3, 4).unwrap_err().to_string();
+        assert!(refused.contains("recruitment.rule_head") && refused.contains("4 heads per layer"), "{refused}");
+        priors.rule_head = 0;
+        priors.rule_layer = Some(3);
+        let refused = priors.placement(3, 4).unwrap_err().to_string();
+        assert!(refused.contains("recruitment.rule_layer") && refused.contains("3 layers"), "{refused}");
     }
 }

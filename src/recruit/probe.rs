@@ -37,6 +37,11 @@ pub struct ProbeRequest {
     pub split_tokens: Option<usize>,
     /// Bits beyond the cost (default: the run's `recruitment.margin_bits`, else 0).
     pub margin_bits: Option<f64>,
+    /// The layer of the block's own-block rule (default: the run's `recruitment.rule_layer`, else the
+    /// last).
+    pub rule_layer: Option<usize>,
+    /// The head of the block's own-block rule (default: the run's `recruitment.rule_head`, else 0).
+    pub rule_head: Option<usize>,
 }
 
 /// The bits of the split's positions whose input token is (or is not) a member.
@@ -66,6 +71,10 @@ pub struct Probe {
     pub trial_steps: usize,
     /// The dial value the split was coded at.
     pub lambda: f64,
+    /// Where each block's own-block rule acted.
+    pub rule_layer: usize,
+    pub rule_head: usize,
+    pub rule_within: Option<usize>,
     /// Every block against the same two controls, in the order asked for.
     pub blocks: Vec<BlockVerdict>,
     /// Warnings about the rules file, rendered with their places (not in the JSON).
@@ -138,8 +147,15 @@ pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
         recruitment.margin_bits = margin;
     }
     recruitment.validate()?;
-
-    let spec = super::spec_with_recruited(&locality.load_rules()?, &model, &vocabulary, recruitment.rule_within);
+    let (layers, heads) = (model.config.n_layers, model.config.n_heads);
+    if let Some(layer) = request.rule_layer {
+        recruitment.rule_layer = Some(super::require_index("--layer", layer, layers, "layers")?);
+    }
+    if let Some(head) = request.rule_head {
+        recruitment.rule_head = super::require_index("--head", head, heads, "heads per layer")?;
+    }
+    let placement = recruitment.placement(layers, heads)?;
+    let spec = super::spec_with_recruited(&locality.load_rules()?, &model, &vocabulary, placement);
     let (set, _) = RuleSet::compile(&spec, &vocabulary)?;
     let (candidates, rules_warnings) = requested_blocks(&request.blocks, &vocabulary, &set)?;
     let splits = config.corpus.load()?;
@@ -171,9 +187,8 @@ pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
         let cost = cost_of(&context, &model, candidate.members.len());
         let mut decision =
             Decision::rejected(&context, candidate, (control.bits, trialled.noise_bits), with.bits, cost, before);
-        if decision.saving_bits() > decision.required_bits() {
-            decision.accepted = true;
-            decision.description_length_after = with.bits + recruited_cost + cost;
+        if decision.pays() {
+            decision.accept(recruited_cost);
         }
         let mut member_queries = PositionBits { positions: 0, bits_control: 0.0, bits_with_block: 0.0 };
         let mut other_queries = member_queries.clone();
@@ -198,6 +213,9 @@ pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
         from_step: step,
         trial_steps: trialled.control.steps.len(),
         lambda: measuring_lambda(&locality.schedule, step, config.seed),
+        rule_layer: placement.layer,
+        rule_head: placement.head,
+        rule_within: placement.within,
         blocks,
         rules_warnings,
     })
