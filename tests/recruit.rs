@@ -279,3 +279,123 @@ fn ailla_trial_weighs_an_experts_block_in_bits_without_touching_the_run() {
     let stderr = String::from_utf8_lossy(&refused.stderr);
     assert!(stderr.contains("train.json") && stderr.contains("`elsewhere/corpus` relative to"), "{stderr}");
 }
+
+/// What acceptance does. No block on this corpus pays for itself at this scale (docs/recruitment.md),
+/// so the trials here are real but their code lengths are then set: the planted block saves 100 bits
+/// more than it must, a random block one bit less. Checked: the verdicts, the name, the rules the run
+/// goes on with, the description length and the `.rules` snippet an expert would pin.
+#[test]
+fn an_accepted_block_is_named_joins_the_rules_and_lowers_the_description_length() {
+    let (_dir, t) = trained(200);
+    let recruitment = RecruitmentConfig { rule_head: 2, ..recruitment(4.0) };
+    let locality = t.config.locality.clone().unwrap();
+    let spec = locality.load_rules().unwrap();
+    let (set, _) = RuleSet::compile(&spec, &t.vocabulary).unwrap();
+    let config = TrainConfig { steps: 400, ..t.config.clone() };
+    let context = CheckContext {
+        config: &config,
+        recruitment: &recruitment,
+        locality: &locality,
+        spec: &spec,
+        set: &set,
+        vocabulary: &t.vocabulary,
+        train_ids: &t.train_ids,
+        split: recruit::split_of(&t.valid_ids, recruitment.split_tokens),
+        step: 200,
+    };
+    let planted: Vec<u32> = {
+        let mut ids: Vec<u32> = PLANTED_ALLERGENS.iter().filter_map(|a| t.vocabulary.id(a)).collect();
+        ids.sort_unstable();
+        ids
+    };
+    let random: Vec<u32> = (40..48).filter(|&id| set.block_of_token(id) == 0 && !planted.contains(&id)).collect();
+    let candidates = [
+        Candidate { name: "given".into(), origin: Origin::Given, members: planted.clone() },
+        Candidate { name: "random".into(), origin: Origin::Given, members: random.clone() },
+    ];
+    let cost = |members: usize| recruit::block_cost_bits(t.vocabulary.len(), members, 48, 4096, None);
+    // `extra[i]` bits beyond what candidate i must save
+    let verdicts = |extra: [f64; 2]| {
+        let mut trialled = recruit::trial_all(&context, &t.model, &t.optimizer, &candidates).unwrap();
+        let must = |members: usize| cost(members) + recruitment.margin_bits + trialled.noise_bits;
+        let control = trialled.control.bits;
+        for ((candidate, trial), extra) in candidates.iter().zip(&mut trialled.candidates).zip(extra) {
+            trial.as_mut().unwrap().bits = control - must(candidate.members.len()) - extra;
+        }
+        recruit::decide(&context, &t.model, &candidates, trialled).unwrap()
+    };
+
+    let outcome = verdicts([100.0, -1.0]);
+    let [given, random_verdict] = &outcome.decisions[..] else { panic!("two verdicts: {:?}", outcome.decisions) };
+    assert!(given.accepted && !random_verdict.accepted);
+    assert_eq!(random_verdict.description_length_after, random_verdict.description_length_before);
+    // named from its anchors, and the description length falls by what it saves beyond its cost
+    assert!(given.candidate.starts_with("recruited_"), "{}", given.candidate);
+    let fall = given.description_length_before - given.description_length_after;
+    assert!(fall > recruitment.margin_bits);
+    assert!((fall - (given.saving_bits() - given.cost_bits)).abs() < 1e-6);
+    let (trial, spec) = outcome.accepted.expect("the block that pays is accepted");
+    let recruited = trial.model.config.recruited_blocks.last().unwrap();
+    assert_eq!((recruited.name.as_str(), &recruited.members), (given.candidate.as_str(), &planted));
+    assert!(t.model.config.recruited_blocks.is_empty(), "the run's own model is not touched by a verdict");
+    // the rules the run goes on with: the block, and its own-block rule on the head the priors name
+    let block = spec.blocks.iter().find(|b| b.name == given.candidate).expect("the block joins the rules");
+    assert_eq!(block.words.len(), planted.len());
+    let rule = spec.rules.last().unwrap();
+    assert_eq!(
+        (rule.layers.as_deref(), rule.heads.as_deref(), rule.within),
+        (Some(&[1][..]), Some(&[2][..]), Some(32))
+    );
+    let (with_block, _) = RuleSet::compile(&spec, &t.vocabulary).unwrap();
+    assert!(planted.iter().all(|&id| with_block.block_of_token(id) != 0));
+    // the snippet for the expert reads back as the same block, with the bits behind it
+    let snippet = recruit::rules_snippet(&trial.model, &t.vocabulary, &outcome.decisions);
+    assert!(snippet.contains(&format!("saved {:.1} bits", given.saving_bits())), "{snippet}");
+    let loaded = ailla::dsl::load_source(Path::new("recruited.rules"), snippet).unwrap();
+    let compiled = ailla::dsl::compile(&loaded, Some(&t.vocabulary));
+    assert!(compiled.diagnostics.is_empty(), "the snippet does not compile: {:?}", compiled.diagnostics);
+    let pinned = compiled.spec.blocks.iter().find(|b| b.name == given.candidate).unwrap();
+    let mut words = pinned.words.clone();
+    words.sort();
+    let mut expected: Vec<String> = PLANTED_ALLERGENS.iter().map(|w| w.to_string()).collect();
+    expected.sort();
+    assert_eq!(words, expected);
+
+    // of two blocks that pay, the one that saves most beyond its cost is taken
+    let outcome = verdicts([10.0, 50.0]);
+    assert!(outcome.decisions.iter().all(|d| d.pays()));
+    let taken: Vec<&str> = outcome.decisions.iter().filter(|d| d.accepted).map(|d| d.candidate.as_str()).collect();
+    assert_eq!(taken.len(), 1);
+    let (trial, _) = outcome.accepted.unwrap();
+    assert_eq!(trial.model.config.recruited_blocks.last().unwrap().members, random);
+}
+
+/// `ailla trial --head` places the blocks it trials; a block the run recruited earlier keeps its head.
+#[test]
+fn ailla_trial_moves_only_the_trialled_blocks_rule() {
+    let (dir, t) = trained(200);
+    let run = dir.path().join("run");
+    let weights = run.join("model.safetensors");
+    let loaded = checkpoint::load(&weights).unwrap();
+    let mut model = loaded.model;
+    let mut optimizer = t.optimizer.clone();
+    let latex = t.vocabulary.id("latex").unwrap();
+    let pollen = t.vocabulary.id("pollen").unwrap();
+    model.add_block("recruited_latex", &[latex, pollen]).unwrap();
+    optimizer.grow_to(&model.params);
+    let with_block = checkpoint::Checkpoint { model, ..loaded };
+    checkpoint::save(&weights, &with_block).unwrap();
+    checkpoint::save_optimizer(&checkpoint::optimizer_path(&weights), &optimizer, &with_block.model.params).unwrap();
+    let control_bits = |head: &str| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_ailla"))
+            .args(["trial", run.to_str().unwrap(), "--block", "peanuts, soy", "--steps", "2", "--head", head, "--json"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let probe: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(probe["rule_head"], head.parse::<u64>().unwrap());
+        probe["blocks"][0]["decision"]["bits_before"].as_f64().unwrap()
+    };
+    // the control has the recruited block and no new one: the same code length whichever head is asked
+    assert_eq!(control_bits("0"), control_bits("3"));
+}

@@ -581,10 +581,24 @@ pub fn check(
     extra: &[Candidate],
 ) -> Result<CheckOutcome> {
     let started = Instant::now();
-    let placement = ctx.recruitment.placement(model.config.n_layers, model.config.n_heads)?;
     let mut candidates = propose(ctx, model);
     candidates.extend(extra.iter().cloned());
     let trialled = trial_all(ctx, model, optimizer, &candidates)?;
+    let mut outcome = decide(ctx, model, &candidates, trialled)?;
+    outcome.seconds = started.elapsed().as_secs_f64();
+    Ok(outcome)
+}
+
+/// The verdicts of a check on its trials (`trialled.candidates[i]` is `candidates[i]`'s). Of the blocks
+/// that pay, the one with the largest saving net of its cost is accepted: it is named (from its anchors,
+/// unless a recruitable block brought its name), and the rules gain it with its own-block rule.
+pub fn decide(
+    ctx: &CheckContext,
+    model: &Model<f32>,
+    candidates: &[Candidate],
+    trialled: Trialled,
+) -> Result<CheckOutcome> {
+    let placement = ctx.recruitment.placement(model.config.n_layers, model.config.n_heads)?;
     let (control, noise) = (&trialled.control, trialled.noise_bits);
     let recruited_cost: f64 = model.config.recruited_blocks.iter().map(|b| cost_of(ctx, model, b.members.len())).sum();
     let before = control.bits + recruited_cost;
@@ -624,7 +638,7 @@ pub fn check(
         decision.accept(recruited_cost);
         (trial, spec)
     });
-    Ok(CheckOutcome { decisions, accepted, trials: trialled.trials, seconds: started.elapsed().as_secs_f64() })
+    Ok(CheckOutcome { decisions, accepted, trials: trialled.trials, seconds: 0.0 })
 }
 
 /// The trials of one check: the control, the noise floor, and each candidate's trial (an error for a

@@ -147,7 +147,10 @@ pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
         recruitment.margin_bits = margin;
     }
     recruitment.validate()?;
+    // the run's recruited blocks keep the head the run gave them; the flags place only the new blocks
     let (layers, heads) = (model.config.n_layers, model.config.n_heads);
+    let spec =
+        super::spec_with_recruited(&locality.load_rules()?, &model, &vocabulary, recruitment.placement(layers, heads)?);
     if let Some(layer) = request.rule_layer {
         recruitment.rule_layer = Some(super::require_index("--layer", layer, layers, "layers")?);
     }
@@ -155,7 +158,6 @@ pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
         recruitment.rule_head = super::require_index("--head", head, heads, "heads per layer")?;
     }
     let placement = recruitment.placement(layers, heads)?;
-    let spec = super::spec_with_recruited(&locality.load_rules()?, &model, &vocabulary, placement);
     let (set, _) = RuleSet::compile(&spec, &vocabulary)?;
     let (candidates, rules_warnings) = requested_blocks(&request.blocks, &vocabulary, &set)?;
     let splits = config.corpus.load()?;
