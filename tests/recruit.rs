@@ -74,27 +74,45 @@ fn trained(steps: usize) -> (tempfile::TempDir, Trained) {
     (dir, trained)
 }
 
+/// The run's rules, and its schedule stretched past the check so that trials have steps to train.
+struct CheckSetup {
+    config: TrainConfig,
+    locality: LocalityConfig,
+    spec: ailla::locality::RuleSpec,
+    set: RuleSet,
+}
+
+impl CheckSetup {
+    fn new(t: &Trained) -> Self {
+        let locality = t.config.locality.clone().unwrap();
+        let spec = locality.load_rules().unwrap();
+        let (set, _) = RuleSet::compile(&spec, &t.vocabulary).unwrap();
+        CheckSetup { config: TrainConfig { steps: 400, ..t.config.clone() }, locality, spec, set }
+    }
+
+    /// A check at step 200, the run's last.
+    fn context<'a>(&'a self, t: &'a Trained, recruitment: &'a RecruitmentConfig) -> CheckContext<'a> {
+        CheckContext {
+            config: &self.config,
+            recruitment,
+            locality: &self.locality,
+            spec: &self.spec,
+            set: &self.set,
+            vocabulary: &t.vocabulary,
+            train_ids: &t.train_ids,
+            split: recruit::split_of(&t.valid_ids, recruitment.split_tokens),
+            step: 200,
+        }
+    }
+}
+
 #[test]
 fn clustering_proposes_the_planted_block_and_a_random_block_is_rejected_in_bits() {
     let (_dir, t) = trained(200);
     let recruitment = recruitment(0.0);
-    let locality = t.config.locality.clone().unwrap();
-    let spec = locality.load_rules().unwrap();
-    let (set, _) = RuleSet::compile(&spec, &t.vocabulary).unwrap();
-    let split = recruit::split_of(&t.valid_ids, recruitment.split_tokens);
-    // the run goes on past the check, so that its trials have steps to train
-    let config = TrainConfig { steps: 400, ..t.config.clone() };
-    let context = CheckContext {
-        config: &config,
-        recruitment: &recruitment,
-        locality: &locality,
-        spec: &spec,
-        set: &set,
-        vocabulary: &t.vocabulary,
-        train_ids: &t.train_ids,
-        split,
-        step: 200,
-    };
+    let setup = CheckSetup::new(&t);
+    let set = &setup.set;
+    let context = setup.context(&t, &recruitment);
     let planted: Vec<u32> = PLANTED_ALLERGENS.iter().filter_map(|a| t.vocabulary.id(a)).collect();
     assert_eq!(planted.len(), PLANTED_ALLERGENS.len());
     let proposed = recruit::propose(&context, &t.model);
@@ -288,21 +306,9 @@ fn ailla_trial_weighs_an_experts_block_in_bits_without_touching_the_run() {
 fn an_accepted_block_is_named_joins_the_rules_and_lowers_the_description_length() {
     let (_dir, t) = trained(200);
     let recruitment = RecruitmentConfig { rule_head: 2, ..recruitment(4.0) };
-    let locality = t.config.locality.clone().unwrap();
-    let spec = locality.load_rules().unwrap();
-    let (set, _) = RuleSet::compile(&spec, &t.vocabulary).unwrap();
-    let config = TrainConfig { steps: 400, ..t.config.clone() };
-    let context = CheckContext {
-        config: &config,
-        recruitment: &recruitment,
-        locality: &locality,
-        spec: &spec,
-        set: &set,
-        vocabulary: &t.vocabulary,
-        train_ids: &t.train_ids,
-        split: recruit::split_of(&t.valid_ids, recruitment.split_tokens),
-        step: 200,
-    };
+    let setup = CheckSetup::new(&t);
+    let set = &setup.set;
+    let context = setup.context(&t, &recruitment);
     let planted: Vec<u32> = {
         let mut ids: Vec<u32> = PLANTED_ALLERGENS.iter().filter_map(|a| t.vocabulary.id(a)).collect();
         ids.sort_unstable();
