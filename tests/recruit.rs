@@ -405,3 +405,102 @@ fn ailla_trial_moves_only_the_trialled_blocks_rule() {
     // the control has the recruited block and no new one: the same code length whichever head is asked
     assert_eq!(control_bits("0"), control_bits("3"));
 }
+
+/// What a run does after it accepts a block, end to end. No block on this corpus pays for itself at
+/// this scale (docs/recruitment.md), so this run makes acceptance cheap on purpose: six two-word
+/// `recruitable` blocks (about 19 bits of membership each), block embeddings at a thousandth of a bit a
+/// number, no margin and no noise floor. Training noise alone then admits one of them at the first
+/// check (it did for seeds 1–5). What is checked is what acceptance does, not whether the block
+/// deserved it.
+#[test]
+fn a_run_goes_on_with_the_block_it_accepts_and_resumes_to_the_same_weights() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    write_planted(&corpus);
+    let rules = dir.path().join("pairs.rules");
+    let default_rules =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/default.rules")).unwrap();
+    let pairs = [
+        ("give", "every"),
+        ("hours", "dose"),
+        ("signed", "for"),
+        ("sample", "blood"),
+        ("reason", "accepted"),
+        ("result", "test"),
+    ];
+    let recruitable: String = pairs
+        .iter()
+        .enumerate()
+        .map(|(i, (a, b))| format!("recruitable block pair_{i} seeded by {a}, {b}\n"))
+        .collect();
+    std::fs::write(&rules, format!("{default_rules}\n{recruitable}")).unwrap();
+    let recruitment = RecruitmentConfig {
+        candidates_per_check: 1,
+        cluster_size: 2,
+        split_tokens: 8192,
+        bits_per_parameter: Some(0.001),
+        noise_control: false,
+        ..RecruitmentConfig::new(150, 100, 0.0, 2)
+    };
+    let mut config = config(&corpus, 450, Some(recruitment));
+    if let Some(locality) = config.locality.as_mut() {
+        locality.rules = RulesSource::File(rules.clone());
+    }
+    let straight = dir.path().join("straight");
+    train::train(&config, &straight, &RunControl::default(), &Progress::Silent).unwrap();
+
+    let records: Vec<serde_json::Value> = std::fs::read_to_string(straight.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let accepted: Vec<&serde_json::Value> =
+        records.iter().filter(|r| r["kind"] == "recruitment" && r["accepted"] == true).collect();
+    assert!(!accepted.is_empty(), "no block was accepted; this test relies on training noise: {records:?}");
+    for decision in &accepted {
+        let (before, after) =
+            (decision["description_length_before"].as_f64(), decision["description_length_after"].as_f64());
+        assert!(after.unwrap() < before.unwrap(), "{decision}");
+    }
+    // the accepted trial's steps are the run's: every step is logged once, in order
+    let steps: Vec<u64> =
+        records.iter().filter(|r| r["kind"] == "train").map(|r| r["step"].as_u64().unwrap()).collect();
+    assert_eq!(steps, (1..=450).collect::<Vec<u64>>());
+
+    // the model goes on with the block, and its checkpoint carries the block's rule
+    let names: Vec<&str> = accepted.iter().map(|d| d["candidate"].as_str().unwrap()).collect();
+    let saved = checkpoint::load(&straight.join("model.safetensors")).unwrap();
+    let recruited: Vec<&str> = saved.model.config.recruited_blocks.iter().map(|b| b.name.as_str()).collect();
+    assert_eq!(recruited, names);
+    let stored = saved.locality.expect("the checkpoint stores its rules");
+    for name in &names {
+        let rule = stored.rules.rules.iter().find(|r| r.name == format!("{name} attends to its own block (recruited)"));
+        let rule = rule.unwrap_or_else(|| panic!("no rule for {name}"));
+        assert_eq!((rule.layers.as_deref(), rule.heads.as_deref()), (Some(&[1][..]), Some(&[0][..])));
+    }
+    // the snippet for the expert names the block and its members, and compiles against the corpus
+    let snippet = std::fs::read_to_string(straight.join("recruited.rules")).unwrap();
+    for decision in &accepted {
+        assert!(snippet.contains(&format!("block {}", decision["candidate"].as_str().unwrap())), "{snippet}");
+        for member in decision["members"].as_array().unwrap() {
+            assert!(snippet.contains(member.as_str().unwrap()), "{snippet}");
+        }
+    }
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_ailla"))
+        .args(["check", straight.join("recruited.rules").to_str().unwrap(), "--corpus", corpus.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+
+    // stopped after the acceptance and resumed, the run ends where the straight one did, bit for bit
+    let split = dir.path().join("split");
+    let first = RunControl { stop_after: Some(300), ..RunControl::default() };
+    let paused = train::train(&config, &split, &first, &Progress::Silent).unwrap();
+    // a check due at the stop still runs, as it did in the straight run; a trial it accepts is adopted whole
+    assert!((300..450).contains(&paused.steps_done), "{}", paused.steps_done);
+    let resume = RunControl { resume: true, ..RunControl::default() };
+    train::train(&config, &split, &resume, &Progress::Silent).unwrap();
+    let resumed = checkpoint::load(&split.join("model.safetensors")).unwrap();
+    assert_eq!(resumed.model, saved.model);
+}
