@@ -240,7 +240,8 @@ pub struct TrainArgs {
     /// Continue the run in --out from its last saved step, exactly as if it had not stopped.
     #[arg(long)]
     pub resume: bool,
-    /// Save and stop once this many steps are done in all; continue later with --resume.
+    /// Save and stop once this many steps are done in all (more when a recruitment check due then
+    /// accepts a block, whose trial steps are adopted whole); continue later with --resume.
     #[arg(long)]
     pub stop_after: Option<usize>,
 }
