@@ -708,10 +708,8 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
         Some(locality) => {
             // a resumed run's recruited blocks are part of its rules
             let (layers, heads) = (model.config.n_layers, model.config.n_heads);
-            let placement = match &config.recruitment {
-                Some(recruitment) => recruitment.placement(layers, heads)?,
-                None => crate::recruit::RulePlacement::default_for(layers),
-            };
+            let placement =
+                crate::recruit::RecruitmentConfig::of_run(config.recruitment.as_ref()).placement(layers, heads)?;
             let spec =
                 crate::recruit::spec_with_recruited(&locality.load_rules()?, &model, &data.vocabulary, placement);
             let (set, warnings) = RuleSet::compile(&spec, &data.vocabulary)?;

@@ -101,6 +101,12 @@ pub struct RecruitmentConfig {
 }
 
 impl RecruitmentConfig {
+    /// A run's priors, or for a run that set none (it may still carry recruited blocks, and
+    /// `ailla trial` may still ask) every field at its default and trials of 100 steps.
+    pub fn of_run(recruitment: Option<&RecruitmentConfig>) -> RecruitmentConfig {
+        recruitment.cloned().unwrap_or_else(|| RecruitmentConfig::new(1, 100, 0.0, 1))
+    }
+
     /// The four fields a pipeline must give; every other one at its default.
     pub fn new(check_every: usize, trial_steps: usize, margin_bits: f64, max_blocks: usize) -> Self {
         RecruitmentConfig {
@@ -166,13 +172,6 @@ pub struct RulePlacement {
     pub layer: usize,
     pub head: usize,
     pub within: Option<usize>,
-}
-
-impl RulePlacement {
-    /// The placement of a run that sets no recruitment priors but resumes with recruited blocks.
-    pub fn default_for(layers: usize) -> Self {
-        RulePlacement { layer: layers.saturating_sub(1), head: 0, within: default_rule_within() }
-    }
 }
 
 /// `log2 C(n, k)`, through `ln Γ` so that vocabularies of any size stay exact to rounding.
@@ -599,19 +598,16 @@ pub fn decide(
     trialled: Trialled,
 ) -> Result<CheckOutcome> {
     let placement = ctx.recruitment.placement(model.config.n_layers, model.config.n_heads)?;
-    let (control, noise) = (&trialled.control, trialled.noise_bits);
-    let recruited_cost: f64 = model.config.recruited_blocks.iter().map(|b| cost_of(ctx, model, b.members.len())).sum();
-    let before = control.bits + recruited_cost;
+    let judged = judge(ctx, model, candidates, trialled);
+    let recruited_cost = judged.recruited_cost;
     // decisions[k] is the verdict on kept[k] = (candidate index, its trial)
     let mut decisions = Vec::new();
     let mut kept = Vec::new();
     let mut best: Option<(usize, f64)> = None;
-    for (index, (candidate, result)) in candidates.iter().zip(trialled.candidates).enumerate() {
+    for (index, verdict) in judged.verdicts.into_iter().enumerate() {
         // a candidate whose members were all taken by recruited blocks cannot be trialled: left out
-        let Ok(trial) = result else { continue };
-        let cost = cost_of(ctx, model, candidate.members.len());
-        let decision = Decision::rejected(ctx, candidate, (control.bits, noise), trial.bits, cost, before);
-        let net = decision.saving_bits() - cost;
+        let Ok((decision, trial)) = verdict else { continue };
+        let net = decision.saving_bits() - decision.cost_bits;
         if decision.pays() && best.is_none_or(|(_, best_net)| net > best_net) {
             best = Some((kept.len(), net));
         }
@@ -638,7 +634,35 @@ pub fn decide(
         decision.accept(recruited_cost);
         (trial, spec)
     });
-    Ok(CheckOutcome { decisions, accepted, trials: trialled.trials, seconds: 0.0 })
+    Ok(CheckOutcome { decisions, accepted, trials: judged.trials, seconds: 0.0 })
+}
+
+/// A check's trials with every candidate judged on its own against the control.
+pub(crate) struct Judged {
+    pub control: Trial,
+    /// The cost of the blocks the model already has, part of every description length.
+    pub recruited_cost: f64,
+    /// Copies trained, controls included.
+    pub trials: usize,
+    /// `candidates[i]`'s verdict, "not recruited" until [`Decision::accept`], with its trial; an error
+    /// where it could not be trialled.
+    pub verdicts: Vec<Result<(Decision, Trial)>>,
+}
+
+pub(crate) fn judge(ctx: &CheckContext, model: &Model<f32>, candidates: &[Candidate], trialled: Trialled) -> Judged {
+    let Trialled { control, noise_bits, candidates: trials_of, trials } = trialled;
+    let recruited_cost: f64 = model.config.recruited_blocks.iter().map(|b| cost_of(ctx, model, b.members.len())).sum();
+    let before = control.bits + recruited_cost;
+    let verdicts = candidates
+        .iter()
+        .zip(trials_of)
+        .map(|(candidate, result)| {
+            let trial = result?;
+            let cost = cost_of(ctx, model, candidate.members.len());
+            Ok((Decision::rejected(ctx, candidate, (control.bits, noise_bits), trial.bits, cost, before), trial))
+        })
+        .collect();
+    Judged { control, recruited_cost, trials, verdicts }
 }
 
 /// The trials of one check: the control, the noise floor, and each candidate's trial (an error for a
@@ -753,7 +777,7 @@ mod tests {
         let mut priors = RecruitmentConfig::new(10, 5, 0.0, 1);
         let default = priors.placement(3, 4).unwrap();
         assert_eq!((default.layer, default.head, default.within), (2, 0, Some(32)));
-        assert_eq!(default, RulePlacement::default_for(3));
+        assert_eq!(default, RecruitmentConfig::of_run(None).placement(3, 4).unwrap());
         priors.rule_layer = Some(0);
         priors.rule_head = 3;
         let placement = priors.placement(3, 4).unwrap();

@@ -7,8 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use super::{
-    cost_of, log2_binomial, measuring_lambda, split_of, trial_all, Candidate, CheckContext, Decision, Origin,
-    RecruitmentConfig,
+    log2_binomial, measuring_lambda, split_of, trial_all, Candidate, CheckContext, Decision, Origin, RecruitmentConfig,
 };
 use codespan_reporting::diagnostic::Severity;
 
@@ -130,13 +129,21 @@ pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
             ));
         }
     }
+    // the run's recorded shape is the checkpoint's, so the placement flags are checked before it loads
+    let (layers, heads) = (config.model.n_layers, config.model.n_heads);
+    if let Some(layer) = request.rule_layer {
+        super::require_index("--layer", layer, layers, "layers")?;
+    }
+    if let Some(head) = request.rule_head {
+        super::require_index("--head", head, heads, "heads per layer")?;
+    }
     let latest = paths.latest_checkpoint()?;
     let loaded = checkpoint::load(&latest)?;
     let optimizer = checkpoint::load_optimizer(&checkpoint::optimizer_path(&latest), &loaded.model.params)?;
     let vocabulary = loaded.vocabulary;
     let model = loaded.model;
 
-    let mut recruitment = config.recruitment.clone().unwrap_or_else(|| RecruitmentConfig::new(1, 100, 0.0, 1));
+    let mut recruitment = RecruitmentConfig::of_run(config.recruitment.as_ref());
     if let Some(steps) = request.trial_steps {
         recruitment.trial_steps = steps;
     }
@@ -148,15 +155,10 @@ pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
     }
     recruitment.validate()?;
     // the run's recruited blocks keep the head the run gave them; the flags place only the new blocks
-    let (layers, heads) = (model.config.n_layers, model.config.n_heads);
     let spec =
         super::spec_with_recruited(&locality.load_rules()?, &model, &vocabulary, recruitment.placement(layers, heads)?);
-    if let Some(layer) = request.rule_layer {
-        recruitment.rule_layer = Some(super::require_index("--layer", layer, layers, "layers")?);
-    }
-    if let Some(head) = request.rule_head {
-        recruitment.rule_head = super::require_index("--head", head, heads, "heads per layer")?;
-    }
+    recruitment.rule_layer = request.rule_layer.or(recruitment.rule_layer);
+    recruitment.rule_head = request.rule_head.unwrap_or(recruitment.rule_head);
     let placement = recruitment.placement(layers, heads)?;
     let (set, _) = RuleSet::compile(&spec, &vocabulary)?;
     let (candidates, rules_warnings) = requested_blocks(&request.blocks, &vocabulary, &set)?;
@@ -178,19 +180,13 @@ pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
         split,
         step,
     };
-    let trialled = trial_all(&context, &model, &optimizer, &candidates)?;
-    let control = &trialled.control;
-    let recruited_cost: f64 =
-        model.config.recruited_blocks.iter().map(|b| cost_of(&context, &model, b.members.len())).sum();
-    let before = control.bits + recruited_cost;
+    let judged = super::judge(&context, &model, &candidates, trial_all(&context, &model, &optimizer, &candidates)?);
+    let control = &judged.control;
     let mut blocks = Vec::new();
-    for (candidate, with) in candidates.iter().zip(trialled.candidates) {
-        let with = with?;
-        let cost = cost_of(&context, &model, candidate.members.len());
-        let mut decision =
-            Decision::rejected(&context, candidate, (control.bits, trialled.noise_bits), with.bits, cost, before);
+    for (candidate, verdict) in candidates.iter().zip(judged.verdicts) {
+        let (mut decision, with) = verdict?;
         if decision.pays() {
-            decision.accept(recruited_cost);
+            decision.accept(judged.recruited_cost);
         }
         let mut member_queries = PositionBits { positions: 0, bits_control: 0.0, bits_with_block: 0.0 };
         let mut other_queries = member_queries.clone();
@@ -213,7 +209,7 @@ pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
     }
     Ok(Probe {
         from_step: step,
-        trial_steps: trialled.control.steps.len(),
+        trial_steps: control.steps.len(),
         lambda: measuring_lambda(&locality.schedule, step, config.seed),
         rule_layer: placement.layer,
         rule_head: placement.head,
