@@ -955,20 +955,14 @@ fn run_check(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
         (None, Some(ckpt)) => (Some(checkpoint::load(ckpt)?.vocabulary), None),
         (None, None) => (None, None),
     };
-    let compiled = crate::dsl::compile(&loaded, vocabulary.as_ref());
-    let mut diagnostics = loaded.diagnostics.clone();
-    diagnostics.extend(compiled.diagnostics.iter().cloned());
-    if !diagnostics.is_empty() {
-        eprint!("{}", loaded.render(&diagnostics));
+    let checked = crate::dsl::Checked::new(loaded, vocabulary.as_ref());
+    if !checked.diagnostics.is_empty() {
+        eprint!("{}", checked.render());
     }
-    let errors = diagnostics.iter().filter(|d| d.severity >= codespan_reporting::diagnostic::Severity::Error).count();
-    if errors > 0 {
-        return Err(Error::Rejected(format!(
-            "{}: {errors} error{} found",
-            args.rules.display(),
-            if errors == 1 { "" } else { "s" }
-        )));
+    if let Some(summary) = checked.errors_found(&args.rules) {
+        return Err(Error::Rejected(summary));
     }
+    let compiled = &checked.compiled;
     let spec = &compiled.spec;
     let mut s = format!("{}: {} blocks, {} rules\n", args.rules.display(), spec.blocks.len(), spec.rules.len());
     if vocabulary.is_none() {
@@ -1030,14 +1024,12 @@ fn run_anchors(args: AnchorsArgs, out: &mut dyn Write) -> Result<()> {
     let text = corpus_text(&args.corpus)?;
     let vocabulary = crate::data::Vocabulary::build(TokenizerKind::Word, &text, 1_000_000);
     let ids = vocabulary.encode(&text);
-    let compiled = crate::dsl::compile(&loaded, Some(&vocabulary));
-    let mut diagnostics = loaded.diagnostics.clone();
-    diagnostics.extend(compiled.diagnostics.iter().cloned());
-    let Some(set) = compiled.set else {
-        eprint!("{}", loaded.render(&diagnostics));
+    let checked = crate::dsl::Checked::new(loaded, Some(&vocabulary));
+    let Some(set) = &checked.compiled.set else {
+        eprint!("{}", checked.render());
         return Err(Error::Rejected(format!("{}: fix the errors above first", args.rules.display())));
     };
-    let scored = crate::dsl::anchors::score(&set, &vocabulary, &ids, args.window, args.max, args.min_gain);
+    let scored = crate::dsl::anchors::score(set, &vocabulary, &ids, args.window, args.max, args.min_gain);
     if args.json {
         return write_out(
             out,
@@ -1066,7 +1058,7 @@ fn run_anchors(args: AnchorsArgs, out: &mut dyn Write) -> Result<()> {
             "\n# anchors chosen by `ailla anchors` (window {}, at most {} per block)\n",
             args.window, args.max
         );
-        for (block, scores) in compiled.spec.blocks.iter().zip(&scored) {
+        for (block, scores) in checked.compiled.spec.blocks.iter().zip(&scored) {
             let mut chosen = block.clone();
             chosen.anchors = scores.chosen.clone();
             s += &format!("\n{}\n", crate::dsl::format::block_spec(&chosen));

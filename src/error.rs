@@ -48,11 +48,11 @@ impl Error {
 
     /// An error unless `bits` is finite and non-negative (positive when `zero_allowed` is false).
     pub fn require_bits(field: &str, bits: f64, zero_allowed: bool) -> Result<(), Error> {
-        let fine = bits.is_finite() && if zero_allowed { bits >= 0.0 } else { bits > 0.0 };
-        match (fine, zero_allowed) {
-            (true, _) => Ok(()),
-            (false, true) => Err(Error::invalid(field, "must be a non-negative number of bits")),
-            (false, false) => Err(Error::invalid(field, "must be a positive number of bits")),
+        let (fine, kind) = if zero_allowed { (bits >= 0.0, "non-negative") } else { (bits > 0.0, "positive") };
+        if fine && bits.is_finite() {
+            Ok(())
+        } else {
+            Err(Error::invalid(field, format!("must be a {kind} number of bits")))
         }
     }
 

@@ -1,6 +1,6 @@
 //! Block recruitment (METHOD §7) on the bundled generator with a planted block that no rules name.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use ailla::checkpoint;
 use ailla::data::generator::{planted_corpus, DEFAULT_SEED, PLANTED_ALLERGENS};
@@ -10,11 +10,15 @@ use ailla::locality::{DialSettings, LambdaSchedule, RuleSet, RulesSource};
 use ailla::recruit::{self, Candidate, CheckContext, Origin, RecruitmentConfig};
 use ailla::train::{self, CorpusSource, LocalityConfig, ModelShape, Progress, RunControl, TrainConfig};
 
-fn write_planted(dir: &Path) {
+/// `dir/corpus`, holding the planted corpus's three splits.
+fn planted_corpus_in(dir: &Path) -> PathBuf {
+    let corpus = dir.join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
     let splits = planted_corpus(DEFAULT_SEED);
     for (name, text) in [("train.txt", &splits.train), ("valid.txt", &splits.valid), ("test.txt", &splits.test)] {
-        std::fs::write(dir.join(name), text).unwrap();
+        std::fs::write(corpus.join(name), text).unwrap();
     }
+    corpus
 }
 
 fn config(corpus: &Path, steps: usize, recruitment: Option<RecruitmentConfig>) -> TrainConfig {
@@ -56,9 +60,7 @@ struct Trained {
 
 fn trained(steps: usize) -> (tempfile::TempDir, Trained) {
     let dir = tempfile::tempdir().unwrap();
-    let corpus = dir.path().join("corpus");
-    std::fs::create_dir_all(&corpus).unwrap();
-    write_planted(&corpus);
+    let corpus = planted_corpus_in(dir.path());
     let config = config(&corpus, steps, None);
     let run = dir.path().join("run");
     train::train(&config, &run, &RunControl::default(), &Progress::Silent).unwrap();
@@ -169,9 +171,7 @@ fn clustering_proposes_the_planted_block_and_a_random_block_is_rejected_in_bits(
 #[test]
 fn a_run_whose_trials_are_all_rejected_is_bit_identical_to_a_run_without_recruitment() {
     let dir = tempfile::tempdir().unwrap();
-    let corpus = dir.path().join("corpus");
-    std::fs::create_dir_all(&corpus).unwrap();
-    write_planted(&corpus);
+    let corpus = planted_corpus_in(dir.path());
     // no block can save a billion bits on 4096 tokens: every trial is rejected
     let with = config(&corpus, 220, Some(recruitment(1e9)));
     let without = config(&corpus, 220, None);
@@ -415,9 +415,7 @@ fn ailla_trial_moves_only_the_trialled_blocks_rule() {
 #[test]
 fn a_run_goes_on_with_the_block_it_accepts_and_resumes_to_the_same_weights() {
     let dir = tempfile::tempdir().unwrap();
-    let corpus = dir.path().join("corpus");
-    std::fs::create_dir_all(&corpus).unwrap();
-    write_planted(&corpus);
+    let corpus = planted_corpus_in(dir.path());
     let rules = dir.path().join("pairs.rules");
     let default_rules =
         std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/default.rules")).unwrap();

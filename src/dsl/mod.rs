@@ -43,6 +43,34 @@ impl Loaded {
     }
 }
 
+/// A rules file compiled as `ailla check` compiles it, with the diagnostics of loading and compiling
+/// together: what `ailla check`, `ailla anchors` and `ailla trial --rules` report on a file.
+pub struct Checked {
+    pub loaded: Loaded,
+    pub compiled: Compiled,
+    pub diagnostics: Vec<Diagnostic<usize>>,
+}
+
+impl Checked {
+    pub fn new(loaded: Loaded, vocabulary: Option<&Vocabulary>) -> Self {
+        let compiled = compile(&loaded, vocabulary);
+        let mut diagnostics = loaded.diagnostics.clone();
+        diagnostics.extend(compiled.diagnostics.iter().cloned());
+        Checked { loaded, compiled, diagnostics }
+    }
+
+    /// Every diagnostic, rendered as rustc renders its own.
+    pub fn render(&self) -> String {
+        self.loaded.render(&self.diagnostics)
+    }
+
+    /// `PATH: N errors found`, when the diagnostics hold errors.
+    pub fn errors_found(&self, path: &Path) -> Option<String> {
+        let errors = self.diagnostics.iter().filter(|d| d.severity >= Severity::Error).count();
+        (errors > 0).then(|| format!("{}: {errors} error{} found", path.display(), if errors == 1 { "" } else { "s" }))
+    }
+}
+
 fn display(path: &Path) -> String {
     path.display().to_string()
 }

@@ -9,7 +9,6 @@ use serde::Serialize;
 use super::{
     log2_binomial, measuring_lambda, split_of, trial_all, Candidate, CheckContext, Decision, Origin, RecruitmentConfig,
 };
-use codespan_reporting::diagnostic::Severity;
 
 use crate::checkpoint;
 use crate::data::Vocabulary;
@@ -244,20 +243,13 @@ fn requested_blocks(
             (vec![(name.clone(), members)], String::new())
         }
         BlockSource::Rules { path, only } => {
-            let loaded = crate::dsl::load(path)?;
-            let compiled = crate::dsl::compile(&loaded, Some(vocabulary));
-            let mut diagnostics = loaded.diagnostics.clone();
-            diagnostics.extend(compiled.diagnostics.iter().cloned());
-            let errors = diagnostics.iter().filter(|d| d.severity >= Severity::Error).count();
-            if errors > 0 {
-                return Err(Error::Rejected(format!(
-                    "{}: {errors} error{} found\n{}",
-                    path.display(),
-                    if errors == 1 { "" } else { "s" },
-                    loaded.render(&diagnostics).trim_end()
-                )));
+            let checked = crate::dsl::Checked::new(crate::dsl::load(path)?, Some(vocabulary));
+            if let Some(summary) = checked.errors_found(path) {
+                return Err(Error::Rejected(format!("{summary}\n{}", checked.render().trim_end())));
             }
-            let set = compiled.set.ok_or_else(|| Error::Rejected(format!("{}: did not compile", path.display())))?;
+            let warnings = if checked.diagnostics.is_empty() { String::new() } else { checked.render() };
+            let set =
+                checked.compiled.set.ok_or_else(|| Error::Rejected(format!("{}: did not compile", path.display())))?;
             let mut blocks: Vec<(String, Vec<u32>)> = set.blocks.into_iter().map(|b| (b.name, b.members)).collect();
             if let Some(only) = only {
                 let names: Vec<String> = blocks.iter().map(|(n, _)| format!("`{n}`")).collect();
@@ -272,7 +264,7 @@ fn requested_blocks(
             if blocks.is_empty() {
                 return Err(Error::Rejected(format!("{}: declares no block to trial", path.display())));
             }
-            (blocks, if diagnostics.is_empty() { String::new() } else { loaded.render(&diagnostics) })
+            (blocks, warnings)
         }
     };
     let flag = match source {
