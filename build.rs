@@ -16,6 +16,8 @@ fn main() {
         .is_some_and(|o| o.status.success() && !o.stdout.is_empty());
     let commit = if dirty { format!("{commit}+modified") } else { commit };
     println!("cargo:rustc-env=AILLA_GIT_COMMIT={commit}");
+    let profile = std::env::var("PROFILE").unwrap_or_else(|_| "unknown".into());
+    println!("cargo:rustc-env=AILLA_BUILD_PROFILE={profile}");
     println!("cargo:rerun-if-changed=.git/HEAD");
     println!("cargo:rerun-if-changed=.git/index");
 }

@@ -15,8 +15,19 @@ use crate::locality::{DialSettings, RuleSet, RulesSource};
 use crate::train::{self, CorpusSource, EvalResult, Progress, TrainConfig};
 use crate::{Error, Result};
 
+/// `ailla --version`: the version, the commit it was built from and the build profile. The numerical
+/// environment (CPU, kernels, BLAS) is `ailla env`.
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("AILLA_GIT_COMMIT"),
+    ", ",
+    env!("AILLA_BUILD_PROFILE"),
+    " build)"
+);
+
 #[derive(Parser, Debug)]
-#[command(name = "ailla", version, about = "Train and audit localist language models")]
+#[command(name = "ailla", version, long_version = LONG_VERSION, about = "Train and audit localist language models")]
 pub struct Cli {
     /// Worker threads for the engine (default: every core).
     #[arg(long, global = true)]
@@ -51,6 +62,16 @@ pub enum Command {
     Route(RouteArgs),
     /// Trial a block of your own on a run, as recruitment would, and say in bits whether it pays (METHOD §7).
     Trial(TrialArgs),
+    /// Print the numerical environment: CPU, kernel instruction set, BLAS library, version, kernel and
+    /// threads — what decides the last bits of every result (README, "Determinism").
+    Env(EnvArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EnvArgs {
+    /// Print JSON (the `numerics` object of a report's provenance).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -352,7 +373,27 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Trial(args) => run_trial(args, out),
         Command::Fmt(args) => run_fmt(args, out),
         Command::Anchors(args) => run_anchors(args, out),
+        Command::Env(args) => run_env(args, out),
     }
+}
+
+fn run_env(args: EnvArgs, out: &mut dyn Write) -> Result<()> {
+    let environment = crate::engine::environment::current();
+    if args.json {
+        let text = serde_json::to_string_pretty(&environment).map_err(|e| Error::invalid("--json", e.to_string()))?;
+        return write_out(out, &format!("{text}\n"));
+    }
+    let rows = [
+        ("ailla", LONG_VERSION.to_string()),
+        ("CPU", environment.cpu.clone()),
+        ("kernels", format!("{} (ailla's element-wise kernels; the same bits on every path)", environment.simd_path)),
+        ("BLAS", format!("{} {}, kernel {}", environment.blas, environment.blas_version, environment.blas_core)),
+        ("BLAS build", environment.blas_config.clone()),
+        ("BLAS threads", environment.blas_threads.to_string()),
+        ("worker threads", format!("{} (of {} cores)", environment.worker_threads, environment.cores)),
+    ];
+    let text: String = rows.iter().map(|(k, v)| format!("{k:<15} {v}\n")).collect();
+    write_out(out, &text)
 }
 
 fn write_out(out: &mut dyn Write, text: &str) -> Result<()> {

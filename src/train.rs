@@ -27,6 +27,9 @@ use crate::{Error, Result};
 pub enum CorpusSource {
     /// The generated pharmacy corpus of `data::generator`, by generator seed.
     Bundled { seed: u64 },
+    /// The same corpus with a third of its records replaced by allergy records whose allergens no rules
+    /// file names (`ailla generate --planted`): the ground truth of block recruitment (METHOD §7).
+    Planted { seed: u64 },
     /// A directory with `train.txt`, `valid.txt`, `test.txt`.
     Directory(PathBuf),
 }
@@ -51,6 +54,7 @@ impl CorpusSource {
     pub fn load(&self) -> Result<Splits> {
         match self {
             CorpusSource::Bundled { seed } => Ok(bundled_corpus(*seed)),
+            CorpusSource::Planted { seed } => Ok(crate::data::generator::planted_corpus(*seed)),
             CorpusSource::Directory(dir) => load_splits(dir),
         }
     }

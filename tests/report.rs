@@ -3,6 +3,9 @@
 use std::path::Path;
 use std::process::Command;
 
+mod common;
+use common::numbers::{assert_numbers, split_json, split_text, Number, Tolerance};
+
 /// Runs ailla in `dir`, so that the pipeline names its files by relative paths and its bytes (and so
 /// its hash in the report) are the same on every machine.
 fn ailla(dir: &Path, args: &[&str]) -> std::process::Output {
@@ -58,6 +61,8 @@ fn redact_markdown(text: &str, dir: &Path) -> String {
                 "| peak memory | <redacted> |".to_string()
             } else if line.starts_with("| ailla |") {
                 "| ailla | <version and commit> |".to_string()
+            } else if let Some(key) = ["| CPU |", "| kernels |", "| BLAS |"].into_iter().find(|k| line.starts_with(k)) {
+                format!("{key} <this machine> |")
             } else {
                 line.to_string()
             }
@@ -66,27 +71,35 @@ fn redact_markdown(text: &str, dir: &Path) -> String {
         .join("\n")
 }
 
-fn round_numbers(value: &mut serde_json::Value) {
-    match value {
-        serde_json::Value::Number(n) if n.is_f64() => {
-            let x = n.as_f64().unwrap_or(0.0);
-            *value = serde_json::json!((x * 1e4).round() / 1e4);
-        }
-        serde_json::Value::Array(items) => items.iter_mut().for_each(round_numbers),
-        serde_json::Value::Object(map) => map.values_mut().for_each(round_numbers),
-        _ => {}
-    }
-}
-
-fn redact_json(text: &str, dir: &Path) -> String {
+fn redact_json(text: &str, dir: &Path) -> serde_json::Value {
     let mut value: serde_json::Value =
         serde_json::from_str(&text.replace(&dir.display().to_string(), "<dir>")).unwrap();
     value["provenance"]["wall_time_seconds"] = serde_json::json!("<redacted>");
     value["provenance"]["peak_memory_mib"] = serde_json::json!("<redacted>");
     value["provenance"]["git_commit"] = serde_json::json!("<commit>");
     value["provenance"]["ailla_version"] = serde_json::json!("<version>");
-    round_numbers(&mut value);
-    serde_json::to_string_pretty(&value).unwrap()
+    // the machine's own facts: their keys are the form, their values this machine's
+    if let Some(numerics) = value["provenance"]["numerics"].as_object_mut() {
+        numerics.values_mut().for_each(|v| *v = serde_json::json!("<this machine>"));
+    }
+    value
+}
+
+/// How far a figure of this report may move between CPUs (`tests/common/numbers.rs` says why it moves
+/// at all). Measured on this 40-step, two-seed run: OpenBLAS's Zen and Haswell kernels give the same
+/// bits; its SandyBridge and Nehalem kernels move point figures by at most 3.4e-8 relative and interval
+/// half-widths by 1.7e-6 relative (6.6e-5 absolute, on a perplexity); between an AVX-512 (SkylakeX)
+/// and an AVX2 machine one hit-rate half-width moved by 2e-4 (0.3172 → 0.3174). The bounds below are
+/// 5–50 times the largest of these, and still far below any difference that means something.
+fn cross_cpu(number: &Number) -> Tolerance {
+    // Half-widths of 95 % intervals over two seeds are 12.7 × the seeds' half-difference (Student t,
+    // one degree of freedom), so they carry 12.7 times a seed's own drift.
+    let interval = number.context.trim_end().ends_with('±') || number.context.ends_with(".ci95");
+    if interval {
+        Tolerance { absolute: 1e-2, relative: 1e-2 }
+    } else {
+        Tolerance { absolute: 1e-3, relative: 1e-3 }
+    }
 }
 
 #[test]
@@ -104,8 +117,12 @@ fn reports_keep_their_form_rebuild_identically_and_hash_their_inputs() {
     ] {
         assert!(markdown.contains(section), "{section} missing");
     }
-    insta::assert_snapshot!("tiny_report_md", redact_markdown(&markdown, dir.path()));
-    insta::assert_snapshot!("tiny_report_json", redact_json(&json, dir.path()));
+    let (form, numbers) = split_text(&redact_markdown(&markdown, dir.path()));
+    insta::assert_snapshot!("tiny_report_md", form);
+    assert_numbers("tiny_report_md", &numbers, cross_cpu);
+    let (form, numbers) = split_json(&redact_json(&json, dir.path()));
+    insta::assert_snapshot!("tiny_report_json", serde_json::to_string_pretty(&form).unwrap());
+    assert_numbers("tiny_report_json", &numbers, cross_cpu);
 
     // `ailla report` rebuilds both files byte for byte from what the run stored
     let run_dir = dir.path().join("run");
@@ -124,6 +141,13 @@ fn reports_keep_their_form_rebuild_identically_and_hash_their_inputs() {
 
     // the hashes are sha256sum's
     let report: serde_json::Value = serde_json::from_str(&json).unwrap();
+    // the numerical environment is named: CPU, kernel path, BLAS library, version and kernel
+    let numerics = &report["provenance"]["numerics"];
+    for key in ["cpu", "simd_path", "blas", "blas_version", "blas_core", "blas_config"] {
+        let value = numerics[key].as_str().unwrap_or_default();
+        assert!(!value.is_empty() && value != "unknown", "provenance.numerics.{key} is {value:?}");
+    }
+    assert!(markdown.contains("| BLAS | OpenBLAS "), "the markdown provenance does not name the BLAS");
     let rules_path = dir.path().join("default.rules");
     let sha256sum = Command::new("sha256sum").arg(&rules_path).output().unwrap();
     let expected = String::from_utf8_lossy(&sha256sum.stdout).split_whitespace().next().unwrap_or_default().to_string();
@@ -219,4 +243,22 @@ fn render_in_chromium(path: &Path) {
     assert!(output.status.success(), "chromium failed: {}", String::from_utf8_lossy(&output.stderr));
     assert!(dom.contains("ailla report: tiny") && dom.matches("<svg").count() >= 4, "the report did not render");
     assert!(!String::from_utf8_lossy(&output.stderr).contains("Uncaught"), "errors while rendering");
+}
+
+#[test]
+fn decimal_numbers_leave_the_form_and_everything_else_stays() {
+    let text = "| 0.50 | 2.903 ± 0.027 | <0.0001 | -1.5e-3 |\nailla 0.1.0, sha `637b4af9.12`, 2680 rows, step 40, F@1.0, ends 0.25.\n";
+    let (form, numbers) = split_text(text);
+    assert_eq!(
+        form,
+        "| {f} | {f} ± {f} | <{f} | {f} |\nailla 0.1.0, sha `637b4af9.12`, 2680 rows, step 40, F@{f}, ends {f}.\n"
+    );
+    let values: Vec<f64> = numbers.iter().map(|n| n.value).collect();
+    assert_eq!(values, [0.5, 2.903, 0.027, 0.0001, -1.5e-3, 1.0, 0.25]);
+    assert_eq!(numbers[2].at, "1:18");
+    let tolerance = Tolerance { absolute: 1e-3, relative: 0.0 };
+    assert!(tolerance.admits(2.9035, 2.903) && !tolerance.admits(2.905, 2.903) && !tolerance.admits(f64::NAN, 1.0));
+    let (form, numbers) = split_json(&serde_json::json!({ "a": [1, 0.5], "b": { "ci95": 2.25 } }));
+    assert_eq!(form, serde_json::json!({ "a": [1, "{f}"], "b": { "ci95": "{f}" } }));
+    assert_eq!(numbers.iter().map(|n| n.at.as_str()).collect::<Vec<_>>(), ["a[1]", "b.ci95"]);
 }

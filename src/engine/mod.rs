@@ -7,6 +7,7 @@
 pub mod attention;
 pub mod block_embedding;
 pub mod embedding;
+pub mod environment;
 pub mod gelu;
 pub mod gradcheck;
 pub mod kernels;

@@ -113,7 +113,7 @@ pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
         },
         match &config.corpus {
             crate::train::CorpusSource::Directory(path) => Some(("corpus", path)),
-            crate::train::CorpusSource::Bundled { .. } => None,
+            crate::train::CorpusSource::Bundled { .. } | crate::train::CorpusSource::Planted { .. } => None,
         },
     ];
     for (what, path) in named.into_iter().flatten() {

@@ -465,6 +465,19 @@ pub fn markdown(report: &Report) -> String {
     let _ = writeln!(s, "| ailla | {} (commit {}) |", p.ailla_version, p.git_commit);
     let _ = writeln!(s, "| platform | {} |", p.platform);
     let _ = writeln!(s, "| threads | {} |", p.threads);
+    if let Some(n) = &p.numerics {
+        let _ = writeln!(s, "| CPU | {} |", n.cpu);
+        let _ = writeln!(s, "| kernels | {} (ailla's element-wise kernels) |", n.simd_path);
+        let _ = writeln!(
+            s,
+            "| BLAS | {} {}, kernel {}, {} thread{} |",
+            n.blas,
+            n.blas_version,
+            n.blas_core,
+            n.blas_threads,
+            if n.blas_threads == 1 { "" } else { "s" }
+        );
+    }
     let _ = writeln!(s, "| seeds | {} |", p.seeds.iter().map(u64::to_string).collect::<Vec<_>>().join(", "));
     let _ = writeln!(s, "| wall time | {:.1} s |", p.wall_time_seconds);
     let _ = writeln!(s, "| peak memory | {} |\n", p.peak_memory_mib.map_or("–".into(), |m| format!("{m:.0} MiB")));

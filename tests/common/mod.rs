@@ -1,4 +1,5 @@
 //! Helpers shared by the integration tests.
+#![allow(dead_code)] // each test binary uses a different part of them
 
 use std::path::Path;
 
@@ -11,3 +12,4 @@ pub fn train_losses(run: &Path) -> Vec<String> {
         .map(String::from)
         .collect()
 }
+pub mod numbers;
