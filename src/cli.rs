@@ -573,7 +573,7 @@ fn run_dial_eval(args: &EvalArgs, ckpt: &checkpoint::Checkpoint, ids: &[u32], ou
     };
     let (set, warnings) = RuleSet::compile(&spec, &ckpt.vocabulary)?;
     for warning in &warnings {
-        eprintln!("warning: {}", warning.0);
+        crate::eprintln_lossy!("warning: {}", warning.0);
     }
     let stored = ckpt.locality.as_ref();
     let base = stored.map_or_else(DialSettings::default, |s| s.dial);
@@ -879,7 +879,7 @@ fn run_trial(args: TrialArgs, out: &mut dyn Write) -> Result<()> {
     };
     let probe = crate::recruit::probe::probe(&args.run_dir, &request)?;
     if !probe.rules_warnings.is_empty() {
-        eprint!("{}", probe.rules_warnings);
+        crate::eprint_lossy!("{}", probe.rules_warnings);
     }
     if args.json {
         let json = serde_json::to_string_pretty(&probe).map_err(|e| Error::Numeric(e.to_string()))?;
@@ -998,7 +998,7 @@ fn run_check(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
     };
     let checked = crate::dsl::Checked::new(loaded, vocabulary.as_ref());
     if !checked.diagnostics.is_empty() {
-        eprint!("{}", checked.render());
+        crate::eprint_lossy!("{}", checked.render());
     }
     if let Some(summary) = checked.errors_found(&args.rules) {
         return Err(Error::Rejected(summary));
@@ -1054,7 +1054,7 @@ fn run_fmt(args: FmtArgs, out: &mut dyn Write) -> Result<()> {
         Ok(formatted) => write_out(out, &formatted),
         Err(_) => {
             let loaded = crate::dsl::load_source(&args.rules, source)?;
-            eprint!("{}", loaded.render(&loaded.diagnostics));
+            crate::eprint_lossy!("{}", loaded.render(&loaded.diagnostics));
             Err(Error::Rejected(format!("{}: cannot be formatted until it parses", args.rules.display())))
         }
     }
@@ -1067,7 +1067,7 @@ fn run_anchors(args: AnchorsArgs, out: &mut dyn Write) -> Result<()> {
     let ids = vocabulary.encode(&text);
     let checked = crate::dsl::Checked::new(loaded, Some(&vocabulary));
     let Some(set) = &checked.compiled.set else {
-        eprint!("{}", checked.render());
+        crate::eprint_lossy!("{}", checked.render());
         return Err(Error::Rejected(format!("{}: fix the errors above first", args.rules.display())));
     };
     let scored = crate::dsl::anchors::score(set, &vocabulary, &ids, args.window, args.max, args.min_gain);
@@ -1114,7 +1114,7 @@ fn load_plan(path: &Path, changes: &PlanChanges) -> Result<(crate::pipeline::Pla
         Ok(plan) => Ok((plan, text)),
         Err(problems) => {
             for problem in &problems {
-                eprintln!("{}:{problem}", path.display());
+                crate::eprintln_lossy!("{}:{problem}", path.display());
             }
             Err(Error::Config {
                 path: path.to_path_buf(),

@@ -7,6 +7,25 @@
 extern crate blas_src;
 extern crate openblas_src;
 
+/// `eprintln!` that never panics: when stderr is closed or full (`ailla … 2>&1 | head -1`,
+/// `2>/dev/full`) the message is lost, not the run.
+#[macro_export]
+macro_rules! eprintln_lossy {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` that never panics (see [`eprintln_lossy!`]).
+#[macro_export]
+macro_rules! eprint_lossy {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stderr(), $($arg)*);
+    }};
+}
+
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;

@@ -10,7 +10,7 @@ fn main() {
                 std::process::exit(0);
             }
         }
-        eprintln!("error: {error}");
+        ailla::eprintln_lossy!("error: {error}");
         std::process::exit(error.exit_code());
     }
 }

@@ -557,7 +557,7 @@ impl Progress {
                 bar.set_message(format!("loss {loss:.4}"));
             }
             Progress::Lines { every, prefix } if step % every == 0 || step == total => {
-                eprintln!("{prefix}step {step:>6}/{total}  loss {loss:.4}");
+                crate::eprintln_lossy!("{prefix}step {step:>6}/{total}  loss {loss:.4}");
             }
             _ => {}
         }
@@ -566,7 +566,7 @@ impl Progress {
     pub fn note(&self, message: &str) {
         match self {
             Progress::Bar(bar) => bar.println(message),
-            Progress::Lines { prefix, .. } => eprintln!("{prefix}{message}"),
+            Progress::Lines { prefix, .. } => crate::eprintln_lossy!("{prefix}{message}"),
             Progress::Silent => {}
         }
     }

@@ -306,3 +306,31 @@ fn a_fresh_run_in_an_old_run_directory_leaves_nothing_of_the_old_run_to_resume_f
     assert!(resumed.status.success(), "{}", stderr(&resumed));
     assert_eq!(common::train_losses(&out).len(), 60);
 }
+
+/// `ailla train … 2>/dev/full` and `2>&1 | head -1`: a failing stderr loses messages, not the run.
+#[test]
+fn a_failing_stderr_does_not_stop_training() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("short.yaml");
+    std::fs::write(&config, SMALL_CONFIG.replace("steps: 160", "steps: 20")).unwrap();
+    for (index, full) in [true, false].into_iter().enumerate() {
+        let out = dir.path().join(format!("run-{index}"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ailla"));
+        command.args(["--threads", "2", "train", config.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        let status = if full {
+            let Ok(dev_full) = std::fs::OpenOptions::new().write(true).open("/dev/full") else {
+                eprintln!("skipped the /dev/full case: no /dev/full on this machine");
+                continue;
+            };
+            command.stderr(dev_full).stdout(std::process::Stdio::null()).status().unwrap()
+        } else {
+            let mut child =
+                command.stderr(std::process::Stdio::piped()).stdout(std::process::Stdio::null()).spawn().unwrap();
+            drop(child.stderr.take());
+            child.wait().unwrap()
+        };
+        assert_eq!(status.code(), Some(0), "stderr {}", if full { "full" } else { "closed" });
+        assert!(out.join("model.safetensors").is_file());
+        assert_eq!(common::train_losses(&out).len(), 20);
+    }
+}

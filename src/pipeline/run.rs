@@ -52,7 +52,7 @@ pub fn execute(plan: &Plan, resume: bool, jobs: Option<usize>) -> Vec<MemberOutc
     let next = AtomicUsize::new(0);
     let outcomes: Mutex<Vec<Option<MemberOutcome>>> = Mutex::new((0..plan.members.len()).map(|_| None).collect());
     if bars.is_none() {
-        eprintln!(
+        crate::eprintln_lossy!(
             "{}: {} member{}, {concurrent} at a time with {threads_each} thread{} each",
             plan.name,
             plan.members.len(),
