@@ -18,8 +18,10 @@
 //! continues from its exact pre-trial state: trials work on copies.
 
 pub mod domains;
+pub mod frozen;
 pub mod kmeans;
 pub mod probe;
+pub mod recurrent;
 
 use std::time::Instant;
 
@@ -52,6 +54,39 @@ fn default_rule_within() -> Option<usize> {
 }
 fn default_noise_control() -> bool {
     true
+}
+fn default_trial_learning_rate() -> f64 {
+    3e-2
+}
+fn default_min_recurrence() -> f64 {
+    3.0
+}
+fn default_min_count() -> usize {
+    20
+}
+fn default_measure_lambda() -> f64 {
+    1.0
+}
+
+/// How a candidate is trialled (METHOD §7).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TrialKind {
+    /// The block's copy path is added to the frozen model and only its gate trains; the saving is
+    /// `L(D | M) − L(D | M + B)` with `M` unchanged.
+    #[default]
+    Frozen,
+    /// The earlier design, kept for comparison: a copy of the whole model trains with the block's
+    /// embedding and own-block rule beside a control (and a reversed control for the noise floor).
+    CoTrained,
+}
+
+/// The name of the copy rule a recruited block brings, `"<block> is copied (recruited)"`; the gate of
+/// the model's copy path carries the same name.
+pub const RECRUITED_COPY_SUFFIX: &str = " is copied (recruited)";
+
+pub fn recruited_copy_rule_name(block: &str) -> String {
+    format!("{block}{RECRUITED_COPY_SUFFIX}")
 }
 
 /// The recruitment priors of a pipeline (`recruitment:`), METHOD §7–§8.
@@ -98,6 +133,29 @@ pub struct RecruitmentConfig {
     /// than the two controls differ by: a saving inside the noise of training is no evidence.
     #[serde(default = "default_noise_control")]
     pub noise_control: bool,
+    /// `frozen` (METHOD §7, the default) or `co_trained` (the earlier design, for comparison).
+    #[serde(default)]
+    pub trial: TrialKind,
+    /// The window `w` of a recruited block's copy path, `any token copies from B within w` (`null`:
+    /// the whole context).
+    #[serde(default)]
+    pub copy_within: Option<usize>,
+    /// Distinct training batches a frozen trial's gate steps cycle over (`null`: one per step). Each
+    /// costs one forward pass of the model per check, shared by every candidate.
+    #[serde(default)]
+    pub trial_batches: Option<usize>,
+    /// Adam's step size for a frozen trial's gate.
+    #[serde(default = "default_trial_learning_rate")]
+    pub trial_learning_rate: f64,
+    /// `λ_R`, the dial value at which a frozen trial trains its gate and measures `D` (METHOD §7).
+    #[serde(default = "default_measure_lambda")]
+    pub lambda: f64,
+    /// Recurrent-token candidates (METHOD §7 item 2): keep general tokens with `ρ_v` at least this.
+    #[serde(default = "default_min_recurrence")]
+    pub min_recurrence: f64,
+    /// … seen at least this many times in the training sample.
+    #[serde(default = "default_min_count")]
+    pub min_count: usize,
 }
 
 impl RecruitmentConfig {
@@ -123,7 +181,19 @@ impl RecruitmentConfig {
             rule_layer: None,
             rule_head: 0,
             noise_control: default_noise_control(),
+            trial: TrialKind::default(),
+            copy_within: None,
+            trial_batches: None,
+            trial_learning_rate: default_trial_learning_rate(),
+            lambda: default_measure_lambda(),
+            min_recurrence: default_min_recurrence(),
+            min_count: default_min_count(),
         }
+    }
+
+    /// The distinct batches a frozen trial runs the model on.
+    pub fn trial_batches(&self) -> usize {
+        self.trial_batches.unwrap_or(self.trial_steps).clamp(1, self.trial_steps.max(1))
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -139,6 +209,21 @@ impl RecruitmentConfig {
             return Err(Error::invalid("recruitment.cluster_vocabulary", "must be at least 2"));
         }
         Error::require_bits("recruitment.margin_bits", self.margin_bits, true)?;
+        if !(self.lambda > 0.0 && self.lambda <= 1.0) {
+            return Err(Error::invalid("recruitment.lambda", format!("λ_R = {} must lie in (0, 1]", self.lambda)));
+        }
+        if !(self.trial_learning_rate > 0.0 && self.trial_learning_rate.is_finite()) {
+            return Err(Error::invalid("recruitment.trial_learning_rate", "must be a positive number"));
+        }
+        if !(self.min_recurrence > 0.0 && self.min_recurrence.is_finite()) {
+            return Err(Error::invalid("recruitment.min_recurrence", "must be a positive number"));
+        }
+        if self.copy_within == Some(0) {
+            return Err(Error::invalid("recruitment.copy_within", "must be at least 1 (a window of 0 copies nothing)"));
+        }
+        if self.trial_batches == Some(0) {
+            return Err(Error::invalid("recruitment.trial_batches", "must be at least 1"));
+        }
         match self.bits_per_parameter {
             Some(bits) => Error::require_bits("recruitment.bits_per_parameter", bits, false),
             None => Ok(()),
@@ -207,6 +292,9 @@ pub enum Origin {
     Recruitable,
     /// Handed in by the caller (tests, and `ailla` users probing a block of their own).
     Given,
+    /// General tokens that recur within the copy window far more often than their frequency predicts
+    /// (METHOD §7 item 2), taken together or as one of their embedding clusters.
+    Recurrent,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -242,6 +330,26 @@ pub struct Decision {
     /// control plus the cost of every recruited block.
     pub description_length_before: f64,
     pub description_length_after: f64,
+    /// How the candidate was trialled (decisions recorded before frozen trials were co-trained).
+    #[serde(default = "co_trained")]
+    pub trial: TrialKind,
+    /// `log2 C(V, |B|)`: the membership part of `cost_bits` (frozen trials).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership_bits: Option<f64>,
+    /// The parameters' part of `cost_bits` (frozen trials: the gate's `d + 1`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parameter_bits: Option<f64>,
+    /// Positions of `D` where the copy path's cache held the target.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copied_positions: Option<usize>,
+    /// Bits saved at those positions (the rest of the saving, usually negative, is the gate's cost of
+    /// opening where the cache does not hold the target).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub saved_where_copied_bits: Option<f64>,
+}
+
+fn co_trained() -> TrialKind {
+    TrialKind::CoTrained
 }
 
 impl Decision {
@@ -269,6 +377,11 @@ impl Decision {
             accepted: false,
             description_length_before: description_length,
             description_length_after: description_length,
+            trial: TrialKind::CoTrained,
+            membership_bits: None,
+            parameter_bits: None,
+            copied_positions: None,
+            saved_where_copied_bits: None,
         }
     }
 
@@ -421,7 +534,7 @@ pub fn spec_with_recruited(
 }
 
 /// Tokens that may join a new block: not special, in no block, not recruited.
-fn free_tokens(set: &RuleSet, model: &Model<f32>, vocabulary: &Vocabulary) -> Vec<u32> {
+pub(crate) fn free_tokens(set: &RuleSet, model: &Model<f32>, vocabulary: &Vocabulary) -> Vec<u32> {
     let lookup = model.config.block_lookup();
     (0..vocabulary.len() as u32)
         .filter(|&t| {
