@@ -314,6 +314,7 @@ mod tests {
             tied: false,
             gelu: Gelu::Tanh,
             recruited_blocks: Vec::new(),
+            copy_paths: Vec::new(),
         };
         Checkpoint { model: Model::init(config, 5).unwrap(), vocabulary, step: 12, locality: None }
     }

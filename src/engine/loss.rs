@@ -9,6 +9,11 @@
 //!    `exp(z − m)·e^(m − lse)/N`, and feeds `∂Wᵀ` of its vocabulary block directly (inner dimension
 //!    `N`, an efficient product with no `[V, d]` partial sums) and a per-group partial of `∂h`.
 //!
+//! With copy paths (METHOD §4, [`super::copy`]) the rows' `lse` and target logits of pass 1 give
+//! `ln q(y)`; the mixture turns them into each row's `−ln p(y)`, the gates' gradients and one scale
+//! `r_0` per row, and pass 2 scales that row's `(softmax − onehot)/N` by it. No `[N, V]` array beyond
+//! the tiles is ever formed; rows where no copy rule acts, and every row at `λ = 0`, take the plain path.
+//!
 //! Pass 2 reuses pass 1's tiles while all of them fit in [`LOGIT_CACHE_BYTES`] (WikiText-2's 33,278
 //! words at `N = 2048` take 272 MB); beyond that it recomputes each tile and its exponentials, so memory
 //! stays bounded whatever the vocabulary and batch. Every sum has an order fixed by the shapes alone,
@@ -17,9 +22,10 @@
 use std::ops::Range;
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array1, Array2, ArrayView2, Axis};
+use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis};
 use rayon::prelude::*;
 
+use super::copy::{gate_backward, gate_forward, mixture_argmax, mixture_backward, mixture_forward, CopyCaches};
 use super::kernels;
 use super::linalg::init_blas;
 use super::Scalar;
@@ -53,6 +59,33 @@ pub struct OutputLoss<F> {
     /// `∂mean_nll/∂Wᵀ`, `[V, d]` (the token embedding's layout, so a tied model adds it without a
     /// strided transpose), when gradients were requested.
     pub d_weight_t: Option<Array2<F>>,
+    /// The copy paths' part, when the loss was given copy paths.
+    pub copy: Option<CopyLoss<F>>,
+}
+
+/// The copy paths of one batch as the output loss uses them (METHOD §4).
+#[derive(Clone, Copy)]
+pub struct CopyInput<'a, F> {
+    /// `κ_{c,n}` and `s_c` for `C` rules over the `N` rows.
+    pub caches: &'a CopyCaches,
+    /// `[C, d]` the gates' `u_c`.
+    pub gate_weight: ArrayView2<'a, F>,
+    /// `[C]` the gates' `b_c`.
+    pub gate_bias: ArrayView1<'a, F>,
+    /// The dial `λ`; at 0 every copy weight is 0 and the loss is the plain softmax's, bit for bit.
+    pub lambda: f64,
+}
+
+/// What the output loss reports of its copy paths.
+pub struct CopyLoss<F> {
+    /// `[N, C]` the copy weights `w_{c,n}` (0 where rule `c` does not act): copy share and hit rate per rule.
+    pub weights: Array2<F>,
+    /// `[N]` `−ln q_n(y_n)`, each row's NLL under the softmax alone (the code length without the paths).
+    pub softmax_nll: Vec<F>,
+    /// `[C, d]` `∂mean_nll/∂u`, when gradients were requested.
+    pub d_gate_weight: Option<Array2<F>>,
+    /// `[C]` `∂mean_nll/∂b`, when gradients were requested.
+    pub d_gate_bias: Option<Array1<F>>,
 }
 
 /// What pass 1 learns from one tile, per row of the tile.
@@ -111,14 +144,16 @@ fn exp_tile<F: Scalar>(
     (z, stats)
 }
 
-/// `hidden [N, d]`, `weight [d, V]` (a transposed view of the token embedding when tied), `targets [N]`.
+/// `hidden [N, d]`, `weight [d, V]` (a transposed view of the token embedding when tied), `targets [N]`,
+/// and the copy paths mixed into the prediction, if any.
 pub fn output_loss<F: Scalar>(
     hidden: ArrayView2<F>,
     weight: ArrayView2<F>,
     targets: &[u32],
     with_grad: bool,
+    copy: Option<CopyInput<F>>,
 ) -> OutputLoss<F> {
-    output_loss_tiled(hidden, weight, targets, with_grad, DEFAULT_TILING)
+    output_loss_tiled(hidden, weight, targets, with_grad, DEFAULT_TILING, copy)
 }
 
 pub fn output_loss_tiled<F: Scalar>(
@@ -127,6 +162,7 @@ pub fn output_loss_tiled<F: Scalar>(
     targets: &[u32],
     with_grad: bool,
     tiling: Tiling,
+    copy: Option<CopyInput<F>>,
 ) -> OutputLoss<F> {
     init_blas();
     let (n, d) = hidden.dim();
@@ -155,7 +191,8 @@ pub fn output_loss_tiled<F: Scalar>(
     // merge each row's blocks in block order: lse = M + ln Σ_b s_b·e^(m_b − M)
     let mut lse = Array1::<F>::zeros(n);
     let mut nll = vec![F::zero(); n];
-    let mut correct = 0;
+    let mut row_max = vec![F::zero(); n]; // (N) largest logit
+    let mut row_argmax = vec![0u32; n]; // (N) the softmax's prediction
     for (r, rows) in row_tiles.iter().enumerate() {
         let mut target_logit = vec![F::zero(); rows.len()];
         for b in 0..blocks.len() {
@@ -181,13 +218,53 @@ pub fn output_loss_tiled<F: Scalar>(
             let row_lse = best + total.ln();
             lse[rows.start + i] = row_lse;
             nll[rows.start + i] = row_lse - target_logit[i];
-            correct += usize::from(argmax == targets[rows.start + i]);
+            row_max[rows.start + i] = best;
+            row_argmax[rows.start + i] = argmax;
+        }
+    }
+
+    // the copy paths' mixture on ln q(y) = target logit − lse, where a rule acts at λ > 0
+    let copy = copy.map(|input| CopyPass::new(input, hidden, targets, &nll));
+    let mut correct = 0;
+    for row in 0..n {
+        let predicted = match &copy {
+            Some(CopyPass { mix: Some(mix), input, .. }) if mix.active[row] => {
+                // ln q(v) = h·W[:, v] − lse for the support tokens; the softmax's argmax has the row's max logit
+                let log_q = |v: u32| {
+                    let logit = if v == row_argmax[row] {
+                        row_max[row]
+                    } else {
+                        hidden.row(row).dot(&weight.column(v as usize))
+                    };
+                    (logit - lse[row]).as_f64()
+                };
+                mixture_argmax(mix, input.caches, row, row_argmax[row], log_q)
+            }
+            _ => row_argmax[row],
+        };
+        correct += usize::from(predicted == targets[row]);
+    }
+    let softmax_nll = copy.as_ref().map(|_| nll.clone());
+    if let Some(mix) = copy.as_ref().and_then(|c| c.mix.as_ref()) {
+        for (row, value) in nll.iter_mut().enumerate() {
+            if mix.active[row] {
+                *value = F::lit(mix.nll[row]);
+            }
         }
     }
     let mean_nll = nll.iter().copied().sum::<F>() * inv_n;
     if !with_grad {
-        return OutputLoss { mean_nll, nll, correct, d_hidden: None, d_weight_t: None };
+        let copy = copy.map(|c| c.finish(softmax_nll.unwrap_or_default(), None));
+        return OutputLoss { mean_nll, nll, correct, d_hidden: None, d_weight_t: None, copy };
     }
+    // ∂CE/∂z_c = (w_c − r_c)/N and the softmax's row scale r_0
+    let (d_gate_logits, row_scale) = match copy.as_ref().and_then(|c| c.mix.as_ref()) {
+        Some(mix) => {
+            let (d_z, scale) = mixture_backward(mix, inv_n.as_f64());
+            (Some(d_z.mapv(F::lit)), Some(scale.into_iter().map(F::lit).collect::<Vec<F>>()))
+        }
+        None => (None, None),
+    };
 
     // pass 2: ∂z = (softmax − onehot)/N per tile → ∂Wᵀ of its block, and a partial ∂h per group.
     // Each group owns its blocks' statistics (and cached tiles), moved out of `stats`.
@@ -218,11 +295,13 @@ pub fn output_loss_tiled<F: Scalar>(
                 };
                 for (i, mut row) in z.rows_mut().into_iter().enumerate() {
                     let row = row.as_slice_mut().expect("tile rows are contiguous");
-                    // exp(z − m)·e^(m − lse)/N = softmax/N; then −1/N at the target
-                    kernels::scale_inplace(row, (tile_stats.max[i] - lse[rows.start + i]).exp_kernel() * inv_n);
+                    // r_0/N, or 1/N without copy paths (r_0 = 1 exactly where no rule acts)
+                    let scale = row_scale.as_ref().map_or(inv_n, |r| inv_n * r[rows.start + i]);
+                    // exp(z − m)·e^(m − lse)·r_0/N = r_0·softmax/N; then −r_0/N at the target
+                    kernels::scale_inplace(row, (tile_stats.max[i] - lse[rows.start + i]).exp_kernel() * scale);
                     let target = targets[rows.start + i] as usize;
                     if cols.contains(&target) {
-                        row[target - cols.start] -= inv_n;
+                        row[target - cols.start] -= scale;
                     }
                 }
                 let h = hidden.slice(s![rows.clone(), ..]);
@@ -241,7 +320,59 @@ pub fn output_loss_tiled<F: Scalar>(
     for partial in partials {
         d_hidden += &partial;
     }
-    OutputLoss { mean_nll, nll, correct, d_hidden: Some(d_hidden), d_weight_t: Some(d_weight_t) }
+    let copy = copy.map(|pass| {
+        let c = pass.input.gate_weight.nrows();
+        let (mut d_gate_weight, mut d_gate_bias) = (Array2::zeros((c, d)), Array1::zeros(c)); // (C, d), (C)
+        if let Some(d_z) = &d_gate_logits {
+            // z = h·uᵀ + b: ∂h += ∂z·u (N, d), ∂u = ∂zᵀ·h (C, d), ∂b = Σ_n ∂z (C)
+            let u = pass.input.gate_weight;
+            gate_backward(
+                d_z.view(),
+                hidden,
+                u,
+                Some(d_hidden.view_mut()),
+                d_gate_weight.view_mut(),
+                d_gate_bias.view_mut(),
+            );
+        }
+        pass.finish(softmax_nll.unwrap_or_default(), Some((d_gate_weight, d_gate_bias)))
+    });
+    OutputLoss { mean_nll, nll, correct, d_hidden: Some(d_hidden), d_weight_t: Some(d_weight_t), copy }
+}
+
+/// The copy paths between the two passes: the mixture where some rule acts at `λ > 0`, none at `λ = 0`.
+struct CopyPass<'a, F> {
+    input: CopyInput<'a, F>,
+    mix: Option<super::copy::Mixture>,
+}
+
+impl<'a, F: Scalar> CopyPass<'a, F> {
+    /// `softmax_nll [N]` is `lse − z_y = −ln q(y)` from pass 1, `targets [N]` is `y`.
+    fn new(input: CopyInput<'a, F>, hidden: ArrayView2<F>, targets: &[u32], softmax_nll: &[F]) -> Self {
+        let (n, d) = hidden.dim();
+        let c = input.caches.n_rules();
+        assert_eq!(input.caches.rows(), n, "copy caches cover the loss's rows");
+        assert_eq!(input.gate_weight.dim(), (c, d), "one gate of width d per copy rule");
+        assert_eq!(input.gate_bias.len(), c, "one gate bias per copy rule");
+        if input.lambda == 0.0 || c == 0 {
+            return CopyPass { input, mix: None };
+        }
+        // ln q(y) = −(lse − z_y)                                                     (N)
+        let log_q: Vec<f64> = softmax_nll.iter().map(|&v| -v.as_f64()).collect();
+        // z = h·uᵀ + b                                                               (N, C)
+        let z = gate_forward(hidden, input.gate_weight, input.gate_bias).mapv(F::as_f64);
+        // w_0, w_c, −ln p(y), r_0, r_c per row                                       (N), (N, C)
+        let mix = mixture_forward(&log_q, z.view(), input.caches, targets, input.lambda);
+        CopyPass { input, mix: Some(mix) }
+    }
+
+    /// The report, with the gates' gradients `([C, d], [C])` when computed.
+    fn finish(self, softmax_nll: Vec<F>, grads: Option<(Array2<F>, Array1<F>)>) -> CopyLoss<F> {
+        let (n, c) = (softmax_nll.len(), self.input.caches.n_rules());
+        let weights = self.mix.as_ref().map_or_else(|| Array2::zeros((n, c)), |mix| mix.weights().mapv(F::lit));
+        let (d_gate_weight, d_gate_bias) = grads.map_or((None, None), |(w, b)| (Some(w), Some(b)));
+        CopyLoss { weights, softmax_nll, d_gate_weight, d_gate_bias }
+    }
 }
 
 #[cfg(test)]
@@ -266,17 +397,17 @@ mod tests {
     fn fused_cross_entropy_gradient_matches_finite_differences() {
         for tiling in [SMALL, SMALL_RECOMPUTED] {
             let (mut h, mut w, targets) = problem();
-            let out = output_loss_tiled(h.view(), w.view(), &targets, true, tiling);
+            let out = output_loss_tiled(h.view(), w.view(), &targets, true, tiling, None);
             let (dh, dw) = (out.d_hidden.unwrap(), out.d_weight_t.unwrap().reversed_axes());
             let w0 = w.clone();
             assert_gradient("hidden", &mut h.view_mut().into_dyn(), &dh.into_dyn(), |h| {
                 let h = h.view().into_dimensionality::<Ix2>().unwrap();
-                output_loss_tiled(h, w0.view(), &targets, false, tiling).mean_nll
+                output_loss_tiled(h, w0.view(), &targets, false, tiling, None).mean_nll
             });
             let h0 = h.clone();
             assert_gradient("weight", &mut w.view_mut().into_dyn(), &dw.into_dyn(), |w| {
                 let w = w.view().into_dimensionality::<Ix2>().unwrap();
-                output_loss_tiled(h0.view(), w, &targets, false, tiling).mean_nll
+                output_loss_tiled(h0.view(), w, &targets, false, tiling, None).mean_nll
             });
         }
     }
@@ -284,8 +415,8 @@ mod tests {
     #[test]
     fn tiling_changes_nothing_but_rounding() {
         let (h, w, targets) = problem();
-        let whole = output_loss_tiled(h.view(), w.view(), &targets, true, DEFAULT_TILING);
-        let tiled = output_loss_tiled(h.view(), w.view(), &targets, true, SMALL_RECOMPUTED);
+        let whole = output_loss_tiled(h.view(), w.view(), &targets, true, DEFAULT_TILING, None);
+        let tiled = output_loss_tiled(h.view(), w.view(), &targets, true, SMALL_RECOMPUTED, None);
         assert!((whole.mean_nll - tiled.mean_nll).abs() < 1e-12);
         assert_eq!(whole.correct, tiled.correct);
         let gap =
@@ -297,7 +428,7 @@ mod tests {
     fn cross_entropy_matches_direct_computation() {
         let h = ndarray::array![[1.0f64, 0.0], [0.0, 2.0]];
         let w = ndarray::array![[1.0f64, 0.0, -1.0], [0.0, 1.0, 0.5]];
-        let out = output_loss(h.view(), w.view(), &[0, 2], false);
+        let out = output_loss(h.view(), w.view(), &[0, 2], false, None);
         // row 0 logits (1, 0, −1), target 0; row 1 logits (0, 2, 1), target 2
         let nll0 = (1f64.exp() + 1.0 + (-1f64).exp()).ln() - 1.0;
         let nll1 = (1.0 + 2f64.exp() + 1f64.exp()).ln() - 1.0;

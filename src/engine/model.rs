@@ -8,11 +8,12 @@ use serde::{Deserialize, Serialize};
 
 use super::attention::{attention_backward, attention_forward, AttentionCache, AttentionHook, AttentionShape};
 use super::block_embedding::{block_embedding_backward, block_embedding_forward};
+use super::copy::{gate_loss_and_grads, CopyCaches, GateLoss, GATE_BIAS_INIT};
 use super::embedding::{embedding_backward, embedding_forward};
 use super::gelu::{gelu_backward, gelu_forward};
 use super::layernorm::{layernorm_backward, layernorm_forward, LayerNormCache};
 use super::linear::{linear_backward, linear_forward};
-use super::loss::{output_loss, OutputLoss};
+use super::loss::{output_loss, CopyInput, OutputLoss};
 use super::Scalar;
 use crate::rng::Rng;
 
@@ -42,6 +43,10 @@ pub struct Config {
     /// Semantic blocks recruited during training (METHOD §7), each with a block embedding.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recruited_blocks: Vec<RecruitedBlock>,
+    /// The copy paths' names (METHOD §4), in the order of their gates' rows; absent from the JSON when
+    /// there are none, so checkpoints without copy paths keep their bytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copy_paths: Vec<String>,
 }
 
 /// A block that recruitment admitted: its members get the block's embedding added to their input.
@@ -71,6 +76,14 @@ impl Config {
         }
         if !(self.ln_eps > 0.0 && self.ln_eps.is_finite()) {
             return Err(crate::Error::invalid("model.ln_eps", "must be a positive number"));
+        }
+        for (index, name) in self.copy_paths.iter().enumerate() {
+            if name.is_empty() || self.copy_paths[..index].contains(name) {
+                return Err(crate::Error::invalid(
+                    "model.copy_paths",
+                    format!("copy path `{name}` is empty or repeated"),
+                ));
+            }
         }
         Ok(())
     }
@@ -203,6 +216,11 @@ pub struct Params<F> {
     /// `[K, d]`, one row per recruited block; named (and saved) only when `K > 0`, and last, so that
     /// recruiting a block appends a tensor instead of renumbering the optimizer's state.
     pub block_emb: Array2<F>,
+    /// `[C, d]`, the copy gates' `u_c`, one row per copy path (METHOD §4); named `copy.weight` only when
+    /// `C > 0`.
+    pub copy_gate_weight: Array2<F>,
+    /// `[C]`, the copy gates' `b_c`; named `copy.bias` only when `C > 0`.
+    pub copy_gate_bias: Array1<F>,
 }
 
 pub type Grads<F> = Params<F>;
@@ -217,6 +235,8 @@ impl<F: Scalar> Params<F> {
             ln_f_bias: Array1::zeros(c.d_model),
             head: (!c.tied).then(|| Array2::zeros((c.d_model, c.vocab_size))),
             block_emb: Array2::zeros((c.recruited_blocks.len(), c.d_model)),
+            copy_gate_weight: Array2::zeros((c.copy_paths.len(), c.d_model)),
+            copy_gate_bias: Array1::zeros(c.copy_paths.len()),
         }
     }
 
@@ -238,6 +258,10 @@ impl<F: Scalar> Params<F> {
         if self.block_emb.nrows() > 0 {
             out.push(("block_emb".to_string(), self.block_emb.view().into_dyn()));
         }
+        if self.copy_gate_weight.nrows() > 0 {
+            out.push(("copy.weight".to_string(), self.copy_gate_weight.view().into_dyn()));
+            out.push(("copy.bias".to_string(), self.copy_gate_bias.view().into_dyn()));
+        }
         out
     }
 
@@ -256,6 +280,10 @@ impl<F: Scalar> Params<F> {
         }
         if self.block_emb.nrows() > 0 {
             out.push(("block_emb".to_string(), self.block_emb.view_mut().into_dyn()));
+        }
+        if self.copy_gate_weight.nrows() > 0 {
+            out.push(("copy.weight".to_string(), self.copy_gate_weight.view_mut().into_dyn()));
+            out.push(("copy.bias".to_string(), self.copy_gate_bias.view_mut().into_dyn()));
         }
         out
     }
@@ -327,7 +355,7 @@ pub struct Model<F> {
 impl<F: Scalar> Model<F> {
     /// GPT-2 initialisation: weights `N(0, 0.02)`, the residual output projections (`attn.wo`,
     /// `mlp.w2`) scaled by `1/√(2L)` so the residual stream's variance does not grow with depth; biases 0;
-    /// LayerNorm gains 1.
+    /// LayerNorm gains 1. Copy gates start shut, `u = 0`, `b = b₀` ([`GATE_BIAS_INIT`]).
     pub fn init(config: Config, seed: u64) -> crate::Result<Self> {
         config.validate()?;
         let mut params = Params::<F>::zeros(&config);
@@ -336,7 +364,11 @@ impl<F: Scalar> Model<F> {
             let mut rng = Rng::derive(seed, 0x1417, index as u64);
             let is_gain = name.ends_with("ln1.weight") || name.ends_with("ln2.weight") || name == "ln_f.weight";
             let is_matrix = tensor.ndim() == 2;
-            if is_gain {
+            if name == "copy.weight" {
+                tensor.fill(F::zero());
+            } else if name == "copy.bias" {
+                tensor.fill(F::lit(GATE_BIAS_INIT));
+            } else if is_gain {
                 tensor.fill(F::one());
             } else if is_matrix {
                 let std =
@@ -404,9 +436,58 @@ impl<F: Scalar> Model<F> {
         ForwardCache { tokens: tokens.to_vec(), block_lookup, batch, seq_len, layers, ln_f, hidden, penalty }
     }
 
-    /// Cross-entropy of `targets` given the cached forward pass, with or without its gradients.
-    pub fn output_loss(&self, cache: &ForwardCache<F>, targets: &[u32], with_grad: bool) -> OutputLoss<F> {
-        output_loss(cache.hidden.view(), self.output_weight(), targets, with_grad)
+    /// Cross-entropy of `targets` given the cached forward pass, with or without its gradients, and with
+    /// the model's copy paths mixed in when given their caches for this batch and the dial `λ`.
+    pub fn output_loss(
+        &self,
+        cache: &ForwardCache<F>,
+        targets: &[u32],
+        with_grad: bool,
+        copy: Option<(&CopyCaches, f64)>,
+    ) -> OutputLoss<F> {
+        output_loss(cache.hidden.view(), self.output_weight(), targets, with_grad, copy.map(|c| self.copy_input(c)))
+    }
+
+    fn copy_input<'a>(&'a self, (caches, lambda): (&'a CopyCaches, f64)) -> CopyInput<'a, F> {
+        assert_eq!(caches.n_rules(), self.config.copy_paths.len(), "one copy cache per copy path of the model");
+        CopyInput {
+            caches,
+            gate_weight: self.params.copy_gate_weight.view(),
+            gate_bias: self.params.copy_gate_bias.view(),
+            lambda,
+        }
+    }
+
+    /// The copy paths' loss and their gates' gradients alone, for trials that train only gates on a frozen
+    /// model (METHOD §7): `hidden [N, d]` is [`ForwardCache::hidden`] and `log_q [N]` is `ln q(y)`, minus
+    /// the softmax's NLL ([`OutputLoss::nll`] without copy paths, or [`super::loss::CopyLoss::softmax_nll`]).
+    /// Neither depends on the gates, so a trial computes them once per batch.
+    pub fn copy_gate_loss_and_grads(
+        &self,
+        hidden: ArrayView2<F>,
+        log_q: &[F],
+        targets: &[u32],
+        caches: &CopyCaches,
+        lambda: f64,
+    ) -> GateLoss<F> {
+        let input = self.copy_input((caches, lambda));
+        gate_loss_and_grads(hidden, log_q, targets, caches, input.gate_weight, input.gate_bias, lambda)
+    }
+
+    /// Appends a copy path with a shut gate (`u = 0`, `b = b₀`), after the existing ones.
+    pub fn add_copy_path(&mut self, name: &str) -> crate::Result<()> {
+        if name.is_empty() || self.config.copy_paths.iter().any(|n| n == name) {
+            return Err(crate::Error::invalid("recruitment", format!("copy path `{name}` is empty or exists")));
+        }
+        self.config.copy_paths.push(name.to_string());
+        let (c, d) = (self.config.copy_paths.len(), self.config.d_model);
+        let mut weight = Array2::zeros((c, d));
+        weight.slice_mut(s![..c - 1, ..]).assign(&self.params.copy_gate_weight);
+        let mut bias = Array1::from_elem(c, F::lit(GATE_BIAS_INIT));
+        bias.slice_mut(s![..c - 1]).assign(&self.params.copy_gate_bias);
+        self.params.copy_gate_weight = weight;
+        self.params.copy_gate_bias = bias;
+        Ok(())
     }
 
     /// Gradients of `mean CE + penalty` given the loss gradients at the output.
@@ -503,7 +584,8 @@ impl<F: Scalar> Model<F> {
         Ok(())
     }
 
-    /// One training evaluation: returns `(mean CE, penalty, gradients of their sum)`.
+    /// One training evaluation: returns `(mean CE, penalty, gradients of their sum)`, the CE with the copy
+    /// paths mixed in when given the batch's caches and `λ`.
     pub fn loss_and_grads(
         &self,
         tokens: &[u32],
@@ -511,14 +593,19 @@ impl<F: Scalar> Model<F> {
         batch: usize,
         seq_len: usize,
         hook: &dyn AttentionHook<F>,
+        copy: Option<(&CopyCaches, f64)>,
     ) -> (F, F, Grads<F>) {
         let cache = self.forward(tokens, batch, seq_len, hook);
-        let loss = self.output_loss(&cache, targets, true);
+        let loss = self.output_loss(&cache, targets, true, copy);
         let (d_hidden, d_weight) = match (loss.d_hidden, loss.d_weight_t) {
             (Some(dh), Some(dw)) => (dh, dw),
             _ => unreachable!("output_loss returns gradients when asked"),
         };
-        let grads = self.backward(&cache, d_hidden.view(), d_weight.view(), hook);
+        let mut grads = self.backward(&cache, d_hidden.view(), d_weight.view(), hook);
+        if let Some((Some(d_u), Some(d_b))) = loss.copy.map(|c| (c.d_gate_weight, c.d_gate_bias)) {
+            grads.copy_gate_weight = d_u;
+            grads.copy_gate_bias = d_b;
+        }
         (loss.mean_nll, cache.penalty, grads)
     }
 }
@@ -542,6 +629,7 @@ mod tests {
             tied,
             gelu: Gelu::Tanh,
             recruited_blocks: Vec::new(),
+            copy_paths: Vec::new(),
         }
     }
 
@@ -570,7 +658,7 @@ mod tests {
         let (batch, seq_len) = (2, 5);
         let tokens: Vec<u32> = (0..batch * seq_len).map(|i| ((i * 7 + 2) % 11) as u32).collect();
         let targets: Vec<u32> = (0..batch * seq_len).map(|i| ((i * 5 + 1) % 11) as u32).collect();
-        let (_, _, grads) = model.loss_and_grads(&tokens, &targets, batch, seq_len, hook);
+        let (_, _, grads) = model.loss_and_grads(&tokens, &targets, batch, seq_len, hook, None);
         let analytic: Vec<(String, ndarray::ArrayD<f64>)> =
             grads.named().into_iter().map(|(n, g)| (n, g.to_owned())).collect();
         let mut errors = Vec::new();
@@ -578,7 +666,7 @@ mod tests {
             let mut probe_model = model.clone();
             let loss_of = |m: &Model<f64>| {
                 let cache = m.forward(&tokens, batch, seq_len, hook);
-                m.output_loss(&cache, &targets, false).mean_nll + cache.penalty
+                m.output_loss(&cache, &targets, false, None).mean_nll + cache.penalty
             };
             // the closure gets the perturbed tensor; write it into a copy of the model and evaluate
             let mut tensor = model.params.named()[index].1.to_owned();

@@ -149,6 +149,7 @@ mod tests {
             tied: true,
             gelu: crate::engine::Gelu::Tanh,
             recruited_blocks: Vec::new(),
+            copy_paths: Vec::new(),
         };
         let mut params = Params::<f64>::zeros(&config);
         let mut grads = Params::<f64>::zeros(&config);
