@@ -379,7 +379,7 @@ impl<'a, F: Scalar> CopyPass<'a, F> {
 mod tests {
     use super::*;
     use crate::engine::gradcheck::{assert_gradient, random};
-    use ndarray::Ix2;
+    use ndarray::{Array1, Ix2};
 
     /// Small tiles so that a small problem spans several row tiles, vocabulary blocks and groups.
     const SMALL: Tiling = Tiling { rows: 4, vocab: 3, groups: 2, cache_bytes: LOGIT_CACHE_BYTES };
@@ -422,6 +422,113 @@ mod tests {
         let gap =
             (whole.d_weight_t.unwrap() - tiled.d_weight_t.unwrap()).mapv(f64::abs).fold(0.0, |a: f64, &b| a.max(b));
         assert!(gap < 1e-14, "{gap}");
+    }
+
+    /// `(h [N, d], W [d, V], y [N], caches, u [C, d], b [C])`.
+    type CopyProblem = (Array2<f64>, Array2<f64>, Vec<u32>, CopyCaches, Array2<f64>, Array1<f64>);
+
+    /// `N = 10` rows in two sequences of five over `V = 11`, with two copy rules (every earlier position
+    /// of the sequence; the previous position) whose caches hold the target at some rows, miss it at others
+    /// (κ(y) = 0) and are empty at each sequence's first row.
+    fn copy_problem() -> CopyProblem {
+        let (h, w, _) = problem();
+        let ids: [u32; 11] = [3, 5, 3, 5, 7, 2, 9, 2, 9, 4, 1];
+        let (tokens, targets) = (&ids[..10], ids[1..].to_vec());
+        let mut all = vec![Vec::new(); 10];
+        let mut previous = vec![Vec::new(); 10];
+        for i in (0..10).filter(|i| i % 5 != 0) {
+            all[i] = (i as u32 - i as u32 % 5..=i as u32).collect();
+            previous[i] = vec![i as u32 - 1];
+        }
+        let caches = CopyCaches::new(tokens, vec![1.0, 0.7], &[all, previous]);
+        assert!(caches.kappa(0, 3, targets[3]) == 0.0 && caches.kappa(0, 1, targets[1]) > 0.0);
+        let u = random(&[2, 4], 0.7, 3).into_dimensionality::<Ix2>().unwrap();
+        let b = ndarray::array![0.3, -0.5];
+        (h, w, targets, caches, u, b)
+    }
+
+    fn with_copy<'a>(caches: &'a CopyCaches, u: &'a Array2<f64>, b: &'a Array1<f64>) -> Option<CopyInput<'a, f64>> {
+        Some(CopyInput { caches, gate_weight: u.view(), gate_bias: b.view(), lambda: 0.8 })
+    }
+
+    #[test]
+    fn cross_entropy_with_copy_paths_matches_finite_differences() {
+        for tiling in [SMALL, SMALL_RECOMPUTED, DEFAULT_TILING] {
+            let (mut h, mut w, targets, caches, mut u, mut b) = copy_problem();
+            let out = output_loss_tiled(h.view(), w.view(), &targets, true, tiling, with_copy(&caches, &u, &b));
+            let copy = out.copy.unwrap();
+            let (dh, dw) = (out.d_hidden.unwrap(), out.d_weight_t.unwrap().reversed_axes());
+            let (du, db) = (copy.d_gate_weight.unwrap(), copy.d_gate_bias.unwrap());
+            let loss = |h: ArrayView2<f64>, w: ArrayView2<f64>, u: &Array2<f64>, b: &Array1<f64>| {
+                output_loss_tiled(h, w, &targets, false, tiling, with_copy(&caches, u, b)).mean_nll
+            };
+            let (h0, w0, u0, b0) = (h.clone(), w.clone(), u.clone(), b.clone());
+            assert_gradient("hidden", &mut h.view_mut().into_dyn(), &dh.into_dyn(), |h| {
+                loss(h.view().into_dimensionality::<Ix2>().unwrap(), w0.view(), &u0, &b0)
+            });
+            assert_gradient("weight", &mut w.view_mut().into_dyn(), &dw.into_dyn(), |w| {
+                loss(h0.view(), w.view().into_dimensionality::<Ix2>().unwrap(), &u0, &b0)
+            });
+            assert_gradient("gate weight", &mut u.view_mut().into_dyn(), &du.into_dyn(), |u| {
+                loss(h0.view(), w0.view(), &u.to_owned().into_dimensionality::<Ix2>().unwrap(), &b0)
+            });
+            assert_gradient("gate bias", &mut b.view_mut().into_dyn(), &db.into_dyn(), |b| {
+                loss(h0.view(), w0.view(), &u0, &b.to_owned().into_dimensionality::<ndarray::Ix1>().unwrap())
+            });
+        }
+    }
+
+    #[test]
+    fn tiling_changes_nothing_but_rounding_with_copy_paths() {
+        let (h, w, targets, caches, u, b) = copy_problem();
+        let whole = output_loss_tiled(h.view(), w.view(), &targets, true, DEFAULT_TILING, with_copy(&caches, &u, &b));
+        for tiling in [SMALL, SMALL_RECOMPUTED] {
+            let tiled = output_loss_tiled(h.view(), w.view(), &targets, true, tiling, with_copy(&caches, &u, &b));
+            assert!((whole.mean_nll - tiled.mean_nll).abs() < 1e-12);
+            assert_eq!(whole.correct, tiled.correct);
+            let gap = |a: &Array2<f64>, b: &Array2<f64>| (a - b).mapv(f64::abs).fold(0.0, |m: f64, &v| m.max(v));
+            assert!(gap(whole.d_weight_t.as_ref().unwrap(), tiled.d_weight_t.as_ref().unwrap()) < 1e-14);
+            assert!(gap(whole.d_hidden.as_ref().unwrap(), tiled.d_hidden.as_ref().unwrap()) < 1e-14);
+            let (a, c) = (whole.copy.as_ref().unwrap(), tiled.copy.as_ref().unwrap());
+            assert!(gap(a.d_gate_weight.as_ref().unwrap(), c.d_gate_weight.as_ref().unwrap()) < 1e-14);
+            assert!(gap(&a.weights, &c.weights) < 1e-14);
+        }
+        // the copy paths lower the loss here, and the report keeps the softmax's own NLL
+        let plain = output_loss_tiled(h.view(), w.view(), &targets, false, DEFAULT_TILING, None);
+        assert_eq!(whole.copy.as_ref().unwrap().softmax_nll, plain.nll);
+        assert!(whole.mean_nll < plain.mean_nll);
+    }
+
+    #[test]
+    fn accuracy_is_the_argmax_of_the_mixture() {
+        // logits (2, 0, 0) on both rows: the softmax predicts token 0; both rows copy token 2 from
+        // position 0 and are to predict it
+        let h = ndarray::array![[1.0f64, 0.0], [1.0, 0.0]];
+        let w = ndarray::array![[2.0f64, 0.0, 0.0], [0.0, 0.0, 0.0]];
+        let targets = [2u32, 2];
+        let caches = CopyCaches::new(&[2, 1], vec![1.0], &[vec![vec![0], vec![0]]]);
+        let u = Array2::zeros((1, 2));
+        let correct = |bias: f64, lambda: f64| {
+            let b = ndarray::array![bias];
+            let copy = CopyInput { caches: &caches, gate_weight: u.view(), gate_bias: b.view(), lambda };
+            output_loss(h.view(), w.view(), &targets, false, Some(copy)).correct
+        };
+        // p(2) = (q(2) + λe^b)/(1 + λe^b) against p(0) = q(0)/(1 + λe^b), by the definition
+        let q = [2f64.exp(), 1.0, 1.0].map(|v| v / (2f64.exp() + 2.0));
+        let copy_wins = |bias: f64, lambda: f64| q[2] + lambda * f64::exp(bias) > q[0];
+        assert!(copy_wins(3.0, 1.0) && !copy_wins(-6.0, 1.0));
+        // an open gate: the copied token is the prediction
+        assert_eq!(correct(3.0, 1.0), 2);
+        // a shut gate, λ = 0 or no copy path: the softmax's argmax
+        assert_eq!(correct(-6.0, 1.0), 0);
+        assert_eq!(correct(3.0, 0.0), 0);
+        assert_eq!(output_loss(h.view(), w.view(), &targets, false, None).correct, 0);
+        // when the copied token is the softmax's own argmax, the prediction does not move
+        assert_eq!(output_loss(h.view(), w.view(), &[0, 0], false, None).correct, 2);
+        let own = CopyCaches::new(&[0, 1], vec![1.0], &[vec![vec![0], vec![0]]]);
+        let b = ndarray::array![3.0];
+        let copy = CopyInput { caches: &own, gate_weight: u.view(), gate_bias: b.view(), lambda: 1.0 };
+        assert_eq!(output_loss(h.view(), w.view(), &[0, 0], false, Some(copy)).correct, 2);
     }
 
     #[test]
