@@ -50,9 +50,10 @@ pub const DEFAULT_TILING: Tiling = Tiling { rows: 2048, vocab: 256, groups: 8, c
 pub struct OutputLoss<F> {
     /// Mean negative log-likelihood over the rows, in nats.
     pub mean_nll: F,
-    /// Per-row negative log-likelihood, in nats.
+    /// Per-row negative log-likelihood, in nats: `−ln p(y)` of the mixture where a copy path acts,
+    /// `−ln q(y)` of the softmax elsewhere.
     pub nll: Vec<F>,
-    /// Rows whose most probable token is the target.
+    /// Rows whose most probable token is the target (under the mixture `p` where a copy path acts).
     pub correct: usize,
     /// `∂mean_nll/∂h`, `[N, d]`, when gradients were requested.
     pub d_hidden: Option<Array2<F>>,
