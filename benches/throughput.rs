@@ -30,7 +30,7 @@ fn train_step(bencher: divan::Bencher, name: &str) {
     let optim = OptimConfig::default();
     let (tokens, targets) = batch(&config);
     bencher.counter(divan::counter::ItemsCount::new(tokens.len())).bench_local(|| {
-        let (_, _, grads) = model.loss_and_grads(&tokens, &targets, config.batch_size, config.ctx_len, &NoHook);
+        let (_, _, grads) = model.loss_and_grads(&tokens, &targets, config.batch_size, config.ctx_len, &NoHook, None);
         optimizer.update(&mut model.params, &grads, &optim, 1e-4);
     });
 }
@@ -42,6 +42,6 @@ fn eval_step(bencher: divan::Bencher, name: &str) {
     let (tokens, targets) = batch(&config);
     bencher.counter(divan::counter::ItemsCount::new(tokens.len())).bench_local(|| {
         let cache = model.forward(&tokens, config.batch_size, config.ctx_len, &NoHook);
-        divan::black_box(model.output_loss(&cache, &targets, false).mean_nll)
+        divan::black_box(model.output_loss(&cache, &targets, false, None).mean_nll)
     });
 }

@@ -154,7 +154,7 @@ pub fn run_config(config: &BenchConfig, steps: usize) -> Result<BenchResult> {
     let targets: Vec<u32> = (0..n).map(|_| rng.below(config.vocab_size) as u32).collect();
 
     let mut train_step = |model: &mut Model<f32>| {
-        let (_, _, grads) = model.loss_and_grads(&tokens, &targets, config.batch_size, config.ctx_len, &NoHook);
+        let (_, _, grads) = model.loss_and_grads(&tokens, &targets, config.batch_size, config.ctx_len, &NoHook, None);
         optimizer.update(&mut model.params, &grads, &optim, 1e-4);
     };
     train_step(&mut model);
@@ -162,7 +162,7 @@ pub fn run_config(config: &BenchConfig, steps: usize) -> Result<BenchResult> {
 
     let eval_step = |model: &Model<f32>| {
         let cache = model.forward(&tokens, config.batch_size, config.ctx_len, &NoHook);
-        model.output_loss(&cache, &targets, false).mean_nll
+        model.output_loss(&cache, &targets, false, None).mean_nll
     };
     eval_step(&model);
     let eval_seconds = median_seconds(steps, || {
@@ -208,13 +208,13 @@ pub fn dial_overhead(steps: usize) -> Result<DialOverhead> {
     let settings = DialSettings::default();
     let plain = || {
         let cache = model.forward(inputs, batch, seq_len, &NoHook);
-        std::hint::black_box(model.output_loss(&cache, targets, false).mean_nll);
+        std::hint::black_box(model.output_loss(&cache, targets, false, None).mean_nll);
     };
     let with_rules = || {
         let batch_targets = BatchTargets::new(&set, inputs, batch, seq_len, config.n_layers, config.n_heads);
         let hook = LocalityHook::new(&batch_targets, vec![1.0; config.n_layers], settings, false);
         let cache = model.forward(inputs, batch, seq_len, &hook);
-        std::hint::black_box(model.output_loss(&cache, targets, false).mean_nll);
+        std::hint::black_box(model.output_loss(&cache, targets, false, None).mean_nll);
     };
     let evaluation = DialEvaluation {
         rules: &set,
@@ -272,8 +272,14 @@ pub fn sweep_scaling(config: &BenchConfig, steps: usize, members: usize, cores: 
                         let mut rng = Rng::new(7);
                         let tokens: Vec<u32> = (0..n).map(|_| rng.below(config.vocab_size) as u32).collect();
                         for _ in 0..steps {
-                            let (_, _, grads) =
-                                model.loss_and_grads(&tokens, &tokens, config.batch_size, config.ctx_len, &NoHook);
+                            let (_, _, grads) = model.loss_and_grads(
+                                &tokens,
+                                &tokens,
+                                config.batch_size,
+                                config.ctx_len,
+                                &NoHook,
+                                None,
+                            );
                             optimizer.update(&mut model.params, &grads, &OptimConfig::default(), 1e-4);
                         }
                     });

@@ -314,6 +314,7 @@ mod tests {
             tied: false,
             gelu: Gelu::Tanh,
             recruited_blocks: Vec::new(),
+            copy_paths: Vec::new(),
         };
         Checkpoint { model: Model::init(config, 5).unwrap(), vocabulary, step: 12, locality: None }
     }
@@ -330,6 +331,45 @@ mod tests {
         assert_eq!(loaded.model, original.model);
         assert_eq!(loaded.vocabulary, original.vocabulary);
         assert_eq!(loaded.step, 12);
+    }
+
+    #[test]
+    fn copy_gates_round_trip_under_their_own_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("copy.safetensors");
+        let plain = tiny();
+        let mut checkpoint = tiny();
+        checkpoint.model.add_copy_path("allergens").unwrap();
+        checkpoint.model.add_copy_path("previous occurrence").unwrap();
+        checkpoint.model.params.copy_gate_weight[[1, 3]] = 0.25;
+        checkpoint.model.params.copy_gate_bias[0] = -2.5;
+        save(&path, &checkpoint).unwrap();
+        let loaded = load(&path).unwrap();
+        assert_eq!(loaded.model, checkpoint.model);
+        assert_eq!(loaded.model.config.copy_paths, vec!["allergens", "previous occurrence"]);
+        // the file holds the plain model's tensors and the two gates, as other frameworks see them
+        let bytes = std::fs::read(&path).unwrap();
+        let file = SafeTensors::deserialize(&bytes).unwrap();
+        let mut names: Vec<String> = file.names().into_iter().map(String::from).collect();
+        names.sort();
+        let mut expected: Vec<String> = plain.model.params.named().into_iter().map(|(n, _)| n).collect();
+        expected.extend(["copy.bias".to_string(), "copy.weight".to_string()]);
+        expected.sort();
+        assert_eq!(names, expected);
+        assert_eq!(file.tensor("copy.weight").unwrap().shape(), &[2, 8]);
+        assert_eq!(file.tensor("copy.bias").unwrap().shape(), &[2]);
+        // and the optimizer state follows them
+        let optimizer_file = dir.path().join("copy.optim.safetensors");
+        let mut optimizer = AdamW::new(&checkpoint.model.params);
+        let last = optimizer.m.len() - 1;
+        optimizer.m[last].fill(0.5);
+        save_optimizer(&optimizer_file, &optimizer, &checkpoint.model.params).unwrap();
+        assert_eq!(load_optimizer(&optimizer_file, &checkpoint.model.params).unwrap(), optimizer);
+        // a model without copy paths writes no trace of them
+        let plain_path = dir.path().join("plain.safetensors");
+        save(&plain_path, &plain).unwrap();
+        let text = String::from_utf8_lossy(&std::fs::read(&plain_path).unwrap()).into_owned();
+        assert!(!text.contains("copy"));
     }
 
     #[test]

@@ -91,6 +91,7 @@ impl ModelShape {
             tied: self.tied,
             gelu: Gelu::Tanh,
             recruited_blocks: Vec::new(),
+            copy_paths: Vec::new(),
         }
     }
 }
@@ -385,7 +386,7 @@ pub fn evaluate(model: &Model<f32>, ids: &[u32], batch: usize, hook: &dyn Attent
     let mut correct = 0usize;
     for b in eval_batches(ids, model.config.ctx_len, batch) {
         let cache = model.forward(&b.inputs, b.windows, b.seq_len, hook);
-        let loss = model.output_loss(&cache, &b.targets, false);
+        let loss = model.output_loss(&cache, &b.targets, false, None);
         nll_sum += loss.nll.iter().map(|&v| v as f64).sum::<f64>();
         correct += loss.correct;
     }
@@ -671,11 +672,13 @@ pub fn step_gradients(
             let targets_of_batch = BatchTargets::new(active, &inputs, config.batch_size, seq_len, layers, heads);
             let lambdas = per_layer(lambda, layers, settings.progressive_beta);
             let hook = LocalityHook::new(&targets_of_batch, lambdas, settings.dial, false);
-            let (loss, penalty, grads) = model.loss_and_grads(&inputs, &targets, config.batch_size, seq_len, &hook);
+            let (loss, penalty, grads) =
+                model.loss_and_grads(&inputs, &targets, config.batch_size, seq_len, &hook, None);
             (loss, penalty, grads, lambda)
         }
         None => {
-            let (loss, penalty, grads) = model.loss_and_grads(&inputs, &targets, config.batch_size, seq_len, &NoHook);
+            let (loss, penalty, grads) =
+                model.loss_and_grads(&inputs, &targets, config.batch_size, seq_len, &NoHook, None);
             (loss, penalty, grads, 0.0)
         }
     }

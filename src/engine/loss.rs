@@ -9,6 +9,11 @@
 //!    `exp(z − m)·e^(m − lse)/N`, and feeds `∂Wᵀ` of its vocabulary block directly (inner dimension
 //!    `N`, an efficient product with no `[V, d]` partial sums) and a per-group partial of `∂h`.
 //!
+//! With copy paths (METHOD §4, [`super::copy`]) the rows' `lse` and target logits of pass 1 give
+//! `ln q(y)`; the mixture turns them into each row's `−ln p(y)`, the gates' gradients and one scale
+//! `r_0` per row, and pass 2 scales that row's `(softmax − onehot)/N` by it. No `[N, V]` array beyond
+//! the tiles is ever formed; rows where no copy rule acts, and every row at `λ = 0`, take the plain path.
+//!
 //! Pass 2 reuses pass 1's tiles while all of them fit in [`LOGIT_CACHE_BYTES`] (WikiText-2's 33,278
 //! words at `N = 2048` take 272 MB); beyond that it recomputes each tile and its exponentials, so memory
 //! stays bounded whatever the vocabulary and batch. Every sum has an order fixed by the shapes alone,
@@ -17,9 +22,10 @@
 use std::ops::Range;
 
 use ndarray::linalg::general_mat_mul;
-use ndarray::{s, Array1, Array2, ArrayView2, Axis};
+use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis};
 use rayon::prelude::*;
 
+use super::copy::{gate_backward, gate_forward, mixture_argmax, mixture_backward, mixture_forward, CopyCaches};
 use super::kernels;
 use super::linalg::init_blas;
 use super::Scalar;
@@ -44,15 +50,43 @@ pub const DEFAULT_TILING: Tiling = Tiling { rows: 2048, vocab: 256, groups: 8, c
 pub struct OutputLoss<F> {
     /// Mean negative log-likelihood over the rows, in nats.
     pub mean_nll: F,
-    /// Per-row negative log-likelihood, in nats.
+    /// Per-row negative log-likelihood, in nats: `−ln p(y)` of the mixture where a copy path acts,
+    /// `−ln q(y)` of the softmax elsewhere.
     pub nll: Vec<F>,
-    /// Rows whose most probable token is the target.
+    /// Rows whose most probable token is the target (under the mixture `p` where a copy path acts).
     pub correct: usize,
     /// `∂mean_nll/∂h`, `[N, d]`, when gradients were requested.
     pub d_hidden: Option<Array2<F>>,
     /// `∂mean_nll/∂Wᵀ`, `[V, d]` (the token embedding's layout, so a tied model adds it without a
     /// strided transpose), when gradients were requested.
     pub d_weight_t: Option<Array2<F>>,
+    /// The copy paths' part, when the loss was given copy paths.
+    pub copy: Option<CopyLoss<F>>,
+}
+
+/// The copy paths of one batch as the output loss uses them (METHOD §4).
+#[derive(Clone, Copy)]
+pub struct CopyInput<'a, F> {
+    /// `κ_{c,n}` and `s_c` for `C` rules over the `N` rows.
+    pub caches: &'a CopyCaches,
+    /// `[C, d]` the gates' `u_c`.
+    pub gate_weight: ArrayView2<'a, F>,
+    /// `[C]` the gates' `b_c`.
+    pub gate_bias: ArrayView1<'a, F>,
+    /// The dial `λ`; at 0 every copy weight is 0 and the loss is the plain softmax's, bit for bit.
+    pub lambda: f64,
+}
+
+/// What the output loss reports of its copy paths.
+pub struct CopyLoss<F> {
+    /// `[N, C]` the copy weights `w_{c,n}` (0 where rule `c` does not act): copy share and hit rate per rule.
+    pub weights: Array2<F>,
+    /// `[N]` `−ln q_n(y_n)`, each row's NLL under the softmax alone (the code length without the paths).
+    pub softmax_nll: Vec<F>,
+    /// `[C, d]` `∂mean_nll/∂u`, when gradients were requested.
+    pub d_gate_weight: Option<Array2<F>>,
+    /// `[C]` `∂mean_nll/∂b`, when gradients were requested.
+    pub d_gate_bias: Option<Array1<F>>,
 }
 
 /// What pass 1 learns from one tile, per row of the tile.
@@ -111,14 +145,16 @@ fn exp_tile<F: Scalar>(
     (z, stats)
 }
 
-/// `hidden [N, d]`, `weight [d, V]` (a transposed view of the token embedding when tied), `targets [N]`.
+/// `hidden [N, d]`, `weight [d, V]` (a transposed view of the token embedding when tied), `targets [N]`,
+/// and the copy paths mixed into the prediction, if any.
 pub fn output_loss<F: Scalar>(
     hidden: ArrayView2<F>,
     weight: ArrayView2<F>,
     targets: &[u32],
     with_grad: bool,
+    copy: Option<CopyInput<F>>,
 ) -> OutputLoss<F> {
-    output_loss_tiled(hidden, weight, targets, with_grad, DEFAULT_TILING)
+    output_loss_tiled(hidden, weight, targets, with_grad, DEFAULT_TILING, copy)
 }
 
 pub fn output_loss_tiled<F: Scalar>(
@@ -127,6 +163,7 @@ pub fn output_loss_tiled<F: Scalar>(
     targets: &[u32],
     with_grad: bool,
     tiling: Tiling,
+    copy: Option<CopyInput<F>>,
 ) -> OutputLoss<F> {
     init_blas();
     let (n, d) = hidden.dim();
@@ -155,7 +192,8 @@ pub fn output_loss_tiled<F: Scalar>(
     // merge each row's blocks in block order: lse = M + ln Σ_b s_b·e^(m_b − M)
     let mut lse = Array1::<F>::zeros(n);
     let mut nll = vec![F::zero(); n];
-    let mut correct = 0;
+    let mut row_max = vec![F::zero(); n]; // (N) largest logit
+    let mut row_argmax = vec![0u32; n]; // (N) the softmax's prediction
     for (r, rows) in row_tiles.iter().enumerate() {
         let mut target_logit = vec![F::zero(); rows.len()];
         for b in 0..blocks.len() {
@@ -181,13 +219,53 @@ pub fn output_loss_tiled<F: Scalar>(
             let row_lse = best + total.ln();
             lse[rows.start + i] = row_lse;
             nll[rows.start + i] = row_lse - target_logit[i];
-            correct += usize::from(argmax == targets[rows.start + i]);
+            row_max[rows.start + i] = best;
+            row_argmax[rows.start + i] = argmax;
+        }
+    }
+
+    // the copy paths' mixture on ln q(y) = target logit − lse, where a rule acts at λ > 0
+    let copy = copy.map(|input| CopyPass::new(input, hidden, targets, &nll));
+    let mut correct = 0;
+    for row in 0..n {
+        let predicted = match &copy {
+            Some(CopyPass { mix: Some(mix), input, .. }) if mix.active[row] => {
+                // ln q(v) = h·W[:, v] − lse for the support tokens; the softmax's argmax has the row's max logit
+                let log_q = |v: u32| {
+                    let logit = if v == row_argmax[row] {
+                        row_max[row]
+                    } else {
+                        hidden.row(row).dot(&weight.column(v as usize))
+                    };
+                    (logit - lse[row]).as_f64()
+                };
+                mixture_argmax(mix, input.caches, row, row_argmax[row], log_q)
+            }
+            _ => row_argmax[row],
+        };
+        correct += usize::from(predicted == targets[row]);
+    }
+    let softmax_nll = copy.as_ref().map(|_| nll.clone());
+    if let Some(mix) = copy.as_ref().and_then(|c| c.mix.as_ref()) {
+        for (row, value) in nll.iter_mut().enumerate() {
+            if mix.active[row] {
+                *value = F::lit(mix.nll[row]);
+            }
         }
     }
     let mean_nll = nll.iter().copied().sum::<F>() * inv_n;
     if !with_grad {
-        return OutputLoss { mean_nll, nll, correct, d_hidden: None, d_weight_t: None };
+        let copy = copy.map(|c| c.finish(softmax_nll.unwrap_or_default(), None));
+        return OutputLoss { mean_nll, nll, correct, d_hidden: None, d_weight_t: None, copy };
     }
+    // ∂CE/∂z_c = (w_c − r_c)/N and the softmax's row scale r_0
+    let (d_gate_logits, row_scale) = match copy.as_ref().and_then(|c| c.mix.as_ref()) {
+        Some(mix) => {
+            let (d_z, scale) = mixture_backward(mix, inv_n.as_f64());
+            (Some(d_z.mapv(F::lit)), Some(scale.into_iter().map(F::lit).collect::<Vec<F>>()))
+        }
+        None => (None, None),
+    };
 
     // pass 2: ∂z = (softmax − onehot)/N per tile → ∂Wᵀ of its block, and a partial ∂h per group.
     // Each group owns its blocks' statistics (and cached tiles), moved out of `stats`.
@@ -218,11 +296,13 @@ pub fn output_loss_tiled<F: Scalar>(
                 };
                 for (i, mut row) in z.rows_mut().into_iter().enumerate() {
                     let row = row.as_slice_mut().expect("tile rows are contiguous");
-                    // exp(z − m)·e^(m − lse)/N = softmax/N; then −1/N at the target
-                    kernels::scale_inplace(row, (tile_stats.max[i] - lse[rows.start + i]).exp_kernel() * inv_n);
+                    // r_0/N, or 1/N without copy paths (r_0 = 1 exactly where no rule acts)
+                    let scale = row_scale.as_ref().map_or(inv_n, |r| inv_n * r[rows.start + i]);
+                    // exp(z − m)·e^(m − lse)·r_0/N = r_0·softmax/N; then −r_0/N at the target
+                    kernels::scale_inplace(row, (tile_stats.max[i] - lse[rows.start + i]).exp_kernel() * scale);
                     let target = targets[rows.start + i] as usize;
                     if cols.contains(&target) {
-                        row[target - cols.start] -= inv_n;
+                        row[target - cols.start] -= scale;
                     }
                 }
                 let h = hidden.slice(s![rows.clone(), ..]);
@@ -241,14 +321,66 @@ pub fn output_loss_tiled<F: Scalar>(
     for partial in partials {
         d_hidden += &partial;
     }
-    OutputLoss { mean_nll, nll, correct, d_hidden: Some(d_hidden), d_weight_t: Some(d_weight_t) }
+    let copy = copy.map(|pass| {
+        let c = pass.input.gate_weight.nrows();
+        let (mut d_gate_weight, mut d_gate_bias) = (Array2::zeros((c, d)), Array1::zeros(c)); // (C, d), (C)
+        if let Some(d_z) = &d_gate_logits {
+            // z = h·uᵀ + b: ∂h += ∂z·u (N, d), ∂u = ∂zᵀ·h (C, d), ∂b = Σ_n ∂z (C)
+            let u = pass.input.gate_weight;
+            gate_backward(
+                d_z.view(),
+                hidden,
+                u,
+                Some(d_hidden.view_mut()),
+                d_gate_weight.view_mut(),
+                d_gate_bias.view_mut(),
+            );
+        }
+        pass.finish(softmax_nll.unwrap_or_default(), Some((d_gate_weight, d_gate_bias)))
+    });
+    OutputLoss { mean_nll, nll, correct, d_hidden: Some(d_hidden), d_weight_t: Some(d_weight_t), copy }
+}
+
+/// The copy paths between the two passes: the mixture where some rule acts at `λ > 0`, none at `λ = 0`.
+struct CopyPass<'a, F> {
+    input: CopyInput<'a, F>,
+    mix: Option<super::copy::Mixture>,
+}
+
+impl<'a, F: Scalar> CopyPass<'a, F> {
+    /// `softmax_nll [N]` is `lse − z_y = −ln q(y)` from pass 1, `targets [N]` is `y`.
+    fn new(input: CopyInput<'a, F>, hidden: ArrayView2<F>, targets: &[u32], softmax_nll: &[F]) -> Self {
+        let (n, d) = hidden.dim();
+        let c = input.caches.n_rules();
+        assert_eq!(input.caches.rows(), n, "copy caches cover the loss's rows");
+        assert_eq!(input.gate_weight.dim(), (c, d), "one gate of width d per copy rule");
+        assert_eq!(input.gate_bias.len(), c, "one gate bias per copy rule");
+        if input.lambda == 0.0 || c == 0 {
+            return CopyPass { input, mix: None };
+        }
+        // ln q(y) = −(lse − z_y)                                                     (N)
+        let log_q: Vec<f64> = softmax_nll.iter().map(|&v| -v.as_f64()).collect();
+        // z = h·uᵀ + b                                                               (N, C)
+        let z = gate_forward(hidden, input.gate_weight, input.gate_bias).mapv(F::as_f64);
+        // w_0, w_c, −ln p(y), r_0, r_c per row                                       (N), (N, C)
+        let mix = mixture_forward(&log_q, z.view(), input.caches, targets, input.lambda);
+        CopyPass { input, mix: Some(mix) }
+    }
+
+    /// The report, with the gates' gradients `([C, d], [C])` when computed.
+    fn finish(self, softmax_nll: Vec<F>, grads: Option<(Array2<F>, Array1<F>)>) -> CopyLoss<F> {
+        let (n, c) = (softmax_nll.len(), self.input.caches.n_rules());
+        let weights = self.mix.as_ref().map_or_else(|| Array2::zeros((n, c)), |mix| mix.weights().mapv(F::lit));
+        let (d_gate_weight, d_gate_bias) = grads.map_or((None, None), |(w, b)| (Some(w), Some(b)));
+        CopyLoss { weights, softmax_nll, d_gate_weight, d_gate_bias }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::engine::gradcheck::{assert_gradient, random};
-    use ndarray::Ix2;
+    use ndarray::{Array1, Ix2};
 
     /// Small tiles so that a small problem spans several row tiles, vocabulary blocks and groups.
     const SMALL: Tiling = Tiling { rows: 4, vocab: 3, groups: 2, cache_bytes: LOGIT_CACHE_BYTES };
@@ -266,17 +398,17 @@ mod tests {
     fn fused_cross_entropy_gradient_matches_finite_differences() {
         for tiling in [SMALL, SMALL_RECOMPUTED] {
             let (mut h, mut w, targets) = problem();
-            let out = output_loss_tiled(h.view(), w.view(), &targets, true, tiling);
+            let out = output_loss_tiled(h.view(), w.view(), &targets, true, tiling, None);
             let (dh, dw) = (out.d_hidden.unwrap(), out.d_weight_t.unwrap().reversed_axes());
             let w0 = w.clone();
             assert_gradient("hidden", &mut h.view_mut().into_dyn(), &dh.into_dyn(), |h| {
                 let h = h.view().into_dimensionality::<Ix2>().unwrap();
-                output_loss_tiled(h, w0.view(), &targets, false, tiling).mean_nll
+                output_loss_tiled(h, w0.view(), &targets, false, tiling, None).mean_nll
             });
             let h0 = h.clone();
             assert_gradient("weight", &mut w.view_mut().into_dyn(), &dw.into_dyn(), |w| {
                 let w = w.view().into_dimensionality::<Ix2>().unwrap();
-                output_loss_tiled(h0.view(), w, &targets, false, tiling).mean_nll
+                output_loss_tiled(h0.view(), w, &targets, false, tiling, None).mean_nll
             });
         }
     }
@@ -284,8 +416,8 @@ mod tests {
     #[test]
     fn tiling_changes_nothing_but_rounding() {
         let (h, w, targets) = problem();
-        let whole = output_loss_tiled(h.view(), w.view(), &targets, true, DEFAULT_TILING);
-        let tiled = output_loss_tiled(h.view(), w.view(), &targets, true, SMALL_RECOMPUTED);
+        let whole = output_loss_tiled(h.view(), w.view(), &targets, true, DEFAULT_TILING, None);
+        let tiled = output_loss_tiled(h.view(), w.view(), &targets, true, SMALL_RECOMPUTED, None);
         assert!((whole.mean_nll - tiled.mean_nll).abs() < 1e-12);
         assert_eq!(whole.correct, tiled.correct);
         let gap =
@@ -293,11 +425,118 @@ mod tests {
         assert!(gap < 1e-14, "{gap}");
     }
 
+    /// `(h [N, d], W [d, V], y [N], caches, u [C, d], b [C])`.
+    type CopyProblem = (Array2<f64>, Array2<f64>, Vec<u32>, CopyCaches, Array2<f64>, Array1<f64>);
+
+    /// `N = 10` rows in two sequences of five over `V = 11`, with two copy rules (every earlier position
+    /// of the sequence; the previous position) whose caches hold the target at some rows, miss it at others
+    /// (κ(y) = 0) and are empty at each sequence's first row.
+    fn copy_problem() -> CopyProblem {
+        let (h, w, _) = problem();
+        let ids: [u32; 11] = [3, 5, 3, 5, 7, 2, 9, 2, 9, 4, 1];
+        let (tokens, targets) = (&ids[..10], ids[1..].to_vec());
+        let mut all = vec![Vec::new(); 10];
+        let mut previous = vec![Vec::new(); 10];
+        for i in (0..10).filter(|i| i % 5 != 0) {
+            all[i] = (i as u32 - i as u32 % 5..=i as u32).collect();
+            previous[i] = vec![i as u32 - 1];
+        }
+        let caches = CopyCaches::new(tokens, vec![1.0, 0.7], &[all, previous]);
+        assert!(caches.kappa(0, 3, targets[3]) == 0.0 && caches.kappa(0, 1, targets[1]) > 0.0);
+        let u = random(&[2, 4], 0.7, 3).into_dimensionality::<Ix2>().unwrap();
+        let b = ndarray::array![0.3, -0.5];
+        (h, w, targets, caches, u, b)
+    }
+
+    fn with_copy<'a>(caches: &'a CopyCaches, u: &'a Array2<f64>, b: &'a Array1<f64>) -> Option<CopyInput<'a, f64>> {
+        Some(CopyInput { caches, gate_weight: u.view(), gate_bias: b.view(), lambda: 0.8 })
+    }
+
+    #[test]
+    fn cross_entropy_with_copy_paths_matches_finite_differences() {
+        for tiling in [SMALL, SMALL_RECOMPUTED, DEFAULT_TILING] {
+            let (mut h, mut w, targets, caches, mut u, mut b) = copy_problem();
+            let out = output_loss_tiled(h.view(), w.view(), &targets, true, tiling, with_copy(&caches, &u, &b));
+            let copy = out.copy.unwrap();
+            let (dh, dw) = (out.d_hidden.unwrap(), out.d_weight_t.unwrap().reversed_axes());
+            let (du, db) = (copy.d_gate_weight.unwrap(), copy.d_gate_bias.unwrap());
+            let loss = |h: ArrayView2<f64>, w: ArrayView2<f64>, u: &Array2<f64>, b: &Array1<f64>| {
+                output_loss_tiled(h, w, &targets, false, tiling, with_copy(&caches, u, b)).mean_nll
+            };
+            let (h0, w0, u0, b0) = (h.clone(), w.clone(), u.clone(), b.clone());
+            assert_gradient("hidden", &mut h.view_mut().into_dyn(), &dh.into_dyn(), |h| {
+                loss(h.view().into_dimensionality::<Ix2>().unwrap(), w0.view(), &u0, &b0)
+            });
+            assert_gradient("weight", &mut w.view_mut().into_dyn(), &dw.into_dyn(), |w| {
+                loss(h0.view(), w.view().into_dimensionality::<Ix2>().unwrap(), &u0, &b0)
+            });
+            assert_gradient("gate weight", &mut u.view_mut().into_dyn(), &du.into_dyn(), |u| {
+                loss(h0.view(), w0.view(), &u.to_owned().into_dimensionality::<Ix2>().unwrap(), &b0)
+            });
+            assert_gradient("gate bias", &mut b.view_mut().into_dyn(), &db.into_dyn(), |b| {
+                loss(h0.view(), w0.view(), &u0, &b.to_owned().into_dimensionality::<ndarray::Ix1>().unwrap())
+            });
+        }
+    }
+
+    #[test]
+    fn tiling_changes_nothing_but_rounding_with_copy_paths() {
+        let (h, w, targets, caches, u, b) = copy_problem();
+        let whole = output_loss_tiled(h.view(), w.view(), &targets, true, DEFAULT_TILING, with_copy(&caches, &u, &b));
+        for tiling in [SMALL, SMALL_RECOMPUTED] {
+            let tiled = output_loss_tiled(h.view(), w.view(), &targets, true, tiling, with_copy(&caches, &u, &b));
+            assert!((whole.mean_nll - tiled.mean_nll).abs() < 1e-12);
+            assert_eq!(whole.correct, tiled.correct);
+            let gap = |a: &Array2<f64>, b: &Array2<f64>| (a - b).mapv(f64::abs).fold(0.0, |m: f64, &v| m.max(v));
+            assert!(gap(whole.d_weight_t.as_ref().unwrap(), tiled.d_weight_t.as_ref().unwrap()) < 1e-14);
+            assert!(gap(whole.d_hidden.as_ref().unwrap(), tiled.d_hidden.as_ref().unwrap()) < 1e-14);
+            let (a, c) = (whole.copy.as_ref().unwrap(), tiled.copy.as_ref().unwrap());
+            assert!(gap(a.d_gate_weight.as_ref().unwrap(), c.d_gate_weight.as_ref().unwrap()) < 1e-14);
+            assert!(gap(&a.weights, &c.weights) < 1e-14);
+        }
+        // the copy paths lower the loss here, and the report keeps the softmax's own NLL
+        let plain = output_loss_tiled(h.view(), w.view(), &targets, false, DEFAULT_TILING, None);
+        assert_eq!(whole.copy.as_ref().unwrap().softmax_nll, plain.nll);
+        assert!(whole.mean_nll < plain.mean_nll);
+    }
+
+    #[test]
+    fn accuracy_is_the_argmax_of_the_mixture() {
+        // logits (2, 0, 0) on both rows: the softmax predicts token 0; both rows copy token 2 from
+        // position 0 and are to predict it
+        let h = ndarray::array![[1.0f64, 0.0], [1.0, 0.0]];
+        let w = ndarray::array![[2.0f64, 0.0, 0.0], [0.0, 0.0, 0.0]];
+        let targets = [2u32, 2];
+        let caches = CopyCaches::new(&[2, 1], vec![1.0], &[vec![vec![0], vec![0]]]);
+        let u = Array2::zeros((1, 2));
+        let correct = |bias: f64, lambda: f64| {
+            let b = ndarray::array![bias];
+            let copy = CopyInput { caches: &caches, gate_weight: u.view(), gate_bias: b.view(), lambda };
+            output_loss(h.view(), w.view(), &targets, false, Some(copy)).correct
+        };
+        // p(2) = (q(2) + λe^b)/(1 + λe^b) against p(0) = q(0)/(1 + λe^b), by the definition
+        let q = [2f64.exp(), 1.0, 1.0].map(|v| v / (2f64.exp() + 2.0));
+        let copy_wins = |bias: f64, lambda: f64| q[2] + lambda * f64::exp(bias) > q[0];
+        assert!(copy_wins(3.0, 1.0) && !copy_wins(-6.0, 1.0));
+        // an open gate: the copied token is the prediction
+        assert_eq!(correct(3.0, 1.0), 2);
+        // a shut gate, λ = 0 or no copy path: the softmax's argmax
+        assert_eq!(correct(-6.0, 1.0), 0);
+        assert_eq!(correct(3.0, 0.0), 0);
+        assert_eq!(output_loss(h.view(), w.view(), &targets, false, None).correct, 0);
+        // when the copied token is the softmax's own argmax, the prediction does not move
+        assert_eq!(output_loss(h.view(), w.view(), &[0, 0], false, None).correct, 2);
+        let own = CopyCaches::new(&[0, 1], vec![1.0], &[vec![vec![0], vec![0]]]);
+        let b = ndarray::array![3.0];
+        let copy = CopyInput { caches: &own, gate_weight: u.view(), gate_bias: b.view(), lambda: 1.0 };
+        assert_eq!(output_loss(h.view(), w.view(), &[0, 0], false, Some(copy)).correct, 2);
+    }
+
     #[test]
     fn cross_entropy_matches_direct_computation() {
         let h = ndarray::array![[1.0f64, 0.0], [0.0, 2.0]];
         let w = ndarray::array![[1.0f64, 0.0, -1.0], [0.0, 1.0, 0.5]];
-        let out = output_loss(h.view(), w.view(), &[0, 2], false);
+        let out = output_loss(h.view(), w.view(), &[0, 2], false, None);
         // row 0 logits (1, 0, −1), target 0; row 1 logits (0, 2, 1), target 2
         let nll0 = (1f64.exp() + 1.0 + (-1f64).exp()).ln() - 1.0;
         let nll1 = (1.0 + 2f64.exp() + 1f64.exp()).ln() - 1.0;

@@ -6,6 +6,7 @@
 
 pub mod attention;
 pub mod block_embedding;
+pub mod copy;
 pub mod embedding;
 pub mod environment;
 pub mod gelu;

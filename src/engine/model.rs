@@ -8,11 +8,12 @@ use serde::{Deserialize, Serialize};
 
 use super::attention::{attention_backward, attention_forward, AttentionCache, AttentionHook, AttentionShape};
 use super::block_embedding::{block_embedding_backward, block_embedding_forward};
+use super::copy::{gate_loss_and_grads, CopyCaches, GateLoss, GATE_BIAS_INIT};
 use super::embedding::{embedding_backward, embedding_forward};
 use super::gelu::{gelu_backward, gelu_forward};
 use super::layernorm::{layernorm_backward, layernorm_forward, LayerNormCache};
 use super::linear::{linear_backward, linear_forward};
-use super::loss::{output_loss, OutputLoss};
+use super::loss::{output_loss, CopyInput, OutputLoss};
 use super::Scalar;
 use crate::rng::Rng;
 
@@ -42,6 +43,10 @@ pub struct Config {
     /// Semantic blocks recruited during training (METHOD §7), each with a block embedding.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub recruited_blocks: Vec<RecruitedBlock>,
+    /// The copy paths' names (METHOD §4), in the order of their gates' rows; absent from the JSON when
+    /// there are none, so checkpoints without copy paths keep their bytes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copy_paths: Vec<String>,
 }
 
 /// A block that recruitment admitted: its members get the block's embedding added to their input.
@@ -71,6 +76,14 @@ impl Config {
         }
         if !(self.ln_eps > 0.0 && self.ln_eps.is_finite()) {
             return Err(crate::Error::invalid("model.ln_eps", "must be a positive number"));
+        }
+        for (index, name) in self.copy_paths.iter().enumerate() {
+            if name.is_empty() || self.copy_paths[..index].contains(name) {
+                return Err(crate::Error::invalid(
+                    "model.copy_paths",
+                    format!("copy path `{name}` is empty or repeated"),
+                ));
+            }
         }
         Ok(())
     }
@@ -203,6 +216,11 @@ pub struct Params<F> {
     /// `[K, d]`, one row per recruited block; named (and saved) only when `K > 0`, and last, so that
     /// recruiting a block appends a tensor instead of renumbering the optimizer's state.
     pub block_emb: Array2<F>,
+    /// `[C, d]`, the copy gates' `u_c`, one row per copy path (METHOD §4); named `copy.weight` only when
+    /// `C > 0`.
+    pub copy_gate_weight: Array2<F>,
+    /// `[C]`, the copy gates' `b_c`; named `copy.bias` only when `C > 0`.
+    pub copy_gate_bias: Array1<F>,
 }
 
 pub type Grads<F> = Params<F>;
@@ -217,6 +235,8 @@ impl<F: Scalar> Params<F> {
             ln_f_bias: Array1::zeros(c.d_model),
             head: (!c.tied).then(|| Array2::zeros((c.d_model, c.vocab_size))),
             block_emb: Array2::zeros((c.recruited_blocks.len(), c.d_model)),
+            copy_gate_weight: Array2::zeros((c.copy_paths.len(), c.d_model)),
+            copy_gate_bias: Array1::zeros(c.copy_paths.len()),
         }
     }
 
@@ -238,6 +258,10 @@ impl<F: Scalar> Params<F> {
         if self.block_emb.nrows() > 0 {
             out.push(("block_emb".to_string(), self.block_emb.view().into_dyn()));
         }
+        if self.copy_gate_weight.nrows() > 0 {
+            out.push(("copy.weight".to_string(), self.copy_gate_weight.view().into_dyn()));
+            out.push(("copy.bias".to_string(), self.copy_gate_bias.view().into_dyn()));
+        }
         out
     }
 
@@ -256,6 +280,10 @@ impl<F: Scalar> Params<F> {
         }
         if self.block_emb.nrows() > 0 {
             out.push(("block_emb".to_string(), self.block_emb.view_mut().into_dyn()));
+        }
+        if self.copy_gate_weight.nrows() > 0 {
+            out.push(("copy.weight".to_string(), self.copy_gate_weight.view_mut().into_dyn()));
+            out.push(("copy.bias".to_string(), self.copy_gate_bias.view_mut().into_dyn()));
         }
         out
     }
@@ -327,7 +355,7 @@ pub struct Model<F> {
 impl<F: Scalar> Model<F> {
     /// GPT-2 initialisation: weights `N(0, 0.02)`, the residual output projections (`attn.wo`,
     /// `mlp.w2`) scaled by `1/√(2L)` so the residual stream's variance does not grow with depth; biases 0;
-    /// LayerNorm gains 1.
+    /// LayerNorm gains 1. Copy gates start shut, `u = 0`, `b = b₀` ([`GATE_BIAS_INIT`]).
     pub fn init(config: Config, seed: u64) -> crate::Result<Self> {
         config.validate()?;
         let mut params = Params::<F>::zeros(&config);
@@ -336,7 +364,11 @@ impl<F: Scalar> Model<F> {
             let mut rng = Rng::derive(seed, 0x1417, index as u64);
             let is_gain = name.ends_with("ln1.weight") || name.ends_with("ln2.weight") || name == "ln_f.weight";
             let is_matrix = tensor.ndim() == 2;
-            if is_gain {
+            if name == "copy.weight" {
+                tensor.fill(F::zero());
+            } else if name == "copy.bias" {
+                tensor.fill(F::lit(GATE_BIAS_INIT));
+            } else if is_gain {
                 tensor.fill(F::one());
             } else if is_matrix {
                 let std =
@@ -404,9 +436,58 @@ impl<F: Scalar> Model<F> {
         ForwardCache { tokens: tokens.to_vec(), block_lookup, batch, seq_len, layers, ln_f, hidden, penalty }
     }
 
-    /// Cross-entropy of `targets` given the cached forward pass, with or without its gradients.
-    pub fn output_loss(&self, cache: &ForwardCache<F>, targets: &[u32], with_grad: bool) -> OutputLoss<F> {
-        output_loss(cache.hidden.view(), self.output_weight(), targets, with_grad)
+    /// Cross-entropy of `targets` given the cached forward pass, with or without its gradients, and with
+    /// the model's copy paths mixed in when given their caches for this batch and the dial `λ`.
+    pub fn output_loss(
+        &self,
+        cache: &ForwardCache<F>,
+        targets: &[u32],
+        with_grad: bool,
+        copy: Option<(&CopyCaches, f64)>,
+    ) -> OutputLoss<F> {
+        output_loss(cache.hidden.view(), self.output_weight(), targets, with_grad, copy.map(|c| self.copy_input(c)))
+    }
+
+    fn copy_input<'a>(&'a self, (caches, lambda): (&'a CopyCaches, f64)) -> CopyInput<'a, F> {
+        assert_eq!(caches.n_rules(), self.config.copy_paths.len(), "one copy cache per copy path of the model");
+        CopyInput {
+            caches,
+            gate_weight: self.params.copy_gate_weight.view(),
+            gate_bias: self.params.copy_gate_bias.view(),
+            lambda,
+        }
+    }
+
+    /// The copy paths' loss and their gates' gradients alone, for trials that train only gates on a frozen
+    /// model (METHOD §7): `hidden [N, d]` is [`ForwardCache::hidden`] and `log_q [N]` is `ln q(y)`, minus
+    /// the softmax's NLL ([`OutputLoss::nll`] without copy paths, or [`super::loss::CopyLoss::softmax_nll`]).
+    /// Neither depends on the gates, so a trial computes them once per batch.
+    pub fn copy_gate_loss_and_grads(
+        &self,
+        hidden: ArrayView2<F>,
+        log_q: &[F],
+        targets: &[u32],
+        caches: &CopyCaches,
+        lambda: f64,
+    ) -> GateLoss<F> {
+        let input = self.copy_input((caches, lambda));
+        gate_loss_and_grads(hidden, log_q, targets, caches, input.gate_weight, input.gate_bias, lambda)
+    }
+
+    /// Appends a copy path with a shut gate (`u = 0`, `b = b₀`), after the existing ones.
+    pub fn add_copy_path(&mut self, name: &str) -> crate::Result<()> {
+        if name.is_empty() || self.config.copy_paths.iter().any(|n| n == name) {
+            return Err(crate::Error::invalid("recruitment", format!("copy path `{name}` is empty or exists")));
+        }
+        self.config.copy_paths.push(name.to_string());
+        let (c, d) = (self.config.copy_paths.len(), self.config.d_model);
+        let mut weight = Array2::zeros((c, d));
+        weight.slice_mut(s![..c - 1, ..]).assign(&self.params.copy_gate_weight);
+        let mut bias = Array1::from_elem(c, F::lit(GATE_BIAS_INIT));
+        bias.slice_mut(s![..c - 1]).assign(&self.params.copy_gate_bias);
+        self.params.copy_gate_weight = weight;
+        self.params.copy_gate_bias = bias;
+        Ok(())
     }
 
     /// Gradients of `mean CE + penalty` given the loss gradients at the output.
@@ -503,7 +584,8 @@ impl<F: Scalar> Model<F> {
         Ok(())
     }
 
-    /// One training evaluation: returns `(mean CE, penalty, gradients of their sum)`.
+    /// One training evaluation: returns `(mean CE, penalty, gradients of their sum)`, the CE with the copy
+    /// paths mixed in when given the batch's caches and `λ`.
     pub fn loss_and_grads(
         &self,
         tokens: &[u32],
@@ -511,14 +593,19 @@ impl<F: Scalar> Model<F> {
         batch: usize,
         seq_len: usize,
         hook: &dyn AttentionHook<F>,
+        copy: Option<(&CopyCaches, f64)>,
     ) -> (F, F, Grads<F>) {
         let cache = self.forward(tokens, batch, seq_len, hook);
-        let loss = self.output_loss(&cache, targets, true);
+        let loss = self.output_loss(&cache, targets, true, copy);
         let (d_hidden, d_weight) = match (loss.d_hidden, loss.d_weight_t) {
             (Some(dh), Some(dw)) => (dh, dw),
             _ => unreachable!("output_loss returns gradients when asked"),
         };
-        let grads = self.backward(&cache, d_hidden.view(), d_weight.view(), hook);
+        let mut grads = self.backward(&cache, d_hidden.view(), d_weight.view(), hook);
+        if let Some((Some(d_u), Some(d_b))) = loss.copy.map(|c| (c.d_gate_weight, c.d_gate_bias)) {
+            grads.copy_gate_weight = d_u;
+            grads.copy_gate_bias = d_b;
+        }
         (loss.mean_nll, cache.penalty, grads)
     }
 }
@@ -542,6 +629,7 @@ mod tests {
             tied,
             gelu: Gelu::Tanh,
             recruited_blocks: Vec::new(),
+            copy_paths: Vec::new(),
         }
     }
 
@@ -549,13 +637,16 @@ mod tests {
     /// Weights are redrawn larger than the 0.02 initialisation so that every path carries signal (at 0.02
     /// the attention is nearly uniform and a missing attention term would hide under the tolerance), but
     /// not so large that softmaxes saturate and gradients vanish to rounding noise.
-    fn model_gradient_errors(tied: bool, hook: &dyn AttentionHook<f64>) -> Vec<(String, f64)> {
+    fn model_gradient_errors(tied: bool, hook: &dyn AttentionHook<f64>, copy: Option<f64>) -> Vec<(String, f64)> {
         let mut config = tiny_config(tied);
         // two recruited blocks, so that the block embedding is checked with the rest
         config.recruited_blocks = vec![
             RecruitedBlock { name: "a".into(), members: vec![2, 9] },
             RecruitedBlock { name: "b".into(), members: vec![5] },
         ];
+        if copy.is_some() {
+            config.copy_paths = vec!["all".into(), "previous".into()];
+        }
         let mut model = Model::<f64>::init(config, 3).unwrap();
         let mut rng = Rng::new(11);
         for (name, mut t) in model.params.named_mut() {
@@ -569,8 +660,14 @@ mod tests {
         }
         let (batch, seq_len) = (2, 5);
         let tokens: Vec<u32> = (0..batch * seq_len).map(|i| ((i * 7 + 2) % 11) as u32).collect();
-        let targets: Vec<u32> = (0..batch * seq_len).map(|i| ((i * 5 + 1) % 11) as u32).collect();
-        let (_, _, grads) = model.loss_and_grads(&tokens, &targets, batch, seq_len, hook);
+        let mut targets: Vec<u32> = (0..batch * seq_len).map(|i| ((i * 5 + 1) % 11) as u32).collect();
+        let caches = copy_caches(&tokens, seq_len);
+        if copy.is_some() {
+            // targets that the caches hold at some rows and miss at others (row 4, 8)
+            targets = vec![1, 2, 9, 5, 10, 4, 4, 0, 8, 7];
+        }
+        let copy = copy.map(|lambda| (&caches, lambda));
+        let (_, _, grads) = model.loss_and_grads(&tokens, &targets, batch, seq_len, hook, copy);
         let analytic: Vec<(String, ndarray::ArrayD<f64>)> =
             grads.named().into_iter().map(|(n, g)| (n, g.to_owned())).collect();
         let mut errors = Vec::new();
@@ -578,7 +675,7 @@ mod tests {
             let mut probe_model = model.clone();
             let loss_of = |m: &Model<f64>| {
                 let cache = m.forward(&tokens, batch, seq_len, hook);
-                m.output_loss(&cache, &targets, false).mean_nll + cache.penalty
+                m.output_loss(&cache, &targets, false, copy).mean_nll + cache.penalty
             };
             // the closure gets the perturbed tensor; write it into a copy of the model and evaluate
             let mut tensor = model.params.named()[index].1.to_owned();
@@ -591,18 +688,152 @@ mod tests {
         errors
     }
 
+    /// Two copy rules over sequences of `seq_len`: every position of the sequence up to the row, and the
+    /// previous position; neither applies at a sequence's first row.
+    fn copy_caches(tokens: &[u32], seq_len: usize) -> CopyCaches {
+        let n = tokens.len();
+        let (mut all, mut previous) = (vec![Vec::new(); n], vec![Vec::new(); n]);
+        for i in (0..n).filter(|i| i % seq_len != 0) {
+            all[i] = ((i - i % seq_len) as u32..=i as u32).collect();
+            previous[i] = vec![i as u32 - 1];
+        }
+        CopyCaches::new(tokens, vec![1.0, 0.6], &[all, previous])
+    }
+
     #[test]
     fn whole_model_gradient_matches_finite_differences_tied() {
-        for (name, error) in model_gradient_errors(true, &NoHook) {
+        for (name, error) in model_gradient_errors(true, &NoHook, None) {
             assert!(error < TOLERANCE, "{name}: relative error {error:.3e}");
         }
     }
 
     #[test]
     fn whole_model_gradient_matches_finite_differences_untied_with_hook() {
-        for (name, error) in model_gradient_errors(false, &TestHook { temperature: 0.8 }) {
+        for (name, error) in model_gradient_errors(false, &TestHook { temperature: 0.8 }, None) {
             assert!(error < TOLERANCE, "{name}: relative error {error:.3e}");
         }
+    }
+
+    #[test]
+    fn whole_model_gradient_matches_finite_differences_with_two_copy_paths() {
+        let errors = model_gradient_errors(true, &TestHook { temperature: 0.8 }, Some(0.7));
+        assert!(errors.iter().any(|(name, _)| name == "copy.weight") && errors.iter().any(|(n, _)| n == "copy.bias"));
+        for (name, error) in errors {
+            assert!(error < TOLERANCE, "{name}: relative error {error:.3e}");
+        }
+    }
+
+    /// Random weights everywhere, the copy gates open, in `f32` as training runs.
+    fn model_with_copy_paths(copy_paths: Vec<String>) -> Model<f32> {
+        let mut config = tiny_config(false);
+        config.copy_paths = copy_paths;
+        let mut model = Model::<f32>::init(config, 4).unwrap();
+        let mut rng = Rng::new(12);
+        for (_, mut t) in model.params.named_mut() {
+            t.mapv_inplace(|v| v + 0.3 * rng.normal() as f32);
+        }
+        model
+    }
+
+    #[test]
+    fn dial_at_zero_is_bit_identical_to_the_model_without_copy_paths() {
+        let with = model_with_copy_paths(vec!["all".into(), "previous".into()]);
+        let mut without = Model::<f32>::init(tiny_config(false), 4).unwrap();
+        for ((name, mut dst), (other, src)) in without.params.named_mut().into_iter().zip(with.params.named()) {
+            assert_eq!(name, other);
+            dst.assign(&src);
+        }
+        let (batch, seq_len) = (2, 5);
+        let tokens: Vec<u32> = (0..batch * seq_len).map(|i| ((i * 7 + 2) % 11) as u32).collect();
+        let targets = vec![1, 2, 9, 5, 10, 4, 4, 0, 8, 7];
+        let caches = copy_caches(&tokens, seq_len);
+        let hook = NoHook;
+        let (loss, penalty, grads) =
+            with.loss_and_grads(&tokens, &targets, batch, seq_len, &hook, Some((&caches, 0.0)));
+        let (plain_loss, plain_penalty, plain) = without.loss_and_grads(&tokens, &targets, batch, seq_len, &hook, None);
+        assert_eq!((loss.to_bits(), penalty.to_bits()), (plain_loss.to_bits(), plain_penalty.to_bits()));
+        let plain: Vec<_> = plain.named().into_iter().collect();
+        let grads = grads.named();
+        assert_eq!(grads.len(), plain.len() + 2);
+        for ((name, g), (_, p)) in grads.iter().zip(&plain) {
+            let same = g.iter().zip(p.iter()).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "{name} differs at λ = 0");
+        }
+        for (name, g) in &grads[plain.len()..] {
+            assert!(g.iter().all(|&v| v == 0.0), "{name} moves at λ = 0");
+        }
+        // per-row losses and the accuracy too
+        let cache = with.forward(&tokens, batch, seq_len, &hook);
+        let at_zero = with.output_loss(&cache, &targets, false, Some((&caches, 0.0)));
+        let reference = without.output_loss(&without.forward(&tokens, batch, seq_len, &hook), &targets, false, None);
+        assert_eq!(
+            at_zero.nll.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            reference.nll.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        assert_eq!(at_zero.correct, reference.correct);
+        // and at λ > 0 the paths act
+        let on = with.output_loss(&cache, &targets, false, Some((&caches, 1.0)));
+        assert!(on.mean_nll != reference.mean_nll);
+    }
+
+    #[test]
+    fn copy_paths_start_shut_and_are_named_after_everything_else() {
+        let mut model = Model::<f64>::init(tiny_config(true), 1).unwrap();
+        let tokens: Vec<u32> = (0..6).map(|i| (i * 3 % 11) as u32).collect();
+        let targets: Vec<u32> = (0..6).map(|i| (i * 5 % 11) as u32).collect();
+        let count = model.params.named().len();
+        let cache = model.forward(&tokens, 1, 6, &NoHook);
+        let plain = model.output_loss(&cache, &targets, false, None).mean_nll;
+        model.add_copy_path("first").unwrap();
+        assert!(model.add_copy_path("first").is_err());
+        let named = model.params.named();
+        assert_eq!(named.len(), count + 2);
+        assert_eq!(named[count].0, "copy.weight");
+        assert_eq!(named[count + 1].0, "copy.bias");
+        assert_eq!(named[count].1.shape(), &[1, 8]);
+        assert!(model.params.copy_gate_weight.iter().all(|&v| v == 0.0));
+        assert_eq!(model.params.copy_gate_bias[0], GATE_BIAS_INIT);
+        // a shut gate changes the loss by a few thousandths of a nat: −ln(1 − w) ≈ w ≈ 0.25 % where the
+        // cache misses, ln(1 + w(κ/q − 1)) where it hits
+        let all: Vec<Vec<u32>> = (0..6u32).map(|i| (0..=i).collect()).collect();
+        let caches = CopyCaches::new(&tokens, vec![1.0], &[all]);
+        let shut = model.output_loss(&cache, &targets, false, Some((&caches, 1.0))).mean_nll;
+        assert!(shut != plain && (shut - plain).abs() < 1e-2, "{shut} {plain}");
+        // a second path keeps the first gate and appends a row
+        model.params.copy_gate_weight.fill(0.5);
+        model.add_copy_path("second").unwrap();
+        assert_eq!(model.config.copy_paths, vec!["first".to_string(), "second".to_string()]);
+        assert_eq!(model.params.copy_gate_weight.row(0).to_vec(), vec![0.5; 8]);
+        assert_eq!(model.params.copy_gate_weight.row(1).to_vec(), vec![0.0; 8]);
+        assert_eq!(model.params.copy_gate_bias.to_vec(), vec![GATE_BIAS_INIT; 2]);
+        // init gives the same shut gates
+        let mut config = tiny_config(true);
+        config.copy_paths = vec!["x".into()];
+        let fresh = Model::<f64>::init(config, 1).unwrap();
+        assert!(fresh.params.copy_gate_weight.iter().all(|&v| v == 0.0));
+        assert_eq!(fresh.params.copy_gate_bias[0], GATE_BIAS_INIT);
+        assert_eq!(fresh.params.tok_emb, Model::<f64>::init(tiny_config(true), 1).unwrap().params.tok_emb);
+    }
+
+    #[test]
+    fn gate_only_gradients_equal_the_whole_model_s() {
+        let model = model_with_copy_paths(vec!["all".into(), "previous".into()]);
+        let (batch, seq_len) = (2, 5);
+        let tokens: Vec<u32> = (0..batch * seq_len).map(|i| ((i * 7 + 2) % 11) as u32).collect();
+        let targets = vec![1, 2, 9, 5, 10, 4, 4, 0, 8, 7];
+        let caches = copy_caches(&tokens, seq_len);
+        let (loss, _, grads) = model.loss_and_grads(&tokens, &targets, batch, seq_len, &NoHook, Some((&caches, 0.9)));
+        // what a trial computes once per batch: the hidden states and ln q(y), neither depending on the gates
+        let cache = model.forward(&tokens, batch, seq_len, &NoHook);
+        let log_q: Vec<f32> = model.output_loss(&cache, &targets, false, None).nll.iter().map(|v| -v).collect();
+        let gates = model.copy_gate_loss_and_grads(cache.hidden.view(), &log_q, &targets, &caches, 0.9);
+        assert!((gates.mean_nll - loss).abs() < 1e-6, "{} {loss}", gates.mean_nll);
+        let close = |a: &ndarray::ArrayViewD<f32>, b: &ndarray::ArrayViewD<f32>| {
+            a.iter().zip(b.iter()).all(|(x, y)| (x - y).abs() <= 1e-6 * (1.0 + x.abs()))
+        };
+        assert!(close(&gates.d_weight.view().into_dyn(), &grads.copy_gate_weight.view().into_dyn()));
+        assert!(close(&gates.d_bias.view().into_dyn(), &grads.copy_gate_bias.view().into_dyn()));
+        assert!(grads.copy_gate_bias.iter().any(|&v| v != 0.0));
     }
 
     #[test]
@@ -618,6 +849,9 @@ mod tests {
         assert_eq!(shape_of("layers.0.mlp.w2"), Some(vec![12, 8]));
         assert_eq!(shape_of("head"), Some(vec![8, 11]));
         assert_eq!(named.len(), 2 + 2 * 16 + 2 + 1);
+        // no copy paths, no copy tensors (and no `copy_paths` key in the config's JSON)
+        assert!(named.iter().all(|(name, _)| !name.starts_with("copy")));
+        assert!(!serde_json::to_string(&model.config).unwrap().contains("copy_paths"));
     }
 
     #[test]

@@ -54,6 +54,9 @@ pub struct AdamW<F> {
     pub step: usize,
     pub m: Vec<ArrayD<F>>,
     pub v: Vec<ArrayD<F>>,
+    /// The tensors' names, in the same order, so that [`grow_to`](Self::grow_to) follows a tensor that a
+    /// new one was inserted before (a first block embedding lands before existing copy gates).
+    names: Vec<String>,
 }
 
 /// Decay applies to matrices only (embeddings, projections), not to biases and LayerNorm gains,
@@ -64,28 +67,32 @@ pub fn decays(ndim: usize) -> bool {
 
 impl<F: Scalar> AdamW<F> {
     pub fn new(params: &Params<F>) -> Self {
-        let zeros: Vec<ArrayD<F>> = params.named().iter().map(|(_, t)| ArrayD::zeros(t.raw_dim())).collect();
-        AdamW { step: 0, m: zeros.clone(), v: zeros }
+        let named = params.named();
+        let zeros: Vec<ArrayD<F>> = named.iter().map(|(_, t)| ArrayD::zeros(t.raw_dim())).collect();
+        AdamW { step: 0, m: zeros.clone(), v: zeros, names: named.into_iter().map(|(n, _)| n).collect() }
     }
 
-    /// Follows a model that gained a recruited block: new tensors get zero moments, and a tensor that
-    /// gained rows keeps the moments of its old rows.
+    /// Follows a model that gained a recruited block or a copy path: new tensors get zero moments, and a
+    /// tensor that gained rows keeps the moments of its old rows. Tensors are matched by name.
     pub fn grow_to(&mut self, params: &Params<F>) {
-        for (index, (_, tensor)) in params.named().iter().enumerate() {
-            for moments in [&mut self.m, &mut self.v] {
-                match moments.get_mut(index) {
-                    None => moments.push(ArrayD::zeros(tensor.raw_dim())),
-                    Some(old) if old.shape() != tensor.shape() => {
-                        let mut grown = ArrayD::zeros(tensor.raw_dim());
-                        let rows = old.shape()[0].min(tensor.shape()[0]);
-                        grown
-                            .slice_axis_mut(ndarray::Axis(0), (0..rows).into())
-                            .assign(&old.slice_axis(ndarray::Axis(0), (0..rows).into()));
-                        *old = grown;
-                    }
-                    Some(_) => {}
+        let mut old: std::collections::HashMap<String, (ArrayD<F>, ArrayD<F>)> = std::mem::take(&mut self.names)
+            .into_iter()
+            .zip(std::mem::take(&mut self.m).into_iter().zip(std::mem::take(&mut self.v)))
+            .collect();
+        for (name, tensor) in params.named() {
+            let carried = old.remove(&name);
+            for (k, moments) in [&mut self.m, &mut self.v].into_iter().enumerate() {
+                let mut grown = ArrayD::zeros(tensor.raw_dim());
+                if let Some(pair) = &carried {
+                    let previous = if k == 0 { &pair.0 } else { &pair.1 };
+                    let rows = previous.shape()[0].min(tensor.shape()[0]);
+                    grown
+                        .slice_axis_mut(ndarray::Axis(0), (0..rows).into())
+                        .assign(&previous.slice_axis(ndarray::Axis(0), (0..rows).into()));
                 }
+                moments.push(grown);
             }
+            self.names.push(name);
         }
     }
 
@@ -149,6 +156,7 @@ mod tests {
             tied: true,
             gelu: crate::engine::Gelu::Tanh,
             recruited_blocks: Vec::new(),
+            copy_paths: Vec::new(),
         };
         let mut params = Params::<f64>::zeros(&config);
         let mut grads = Params::<f64>::zeros(&config);
@@ -176,5 +184,33 @@ mod tests {
         adam.grow_to(&model.params);
         assert_eq!(adam.m[count].shape(), &[2, 2]);
         assert_eq!(adam.m[count].sum(), 14.0);
+    }
+
+    #[test]
+    fn moments_follow_copy_gates_when_a_first_block_lands_before_them() {
+        let config =
+            crate::train::ModelShape { ctx_len: 2, d_model: 2, n_heads: 1, n_layers: 1, d_ff: 2, tied: true }.config(4);
+        let mut model = crate::engine::Model::<f64>::init(config, 1).unwrap();
+        model.add_copy_path("first").unwrap();
+        let mut adam = AdamW::new(&model.params);
+        let gate = adam.m.len() - 2;
+        adam.m[gate].fill(3.0);
+        adam.v[gate + 1].fill(5.0);
+        model.add_block("a", &[1]).unwrap();
+        model.add_copy_path("second").unwrap();
+        adam.grow_to(&model.params);
+        let names: Vec<String> = model.params.named().into_iter().map(|(n, _)| n).collect();
+        let at = |name: &str| names.iter().position(|n| n == name).unwrap();
+        assert_eq!(adam.m.len(), names.len());
+        assert_eq!(adam.m[at("block_emb")].sum(), 0.0);
+        // the first gate's moments moved with it; the second gate's row starts at zero
+        assert_eq!(adam.m[at("copy.weight")].as_slice().unwrap(), &[3.0, 3.0, 0.0, 0.0]);
+        assert_eq!(adam.v[at("copy.bias")].as_slice().unwrap(), &[5.0, 0.0]);
+        // and the optimizer moves the gates
+        let mut grads = crate::engine::Params::<f64>::zeros(&model.config);
+        grads.copy_gate_bias[1] = 1.0;
+        let before = model.params.copy_gate_bias[1];
+        adam.update(&mut model.params, &grads, &OptimConfig::default(), 0.01);
+        assert!((model.params.copy_gate_bias[1] - before + 0.01).abs() < 1e-9);
     }
 }

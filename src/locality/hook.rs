@@ -345,6 +345,7 @@ mod tests {
             tied: true,
             gelu: Gelu::Tanh,
             recruited_blocks: Vec::new(),
+            copy_paths: Vec::new(),
         };
         let mut model = Model::<f64>::init(config, 3).unwrap();
         let mut rng = crate::rng::Rng::new(5);
@@ -363,7 +364,7 @@ mod tests {
         let targets = BatchTargets::new(&set, &tokens, 2, 8, 2, 2);
         let settings = DialSettings { margin: 2.0, temperature: 1.5, penalty: 1.0 };
         let hook = LocalityHook::new(&targets, vec![0.4, 0.9], settings, false);
-        let (_, penalty, grads) = model.loss_and_grads(&tokens, &next, 2, 8, &hook);
+        let (_, penalty, grads) = model.loss_and_grads(&tokens, &next, 2, 8, &hook, None);
         assert!(penalty > 0.0);
         let names =
             ["tok_emb", "pos_emb", "layers.0.attn.wq", "layers.0.attn.wk", "layers.1.attn.wv", "layers.0.ln1.weight"];
@@ -375,7 +376,7 @@ mod tests {
             let worst = worst_discrepancy(&mut tensor.view_mut(), &analytic, 1, |perturbed| {
                 probe_model.params.named_mut()[index].1.assign(perturbed);
                 let cache = probe_model.forward(&tokens, 2, 8, &hook);
-                probe_model.output_loss(&cache, &next, false).mean_nll + cache.penalty
+                probe_model.output_loss(&cache, &next, false, None).mean_nll + cache.penalty
             });
             assert!(worst.relative_error < TOLERANCE, "{name}: {worst:?}");
         }

@@ -411,7 +411,7 @@ pub fn evaluate_at(model: &Model<f32>, ids: &[u32], lambda: f64, eval: &DialEval
         let hook = LocalityHook::new(&batch_targets, layer_lambdas.clone(), settings, true);
         let cache = model.forward(inputs, windows, seq_len, &hook);
         let with_grad = index < eval.certificate_batches;
-        let loss = model.output_loss(&cache, targets, with_grad);
+        let loss = model.output_loss(&cache, targets, with_grad, None);
         nll_sum += loss.nll.iter().map(|&v| v as f64).sum::<f64>();
         correct += loss.correct;
         if let (Some(dh), Some(dw)) = (loss.d_hidden.as_ref(), loss.d_weight_t.as_ref()) {

@@ -254,7 +254,7 @@ fn fit(model: &mut Model<f32>, ids: &[u32], steps: usize, plan: &DomainsPlan, st
     }
     for step in 0..steps {
         let (inputs, targets) = sample_batch(ids, plan.batch_size, seq_len, plan.seed ^ stream, step);
-        let (loss, _, grads) = model.loss_and_grads(&inputs, &targets, plan.batch_size, seq_len, &NoHook);
+        let (loss, _, grads) = model.loss_and_grads(&inputs, &targets, plan.batch_size, seq_len, &NoHook, None);
         if !loss.is_finite() {
             return Err(Error::Numeric(format!("loss became {loss} at step {step} of a domain model")));
         }

@@ -475,7 +475,7 @@ pub fn code_lengths(
         let hook =
             LocalityHook::new(&targets, per_layer(lambda, layers, locality.progressive_beta), locality.dial, false);
         let cache = model.forward(&b.inputs, b.windows, b.seq_len, &hook);
-        let nll = model.output_loss(&cache, &b.targets, false).nll;
+        let nll = model.output_loss(&cache, &b.targets, false, None).nll;
         bits.extend(nll.iter().map(|&v| f64::from(v) / std::f64::consts::LN_2));
     }
     bits
