@@ -462,6 +462,25 @@ fn check_reports_three_independent_mistakes_with_their_positions() {
 }
 
 #[test]
+fn check_lists_copy_rules_apart_with_their_coverage() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ailla"))
+        .args(["check", "rules/copy-examples.rules", "--corpus", "bundled"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("7 blocks, 9 rules, 5 copy rules"), "{stdout}");
+    let (attention, copies) = stdout.split_once("\ncopy rule ").expect("a copy rule table");
+    assert!(!attention.contains("recent drug") && attention.contains("ward repeats"), "{stdout}");
+    for name in ["recent drug", "unit repeats its unit", "name continues as before", "ward copies", "induction"] {
+        let line = copies.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing: {stdout}"));
+        let covered: usize = line.split_whitespace().last().unwrap().parse().unwrap();
+        assert!(covered > 0, "{line}");
+    }
+}
+
+#[test]
 fn anchors_are_scored_in_bits_on_the_bundled_corpus() {
     let text = ailla::data::generator::bundled_corpus(ailla::data::generator::DEFAULT_SEED).train;
     let vocabulary = Vocabulary::build(TokenizerKind::Word, &text, 100_000);
