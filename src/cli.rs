@@ -1005,7 +1005,14 @@ fn run_check(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
     }
     let compiled = &checked.compiled;
     let spec = &compiled.spec;
-    let mut s = format!("{}: {} blocks, {} rules\n", args.rules.display(), spec.blocks.len(), spec.rules.len());
+    let copy_count = spec.rules.iter().filter(|r| r.copy).count();
+    let mut s = format!(
+        "{}: {} blocks, {} rules{}\n",
+        args.rules.display(),
+        spec.blocks.len(),
+        spec.rules.len() - copy_count,
+        if copy_count > 0 { format!(", {copy_count} copy rules") } else { String::new() }
+    );
     if vocabulary.is_none() {
         s += "(no vocabulary given: words were not looked up; add --corpus or --checkpoint)\n";
     }
@@ -1030,18 +1037,45 @@ fn run_check(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
     s += "\nrule                                         covers\n";
     let names: Vec<String> = match &compiled.set {
         Some(set) => set.rules.iter().map(|r| r.name.clone()).collect(),
-        None => spec.rules.iter().map(|r| r.name.clone()).collect(),
+        None => spec.rules.iter().filter(|r| !r.copy).map(|r| r.name.clone()).collect(),
     };
     for (index, name) in names.iter().enumerate() {
         let covered = coverage.as_ref().map_or("-".to_string(), |c| c[index].to_string());
         s += &format!("{name:<42}  {covered:>7}\n");
     }
+    if copy_count > 0 {
+        // copy rules (METHOD §4): the query positions whose cache is not empty
+        s += "\ncopy rule                                    covers\n";
+        let copy_rules: Vec<(String, String)> = match (&compiled.set, &corpus_ids) {
+            (Some(set), Some(ids)) => set
+                .copy_rules
+                .iter()
+                .map(|rule| {
+                    let covered: usize = ids
+                        .chunks(crate::locality::targets::COVERAGE_WINDOW)
+                        .map(|window| {
+                            crate::locality::copy_targets::copy_rule_targets(set, rule, window)
+                                .iter()
+                                .filter(|targets| !targets.is_empty())
+                                .count()
+                        })
+                        .sum();
+                    (rule.name.clone(), covered.to_string())
+                })
+                .collect(),
+            _ => spec.rules.iter().filter(|r| r.copy).map(|r| (r.name.clone(), "-".to_string())).collect(),
+        };
+        for (name, covered) in copy_rules {
+            s += &format!("{name:<42}  {covered:>7}\n");
+        }
+    }
     if let Some(ids) = &corpus_ids {
         s += &format!(
-            "\ncoverage: query positions each rule covers in the corpus ({} {} tokens, windows of {})\n",
+            "\ncoverage: query positions each rule covers in the corpus ({} {} tokens, windows of {}){}\n",
             ids.len(),
             TokenizerKind::from(args.tokenizer).name(),
-            crate::locality::targets::COVERAGE_WINDOW
+            crate::locality::targets::COVERAGE_WINDOW,
+            if copy_count > 0 { "; a copy rule covers a position whose copy cache is not empty" } else { "" }
         );
     }
     write_out(out, &s)

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use ailla::data::{TokenizerKind, Vocabulary};
 use ailla::dsl::syntax::{self, Member, Query, RuleBody, Statement, Target};
 use ailla::dsl::{compile, format, load_source, Compiled, Loaded};
-use ailla::locality::rules::{Condition, RuleKind};
+use ailla::locality::rules::{Condition, Rule, RuleKind, RuleKindSpec};
 use codespan_reporting::diagnostic::Severity;
 
 const CORPUS: &str = "metformin insulin heparin warfarin Aspirin aspirin mg ml units 10 20 2.5 ( ) <order> </order> \
@@ -169,7 +169,21 @@ fn previous_occurrence_rule() {
         rule_kind("rule \"p\": drugs attend to previous occurrence"),
         RuleKind::PreviousOccurrence { from: Condition::Block(1) }
     );
-    insta::assert_snapshot!("any_token_to_block", report(&format!("{DRUGS}rule \"p\": any token attends to drugs\n")));
+    insta::assert_snapshot!(
+        "any_token_to_anchors",
+        report(&format!("{DRUGS}rule \"p\": any token attends to anchors of drugs\n"))
+    );
+}
+
+#[test]
+fn any_token_to_block_rule() {
+    // METHOD §3 "block (any query)": every query attends to the earlier tokens of the block
+    let Statement::Rule(rule) = parse_one("rule \"a\": any token attends to drugs") else { panic!() };
+    assert!(matches!(rule.body, RuleBody::Attend { query: Query::Any(_), target: Target::Block(_) }));
+    assert_eq!(rule_kind("rule \"a\": any token attends to drugs within 8"), RuleKind::AnyToBlock { to: 1 });
+    let (_, c) = compiled(&format!("{DRUGS}rule \"a\": any token attends to drugs\n"));
+    assert_eq!(c.spec.rules[0].kind, RuleKindSpec::AnyToBlock { to: "drugs".into() });
+    assert!(!c.spec.rules[0].copy);
 }
 
 #[test]
@@ -199,9 +213,9 @@ fn rule_options() {
     let text = "rule \"u\": units attend to drugs within 8 in layers 0, 1 in heads 2 strength 1.5 priority -2 \
                 from step 100 until step 900";
     let Statement::Rule(rule) = parse_one(text) else { panic!() };
-    assert_eq!(rule.options.within, Some(8));
-    assert_eq!(rule.options.layers, Some(vec![0, 1]));
-    assert_eq!(rule.options.heads, Some(vec![2]));
+    assert_eq!(rule.options.within.map(|w| w.value), Some(8));
+    assert_eq!(rule.options.layers.map(|l| l.value), Some(vec![0, 1]));
+    assert_eq!(rule.options.heads.map(|h| h.value), Some(vec![2]));
     let (_, c) = compiled(&format!("{DRUGS}block units: mg, ml\n{text}"));
     let set = c.set.unwrap();
     let r = &set.rules[0];
@@ -223,6 +237,132 @@ fn rule_options() {
             "{DRUGS}rule \"r\": drugs attend to own block\nrule \"r\": drugs attend to previous occurrence\n"
         ))
     );
+}
+
+// ---- copy rules (METHOD §3, §4 "Copy paths") ----------------------------------------------------
+
+/// The one copy rule of `text` (after the drugs and units blocks), compiled; it must not also be an
+/// attention rule.
+fn copy_rule(text: &str) -> Rule {
+    let full = format!("{DRUGS}block units: mg, ml\n{text}");
+    let (_, c) = compiled(&full);
+    let set = c.set.unwrap_or_else(|| panic!("{}", report(&full)));
+    assert_eq!(set.copy_rules.len(), 1, "{:?}", set.copy_rules);
+    assert!(c.spec.rules.iter().all(|r| r.copy));
+    // the attention rules are the own-block defaults only
+    assert!(set.rules.iter().all(|r| r.name.ends_with("(own block, default)")), "{:?}", set.rules);
+    set.copy_rules[0].clone()
+}
+
+fn copy_body(text: &str) -> (Query, Target) {
+    let Statement::Rule(rule) = parse_one(text) else { panic!("not a rule") };
+    let RuleBody::Copy { query, source } = rule.body else { panic!("not a copy rule: {:?}", rule.body) };
+    (query, source)
+}
+
+#[test]
+fn copy_from_a_block() {
+    let (query, source) = copy_body("rule \"c\": copy from drugs within 40");
+    assert!(matches!(query, Query::Any(_)));
+    assert!(matches!(source, Target::Block(ref name) if name.value == "drugs"));
+    let rule = copy_rule("rule \"c\": copy from drugs within 40");
+    assert_eq!((rule.kind, rule.within), (RuleKind::AnyToBlock { to: 1 }, Some(40)));
+    // `any token copies from` says the same
+    let (query, _) = copy_body("rule \"c\": any token copies from drugs");
+    assert!(matches!(query, Query::Any(_)));
+    assert_eq!(copy_rule("rule \"c\": any token copies from drugs").kind, RuleKind::AnyToBlock { to: 1 });
+}
+
+#[test]
+fn a_block_copies_from_a_block() {
+    let (query, source) = copy_body("rule \"c\": units copies from drugs");
+    assert!(matches!(query, Query::Block(ref name) if name.value == "units"));
+    assert!(matches!(source, Target::Block(ref name) if name.value == "drugs"));
+    assert_eq!(copy_rule("rule \"c\": units copies from drugs").kind, RuleKind::BlockToBlock { from: 2, to: 1 });
+}
+
+#[test]
+fn copies_previous_occurrence_and_its_continuation() {
+    let (query, source) = copy_body("rule \"c\": any token copies continuation of previous occurrence");
+    assert!(matches!((query, source), (Query::Any(_), Target::Continuation(_))));
+    assert_eq!(
+        copy_rule("rule \"c\": any token copies continuation of previous occurrence").kind,
+        RuleKind::Induction { from: Condition::Any }
+    );
+    assert_eq!(
+        copy_rule("rule \"c\": drugs copies continuation of previous occurrence").kind,
+        RuleKind::Induction { from: Condition::Block(1) }
+    );
+    let (query, source) = copy_body("rule \"c\": drugs copies previous occurrence");
+    assert!(matches!((query, source), (Query::Block(_), Target::Previous(_))));
+    assert_eq!(
+        copy_rule("rule \"c\": drugs copies previous occurrence").kind,
+        RuleKind::PreviousOccurrence { from: Condition::Block(1) }
+    );
+    assert_eq!(
+        copy_rule("rule \"c\": any token copies previous occurrence").kind,
+        RuleKind::PreviousOccurrence { from: Condition::Any }
+    );
+}
+
+#[test]
+fn copy_rule_options_and_injection() {
+    let rule = copy_rule("rule \"c\": copy from drugs within 16 strength 2 from step 100 until step 900");
+    assert_eq!((rule.within, rule.strength, rule.from_step, rule.until_step), (Some(16), 2.0, Some(100), Some(900)));
+    assert_eq!((rule.layers, rule.heads, rule.priority), (None, None, 0));
+    let (_, c) = compiled(&format!("{DRUGS}rule \"c\": copy from drugs from step 100\n"));
+    let set = c.set.unwrap();
+    assert!(set.has_schedule());
+    assert!(set.active_at(99).copy_rules.is_empty() && set.active_at(100).copy_rules.len() == 1);
+}
+
+#[test]
+fn copy_rules_serialize_with_copy_and_attention_rules_without() {
+    let (_, c) = compiled(&format!(
+        "{DRUGS}rule \"c\": copy from drugs within 4\nrule \"a\": drugs attend to previous occurrence\n"
+    ));
+    let json = serde_json::to_value(&c.spec.rules).unwrap();
+    assert_eq!(json[0]["copy"], serde_json::Value::Bool(true));
+    assert_eq!(json[0]["kind"], serde_json::json!({ "any_to_block": { "to": "drugs" } }));
+    assert!(json[1].get("copy").is_none(), "{json}");
+    let back: Vec<ailla::locality::rules::RuleEntrySpec> = serde_json::from_value(json).unwrap();
+    assert_eq!(back, c.spec.rules);
+}
+
+#[test]
+fn copy_rule_errors() {
+    let with = |rest: &str| report(&format!("{DRUGS}rule \"c\": copy from drugs {rest}\n"));
+    insta::assert_snapshot!("copy_rule_in_layers", with("within 8 in layers 0, 1"));
+    insta::assert_snapshot!("copy_rule_in_heads", with("in heads 2"));
+    insta::assert_snapshot!("copy_rule_with_priority", with("priority 2"));
+    insta::assert_snapshot!("copy_rule_within_zero", with("within 0"));
+    insta::assert_snapshot!("copy_from_unknown_block", report(&format!("{DRUGS}rule \"c\": copy from drug\n")));
+    insta::assert_snapshot!(
+        "copy_query_unknown_block",
+        report(&format!("{DRUGS}rule \"c\": drug copies previous occurrence\n"))
+    );
+    insta::assert_snapshot!("copy_without_from", report(&format!("{DRUGS}rule \"c\": copy drugs\n")));
+    insta::assert_snapshot!("copies_without_source", report(&format!("{DRUGS}rule \"c\": drugs copies drugs\n")));
+    assert_eq!(errors(&format!("{DRUGS}rule \"c\": copy from drugs within 0 in layers 0 in heads 1 priority 1\n")), 4);
+    // the same options on an attention rule are fine
+    assert_eq!(errors(&format!("{DRUGS}rule \"a\": drugs attend to own block in layers 0 in heads 1 priority 1\n")), 0);
+}
+
+#[test]
+fn fmt_writes_copy_rules_canonically_and_round_trips_them() {
+    let text = format!(
+        "{DRUGS}block units: mg, ml\nrule \"a\": any token copies from drugs within 40 strength 1.5\n\
+         rule \"b\":   units copies from drugs\nrule \"c\": any token copies continuation of previous occurrence from step 10\n\
+         rule \"d\": drugs copies previous occurrence until step 5\nrule \"e\": copy from units\n\
+         rule \"f\": any token attends to drugs\n"
+    );
+    let formatted = format::format(&text).unwrap();
+    insta::assert_snapshot!("fmt_copy_rules", formatted);
+    assert_eq!(format::format(&formatted).unwrap(), formatted);
+    let (_, original) = compiled(&text);
+    let (_, again) = compiled(&formatted);
+    assert_eq!(again.spec, original.spec);
+    assert_eq!(again.set.unwrap().copy_rules.len(), 5);
 }
 
 #[test]
@@ -322,6 +462,25 @@ fn check_reports_three_independent_mistakes_with_their_positions() {
 }
 
 #[test]
+fn check_lists_copy_rules_apart_with_their_coverage() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ailla"))
+        .args(["check", "rules/copy-examples.rules", "--corpus", "bundled"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("7 blocks, 9 rules, 5 copy rules"), "{stdout}");
+    let (attention, copies) = stdout.split_once("\ncopy rule ").expect("a copy rule table");
+    assert!(!attention.contains("recent drug") && attention.contains("ward repeats"), "{stdout}");
+    for name in ["recent drug", "unit repeats its unit", "name continues as before", "ward copies", "induction"] {
+        let line = copies.lines().find(|l| l.starts_with(name)).unwrap_or_else(|| panic!("{name} missing: {stdout}"));
+        let covered: usize = line.split_whitespace().last().unwrap().parse().unwrap();
+        assert!(covered > 0, "{line}");
+    }
+}
+
+#[test]
 fn anchors_are_scored_in_bits_on_the_bundled_corpus() {
     let text = ailla::data::generator::bundled_corpus(ailla::data::generator::DEFAULT_SEED).train;
     let vocabulary = Vocabulary::build(TokenizerKind::Word, &text, 100_000);
@@ -368,6 +527,11 @@ mod mutations {
         let mut seeds: Vec<String> = shipped_rules().iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
         seeds.push(format!(
             "{DRUGS}block units: mg\nrule \"u\": units attend to anchors of drugs within 4 in layers 0\n"
+        ));
+        seeds.push(format!(
+            "{DRUGS}block units: mg\nrule \"c\": copy from drugs within 8 strength 2\n\
+             rule \"d\": units copies from drugs from step 3\nrule \"e\": any token copies continuation of previous \
+             occurrence\nrule \"f\": drugs copies previous occurrence until step 9\n"
         ));
         seeds
     }

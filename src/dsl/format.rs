@@ -118,23 +118,39 @@ fn rule(r: &RuleDecl) -> String {
             };
             format!("{query} {verb} {target}")
         }
+        // canonical: `any token copies from B` is written `copy from B`
+        RuleBody::Copy { query, source } => match (query, source) {
+            (Query::Any(_), Target::Block(name)) => format!("copy from {}", name.value),
+            (query, source) => {
+                let query = match query {
+                    Query::Any(_) => "any token".to_string(),
+                    Query::Block(name) => name.value.clone(),
+                };
+                let source = match source {
+                    Target::Block(name) | Target::AnchorsOf(name) => format!("from {}", name.value),
+                    Target::Continuation(_) => "continuation of previous occurrence".into(),
+                    Target::Previous(_) | Target::OwnBlock(_) => "previous occurrence".into(),
+                };
+                format!("{query} copies {source}")
+            }
+        },
     };
     let o = &r.options;
     let mut options = Vec::new();
-    if let Some(n) = o.within {
-        options.push(format!("within {n}"));
+    if let Some(n) = &o.within {
+        options.push(format!("within {}", n.value));
     }
     if let Some(layers) = &o.layers {
-        options.push(format!("in layers {}", numbers(layers)));
+        options.push(format!("in layers {}", numbers(&layers.value)));
     }
     if let Some(heads) = &o.heads {
-        options.push(format!("in heads {}", numbers(heads)));
+        options.push(format!("in heads {}", numbers(&heads.value)));
     }
     if let Some(strength) = &o.strength {
         options.push(format!("strength {}", strength.value));
     }
-    if let Some(priority) = o.priority {
-        options.push(format!("priority {priority}"));
+    if let Some(priority) = &o.priority {
+        options.push(format!("priority {}", priority.value));
     }
     if let Some(from) = &o.from_step {
         options.push(format!("from step {}", from.value));

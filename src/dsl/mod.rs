@@ -164,6 +164,52 @@ fn quoted(words: &[&str]) -> String {
     words.iter().map(|w| format!("`{w}`")).collect::<Vec<_>>().join(", ")
 }
 
+/// What a copy rule cannot have (METHOD §3, §4): layers, heads and priority, and a window of 0.
+fn copy_rule_options(file: usize, options: &syntax::RuleOptions, diagnostics: &mut Vec<Diagnostic<usize>>) {
+    let copy_path = "a copy rule predicts through its own copy path (METHOD §4), not through attention";
+    let mut refuse = |span: &syntax::Span, message: &str, label: &str, note: String| {
+        diagnostics.push(
+            Diagnostic::error()
+                .with_message(message)
+                .with_labels(vec![Label::primary(file, span.clone()).with_message(label)])
+                .with_notes(vec![note]),
+        );
+    };
+    let attention_too = "to bias attention as well, write an attention rule beside it".to_string();
+    if let Some(layers) = &options.layers {
+        refuse(
+            &layers.span,
+            "a copy rule has no layers",
+            "not allowed on a copy rule",
+            format!("{copy_path}; {attention_too}"),
+        );
+    }
+    if let Some(heads) = &options.heads {
+        refuse(
+            &heads.span,
+            "a copy rule has no heads",
+            "not allowed on a copy rule",
+            format!("{copy_path}; {attention_too}"),
+        );
+    }
+    if let Some(priority) = &options.priority {
+        refuse(
+            &priority.span,
+            "a copy rule has no priority",
+            "not allowed on a copy rule",
+            "each copy rule has its own copy path, so copy rules never overlap; priority settles overlapping attention rules".into(),
+        );
+    }
+    if let Some(within) = options.within.as_ref().filter(|w| w.value == 0) {
+        refuse(
+            &within.span,
+            "a copy rule needs a window of at least 1",
+            "its cache would always be empty",
+            "`within N` holds the positions j with i − j < N: `within 1` is the query's own position".into(),
+        );
+    }
+}
+
 /// Compiles what [`load`] read. Without a vocabulary, only what can be checked from the text is.
 pub fn compile(loaded: &Loaded, vocabulary: Option<&Vocabulary>) -> Compiled {
     let mut diagnostics = Vec::new();
@@ -175,7 +221,7 @@ pub fn compile(loaded: &Loaded, vocabulary: Option<&Vocabulary>) -> Compiled {
     let rules: Vec<(usize, &RuleDecl)> = loaded
         .statements
         .iter()
-        .filter_map(|(f, s)| if let Statement::Rule(r) = s { Some((*f, r)) } else { None })
+        .filter_map(|(f, s)| if let Statement::Rule(r) = s { Some((*f, r.as_ref())) } else { None })
         .collect();
 
     // block names: unique
@@ -385,7 +431,33 @@ pub fn compile(loaded: &Loaded, vocabulary: Option<&Vocabulary>) -> Compiled {
             );
         }
         rule_names.push((file, &rule.name));
+        let copy = matches!(rule.body, RuleBody::Copy { .. });
         let kind = match &rule.body {
+            RuleBody::Copy { query, source } => {
+                let from = match query {
+                    Query::Any(_) => None,
+                    Query::Block(name) => {
+                        if unknown(file, name, &mut diagnostics) {
+                            continue;
+                        }
+                        Some(name.value.clone())
+                    }
+                };
+                match source {
+                    Target::Block(name) | Target::AnchorsOf(name) => {
+                        if unknown(file, name, &mut diagnostics) {
+                            continue;
+                        }
+                        let to = name.value.clone();
+                        Some(match from {
+                            Some(from) => RuleKindSpec::BlockToBlock { from, to },
+                            None => RuleKindSpec::AnyToBlock { to },
+                        })
+                    }
+                    Target::Continuation(_) => Some(RuleKindSpec::Induction { from }),
+                    Target::Previous(_) | Target::OwnBlock(_) => Some(RuleKindSpec::PreviousOccurrence { from }),
+                }
+            }
             RuleBody::Pair { open, close } => {
                 for token in [open, close] {
                     if vocabulary.is_some_and(|v| v.id(&token.value).is_none()) {
@@ -419,30 +491,34 @@ pub fn compile(loaded: &Loaded, vocabulary: Option<&Vocabulary>) -> Compiled {
                         if unknown(file, name, &mut diagnostics) {
                             continue;
                         }
-                        let Some(from) = from else {
-                            diagnostics.push(
-                                Diagnostic::error()
-                                    .with_message(
-                                        "`any token` can only attend to a previous occurrence or its continuation",
-                                    )
-                                    .with_labels(vec![Label::primary(file, query_span.clone())
-                                        .with_message(format!("cannot attend to block `{}`", name.value))])
-                                    .with_notes(vec!["name the block whose tokens should attend".into()]),
-                            );
-                            continue;
-                        };
-                        if matches!(target, Target::AnchorsOf(_)) {
-                            if anchorless.contains(&name.value.as_str()) {
+                        match (from, target) {
+                            // METHOD §3 "block (any query)"
+                            (None, Target::Block(_)) => Some(RuleKindSpec::AnyToBlock { to: name.value.clone() }),
+                            (None, _) => {
                                 diagnostics.push(
-                                    Diagnostic::error()
-                                        .with_message(format!("block `{}` has no anchors, so this rule can never point anywhere", name.value))
-                                        .with_labels(vec![Label::primary(file, name.span.clone())])
-                                        .with_notes(vec![format!("list them with `anchors …` after the block's words, or run `ailla anchors`")]),
-                                );
+                                        Diagnostic::error()
+                                            .with_message("`any token` cannot attend to the anchors of a block")
+                                            .with_labels(vec![Label::primary(file, query_span.clone())
+                                                .with_message(format!("cannot attend to the anchors of `{}`", name.value))])
+                                            .with_notes(vec![format!(
+                                                "name the block whose tokens should attend, or write `any token attends to {}`",
+                                                name.value
+                                            )]),
+                                    );
+                                continue;
                             }
-                            Some(RuleKindSpec::BlockToAnchors { from, to: name.value.clone() })
-                        } else {
-                            Some(RuleKindSpec::BlockToBlock { from, to: name.value.clone() })
+                            (Some(from), Target::AnchorsOf(_)) => {
+                                if anchorless.contains(&name.value.as_str()) {
+                                    diagnostics.push(
+                                            Diagnostic::error()
+                                                .with_message(format!("block `{}` has no anchors, so this rule can never point anywhere", name.value))
+                                                .with_labels(vec![Label::primary(file, name.span.clone())])
+                                                .with_notes(vec![format!("list them with `anchors …` after the block's words, or run `ailla anchors`")]),
+                                        );
+                                }
+                                Some(RuleKindSpec::BlockToAnchors { from, to: name.value.clone() })
+                            }
+                            (Some(from), _) => Some(RuleKindSpec::BlockToBlock { from, to: name.value.clone() }),
                         }
                     }
                     Target::OwnBlock(span) => match from {
@@ -462,6 +538,9 @@ pub fn compile(loaded: &Loaded, vocabulary: Option<&Vocabulary>) -> Compiled {
             }
         };
         let options = &rule.options;
+        if copy {
+            copy_rule_options(file, options, &mut diagnostics);
+        }
         if let (Some(from), Some(until)) = (&options.from_step, &options.until_step) {
             if from.value >= until.value {
                 diagnostics.push(
@@ -483,13 +562,14 @@ pub fn compile(loaded: &Loaded, vocabulary: Option<&Vocabulary>) -> Compiled {
             spec_rules.push(RuleEntrySpec {
                 name: rule.name.value.clone(),
                 kind,
-                layers: options.layers.clone(),
-                heads: options.heads.clone(),
-                within: options.within,
+                layers: options.layers.as_ref().map(|l| l.value.clone()),
+                heads: options.heads.as_ref().map(|h| h.value.clone()),
+                within: options.within.as_ref().map(|w| w.value),
                 strength: options.strength.as_ref().map_or(1.0, |s| s.value),
-                priority: options.priority.unwrap_or(0),
+                priority: options.priority.as_ref().map_or(0, |p| p.value),
                 from_step: options.from_step.as_ref().map(|s| s.value),
                 until_step: options.until_step.as_ref().map(|s| s.value),
+                copy,
             });
         }
     }

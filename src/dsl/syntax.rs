@@ -21,7 +21,7 @@ pub struct Located<T> {
 pub enum Statement {
     Include(Located<String>),
     Block(BlockDecl),
-    Rule(RuleDecl),
+    Rule(Box<RuleDecl>),
 }
 
 impl Statement {
@@ -68,17 +68,30 @@ pub enum Target {
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum RuleBody {
-    Attend { query: Query, target: Target },
-    Pair { open: Located<String>, close: Located<String> },
+    Attend {
+        query: Query,
+        target: Target,
+    },
+    Pair {
+        open: Located<String>,
+        close: Located<String>,
+    },
+    /// A copy rule (METHOD §4 "Copy paths"): `copy from B` (an `Any` query spanning `copy`), `Q copies
+    /// from B`, `Q copies previous occurrence`, `Q copies continuation of previous occurrence`. The
+    /// source is `Target::Block`, `Target::Previous` or `Target::Continuation`.
+    Copy {
+        query: Query,
+        source: Target,
+    },
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct RuleOptions {
-    pub within: Option<usize>,
-    pub layers: Option<Vec<usize>>,
-    pub heads: Option<Vec<usize>>,
+    pub within: Option<Located<usize>>,
+    pub layers: Option<Located<Vec<usize>>>,
+    pub heads: Option<Located<Vec<usize>>>,
     pub strength: Option<Located<f64>>,
-    pub priority: Option<i32>,
+    pub priority: Option<Located<i32>>,
     pub from_step: Option<Located<usize>>,
     pub until_step: Option<Located<usize>>,
 }
@@ -134,12 +147,16 @@ fn describe(grammar_rule: Rule) -> &'static str {
         Rule::kw_in => "`in layers` or `in heads`",
         Rule::strength | Rule::kw_strength => "`strength`",
         Rule::priority | Rule::kw_priority => "`priority`",
-        Rule::from_step | Rule::kw_from => "`from step`",
+        Rule::from_step => "`from step`",
+        Rule::kw_from => "`from`",
         Rule::until_step | Rule::kw_until => "`until step`",
         Rule::kw_step => "`step`",
+        Rule::copy_from | Rule::kw_copy => "`copy from`",
+        Rule::copies | Rule::kw_copies => "`copies`",
         Rule::members | Rule::words => "a word",
         Rule::EOI => "the end of the file",
         Rule::file | Rule::statement | Rule::query | Rule::target | Rule::option | Rule::member => "a statement",
+        Rule::copy_source => "`from`, `previous occurrence` or `continuation of previous occurrence`",
         Rule::keyword | Rule::name_char | Rule::WHITESPACE | Rule::COMMENT => "more text",
     }
 }
@@ -178,6 +195,14 @@ fn failure(error: pest::error::Error<Rule>, source: &str) -> ParseFailure {
     // point at the offending word, not just its first character
     let end = found.as_ref().map_or(span.start, |f| span.start + f.len());
     ParseFailure { span: span.start..end.max(span.end), message }
+}
+
+/// The span of a pair up to the end of its last word: a repetition may take in the whitespace and
+/// comments after it, its words never do.
+fn tight_span(pair: &Pair<Rule>) -> Span {
+    let start = pair.as_span().start();
+    let words = pair.clone().into_inner().flatten().filter(|p| p.clone().into_inner().next().is_none());
+    start..words.map(|p| p.as_span().end()).max().unwrap_or(pair.as_span().end())
 }
 
 fn located(pair: &Pair<Rule>, value: String) -> Located<String> {
@@ -269,7 +294,7 @@ fn rule(pair: Pair<Rule>) -> RuleDecl {
     let mut body = RuleBody::Attend { query: Query::Any(0..0), target: Target::Previous(0..0) };
     let mut options = RuleOptions::default();
     for part in pair.into_inner() {
-        let part_span = part.as_span().start()..part.as_span().end();
+        let part_span = tight_span(&part);
         match part.as_rule() {
             Rule::text => name = located(&part, unquote(part.as_str())),
             Rule::pair => {
@@ -308,9 +333,50 @@ fn rule(pair: Pair<Rule>) -> RuleDecl {
                 }
                 body = RuleBody::Attend { query, target };
             }
-            Rule::within => options.within = numbers(part).first().copied(),
-            Rule::layers => options.layers = part.into_inner().find(|p| p.as_rule() == Rule::counts).map(numbers),
-            Rule::heads => options.heads = part.into_inner().find(|p| p.as_rule() == Rule::counts).map(numbers),
+            Rule::copy_from => {
+                let query = Query::Any(part_span.clone());
+                let source = match part.into_inner().find(|p| p.as_rule() == Rule::block_name) {
+                    Some(name) => Target::Block(located(&name, name.as_str().to_string())),
+                    None => Target::Previous(part_span),
+                };
+                body = RuleBody::Copy { query, source };
+            }
+            Rule::copies => {
+                let mut query = Query::Any(part_span.clone());
+                let mut source = Target::Previous(part_span.clone());
+                let mut seen_query = false;
+                for piece in part.into_inner() {
+                    let piece_span = piece.as_span().start()..piece.as_span().end();
+                    match piece.as_rule() {
+                        Rule::any_token => {
+                            query = Query::Any(piece_span);
+                            seen_query = true;
+                        }
+                        Rule::block_name if !seen_query => {
+                            query = Query::Block(located(&piece, piece.as_str().to_string()));
+                            seen_query = true;
+                        }
+                        Rule::block_name => source = Target::Block(located(&piece, piece.as_str().to_string())),
+                        Rule::previous => source = Target::Previous(piece_span),
+                        Rule::continuation => source = Target::Continuation(piece_span),
+                        _ => {}
+                    }
+                }
+                body = RuleBody::Copy { query, source };
+            }
+            Rule::within => options.within = numbers(part).first().map(|&value| Located { value, span: part_span }),
+            Rule::layers => {
+                options.layers = part
+                    .into_inner()
+                    .find(|p| p.as_rule() == Rule::counts)
+                    .map(|c| Located { value: numbers(c), span: part_span })
+            }
+            Rule::heads => {
+                options.heads = part
+                    .into_inner()
+                    .find(|p| p.as_rule() == Rule::counts)
+                    .map(|c| Located { value: numbers(c), span: part_span })
+            }
             Rule::strength => {
                 if let Some(n) = part.into_inner().find(|p| p.as_rule() == Rule::number) {
                     let value = n.as_str().parse().unwrap_or(f64::NAN);
@@ -318,8 +384,11 @@ fn rule(pair: Pair<Rule>) -> RuleDecl {
                 }
             }
             Rule::priority => {
-                options.priority =
-                    part.into_inner().find(|p| p.as_rule() == Rule::signed).and_then(|p| p.as_str().parse().ok())
+                options.priority = part
+                    .into_inner()
+                    .find(|p| p.as_rule() == Rule::signed)
+                    .and_then(|p| p.as_str().parse().ok())
+                    .map(|value| Located { value, span: part_span })
             }
             Rule::from_step => {
                 options.from_step = numbers(part).first().map(|&value| Located { value, span: part_span })
@@ -348,7 +417,7 @@ pub fn parse(source: &str) -> Result<Vec<Statement>, ParseFailure> {
             }
             Rule::block => statements.push(Statement::Block(block(pair, false))),
             Rule::recruitable_block => statements.push(Statement::Block(block(pair, true))),
-            Rule::rule => statements.push(Statement::Rule(rule(pair))),
+            Rule::rule => statements.push(Statement::Rule(Box::new(rule(pair)))),
             _ => {}
         }
     }
@@ -388,4 +457,6 @@ pub const KEYWORDS: &[&str] = &[
     "from",
     "until",
     "step",
+    "copy",
+    "copies",
 ];

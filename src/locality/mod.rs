@@ -2,12 +2,14 @@
 //! group-sparsity penalty as an attention hook, λ schedules, metrics and certified bounds.
 
 pub mod bounds;
+pub mod copy_targets;
 pub mod hook;
 pub mod metrics;
 pub mod rules;
 pub mod schedule;
 pub mod targets;
 
+pub use copy_targets::copy_targets;
 pub use hook::{DialSettings, LocalityHook};
 pub use rules::{RuleSet, RuleSpec, RulesSource};
 pub use schedule::LambdaSchedule;

@@ -47,6 +47,9 @@ pub enum RuleKindSpec {
     },
     /// A closing token attends to its matching opener (nesting respected).
     MatchingPair { open: String, close: String },
+    /// Any query attends to earlier positions in block `to` (METHOD §3 "block (any query)"; the source
+    /// of a block's copy path).
+    AnyToBlock { to: String },
 }
 
 fn one() -> f64 {
@@ -77,6 +80,10 @@ pub struct RuleEntrySpec {
     /// Injection: the rule stops acting at this training step (default: never).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until_step: Option<usize>,
+    /// A copy rule (METHOD §3, §4 "Copy paths"): its targets feed a copy path that predicts the next
+    /// token; it does not bias attention, and has no layers, heads or priority.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub copy: bool,
 }
 
 fn yes() -> bool {
@@ -180,6 +187,7 @@ pub enum RuleKind {
     PreviousOccurrence { from: Condition },
     Induction { from: Condition },
     MatchingPair { open: u32, close: u32 },
+    AnyToBlock { to: usize },
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -256,7 +264,12 @@ pub const DEFAULT_RULE_PRIORITY: i32 = i32::MIN;
 #[derive(Clone, Debug, PartialEq)]
 pub struct RuleSet {
     pub blocks: Vec<Block>,
+    /// Attention rules: what the hook, [`super::BatchTargets`], metrics and bounds act on.
     pub rules: Vec<Rule>,
+    /// Copy rules (METHOD §4 "Copy paths"), one copy path each; kept apart from `rules` because they
+    /// predict through their path and do not bias attention. Their targets:
+    /// [`super::copy_targets::copy_targets`].
+    pub copy_rules: Vec<Rule>,
     /// Block number (0 = general) of every vocabulary id.
     pub block_of: Vec<u16>,
     /// Whether a vocabulary id is an anchor of its block.
@@ -266,6 +279,34 @@ pub struct RuleSet {
 /// A problem found while compiling, that does not stop compilation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Warning(pub String);
+
+/// A rule's block numbers name declared blocks and its strength is positive.
+fn check_rule(rule: &Rule, block_count: usize) -> Result<()> {
+    let check = |b: usize| {
+        if b == 0 || b > block_count {
+            Err(Error::invalid(
+                "rules.rules",
+                format!("rule `{}` names block number {b}, not a declared block", rule.name),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    match &rule.kind {
+        RuleKind::BlockToBlock { from, to } | RuleKind::BlockToAnchors { from, to } => {
+            check(*from)?;
+            check(*to)?;
+        }
+        RuleKind::OwnBlock { block } | RuleKind::AnyToBlock { to: block } => check(*block)?,
+        RuleKind::PreviousOccurrence { from: Condition::Block(b) }
+        | RuleKind::Induction { from: Condition::Block(b) } => check(*b)?,
+        _ => {}
+    }
+    if !(rule.strength > 0.0 && rule.strength.is_finite()) {
+        return Err(Error::invalid("rules.rules", format!("rule `{}` needs a positive strength", rule.name)));
+    }
+    Ok(())
+}
 
 impl RuleSet {
     /// Builds a rule set directly from token-id blocks and rules (what tests and the DSL compiler use).
@@ -305,31 +346,39 @@ impl RuleSet {
             }
         }
         for rule in &rules {
-            let check = |b: usize| {
-                if b == 0 || b > blocks.len() {
-                    Err(Error::invalid(
-                        "rules.rules",
-                        format!("rule `{}` names block number {b}, not a declared block", rule.name),
-                    ))
-                } else {
-                    Ok(())
-                }
+            check_rule(rule, blocks.len())?;
+        }
+        Ok(RuleSet { blocks, rules, copy_rules: Vec::new(), block_of, is_anchor })
+    }
+
+    /// This set with copy rules (METHOD §4): block copies (`AnyToBlock`, `BlockToBlock`), previous
+    /// occurrences and inductions, without layers, heads or priority, and with a window of at least 1.
+    pub fn with_copy_rules(mut self, copy_rules: Vec<Rule>) -> Result<Self> {
+        for rule in &copy_rules {
+            check_rule(rule, self.blocks.len())?;
+            let problem = if !matches!(
+                rule.kind,
+                RuleKind::AnyToBlock { .. }
+                    | RuleKind::BlockToBlock { .. }
+                    | RuleKind::PreviousOccurrence { .. }
+                    | RuleKind::Induction { .. }
+            ) {
+                Some("copies from a block, a previous occurrence or its continuation only")
+            } else if rule.layers.is_some() || rule.heads.is_some() {
+                Some("has no layers or heads")
+            } else if rule.priority != 0 {
+                Some("has no priority: each copy rule has its own copy path")
+            } else if rule.within == Some(0) {
+                Some("needs `within` of at least 1: its cache would always be empty")
+            } else {
+                None
             };
-            match &rule.kind {
-                RuleKind::BlockToBlock { from, to } | RuleKind::BlockToAnchors { from, to } => {
-                    check(*from)?;
-                    check(*to)?;
-                }
-                RuleKind::OwnBlock { block } => check(*block)?,
-                RuleKind::PreviousOccurrence { from: Condition::Block(b) }
-                | RuleKind::Induction { from: Condition::Block(b) } => check(*b)?,
-                _ => {}
-            }
-            if !(rule.strength > 0.0 && rule.strength.is_finite()) {
-                return Err(Error::invalid("rules.rules", format!("rule `{}` needs a positive strength", rule.name)));
+            if let Some(problem) = problem {
+                return Err(Error::invalid("rules.rules", format!("copy rule `{}` {problem}", rule.name)));
             }
         }
-        Ok(RuleSet { blocks, rules, block_of, is_anchor })
+        self.copy_rules = copy_rules;
+        Ok(self)
     }
 
     /// Compiles a spec against a vocabulary. Words missing from the vocabulary are warnings (and
@@ -387,6 +436,7 @@ impl RuleSet {
                 .ok_or_else(|| Error::invalid("rules.rules", format!("token `{word}` is not in the vocabulary")))
         };
         let mut rules = Vec::new();
+        let mut copy_rules = Vec::new();
         for entry in &spec.rules {
             let kind = match &entry.kind {
                 RuleKindSpec::BlockToBlock { from, to } => {
@@ -401,8 +451,10 @@ impl RuleSet {
                 RuleKindSpec::MatchingPair { open, close } => {
                     RuleKind::MatchingPair { open: token(open)?, close: token(close)? }
                 }
+                RuleKindSpec::AnyToBlock { to } => RuleKind::AnyToBlock { to: block_number(to)? },
             };
-            rules.push(Rule {
+            let compiled = if entry.copy { &mut copy_rules } else { &mut rules };
+            compiled.push(Rule {
                 name: entry.name.clone(),
                 kind,
                 layers: entry.layers.clone(),
@@ -437,18 +489,20 @@ impl RuleSet {
                 });
             }
         }
-        let set = RuleSet::new(vocabulary.len(), blocks, rules)?;
+        let set = RuleSet::new(vocabulary.len(), blocks, rules)?.with_copy_rules(copy_rules)?;
         Ok((set, warnings))
     }
 
-    /// The rules switched on at a training step (injection schedules), with the same blocks.
+    /// The rules, attention and copy, switched on at a training step (injection schedules), with the
+    /// same blocks.
     pub fn active_at(&self, step: usize) -> RuleSet {
-        RuleSet { rules: self.rules.iter().filter(|r| r.active_at(step)).cloned().collect(), ..self.clone() }
+        let active = |rules: &[Rule]| rules.iter().filter(|r| r.active_at(step)).cloned().collect();
+        RuleSet { rules: active(&self.rules), copy_rules: active(&self.copy_rules), ..self.clone() }
     }
 
-    /// Whether any rule has an injection schedule.
+    /// Whether any rule, attention or copy, has an injection schedule.
     pub fn has_schedule(&self) -> bool {
-        self.rules.iter().any(|r| r.from_step.is_some() || r.until_step.is_some())
+        self.rules.iter().chain(&self.copy_rules).any(|r| r.from_step.is_some() || r.until_step.is_some())
     }
 
     /// Rules that act on a (layer, head), by index.

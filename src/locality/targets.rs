@@ -107,8 +107,10 @@ pub fn rule_targets(set: &RuleSet, rule_index: usize, tokens: &[u32]) -> RowSets
     match rule.kind {
         RuleKind::BlockToBlock { from, to }
         | RuleKind::BlockToAnchors { from, to }
-        | RuleKind::OwnBlock { block: from @ to } => {
+        | RuleKind::OwnBlock { block: from @ to }
+        | RuleKind::AnyToBlock { to: from @ to } => {
             let anchors_only = matches!(rule.kind, RuleKind::BlockToAnchors { .. });
+            let any_query = matches!(rule.kind, RuleKind::AnyToBlock { .. });
             let mut running = vec![0u64; out.words];
             for (i, &token) in tokens.iter().enumerate() {
                 let is_target =
@@ -116,7 +118,7 @@ pub fn rule_targets(set: &RuleSet, rule_index: usize, tokens: &[u32]) -> RowSets
                 if is_target {
                     running[i / 64] |= 1 << (i % 64);
                 }
-                if in_block(token, from) {
+                if any_query || in_block(token, from) {
                     out.set_from(i, &running, rule.within, strength);
                 }
             }
@@ -290,6 +292,7 @@ mod tests {
                 RuleKind::OwnBlock { block: b } if block(tokens[i]) == b => {
                     (0..=i).filter(|&j| block(tokens[j]) == b && reach(i, j)).collect()
                 }
+                RuleKind::AnyToBlock { to } => (0..=i).filter(|&j| block(tokens[j]) == to && reach(i, j)).collect(),
                 RuleKind::PreviousOccurrence { from: Condition::Any } => {
                     (0..i).rev().find(|&j| tokens[j] == tokens[i]).filter(|&j| reach(i, j)).into_iter().collect()
                 }
@@ -313,6 +316,7 @@ mod tests {
                 rule("b to a", RuleKind::BlockToBlock { from: 2, to: 1 }),
                 rule("b to a anchors", RuleKind::BlockToAnchors { from: 2, to: 1 }),
                 rule("own a", RuleKind::OwnBlock { block: 1 }),
+                rule("any to b", RuleKind::AnyToBlock { to: 2 }),
                 rule("copy", RuleKind::PreviousOccurrence { from: Condition::Any }),
                 rule("induction", RuleKind::Induction { from: Condition::Any }),
             ];

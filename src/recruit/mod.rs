@@ -515,6 +515,7 @@ pub fn spec_with_block(
         priority: 0,
         from_step: None,
         until_step: None,
+        copy: false,
     });
     out
 }
