@@ -672,8 +672,22 @@ pub fn step_gradients(
             let targets_of_batch = BatchTargets::new(active, &inputs, config.batch_size, seq_len, layers, heads);
             let lambdas = per_layer(lambda, layers, settings.progressive_beta);
             let hook = LocalityHook::new(&targets_of_batch, lambdas, settings.dial, false);
-            let (loss, penalty, grads) =
-                model.loss_and_grads(&inputs, &targets, config.batch_size, seq_len, &hook, None);
+            // copy paths (METHOD §4) act at the batch's λ, whatever the per-layer attention schedule
+            let copy = crate::locality::copy_paths::batch_caches(
+                active,
+                &model.config.copy_paths,
+                &inputs,
+                config.batch_size,
+                seq_len,
+            );
+            let (loss, penalty, grads) = model.loss_and_grads(
+                &inputs,
+                &targets,
+                config.batch_size,
+                seq_len,
+                &hook,
+                copy.as_ref().map(|c| (c, lambda)),
+            );
             (loss, penalty, grads, lambda)
         }
         None => {
@@ -682,6 +696,11 @@ pub fn step_gradients(
             (loss, penalty, grads, 0.0)
         }
     }
+}
+
+/// SHA-256 of a rule spec's canonical JSON: what a resumed run compares its stored rules by.
+pub fn rules_hash(spec: &RuleSpec) -> String {
+    crate::report::provenance::sha256_hex(serde_json::to_string(spec).unwrap_or_default().as_bytes())
 }
 
 /// Trains from scratch (or resumes) and writes the run directory. Returns `Error::Interrupted` after
@@ -697,16 +716,16 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
     }
     let splits = config.corpus.load()?;
 
-    let (mut model, vocabulary, mut optimizer) = if resume {
+    let (mut model, vocabulary, mut optimizer, stored_rules) = if resume {
         let latest = paths.latest_checkpoint()?;
         let loaded = checkpoint::load(&latest)?;
         let optimizer = checkpoint::load_optimizer(&checkpoint::optimizer_path(&latest), &loaded.model.params)?;
-        (loaded.model, loaded.vocabulary, optimizer)
+        (loaded.model, loaded.vocabulary, optimizer, loaded.locality.map(|l| l.rules))
     } else {
         let vocabulary = Vocabulary::build(config.tokenizer, &splits.train, config.vocab_cap);
         let model = Model::<f32>::init(config.model.config(vocabulary.len()), config.seed)?;
         let optimizer = AdamW::new(&model.params);
-        (model, vocabulary, optimizer)
+        (model, vocabulary, optimizer, None)
     };
     let data = Dataset::with_vocabulary(&splits, vocabulary)?;
     let seq_len = model.config.ctx_len;
@@ -717,9 +736,37 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
             let (layers, heads) = (model.config.n_layers, model.config.n_heads);
             let placement =
                 crate::recruit::RecruitmentConfig::of_run(config.recruitment.as_ref()).placement(layers, heads)?;
-            let spec =
-                crate::recruit::spec_with_recruited(&locality.load_rules()?, &model, &data.vocabulary, placement);
+            let on_disk = locality
+                .load_rules()
+                .map(|rules| crate::recruit::spec_with_recruited(&rules, &model, &data.vocabulary, placement));
+            // A resumed run keeps the rules it was trained with (its checkpoint stores them, recruited
+            // blocks included): an edited rules file must not silently change the rest of the run.
+            let spec = match (stored_rules.clone(), on_disk) {
+                (Some(stored), on_disk) => {
+                    match on_disk {
+                        Ok(disk) if disk != stored => progress.note(&format!(
+                            "note: the rules have changed since this run started (stored sha256 {}, on disk now \
+                             {}); the run continues with the rules stored in its checkpoint",
+                            rules_hash(&stored),
+                            rules_hash(&disk)
+                        )),
+                        Err(e) => progress.note(&format!(
+                            "note: the rules file cannot be read now ({e}); the run continues with the rules \
+                             stored in its checkpoint (sha256 {})",
+                            rules_hash(&stored)
+                        )),
+                        Ok(_) => {}
+                    }
+                    stored
+                }
+                (None, on_disk) => on_disk?,
+            };
             let (set, warnings) = RuleSet::compile(&spec, &data.vocabulary)?;
+            // every copy rule predicts through a copy path of its own (METHOD §4), created shut
+            for name in crate::locality::copy_paths::missing_paths(&set, &model.config.copy_paths) {
+                model.add_copy_path(&name)?;
+            }
+            optimizer.grow_to(&model.params);
             for warning in &warnings {
                 progress.note(&format!("warning: {}", warning.0));
             }
@@ -816,9 +863,64 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
         }
         step += 1;
         let recruiting = config.recruitment.as_ref().filter(|r| {
-            done % r.check_every == 0 && done < config.steps && model.config.recruited_blocks.len() < r.max_blocks
+            let recruited = locality.as_ref().map_or(0, |(_, spec, _)| crate::recruit::recruited_count(&model, spec));
+            done % r.check_every == 0 && done < config.steps && recruited < r.max_blocks
         });
-        if let (Some(recruitment), Some((settings, spec, set))) = (recruiting, locality.as_ref()) {
+        let frozen_trials = recruiting.is_some_and(|r| r.trial == crate::recruit::TrialKind::Frozen);
+        if let (Some(recruitment), Some((settings, spec, set)), true) = (recruiting, locality.as_ref(), frozen_trials) {
+            let context = crate::recruit::CheckContext {
+                config,
+                recruitment,
+                locality: settings,
+                spec,
+                set,
+                vocabulary: &data.vocabulary,
+                train_ids: &data.train,
+                split: recruitment_split,
+                step: done,
+            };
+            let candidates = crate::recruit::copy_check::propose(&context, &model);
+            let outcome = crate::recruit::copy_check::check(&context, &model, &candidates)?;
+            for decision in &outcome.decisions {
+                progress.note(&format!(
+                    "step {done:>6}  recruitment: {} ({} members) saves {:.1} bits, needs {:.1} (cost and margin): {}",
+                    decision.candidate,
+                    decision.members.len(),
+                    decision.saving_bits(),
+                    decision.required_bits(),
+                    if decision.accepted { "accepted" } else { "rejected" }
+                ));
+                metrics.write(&MetricsRecord::Recruitment(Box::new(decision.clone())))?;
+            }
+            decisions.extend(outcome.decisions);
+            if let Some((candidate, name, gate)) = outcome.accepted {
+                // the block and its copy path join the model, the path shut (u = 0, b = b₀) unless the
+                // pipeline keeps the trial's gate: see RecruitmentConfig::keep_trial_gate
+                let spec = crate::recruit::spec_with_copy_block(
+                    spec,
+                    &name,
+                    &candidate.members,
+                    &data.vocabulary,
+                    recruitment.copy_within,
+                );
+                let (set, _) = RuleSet::compile(&spec, &data.vocabulary)?;
+                let settings = *settings;
+                let path = crate::recruit::recruited_copy_rule_name(&name);
+                model.add_copy_path(&path)?;
+                let index = model.config.copy_paths.len() - 1;
+                if recruitment.keep_trial_gate {
+                    model.params.copy_gate_weight.row_mut(index).assign(&gate.weight);
+                    model.params.copy_gate_bias[index] = gate.bias;
+                }
+                optimizer.grow_to(&model.params);
+                checkpoint::atomic_write(
+                    &paths.dir.join("recruited.rules"),
+                    crate::recruit::copy_rules_snippet(&spec, &decisions).as_bytes(),
+                )?;
+                locality = Some((settings, spec, set));
+                stored_locality = stored(&locality);
+            }
+        } else if let (Some(recruitment), Some((settings, spec, set))) = (recruiting, locality.as_ref()) {
             let context = crate::recruit::CheckContext {
                 config,
                 recruitment,

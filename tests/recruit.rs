@@ -44,8 +44,163 @@ fn config(corpus: &Path, steps: usize, recruitment: Option<RecruitmentConfig>) -
     }
 }
 
+/// The co-trained design (a control and a reversed control beside each candidate), which the tests
+/// written for it keep exercising; frozen-model trials have tests of their own below.
 fn recruitment(margin_bits: f64) -> RecruitmentConfig {
-    RecruitmentConfig { candidates_per_check: 4, ..RecruitmentConfig::new(100, 20, margin_bits, 2) }
+    RecruitmentConfig {
+        candidates_per_check: 4,
+        trial: recruit::TrialKind::CoTrained,
+        ..RecruitmentConfig::new(100, 20, margin_bits, 2)
+    }
+}
+
+/// Frozen-model trials (METHOD §7) as `pipelines/recruit_planted.yaml` sets them.
+fn frozen_recruitment(margin_bits: f64) -> RecruitmentConfig {
+    RecruitmentConfig {
+        trial_batches: Some(8),
+        split_tokens: 12_000,
+        copy_within: Some(16),
+        cluster_size: 16,
+        ..RecruitmentConfig::new(50, 400, margin_bits, 1)
+    }
+}
+
+fn ids_of(vocabulary: &Vocabulary, words: &[&str]) -> Vec<u32> {
+    let mut ids: Vec<u32> =
+        words.iter().map(|w| vocabulary.tokens.iter().position(|t| t == w).expect("a planted word") as u32).collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[test]
+fn frozen_trials_admit_the_planted_block_and_reject_blocks_that_do_not_repeat() {
+    let (_dir, t) = trained(50);
+    let setup = CheckSetup::new(&t);
+    let recruitment = frozen_recruitment(16.0);
+    let context = CheckSetup::context(&setup, &t, &recruitment);
+    let planted = ids_of(&t.vocabulary, PLANTED_ALLERGENS);
+    // 16 general tokens drawn at random, and the 16 most frequent general tokens that do not come back
+    // within the window (ρ < 1: they are everywhere, but not twice in a row)
+    let free: Vec<u32> = (2..t.vocabulary.len() as u32)
+        .filter(|&id| setup.set.block_of_token(id) == 0 && !planted.contains(&id))
+        .collect();
+    let mut rng = ailla::rng::Rng::new(7);
+    let mut random: Vec<u32> = (0..16).map(|_| free[rng.below(free.len())]).collect();
+    random.sort_unstable();
+    random.dedup();
+    let (rho, count) = recruit::recurrent::recurrence(&t.train_ids, t.vocabulary.len(), 16);
+    let mut frequent: Vec<u32> = free.iter().copied().filter(|&id| rho[id as usize] < 1.0).collect();
+    frequent.sort_by_key(|&id| std::cmp::Reverse(count[id as usize]));
+    frequent.truncate(16);
+    frequent.sort_unstable();
+    let candidate = |name: &str, members: Vec<u32>| Candidate { name: name.into(), origin: Origin::Given, members };
+    let candidates =
+        [candidate("planted", planted.clone()), candidate("random", random), candidate("frequent", frequent)];
+    let before = t.model.clone();
+    let outcome = recruit::copy_check::check(&context, &t.model, &candidates).unwrap();
+    assert_eq!(t.model, before, "a check changed the model");
+    let [planted_d, random_d, frequent_d] = &outcome.decisions[..] else { panic!("{:#?}", outcome.decisions) };
+    assert!(planted_d.accepted, "{planted_d:#?}");
+    assert!(
+        planted_d.saving_bits() >= 1.5 * planted_d.cost_bits,
+        "the planted block saved {:.1} bits against a cost of {:.1}",
+        planted_d.saving_bits(),
+        planted_d.cost_bits
+    );
+    // where it saves: at the positions whose cache held the target
+    assert!(planted_d.saved_where_copied_bits.unwrap() > planted_d.saving_bits());
+    for rejected in [random_d, frequent_d] {
+        assert!(!rejected.accepted && rejected.saving_bits() < rejected.cost_bits, "{rejected:#?}");
+    }
+    let (accepted, name, _) = outcome.accepted.expect("one block accepted");
+    assert_eq!(accepted.members, planted);
+    assert!(name.starts_with("recruited_"), "{name}");
+}
+
+#[test]
+fn recurrent_tokens_propose_the_planted_allergens() {
+    let (_dir, t) = trained(50);
+    let setup = CheckSetup::new(&t);
+    let recruitment = frozen_recruitment(16.0);
+    let context = CheckSetup::context(&setup, &t, &recruitment);
+    let planted = ids_of(&t.vocabulary, PLANTED_ALLERGENS);
+    let proposed = recruit::copy_check::propose(&context, &t.model);
+    let overlap = |members: &[u32]| members.iter().filter(|m| planted.contains(m)).count();
+    let best = proposed
+        .iter()
+        .filter(|c| c.origin == Origin::Recurrent)
+        .max_by_key(|c| overlap(&c.members) * 1000 / c.members.len().max(1))
+        .expect("recurrent-token candidates");
+    let hits = overlap(&best.members) as f64;
+    assert!(
+        hits / planted.len() as f64 >= 0.8 && hits / best.members.len() as f64 >= 0.8,
+        "{}: {:?}",
+        best.name,
+        best.members
+    );
+}
+
+#[test]
+fn a_run_whose_frozen_trials_are_all_rejected_is_bit_identical_to_a_run_without_recruitment() {
+    let dir = tempfile::tempdir().unwrap();
+    let corpus = planted_corpus_in(dir.path());
+    let with = config(&corpus, 120, Some(frozen_recruitment(1e9)));
+    let without = config(&corpus, 120, None);
+    let (a, b) = (dir.path().join("with"), dir.path().join("without"));
+    train::train(&with, &a, &RunControl::default(), &Progress::Silent).unwrap();
+    train::train(&without, &b, &RunControl::default(), &Progress::Silent).unwrap();
+    let metrics = std::fs::read_to_string(a.join("metrics.jsonl")).unwrap();
+    assert!(metrics.contains("\"kind\":\"recruitment\"") && !metrics.contains("\"accepted\":true"));
+    assert_eq!(
+        std::fs::read(a.join("model.safetensors")).unwrap(),
+        std::fs::read(b.join("model.safetensors")).unwrap(),
+        "rejected frozen trials changed the weights"
+    );
+}
+
+/// CI's quick variant of the planted pipeline: it admits the allergens, the run goes on with their
+/// copy path, and `recruited.rules` is a rules file `ailla check` accepts.
+#[test]
+fn the_quick_planted_pipeline_admits_the_allergens_with_a_copy_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let pipeline = std::fs::read_to_string(root.join("pipelines/recruit_planted.yaml")).unwrap();
+    let rules = root.join("rules/default.rules");
+    let path = dir.path().join("planted.yaml");
+    std::fs::write(&path, pipeline.replace("../rules/default.rules", rules.to_str().unwrap())).unwrap();
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ailla"))
+        .args(["--threads", "2", "run", path.to_str().unwrap(), "--quick"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let member = dir.path().join("runs/recruit_planted-quick/seed-1");
+    let metrics = std::fs::read_to_string(member.join("metrics.jsonl")).unwrap();
+    let accepted: Vec<serde_json::Value> = metrics
+        .lines()
+        .filter(|l| l.contains("\"kind\":\"recruitment\""))
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|d| d["accepted"] == true)
+        .collect();
+    assert_eq!(accepted.len(), 1, "{metrics}");
+    let members: Vec<&str> = accepted[0]["members"].as_array().unwrap().iter().filter_map(|m| m.as_str()).collect();
+    let hits = members.iter().filter(|m| PLANTED_ALLERGENS.contains(m)).count();
+    assert!(hits * 5 >= PLANTED_ALLERGENS.len() * 4 && hits * 5 >= members.len() * 4, "{members:?}");
+    let saving = accepted[0]["bits_before"].as_f64().unwrap() - accepted[0]["bits_after"].as_f64().unwrap();
+    assert!(saving >= 1.5 * accepted[0]["cost_bits"].as_f64().unwrap(), "{}", accepted[0]);
+    // the admitted path acts from then on: the final evaluation at λ = 1 reports it
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(member.join("summary.json")).unwrap()).unwrap();
+    let at_one = summary["dial"].as_array().unwrap().iter().find(|d| d["lambda"] == 1.0).unwrap();
+    assert!(at_one["copy_paths"][0]["bits_saved"].as_f64().unwrap() > 0.0, "{}", at_one["copy_paths"]);
+    let snippet = member.join("recruited.rules");
+    let check = std::process::Command::new(env!("CARGO_BIN_EXE_ailla"))
+        .args(["check", snippet.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stderr));
+    let report = std::fs::read_to_string(dir.path().join("runs/recruit_planted-quick/report.md")).unwrap();
+    assert!(report.contains("**accepted**") && report.contains("frozen"), "section 6 lacks the decision");
 }
 
 /// Trains on the planted corpus and returns what a recruitment check needs.

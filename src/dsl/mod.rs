@@ -592,6 +592,7 @@ pub fn compile(loaded: &Loaded, vocabulary: Option<&Vocabulary>) -> Compiled {
                 anchors: b.anchors.iter().map(|a| a.value.clone()).collect(),
                 ignore_case: b.ignore_case,
                 recruitable: b.recruitable,
+                copy_only: false,
             })
             .collect(),
         rules: spec_rules,

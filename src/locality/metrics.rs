@@ -72,6 +72,9 @@ pub struct LocalityMetrics {
     #[serde(deserialize_with = "crate::json_float::vec_or_nan")]
     pub participation_ratio: Vec<f64>,
     pub certificates: Certificates,
+    /// Per copy path (METHOD §4): copy share, copy hit rate and bits saved at this λ.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub copy_paths: Vec<super::copy_paths::CopyPathMetrics>,
 }
 
 #[derive(Default, Clone)]
@@ -356,6 +359,7 @@ impl Accumulator {
         LocalityMetrics {
             lambda,
             layer_lambdas,
+            copy_paths: Vec::new(),
             language_model: lm,
             entropy_bits: self.entropy.value(),
             covered_entropy_bits: self.covered_entropy.value(),
@@ -405,13 +409,25 @@ pub fn evaluate_at(model: &Model<f32>, ids: &[u32], lambda: f64, eval: &DialEval
     let mut acc = Accumulator::new(config.n_layers, config.n_heads, eval.rules.rules.len(), config.d_model);
     let predicted = ids.len().saturating_sub(1);
     let (mut nll_sum, mut correct) = (0.0f64, 0usize);
+    let mut copy_acc = super::copy_paths::CopyPathAccumulator::new(config.copy_paths.len());
     for (index, b) in eval_batches(ids, config.ctx_len, eval.batch_size).enumerate() {
         let (inputs, targets, windows, seq_len) = (&b.inputs, &b.targets, b.windows, b.seq_len);
         let batch_targets = BatchTargets::new(eval.rules, inputs, windows, seq_len, config.n_layers, config.n_heads);
         let hook = LocalityHook::new(&batch_targets, layer_lambdas.clone(), settings, true);
         let cache = model.forward(inputs, windows, seq_len, &hook);
         let with_grad = index < eval.certificate_batches;
-        let loss = model.output_loss(&cache, targets, with_grad, None);
+        let copy = super::copy_paths::batch_caches(eval.rules, &config.copy_paths, inputs, windows, seq_len);
+        let loss = model.output_loss(&cache, targets, with_grad, copy.as_ref().map(|c| (c, lambda)));
+        if let (Some(caches), Some(mixed)) = (copy.as_ref(), loss.copy.as_ref()) {
+            let softmax_nll: Vec<f64> = mixed.softmax_nll.iter().map(|&v| f64::from(v)).collect();
+            let gate_logits = crate::engine::copy::gate_forward(
+                cache.hidden.view(),
+                model.params.copy_gate_weight.view(),
+                model.params.copy_gate_bias.view(),
+            )
+            .mapv(f64::from);
+            copy_acc.add(caches, &softmax_nll, gate_logits.view(), targets, lambda);
+        }
         nll_sum += loss.nll.iter().map(|&v| v as f64).sum::<f64>();
         correct += loss.correct;
         if let (Some(dh), Some(dw)) = (loss.d_hidden.as_ref(), loss.d_weight_t.as_ref()) {
@@ -420,5 +436,7 @@ pub fn evaluate_at(model: &Model<f32>, ids: &[u32], lambda: f64, eval: &DialEval
         acc.add(&cache, eval.rules, &batch_targets, &hook, eval.epsilon);
     }
     let lm = EvalResult::from_sums(predicted, nll_sum, correct);
-    acc.finish(eval.rules, lambda, layer_lambdas, lm, eval.epsilon, eval.settings.penalty)
+    let mut metrics = acc.finish(eval.rules, lambda, layer_lambdas, lm, eval.epsilon, eval.settings.penalty);
+    metrics.copy_paths = copy_acc.finish(&config.copy_paths);
+    metrics
 }

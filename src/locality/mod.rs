@@ -2,6 +2,7 @@
 //! group-sparsity penalty as an attention hook, λ schedules, metrics and certified bounds.
 
 pub mod bounds;
+pub mod copy_paths;
 pub mod copy_targets;
 pub mod hook;
 pub mod metrics;

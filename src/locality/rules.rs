@@ -23,6 +23,11 @@ pub struct BlockSpec {
     /// Declared for recruitment with seed anchors only (its words are its anchors).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub recruitable: bool,
+    /// Recruited for its copy path alone (METHOD §7): the block feeds its copy rule and gets no
+    /// own-block attention rule by default, so admitting it mid-run leaves every head's attention as it
+    /// was.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub copy_only: bool,
 }
 
 /// The rule kinds of METHOD §3.
@@ -475,7 +480,12 @@ impl RuleSet {
                     _ => None,
                 })
                 .collect();
-            for (index, block) in blocks.iter().enumerate().filter(|(index, _)| !explicit.contains(&(index + 1))) {
+            let copy_only = |name: &str| spec.blocks.iter().any(|b| b.name == name && b.copy_only);
+            for (index, block) in blocks
+                .iter()
+                .enumerate()
+                .filter(|(index, block)| !explicit.contains(&(index + 1)) && !copy_only(&block.name))
+            {
                 rules.push(Rule {
                     name: format!("{} (own block, default)", block.name),
                     kind: RuleKind::OwnBlock { block: index + 1 },

@@ -17,6 +17,7 @@
 //! from that trial's weights (its steps are the run's next steps). When nothing is accepted the run
 //! continues from its exact pre-trial state: trials work on copies.
 
+pub mod copy_check;
 pub mod domains;
 pub mod frozen;
 pub mod kmeans;
@@ -156,6 +157,13 @@ pub struct RecruitmentConfig {
     /// … seen at least this many times in the training sample.
     #[serde(default = "default_min_count")]
     pub min_count: usize,
+    /// Whether an admitted block's copy path keeps the gate its trial fitted to the frozen model, or
+    /// joins the model shut (`u = 0`, `b = b₀`, the default) and trains with it from then on. On the
+    /// planted corpus a path that starts open keeps the network from learning what the cache cannot
+    /// say (which listed allergen is already confirmed): the run ends worse at every λ than one
+    /// without recruitment, where a path that joins shut ends better (docs/recruitment.md §8).
+    #[serde(default)]
+    pub keep_trial_gate: bool,
 }
 
 impl RecruitmentConfig {
@@ -188,6 +196,7 @@ impl RecruitmentConfig {
             lambda: default_measure_lambda(),
             min_recurrence: default_min_recurrence(),
             min_count: default_min_count(),
+            keep_trial_gate: false,
         }
     }
 
@@ -500,6 +509,7 @@ pub fn spec_with_block(
         anchors: Vec::new(),
         ignore_case: false,
         recruitable: false,
+        copy_only: false,
     };
     match out.blocks.iter_mut().find(|b| b.name == name) {
         Some(existing) => *existing = block,
@@ -517,6 +527,96 @@ pub fn spec_with_block(
         until_step: None,
         copy: false,
     });
+    out
+}
+
+/// `spec` with a block recruited for its copy path (METHOD §7): the block, and the copy rule
+/// `any token copies from B within w` whose path the model gains under the same name.
+pub fn spec_with_copy_block(
+    spec: &RuleSpec,
+    name: &str,
+    members: &[u32],
+    vocabulary: &Vocabulary,
+    within: Option<usize>,
+) -> RuleSpec {
+    let mut out = spec.clone();
+    let words: Vec<String> = members.iter().filter_map(|&m| vocabulary.tokens.get(m as usize).cloned()).collect();
+    let block = BlockSpec {
+        name: name.to_string(),
+        words,
+        patterns: Vec::new(),
+        anchors: Vec::new(),
+        ignore_case: false,
+        recruitable: false,
+        copy_only: true,
+    };
+    match out.blocks.iter_mut().find(|b| b.name == name) {
+        Some(existing) => *existing = block,
+        None => out.blocks.push(block),
+    }
+    out.rules.push(RuleEntrySpec {
+        name: recruited_copy_rule_name(name),
+        kind: RuleKindSpec::AnyToBlock { to: name.to_string() },
+        layers: None,
+        heads: None,
+        within,
+        strength: 1.0,
+        priority: 0,
+        from_step: None,
+        until_step: None,
+        copy: true,
+    });
+    out
+}
+
+/// The blocks a run recruited for their copy paths: `(block, copy rule)` pairs of its spec.
+pub fn recruited_copy_blocks(spec: &RuleSpec) -> Vec<(&BlockSpec, &RuleEntrySpec)> {
+    spec.rules
+        .iter()
+        .filter(|rule| rule.copy && rule.name.ends_with(RECRUITED_COPY_SUFFIX))
+        .filter_map(|rule| match &rule.kind {
+            RuleKindSpec::AnyToBlock { to } => spec.blocks.iter().find(|b| &b.name == to).map(|b| (b, rule)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Blocks a run has recruited, of either kind: what `max_blocks` bounds.
+pub fn recruited_count(model: &Model<f32>, spec: &RuleSpec) -> usize {
+    model.config.recruited_blocks.len() + recruited_copy_blocks(spec).len()
+}
+
+/// The blocks recruited for their copy paths as a `.rules` snippet an expert can edit and pin, each
+/// with its copy rule and the bits that admitted it.
+pub fn copy_rules_snippet(spec: &RuleSpec, decisions: &[Decision]) -> String {
+    let mut out = String::from(
+        "# Blocks recruited by ailla during training (METHOD §7), each with the copy path that paid for it:\n\
+         # it saved more bits on the recruitment split than it costs. Edit the members and include this\n\
+         # file to pin them as ordinary blocks and copy rules.\n",
+    );
+    for (block, rule) in recruited_copy_blocks(spec) {
+        let words: Vec<String> = block.words.iter().map(|w| crate::dsl::format::word(w)).collect();
+        if let Some(d) = decisions.iter().find(|d| d.accepted && d.candidate == block.name) {
+            out += &format!(
+                "\n# step {}: saved {:.1} bits on {} tokens ({:.1} where the cache held the target); cost {:.1} bits \
+                 (membership {:.1}, gate {:.1}), margin {:.1} bits\n",
+                d.step,
+                d.saving_bits(),
+                d.split_tokens,
+                d.saved_where_copied_bits.unwrap_or(f64::NAN),
+                d.cost_bits,
+                d.membership_bits.unwrap_or(f64::NAN),
+                d.parameter_bits.unwrap_or(f64::NAN),
+                d.margin_bits
+            );
+        } else {
+            out.push('\n');
+        }
+        out += &crate::dsl::format::render_block(&block.name, false, false, &words, &[]);
+        out.push('\n');
+        let within = rule.within.map_or(String::new(), |w| format!("\n    within {w}"));
+        out += &format!("\nrule {}:\n    copy from {}{within}\n", crate::dsl::format::quote(&rule.name), block.name);
+    }
     out
 }
 

@@ -413,6 +413,15 @@ fn est(e: &Estimate, decimals: usize) -> String {
     }
 }
 
+fn origin_text(origin: crate::recruit::Origin) -> &'static str {
+    match origin {
+        crate::recruit::Origin::Cluster => "embedding cluster",
+        crate::recruit::Origin::Recruitable => "recruitable block",
+        crate::recruit::Origin::Given => "given",
+        crate::recruit::Origin::Recurrent => "recurrent tokens",
+    }
+}
+
 fn p_value(p: Option<f64>) -> String {
     p.map_or("–".into(), |p| if p < 1e-4 { "<0.0001".into() } else { format!("{p:.4}") })
 }
@@ -628,27 +637,37 @@ pub fn markdown(report: &Report) -> String {
     if !report.block_recruitment.is_empty() {
         let _ = writeln!(
             s,
-            "Semantic blocks (METHOD §7). Each candidate trained beside a control without it; bits are code lengths of the recruitment split; a block is accepted iff its saving exceeds its cost plus the margin plus the noise (how far a second control, trained on the same batches in reverse order, lands from the first).\n"
+            "Semantic blocks (METHOD §7), in bits on the recruitment split. A **frozen** trial adds the candidate's copy path to the model as it is and trains only the path's gate: bits without are `L(D | M)`, bits with are `L(D | M + B)`, and nothing else moves, so there is no noise term. A **co-trained** trial (the earlier design) trains a copy of the model with the block beside a control without it, and the noise is how far a second control, trained on the same batches in reverse order, lands from the first. A block is accepted iff its saving exceeds its cost (membership `log2 C(V, |B|)` plus its parameters at `½ log2 N` bits each) plus the margin plus the noise; at most one per check.\n"
         );
-        let _ = writeln!(s, "| run | step | candidate | members | bits before | bits after | saving | cost | margin | noise | verdict | DL before | DL after |");
-        let _ = writeln!(s, "|---|---:|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|");
+        let _ = writeln!(s, "| run | step | source | candidate | members | trial | bits without | bits with | saving | saved where copied | cost (membership + parameters) | margin | noise | verdict | DL before | DL after |");
+        let _ = writeln!(s, "|---|---:|---|---|---|---|---:|---:|---:|---:|---|---:|---:|---|---:|---:|");
         for entry in &report.block_recruitment {
             let d = &entry.decision;
             let members: Vec<String> =
                 d.members.iter().take(12).map(|m| format!("`{}`", m.replace('|', "\\|"))).collect();
             let more = if d.members.len() > 12 { format!(" … ({} in all)", d.members.len()) } else { String::new() };
+            let split = match (d.membership_bits, d.parameter_bits) {
+                (Some(m), Some(p)) => format!("{:.1} ({m:.1} + {p:.1})", d.cost_bits),
+                _ => format!("{:.1}", d.cost_bits),
+            };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {}{} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.1} |",
+                "| {} | {} | {} | {} | {}{} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {:.1} | {:.1} | {} | {:.1} | {:.1} |",
                 entry.member,
                 d.step,
+                origin_text(d.origin),
                 d.candidate,
                 members.join(" "),
                 more,
+                match d.trial {
+                    crate::recruit::TrialKind::Frozen => "frozen",
+                    crate::recruit::TrialKind::CoTrained => "co-trained",
+                },
                 d.bits_before,
                 d.bits_after,
                 d.saving_bits(),
-                d.cost_bits,
+                d.saved_where_copied_bits.map_or("–".to_string(), |b| format!("{b:.1}")),
+                split,
                 d.margin_bits,
                 d.noise_bits,
                 if d.accepted { "**accepted**" } else { "rejected" },

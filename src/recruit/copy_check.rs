@@ -1,0 +1,231 @@
+//! A recruitment check whose trials run on the frozen model (METHOD §7): every candidate block brings a
+//! copy path, `any token copies from B within w`, and only its gate trains, on one shared forward pass
+//! over the trial batches and one over the recruitment split `D`.
+//!
+//! ```text
+//! saving(B) = L(D | M) − L(D | M + B)                                [bits]
+//! cost(B)   = log2 C(V, |B|) + ((d + 1)/2) · log2 N                  (or (d + 1) · bits_per_parameter)
+//! accept    ⇔ saving(B) > cost(B) + margin_bits                      (the largest net saving of a check)
+//! ```
+
+use std::time::Instant;
+
+use crate::engine::Model;
+use crate::locality::schedule::per_layer;
+use crate::locality::{BatchTargets, LocalityHook, RuleSet};
+use crate::train::{eval_batches, sample_batch};
+use crate::Result;
+
+use super::frozen::{trial_candidates, FrozenBatch, Gate, GateTraining};
+use super::{block_name, log2_binomial, Candidate, CheckContext, Decision, Origin};
+
+/// The frozen model's view of one batch: hidden states, `ln p_M(y)` and `ln B` of its own copy paths.
+pub fn frozen_batch(
+    model: &Model<f32>,
+    set: &RuleSet,
+    ctx: &CheckContext,
+    lambda: f64,
+    (inputs, targets, windows, seq_len): (&[u32], &[u32], usize, usize),
+) -> FrozenBatch {
+    let (layers, heads) = (model.config.n_layers, model.config.n_heads);
+    let attention_targets = BatchTargets::new(set, inputs, windows, seq_len, layers, heads);
+    let hook = LocalityHook::new(
+        &attention_targets,
+        per_layer(lambda, layers, ctx.locality.progressive_beta),
+        ctx.locality.dial,
+        false,
+    );
+    let cache = model.forward(inputs, windows, seq_len, &hook);
+    let copy = crate::locality::copy_paths::batch_caches(set, &model.config.copy_paths, inputs, windows, seq_len);
+    let loss = model.output_loss(&cache, targets, false, copy.as_ref().map(|c| (c, lambda)));
+    let ln_p: Vec<f64> = loss.nll.iter().map(|&v| -f64::from(v)).collect();
+    let ln_denominator = match &copy {
+        Some(caches) => crate::engine::copy::log_denominators(
+            cache.hidden.view(),
+            model.params.copy_gate_weight.view(),
+            model.params.copy_gate_bias.view(),
+            caches,
+            lambda,
+        ),
+        None => vec![0.0; ln_p.len()],
+    };
+    FrozenBatch {
+        hidden: cache.hidden,
+        ln_p,
+        ln_denominator,
+        inputs: inputs.to_vec(),
+        targets: targets.to_vec(),
+        seq_len,
+    }
+}
+
+/// `cost(B)` of METHOD §7 for a block that brings a copy path: membership, then its `d + 1` gate numbers.
+pub fn copy_block_cost(
+    vocab_size: usize,
+    members: usize,
+    d_model: usize,
+    split_tokens: usize,
+    bits_per_parameter: Option<f64>,
+) -> (f64, f64) {
+    let per_parameter = bits_per_parameter.unwrap_or(0.5 * (split_tokens.max(2) as f64).log2());
+    (log2_binomial(vocab_size, members), (d_model + 1) as f64 * per_parameter)
+}
+
+/// What a frozen-model check decided, and the accepted block's trained gate.
+pub struct CopyCheckOutcome {
+    pub decisions: Vec<Decision>,
+    /// The accepted candidate, its recruited name, and its trained gate.
+    pub accepted: Option<(Candidate, String, Gate)>,
+    pub seconds: f64,
+}
+
+/// One check: every candidate's copy path trialled on the frozen model, then at most one accepted.
+pub fn check(ctx: &CheckContext, model: &Model<f32>, candidates: &[Candidate]) -> Result<CopyCheckOutcome> {
+    let started = Instant::now();
+    let r = ctx.recruitment;
+    let lambda = r.lambda;
+    let config = ctx.config;
+    let seq_len = model.config.ctx_len;
+    // the run's next training batches, and the recruitment split, each through the frozen model once
+    let trial_batches: Vec<FrozenBatch> = (ctx.step..ctx.step + r.trial_batches())
+        .map(|step| {
+            let (inputs, targets) = sample_batch(ctx.train_ids, config.batch_size, seq_len, config.seed, step);
+            frozen_batch(model, ctx.set, ctx, lambda, (&inputs, &targets, config.batch_size, seq_len))
+        })
+        .collect();
+    let split_batches: Vec<FrozenBatch> = eval_batches(ctx.split, seq_len, config.batch_size)
+        .map(|b| frozen_batch(model, ctx.set, ctx, lambda, (&b.inputs, &b.targets, b.windows, b.seq_len)))
+        .collect();
+    let vocab = ctx.vocabulary.len();
+    let masks: Vec<Vec<bool>> = candidates
+        .iter()
+        .map(|c| {
+            let mut mask = vec![false; vocab];
+            c.members.iter().for_each(|&m| mask[m as usize] = true);
+            mask
+        })
+        .collect();
+    let within = r.copy_within.unwrap_or(seq_len);
+    let training = GateTraining { steps: r.trial_steps, learning_rate: r.trial_learning_rate };
+    let trials = trial_candidates(&trial_batches, &split_batches, &masks, within, lambda.ln(), &training);
+
+    let split_tokens = ctx.split.len().saturating_sub(1);
+    let recruited_cost = recruited_cost_bits(ctx, model);
+    let bits_without: f64 = trials.first().map_or(0.0, |t| t.scored.bits_without.iter().sum());
+    let before = bits_without + recruited_cost;
+    let mut decisions = Vec::with_capacity(candidates.len());
+    let mut best: Option<(usize, f64)> = None;
+    for (index, (candidate, trial)) in candidates.iter().zip(&trials).enumerate() {
+        let (membership, parameters) =
+            copy_block_cost(vocab, candidate.members.len(), model.config.d_model, split_tokens, r.bits_per_parameter);
+        let bits_with: f64 = trial.scored.bits_with.iter().sum();
+        let saved_where_copied: f64 = (0..trial.scored.copied.len())
+            .filter(|&i| trial.scored.copied[i])
+            .map(|i| trial.scored.bits_without[i] - trial.scored.bits_with[i])
+            .sum();
+        let decision = Decision {
+            step: ctx.step,
+            candidate: candidate.name.clone(),
+            origin: candidate.origin,
+            members: candidate.members.iter().map(|&m| ctx.vocabulary.tokens[m as usize].clone()).collect(),
+            bits_before: bits_without,
+            bits_after: bits_with,
+            cost_bits: membership + parameters,
+            margin_bits: r.margin_bits,
+            noise_bits: 0.0,
+            split_tokens,
+            accepted: false,
+            description_length_before: before,
+            description_length_after: before,
+            trial: super::TrialKind::Frozen,
+            membership_bits: Some(membership),
+            parameter_bits: Some(parameters),
+            copied_positions: Some(trial.scored.copied.iter().filter(|&&c| c).count()),
+            saved_where_copied_bits: Some(saved_where_copied),
+        };
+        let net = decision.saving_bits() - decision.cost_bits;
+        if decision.pays() && best.is_none_or(|(_, best_net)| net > best_net) {
+            best = Some((index, net));
+        }
+        decisions.push(decision);
+    }
+    let accepted = best.map(|(index, _)| {
+        let candidate = candidates[index].clone();
+        let name = if candidate.origin == Origin::Recruitable {
+            candidate.name.clone()
+        } else {
+            let taken: Vec<String> = ctx.spec.blocks.iter().map(|b| b.name.clone()).collect();
+            let sample = &ctx.train_ids[..ctx.train_ids.len().min(200_000)];
+            block_name(&candidate.members, ctx.vocabulary, sample, &taken)
+        };
+        let decision = &mut decisions[index];
+        decision.candidate = name.clone();
+        decision.accepted = true;
+        decision.description_length_after = decision.bits_after + recruited_cost + decision.cost_bits;
+        (candidate, name, trials[index].gate.clone())
+    });
+    Ok(CopyCheckOutcome { decisions, accepted, seconds: started.elapsed().as_secs_f64() })
+}
+
+/// The cost of the copy blocks a run has already recruited: part of every description length.
+fn recruited_cost_bits(ctx: &CheckContext, model: &Model<f32>) -> f64 {
+    let split_tokens = ctx.split.len().saturating_sub(1);
+    ctx.spec
+        .rules
+        .iter()
+        .filter(|rule| rule.copy && rule.name.ends_with(super::RECRUITED_COPY_SUFFIX))
+        .filter_map(|rule| match &rule.kind {
+            crate::locality::rules::RuleKindSpec::AnyToBlock { to } => ctx.spec.blocks.iter().find(|b| &b.name == to),
+            _ => None,
+        })
+        .map(|block| {
+            let (membership, parameters) = copy_block_cost(
+                ctx.vocabulary.len(),
+                block.words.len(),
+                model.config.d_model,
+                split_tokens,
+                ctx.recruitment.bits_per_parameter,
+            );
+            membership + parameters
+        })
+        .sum()
+}
+
+/// The candidates of a frozen-model check: every recruitable block not yet grown and the most cohesive
+/// embedding clusters (as [`super::propose`]), then the recurrent tokens of METHOD §7 item 2 — all of
+/// them as one block, and each of their embedding clusters when they are more than `cluster_size`.
+pub fn propose(ctx: &CheckContext, model: &Model<f32>) -> Vec<Candidate> {
+    let r = ctx.recruitment;
+    let mut candidates = super::propose(ctx, model);
+    let free = super::free_tokens(ctx.set, model, ctx.vocabulary);
+    let sample = &ctx.train_ids[..ctx.train_ids.len().min(200_000)];
+    let within = r.copy_within.unwrap_or(model.config.ctx_len);
+    let recurrent =
+        super::recurrent::recurrent_tokens(sample, ctx.vocabulary.len(), within, &free, r.min_recurrence, r.min_count);
+    if recurrent.len() < 2 {
+        return candidates;
+    }
+    let mut all = recurrent.clone();
+    all.sort_unstable();
+    candidates.push(Candidate { name: format!("recurrent-{}", ctx.step), origin: Origin::Recurrent, members: all });
+    if recurrent.len() > r.cluster_size {
+        let rows: Vec<usize> = recurrent.iter().map(|&t| t as usize).collect();
+        let unit = super::kmeans::normalized(model.params.tok_emb.select(ndarray::Axis(0), &rows).view());
+        let k = (recurrent.len() / r.cluster_size).max(2);
+        let assignment = super::kmeans::cluster(&unit, k, 25, ctx.config.seed ^ ctx.step as u64 ^ 0x5EC);
+        for c in 0..k {
+            let mut members: Vec<u32> =
+                (0..recurrent.len()).filter(|&i| assignment[i] == c).map(|i| recurrent[i]).collect();
+            if members.len() < 2 {
+                continue;
+            }
+            members.sort_unstable();
+            candidates.push(Candidate {
+                name: format!("recurrent-{}-{}", ctx.step, c + 1),
+                origin: Origin::Recurrent,
+                members,
+            });
+        }
+    }
+    candidates
+}
