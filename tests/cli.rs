@@ -334,3 +334,34 @@ fn a_failing_stderr_does_not_stop_training() {
         assert_eq!(common::train_losses(&out).len(), 20);
     }
 }
+
+/// A resumed run keeps the rules stored in its checkpoint: editing the rules file during a pause
+/// changes nothing (and the resume says so, with both hashes).
+#[test]
+fn a_resumed_run_keeps_its_stored_rules_when_the_file_is_edited() {
+    let dir = tempfile::tempdir().unwrap();
+    let rules = dir.path().join("run.rules");
+    let original = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/default.rules")).unwrap();
+    std::fs::write(&rules, &original).unwrap();
+    let config = dir.path().join("dial.yaml");
+    let text = SMALL_CONFIG.replace("steps: 160", "steps: 60")
+        + "locality:\n  rules: { file: run.rules }\n  schedule: { constant: { lambda: 0.5 } }\n  certificate_batches: 0\n";
+    std::fs::write(&config, text).unwrap();
+    let (straight, split) = (dir.path().join("straight"), dir.path().join("split"));
+    train(&config, &straight, &[]);
+    train(&config, &split, &["--stop-after", "30"]);
+    // the expert edits the file: a rule's window and a block's members change
+    std::fs::write(&rules, original.replace("within 24", "within 3").replace("mg, units", "mg")).unwrap();
+    let resumed = ailla(&["--threads", "2", "train", "--resume", "--out", split.to_str().unwrap()]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(
+        stderr(&resumed).contains("rules have changed") && stderr(&resumed).contains("sha256"),
+        "{}",
+        stderr(&resumed)
+    );
+    assert_eq!(common::train_losses(&straight), common::train_losses(&split));
+    assert_eq!(
+        std::fs::read(straight.join("model.safetensors")).unwrap(),
+        std::fs::read(split.join("model.safetensors")).unwrap()
+    );
+}
