@@ -866,8 +866,7 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
             let recruited = locality.as_ref().map_or(0, |(_, spec, _)| crate::recruit::recruited_count(&model, spec));
             done % r.check_every == 0 && done < config.steps && recruited < r.max_blocks
         });
-        let frozen_trials = recruiting.is_some_and(|r| r.trial == crate::recruit::TrialKind::Frozen);
-        if let (Some(recruitment), Some((settings, spec, set)), true) = (recruiting, locality.as_ref(), frozen_trials) {
+        if let (Some(recruitment), Some((settings, spec, set))) = (recruiting, locality.as_ref()) {
             let context = crate::recruit::CheckContext {
                 config,
                 recruitment,
@@ -879,71 +878,62 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
                 split: recruitment_split,
                 step: done,
             };
-            let candidates = crate::recruit::copy_check::propose(&context, &model);
-            let outcome = crate::recruit::copy_check::check(&context, &model, &candidates)?;
-            for decision in &outcome.decisions {
-                progress.note(&format!(
-                    "step {done:>6}  recruitment: {} ({} members) saves {:.1} bits, needs {:.1} (cost and margin): {}",
-                    decision.candidate,
-                    decision.members.len(),
-                    decision.saving_bits(),
-                    decision.required_bits(),
-                    if decision.accepted { "accepted" } else { "rejected" }
-                ));
-                metrics.write(&MetricsRecord::Recruitment(Box::new(decision.clone())))?;
-            }
-            decisions.extend(outcome.decisions);
-            if let Some((candidate, name, gate)) = outcome.accepted {
-                // the block and its copy path join the model, the path shut (u = 0, b = b₀) unless the
-                // pipeline keeps the trial's gate: see RecruitmentConfig::keep_trial_gate
-                let spec = crate::recruit::spec_with_copy_block(
-                    spec,
-                    &name,
-                    &candidate.members,
-                    &data.vocabulary,
-                    recruitment.copy_within,
-                );
-                let (set, _) = RuleSet::compile(&spec, &data.vocabulary)?;
-                let settings = *settings;
-                let path = crate::recruit::recruited_copy_rule_name(&name);
-                model.add_copy_path(&path)?;
-                let index = model.config.copy_paths.len() - 1;
-                if recruitment.keep_trial_gate {
-                    model.params.copy_gate_weight.row_mut(index).assign(&gate.weight);
-                    model.params.copy_gate_bias[index] = gate.bias;
+            let log = |decisions: &[crate::recruit::Decision], metrics: &mut MetricsLog| -> Result<()> {
+                for decision in decisions {
+                    progress.note(&format!(
+                        "step {done:>6}  recruitment: {} ({} members) saves {:.1} bits, needs {:.1} (cost, margin{}): {}",
+                        decision.candidate,
+                        decision.members.len(),
+                        decision.saving_bits(),
+                        decision.required_bits(),
+                        if decision.trial == crate::recruit::TrialKind::CoTrained { ", noise" } else { "" },
+                        if decision.accepted { "accepted" } else { "rejected" }
+                    ));
+                    metrics.write(&MetricsRecord::Recruitment(Box::new(decision.clone())))?;
                 }
-                optimizer.grow_to(&model.params);
-                checkpoint::atomic_write(
-                    &paths.dir.join("recruited.rules"),
-                    crate::recruit::copy_rules_snippet(&spec, &decisions).as_bytes(),
-                )?;
-                locality = Some((settings, spec, set));
-                stored_locality = stored(&locality);
-            }
-        } else if let (Some(recruitment), Some((settings, spec, set))) = (recruiting, locality.as_ref()) {
-            let context = crate::recruit::CheckContext {
-                config,
-                recruitment,
-                locality: settings,
-                spec,
-                set,
-                vocabulary: &data.vocabulary,
-                train_ids: &data.train,
-                split: recruitment_split,
-                step: done,
+                Ok(())
             };
-            let outcome = crate::recruit::check(&context, &model, &optimizer, &[])?;
-            for decision in &outcome.decisions {
+            if recruitment.trial == crate::recruit::TrialKind::Frozen {
+                let candidates = crate::recruit::copy_check::propose(&context, &model);
+                let outcome = crate::recruit::copy_check::check(&context, &model, &candidates)?;
+                log(&outcome.decisions, &mut metrics)?;
                 progress.note(&format!(
-                    "step {done:>6}  recruitment: {} ({} members) saves {:.1} bits, needs {:.1} (cost, margin, noise): {}",
-                    decision.candidate,
-                    decision.members.len(),
-                    decision.saving_bits(),
-                    decision.required_bits(),
-                    if decision.accepted { "accepted" } else { "rejected" }
+                    "step {done:>6}  recruitment check: {} candidates in {:.2} s",
+                    candidates.len(),
+                    outcome.seconds
                 ));
-                metrics.write(&MetricsRecord::Recruitment(Box::new(decision.clone())))?;
+                decisions.extend(outcome.decisions);
+                if let Some((candidate, name, gate)) = outcome.accepted {
+                    // the block and its copy path join the model, the path shut (u = 0, b = b₀) unless
+                    // the pipeline keeps the trial's gate: see RecruitmentConfig::keep_trial_gate
+                    let spec = crate::recruit::spec_with_copy_block(
+                        spec,
+                        &name,
+                        &candidate.members,
+                        &data.vocabulary,
+                        recruitment.copy_within,
+                    );
+                    let (set, _) = RuleSet::compile(&spec, &data.vocabulary)?;
+                    let settings = *settings;
+                    let path = crate::recruit::recruited_copy_rule_name(&name);
+                    model.add_copy_path(&path)?;
+                    let index = model.config.copy_paths.len() - 1;
+                    if recruitment.keep_trial_gate {
+                        model.params.copy_gate_weight.row_mut(index).assign(&gate.weight);
+                        model.params.copy_gate_bias[index] = gate.bias;
+                    }
+                    optimizer.grow_to(&model.params);
+                    checkpoint::atomic_write(
+                        &paths.dir.join("recruited.rules"),
+                        crate::recruit::copy_rules_snippet(&spec, &decisions).as_bytes(),
+                    )?;
+                    locality = Some((settings, spec, set));
+                    stored_locality = stored(&locality);
+                }
+                continue;
             }
+            let outcome = crate::recruit::check(&context, &model, &optimizer, &[])?;
+            log(&outcome.decisions, &mut metrics)?;
             decisions.extend(outcome.decisions);
             if let Some((trial, spec)) = outcome.accepted {
                 // the accepted trial's steps are the run's next steps

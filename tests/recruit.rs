@@ -594,6 +594,7 @@ fn a_run_goes_on_with_the_block_it_accepts_and_resumes_to_the_same_weights() {
         split_tokens: 8192,
         bits_per_parameter: Some(0.001),
         noise_control: false,
+        trial: recruit::TrialKind::CoTrained,
         ..RecruitmentConfig::new(150, 100, 0.0, 2)
     };
     let mut config = config(&corpus, 450, Some(recruitment));

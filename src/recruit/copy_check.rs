@@ -17,7 +17,7 @@ use crate::train::{eval_batches, sample_batch};
 use crate::Result;
 
 use super::frozen::{trial_candidates, FrozenBatch, Gate, GateTraining};
-use super::{block_name, log2_binomial, Candidate, CheckContext, Decision, Origin};
+use super::{log2_binomial, Candidate, CheckContext, Decision, Origin};
 
 /// The frozen model's view of one batch: hidden states, `ln p_M(y)` and `ln B` of its own copy paths.
 pub fn frozen_batch(
@@ -151,13 +151,7 @@ pub fn check(ctx: &CheckContext, model: &Model<f32>, candidates: &[Candidate]) -
     }
     let accepted = best.map(|(index, _)| {
         let candidate = candidates[index].clone();
-        let name = if candidate.origin == Origin::Recruitable {
-            candidate.name.clone()
-        } else {
-            let taken: Vec<String> = ctx.spec.blocks.iter().map(|b| b.name.clone()).collect();
-            let sample = &ctx.train_ids[..ctx.train_ids.len().min(200_000)];
-            block_name(&candidate.members, ctx.vocabulary, sample, &taken)
-        };
+        let name = super::recruited_name(ctx, &candidate);
         let decision = &mut decisions[index];
         decision.candidate = name.clone();
         decision.accepted = true;
@@ -170,15 +164,9 @@ pub fn check(ctx: &CheckContext, model: &Model<f32>, candidates: &[Candidate]) -
 /// The cost of the copy blocks a run has already recruited: part of every description length.
 fn recruited_cost_bits(ctx: &CheckContext, model: &Model<f32>) -> f64 {
     let split_tokens = ctx.split.len().saturating_sub(1);
-    ctx.spec
-        .rules
-        .iter()
-        .filter(|rule| rule.copy && rule.name.ends_with(super::RECRUITED_COPY_SUFFIX))
-        .filter_map(|rule| match &rule.kind {
-            crate::locality::rules::RuleKindSpec::AnyToBlock { to } => ctx.spec.blocks.iter().find(|b| &b.name == to),
-            _ => None,
-        })
-        .map(|block| {
+    super::recruited_copy_blocks(ctx.spec)
+        .into_iter()
+        .map(|(block, _)| {
             let (membership, parameters) = copy_block_cost(
                 ctx.vocabulary.len(),
                 block.words.len(),

@@ -490,6 +490,26 @@ pub fn code_lengths(
     bits
 }
 
+/// `spec` with the block `name` of `members` (replacing a `recruitable` block of that name).
+fn with_block(spec: &RuleSpec, name: &str, members: &[u32], vocabulary: &Vocabulary, copy_only: bool) -> RuleSpec {
+    let mut out = spec.clone();
+    let words: Vec<String> = members.iter().filter_map(|&m| vocabulary.tokens.get(m as usize).cloned()).collect();
+    let block = BlockSpec {
+        name: name.to_string(),
+        words,
+        patterns: Vec::new(),
+        anchors: Vec::new(),
+        ignore_case: false,
+        recruitable: false,
+        copy_only,
+    };
+    match out.blocks.iter_mut().find(|b| b.name == name) {
+        Some(existing) => *existing = block,
+        None => out.blocks.push(block),
+    }
+    out
+}
+
 /// `spec` with a recruited block: a `recruitable` block of the same name is replaced by it. Its own-block
 /// rule acts on one head (by default the last layer's first): a recruited block gains a pointer head
 /// rather than taking every head of every layer away from what the model already does with them.
@@ -500,21 +520,7 @@ pub fn spec_with_block(
     vocabulary: &Vocabulary,
     placement: RulePlacement,
 ) -> RuleSpec {
-    let mut out = spec.clone();
-    let words: Vec<String> = members.iter().filter_map(|&m| vocabulary.tokens.get(m as usize).cloned()).collect();
-    let block = BlockSpec {
-        name: name.to_string(),
-        words,
-        patterns: Vec::new(),
-        anchors: Vec::new(),
-        ignore_case: false,
-        recruitable: false,
-        copy_only: false,
-    };
-    match out.blocks.iter_mut().find(|b| b.name == name) {
-        Some(existing) => *existing = block,
-        None => out.blocks.push(block),
-    }
+    let mut out = with_block(spec, name, members, vocabulary, false);
     out.rules.push(RuleEntrySpec {
         name: format!("{name} attends to its own block (recruited)"),
         kind: RuleKindSpec::OwnBlock { block: name.to_string() },
@@ -539,21 +545,7 @@ pub fn spec_with_copy_block(
     vocabulary: &Vocabulary,
     within: Option<usize>,
 ) -> RuleSpec {
-    let mut out = spec.clone();
-    let words: Vec<String> = members.iter().filter_map(|&m| vocabulary.tokens.get(m as usize).cloned()).collect();
-    let block = BlockSpec {
-        name: name.to_string(),
-        words,
-        patterns: Vec::new(),
-        anchors: Vec::new(),
-        ignore_case: false,
-        recruitable: false,
-        copy_only: true,
-    };
-    match out.blocks.iter_mut().find(|b| b.name == name) {
-        Some(existing) => *existing = block,
-        None => out.blocks.push(block),
-    }
+    let mut out = with_block(spec, name, members, vocabulary, true);
     out.rules.push(RuleEntrySpec {
         name: recruited_copy_rule_name(name),
         kind: RuleKindSpec::AnyToBlock { to: name.to_string() },
@@ -785,6 +777,17 @@ pub fn block_name(members: &[u32], vocabulary: &Vocabulary, ids: &[u32], taken: 
     name
 }
 
+/// The name an accepted candidate joins the rules under: a recruitable block keeps its own, any
+/// other is named from its anchors.
+pub fn recruited_name(ctx: &CheckContext, candidate: &Candidate) -> String {
+    if candidate.origin == Origin::Recruitable {
+        return candidate.name.clone();
+    }
+    let taken: Vec<String> = ctx.spec.blocks.iter().map(|b| b.name.clone()).collect();
+    let sample = &ctx.train_ids[..ctx.train_ids.len().min(200_000)];
+    block_name(&candidate.members, ctx.vocabulary, sample, &taken)
+}
+
 /// Runs one recruitment check on the run's current state. `extra` candidates (if any) are trialled
 /// beside the proposed ones.
 pub fn check(
@@ -831,13 +834,7 @@ pub fn decide(
     let accepted = best.map(|(k, _)| {
         let (index, mut trial) = kept.swap_remove(k);
         let candidate = &candidates[index];
-        let name = if candidate.origin == Origin::Recruitable {
-            candidate.name.clone()
-        } else {
-            let taken: Vec<String> = ctx.spec.blocks.iter().map(|b| b.name.clone()).collect();
-            let sample = &ctx.train_ids[..ctx.train_ids.len().min(200_000)];
-            block_name(&candidate.members, ctx.vocabulary, sample, &taken)
-        };
+        let name = recruited_name(ctx, candidate);
         // the trial named its block provisionally; the run keeps the anchor-derived name
         if let Some(block) = trial.model.config.recruited_blocks.last_mut() {
             block.name = name.clone();
