@@ -191,6 +191,11 @@ pub struct DialOverhead {
     pub metrics_tokens_per_s: f64,
     /// `plain / rules` time ratio; the target is at most 1.3.
     pub cost_ratio: f64,
+    /// With one copy rule (`copy from drugs within 40`, METHOD §4) instead of the attention rules:
+    /// its caches built for the batch and its path mixed in at λ = 1.
+    pub copy_tokens_per_s: f64,
+    /// `copy / plain` time ratio; the target is at most 1.15.
+    pub copy_cost_ratio: f64,
 }
 
 /// Measures [`DialOverhead`] on the bundled corpus and rules with the char-small shape (ctx 128, d 128,
@@ -199,7 +204,7 @@ pub fn dial_overhead(steps: usize) -> Result<DialOverhead> {
     use crate::locality::metrics::{evaluate_at, DialEvaluation};
     use crate::locality::{BatchTargets, DialSettings, LocalityHook};
 
-    let BundledSetup { corpus, vocabulary, set, config, .. } = bundled_setup()?;
+    let BundledSetup { corpus, vocabulary, set, config, spec } = bundled_setup()?;
     let model = Model::<f32>::init(config.model_config(), 1)?;
     let (batch, seq_len) = (config.batch_size, config.ctx_len);
     let ids = vocabulary.encode(&corpus.test);
@@ -227,16 +232,47 @@ pub fn dial_overhead(steps: usize) -> Result<DialOverhead> {
     let with_metrics = || {
         std::hint::black_box(evaluate_at(&model, &ids[..n + 1], 1.0, &evaluation));
     };
+    let copy_spec = crate::locality::RuleSpec {
+        rules: vec![crate::locality::rules::RuleEntrySpec {
+            name: "drug is copied".into(),
+            kind: crate::locality::rules::RuleKindSpec::AnyToBlock { to: "drugs".into() },
+            layers: None,
+            heads: None,
+            within: Some(40),
+            strength: 1.0,
+            priority: 0,
+            from_step: None,
+            until_step: None,
+            copy: true,
+        }],
+        own_block_default: false,
+        ..spec
+    };
+    let (copy_set, _) = crate::locality::RuleSet::compile(&copy_spec, &vocabulary)?;
+    let mut copy_model = model.clone();
+    copy_model.add_copy_path("drug is copied")?;
+    let with_copy = || {
+        let paths = &copy_model.config.copy_paths;
+        let caches = crate::locality::copy_paths::batch_caches(&copy_set, paths, inputs, batch, seq_len);
+        let cache = copy_model.forward(inputs, batch, seq_len, &NoHook);
+        std::hint::black_box(
+            copy_model.output_loss(&cache, targets, false, caches.as_ref().map(|c| (c, 1.0))).mean_nll,
+        );
+    };
     plain();
     with_rules();
+    with_copy();
     let plain_s = median_seconds(steps, plain);
     let rules_s = median_seconds(steps, with_rules);
     let metrics_s = median_seconds(steps, with_metrics);
+    let copy_s = median_seconds(steps, with_copy);
     Ok(DialOverhead {
         plain_tokens_per_s: n as f64 / plain_s,
         rules_tokens_per_s: n as f64 / rules_s,
         metrics_tokens_per_s: n as f64 / metrics_s,
         cost_ratio: rules_s / plain_s,
+        copy_tokens_per_s: n as f64 / copy_s,
+        copy_cost_ratio: copy_s / plain_s,
     })
 }
 
@@ -362,6 +398,81 @@ pub fn recruitment_cost(trial_steps: usize) -> Result<RecruitmentCost> {
     }
     let steps_seconds = started.elapsed().as_secs_f64();
     Ok(RecruitmentCost { trials, trial_steps, check_seconds, steps_seconds, ratio: check_seconds / steps_seconds })
+}
+
+/// The price of one frozen-model recruitment check (METHOD §7) against the training it interrupts.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct FrozenCheckCost {
+    pub candidates: usize,
+    /// Steps between two checks, as `pipelines/recruit_planted.yaml` sets them.
+    pub check_every: usize,
+    pub check_seconds: f64,
+    /// `check_every` ordinary training steps.
+    pub steps_seconds: f64,
+    /// `check / steps`; the target is at most 0.15.
+    pub ratio: f64,
+}
+
+/// One frozen-model check of 8 candidates at `pipelines/recruit_planted.yaml`'s settings (its model,
+/// corpus with the planted block, trial batches, gate steps and split), beside the 50 training steps
+/// between two of its checks.
+pub fn frozen_check_cost() -> Result<FrozenCheckCost> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/recruit_planted.yaml");
+    let plan = crate::pipeline::load(&path)?.map_err(|problems| {
+        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        Error::invalid("bench", format!("{}: {}", path.display(), text.join("; ")))
+    })?;
+    let member = plan.members.first().ok_or_else(|| Error::invalid("bench", "the planted pipeline has no member"))?;
+    let config = &member.config;
+    let (Some(locality), Some(recruitment)) = (config.locality.as_ref(), config.recruitment.as_ref()) else {
+        return Err(Error::invalid("bench", "the planted pipeline has no locality or recruitment section"));
+    };
+    let splits = config.corpus.load()?;
+    let vocabulary = crate::data::Vocabulary::build(config.tokenizer, &splits.train, config.vocab_cap);
+    let spec = locality.load_rules()?;
+    let (set, _) = crate::locality::RuleSet::compile(&spec, &vocabulary)?;
+    let model = Model::<f32>::init(config.model.config(vocabulary.len()), config.seed)?;
+    let train_ids = vocabulary.encode(&splits.train);
+    let valid_ids = vocabulary.encode(&splits.valid);
+    let context = crate::recruit::CheckContext {
+        config,
+        recruitment,
+        locality,
+        spec: &spec,
+        set: &set,
+        vocabulary: &vocabulary,
+        train_ids: &train_ids,
+        split: crate::recruit::split_of(&valid_ids, recruitment.split_tokens),
+        step: 0,
+    };
+    // 8 blocks of 16 tokens, drawn from the vocabulary past the special entries
+    let mut rng = crate::rng::Rng::new(8);
+    let candidates: Vec<crate::recruit::Candidate> = (0..8)
+        .map(|k| {
+            let mut members: Vec<u32> = (0..16).map(|_| 2 + rng.below(vocabulary.len() - 2) as u32).collect();
+            members.sort_unstable();
+            members.dedup();
+            crate::recruit::Candidate { name: format!("block-{k}"), origin: crate::recruit::Origin::Given, members }
+        })
+        .collect();
+    let started = Instant::now();
+    std::hint::black_box(crate::recruit::copy_check::check(&context, &model, &candidates)?);
+    let check_seconds = started.elapsed().as_secs_f64();
+    let mut plain = model.clone();
+    let mut optimizer = AdamW::new(&plain.params);
+    let started = Instant::now();
+    for step in 0..recruitment.check_every {
+        let (_, _, grads, _) = crate::train::step_gradients(&plain, config, Some((locality, &set)), &train_ids, step);
+        optimizer.update(&mut plain.params, &grads, &config.optim, 1e-3);
+    }
+    let steps_seconds = started.elapsed().as_secs_f64();
+    Ok(FrozenCheckCost {
+        candidates: candidates.len(),
+        check_every: recruitment.check_every,
+        check_seconds,
+        steps_seconds,
+        ratio: check_seconds / steps_seconds,
+    })
 }
 
 /// PyTorch's figures for one configuration, as `benches/torch_reference.py bench` prints them.

@@ -105,8 +105,18 @@ pub struct TrialArgs {
     /// `recruitment.rule_head`, else 0).
     #[arg(long)]
     pub head: Option<usize>,
+    /// How to trial: `frozen` (METHOD §7: the block's copy path on the run's model, only its gate
+    /// trains) or `co-trained` (the earlier design, beside a control). Default: the run's, else frozen.
+    #[arg(long, value_enum)]
+    pub trial: Option<TrialFlag>,
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum TrialFlag {
+    Frozen,
+    CoTrained,
 }
 
 #[derive(Args, Debug)]
@@ -700,7 +710,7 @@ fn run_bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
             .iter()
             .map(|&m| bench::sweep_scaling(&shape, args.steps, m, threads))
             .collect::<Result<_>>()?;
-        (scaling, Some(bench::recruitment_cost(args.steps)?))
+        (scaling, Some((bench::recruitment_cost(args.steps)?, bench::frozen_check_cost()?)))
     } else {
         (Vec::new(), None)
     };
@@ -711,7 +721,8 @@ fn run_bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
             "results": rows.iter().map(|(r, t)| serde_json::json!({"ailla": r, "torch": t})).collect::<Vec<_>>(),
             "dial_overhead": overhead,
             "sweep_scaling": scaling,
-            "recruitment_cost": recruitment,
+            "recruitment_cost": recruitment.as_ref().map(|(co_trained, _)| co_trained),
+            "frozen_check_cost": recruitment.as_ref().map(|(_, frozen)| frozen),
         });
         serde_json::to_string_pretty(&json).map_err(|e| Error::Numeric(e.to_string()))? + "\n"
     } else {
@@ -719,13 +730,28 @@ fn run_bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
             + &format!(
                 "\nlocality dial at evaluation (bundled corpus and rules, char-small shape, λ = 1):\n  \
                  without rules {:.0} tok/s, with rules {:.0} tok/s: {:.2}× the time (target ≤ 1.3×); \
-                 with every metric and certificate {:.0} tok/s\n",
+                 with every metric and certificate {:.0} tok/s\n\
+                 copy path at evaluation (one copy rule, `copy from drugs within 40`, λ = 1): {:.0} tok/s, \
+                 {:.2}× the time without (target ≤ 1.15×)\n",
                 overhead.plain_tokens_per_s,
                 overhead.rules_tokens_per_s,
                 overhead.cost_ratio,
-                overhead.metrics_tokens_per_s
+                overhead.metrics_tokens_per_s,
+                overhead.copy_tokens_per_s,
+                overhead.copy_cost_ratio
             )
-            + &scaling_text(&scaling, recruitment.as_ref())
+            + &scaling_text(&scaling, recruitment.as_ref().map(|(co_trained, _)| co_trained))
+            + &recruitment.as_ref().map_or(String::new(), |(_, f)| {
+                format!(
+                    "frozen-model recruitment check (pipelines/recruit_planted.yaml): {} candidates in {:.2} s; \
+                     the {} training steps between two checks take {:.2} s: {:.1} % (target ≤ 15 %)\n",
+                    f.candidates,
+                    f.check_seconds,
+                    f.check_every,
+                    f.steps_seconds,
+                    100.0 * f.ratio
+                )
+            })
     };
     write_out(out, &text)
 }
@@ -859,6 +885,62 @@ fn run_route(args: RouteArgs, out: &mut dyn Write) -> Result<()> {
     write_out(out, &s)
 }
 
+/// `ailla trial` of frozen-model trials: per block, the bits of `D` without and with its copy path,
+/// where the path's cache held the target and elsewhere, and the verdict.
+fn frozen_trial_text(run_dir: &Path, probe: &crate::recruit::probe::Probe) -> String {
+    let mut s = format!(
+        "{} from step {}: each block's copy path (any token copies from the block within {} positions) on the \
+         frozen model, its gate trained {} steps; split coded at λ = {}\n",
+        run_dir.display(),
+        probe.from_step,
+        probe.rule_within.unwrap_or(0),
+        probe.trial_steps,
+        probe.lambda
+    );
+    for verdict in &probe.blocks {
+        let d = &verdict.decision;
+        let per_token = |bits: f64, n: usize| bits / n.max(1) as f64;
+        s += &format!("\nblock `{}` ({} members)\n", d.candidate, d.members.len());
+        s += &format!("{:<40} {:>11} {:>11} {:>9} {:>19}\n", "bits", "without", "with path", "saved", "bits/token");
+        let rows = [
+            (format!("all {} positions", d.split_tokens), d.bits_before, d.bits_after, d.split_tokens),
+            (
+                format!("  the cache held the target ({})", verdict.member_queries.positions),
+                verdict.member_queries.bits_control,
+                verdict.member_queries.bits_with_block,
+                verdict.member_queries.positions,
+            ),
+            (
+                format!("  everywhere else ({})", verdict.other_queries.positions),
+                verdict.other_queries.bits_control,
+                verdict.other_queries.bits_with_block,
+                verdict.other_queries.positions,
+            ),
+        ];
+        for (label, without, with, positions) in rows {
+            s += &format!(
+                "{label:<40} {without:>11.1} {with:>11.1} {:>9.1} {:>8.4} → {:.4}\n",
+                without - with,
+                per_token(without, positions),
+                per_token(with, positions)
+            );
+        }
+        s += &format!(
+            "cost {:.1} bits (membership {:.1}, gate {:.1}), margin {:.1}\nverdict: {}\n",
+            d.cost_bits,
+            d.membership_bits.unwrap_or(verdict.membership_bits),
+            d.parameter_bits.unwrap_or(0.0),
+            d.margin_bits,
+            if d.accepted {
+                format!("pays: saves {:.1} bits more than it needs", d.saving_bits() - d.required_bits())
+            } else {
+                format!("does not pay: {:.1} bits short", d.required_bits() - d.saving_bits())
+            }
+        );
+    }
+    s
+}
+
 fn run_trial(args: TrialArgs, out: &mut dyn Write) -> Result<()> {
     use crate::recruit::probe::BlockSource;
     let blocks = match (&args.block, &args.rules) {
@@ -876,6 +958,10 @@ fn run_trial(args: TrialArgs, out: &mut dyn Write) -> Result<()> {
         margin_bits: args.margin,
         rule_layer: args.layer,
         rule_head: args.head,
+        trial: args.trial.map(|t| match t {
+            TrialFlag::Frozen => crate::recruit::TrialKind::Frozen,
+            TrialFlag::CoTrained => crate::recruit::TrialKind::CoTrained,
+        }),
     };
     let probe = crate::recruit::probe::probe(&args.run_dir, &request)?;
     if !probe.rules_warnings.is_empty() {
@@ -889,6 +975,9 @@ fn run_trial(args: TrialArgs, out: &mut dyn Write) -> Result<()> {
         return write_out(out, "no block was trialled\n");
     };
     let per_token = |bits: f64, n: usize| bits / n.max(1) as f64;
+    if probe.trial == crate::recruit::TrialKind::Frozen {
+        return write_out(out, &frozen_trial_text(&args.run_dir, &probe));
+    }
     let mut s = format!(
         "{} from step {}: {} trial steps, split of {} tokens coded at λ = {}\n\
          each block's own-block rule acts on layer {}, head {}, {}\n\

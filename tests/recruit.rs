@@ -354,7 +354,19 @@ fn ailla_trial_weighs_an_experts_block_in_bits_without_touching_the_run() {
     };
     let weights_before = std::fs::read(run.join("model.safetensors")).unwrap();
     let block = PLANTED_ALLERGENS.join(", ");
-    let args = ["--threads", "2", "trial", run.to_str().unwrap(), "--block", &block, "--steps", "20", "--json"];
+    let args = [
+        "--threads",
+        "2",
+        "trial",
+        run.to_str().unwrap(),
+        "--block",
+        &block,
+        "--steps",
+        "20",
+        "--trial",
+        "co-trained",
+        "--json",
+    ];
     let output = ailla(&args);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
     let probe: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
@@ -387,14 +399,25 @@ fn ailla_trial_weighs_an_experts_block_in_bits_without_touching_the_run() {
 
     assert_eq!((probe["rule_layer"].as_u64(), probe["rule_head"].as_u64()), (Some(1), Some(0)));
 
-    let text = ailla(&["trial", run.to_str().unwrap(), "--block", &block, "--steps", "5"]);
+    let text = ailla(&["trial", run.to_str().unwrap(), "--block", &block, "--steps", "5", "--trial", "co-trained"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains("a member is the input") && text.contains("verdict: "), "{text}");
     assert!(text.contains("own-block rule acts on layer 1, head 0, within 32 positions"), "{text}");
     // another head: the same controls, another copy with the block
     let on_head = |head: &str| {
-        let output =
-            ailla(&["trial", run.to_str().unwrap(), "--block", &block, "--steps", "5", "--head", head, "--json"]);
+        let output = ailla(&[
+            "trial",
+            run.to_str().unwrap(),
+            "--block",
+            &block,
+            "--steps",
+            "5",
+            "--head",
+            head,
+            "--trial",
+            "co-trained",
+            "--json",
+        ]);
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
         serde_json::from_slice::<serde_json::Value>(&output.stdout).unwrap()
     };
@@ -549,7 +572,8 @@ fn ailla_trial_moves_only_the_trialled_blocks_rule() {
     checkpoint::save_optimizer(&checkpoint::optimizer_path(&weights), &optimizer, &with_block.model.params).unwrap();
     let control_bits = |head: &str| {
         let output = std::process::Command::new(env!("CARGO_BIN_EXE_ailla"))
-            .args(["trial", run.to_str().unwrap(), "--block", "peanuts, soy", "--steps", "2", "--head", head, "--json"])
+            .args(["trial", run.to_str().unwrap(), "--block", "peanuts, soy", "--steps", "2", "--head", head])
+            .args(["--trial", "co-trained", "--json"])
             .output()
             .unwrap();
         assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
@@ -657,4 +681,44 @@ fn a_run_goes_on_with_the_block_it_accepts_and_resumes_to_the_same_weights() {
     train::train(&config, &split, &resume, &Progress::Silent).unwrap();
     let resumed = checkpoint::load(&split.join("model.safetensors")).unwrap();
     assert_eq!(resumed.model, saved.model);
+}
+
+/// `ailla trial` puts an expert's block to the frozen-model test (METHOD §7) by default: the planted
+/// allergens pay, where their cache held the target, and the run is not changed.
+#[test]
+fn ailla_trial_weighs_a_block_on_the_frozen_model() {
+    let (dir, t) = trained(50);
+    let run = dir.path().join("run");
+    let weights_before = std::fs::read(run.join("model.safetensors")).unwrap();
+    let block = PLANTED_ALLERGENS.join(", ");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_ailla"))
+        .args(["--threads", "2", "trial", run.to_str().unwrap(), "--block", &block, "--steps", "400", "--json"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let probe: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(probe["trial"], "frozen");
+    let verdict = &probe["blocks"][0];
+    let decision = &verdict["decision"];
+    assert_eq!(decision["members"].as_array().unwrap().len(), PLANTED_ALLERGENS.len());
+    assert_eq!(decision["trial"], "frozen");
+    assert_eq!(decision["noise_bits"], 0.0);
+    let copied = &verdict["member_queries"];
+    let saved_there = copied["bits_control"].as_f64().unwrap() - copied["bits_with_block"].as_f64().unwrap();
+    assert!(copied["positions"].as_u64().unwrap() > 100 && saved_there > 0.0, "{verdict}");
+    assert!(decision["accepted"].as_bool().unwrap(), "{decision}");
+    let cost = decision["cost_bits"].as_f64().unwrap();
+    let parts = decision["membership_bits"].as_f64().unwrap() + decision["parameter_bits"].as_f64().unwrap();
+    assert!(
+        (cost - parts).abs() < 1e-9
+            && (decision["membership_bits"].as_f64().unwrap() - recruit::log2_binomial(t.vocabulary.len(), 16)).abs()
+                < 1e-9
+    );
+    assert_eq!(std::fs::read(run.join("model.safetensors")).unwrap(), weights_before);
+    let text = std::process::Command::new(env!("CARGO_BIN_EXE_ailla"))
+        .args(["trial", run.to_str().unwrap(), "--block", &block, "--steps", "50"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("the cache held the target") && text.contains("verdict: "), "{text}");
 }

@@ -74,6 +74,8 @@ pub fn copy_block_cost(
 /// What a frozen-model check decided, and the accepted block's trained gate.
 pub struct CopyCheckOutcome {
     pub decisions: Vec<Decision>,
+    /// Each candidate's bits on `D` position by position, without and with its path.
+    pub scored: Vec<super::frozen::Scored>,
     /// The accepted candidate, its recruited name, and its trained gate.
     pub accepted: Option<(Candidate, String, Gate)>,
     pub seconds: f64,
@@ -158,7 +160,8 @@ pub fn check(ctx: &CheckContext, model: &Model<f32>, candidates: &[Candidate]) -
         decision.description_length_after = decision.bits_after + recruited_cost + decision.cost_bits;
         (candidate, name, trials[index].gate.clone())
     });
-    Ok(CopyCheckOutcome { decisions, accepted, seconds: started.elapsed().as_secs_f64() })
+    let scored = trials.into_iter().map(|t| t.scored).collect();
+    Ok(CopyCheckOutcome { decisions, scored, accepted, seconds: started.elapsed().as_secs_f64() })
 }
 
 /// The cost of the copy blocks a run has already recruited: part of every description length.

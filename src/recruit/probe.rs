@@ -40,6 +40,8 @@ pub struct ProbeRequest {
     pub rule_layer: Option<usize>,
     /// The head of the block's own-block rule (default: the run's `recruitment.rule_head`, else 0).
     pub rule_head: Option<usize>,
+    /// How to trial (default: the run's `recruitment.trial`, else frozen).
+    pub trial: Option<super::TrialKind>,
 }
 
 /// The bits of the split's positions whose input token is (or is not) a member.
@@ -64,6 +66,10 @@ pub struct BlockVerdict {
 
 #[derive(Serialize, Clone, Debug, PartialEq)]
 pub struct Probe {
+    /// `frozen`: each block's copy path on the run's model, only its gate trained (`member_queries` are
+    /// then the positions where the path's cache held the target); `co_trained`: each block trained
+    /// into a copy of the model beside a control.
+    pub trial: super::TrialKind,
     /// Steps of the run's checkpoint the trials started from.
     pub from_step: usize,
     pub trial_steps: usize,
@@ -141,6 +147,8 @@ pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
     let optimizer = checkpoint::load_optimizer(&checkpoint::optimizer_path(&latest), &loaded.model.params)?;
     let vocabulary = loaded.vocabulary;
     let model = loaded.model;
+    // the rules the run trained with, recruited blocks included, as its checkpoint stores them
+    let stored_rules = loaded.locality.map(|l| l.rules);
 
     let mut recruitment = RecruitmentConfig::of_run(config.recruitment.as_ref());
     if let Some(steps) = request.trial_steps {
@@ -154,8 +162,15 @@ pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
     }
     recruitment.validate()?;
     // the run's recruited blocks keep the head the run gave them; the flags place only the new blocks
-    let spec =
-        super::spec_with_recruited(&locality.load_rules()?, &model, &vocabulary, recruitment.placement(layers, heads)?);
+    let spec = match stored_rules {
+        Some(stored) => stored,
+        None => super::spec_with_recruited(
+            &locality.load_rules()?,
+            &model,
+            &vocabulary,
+            recruitment.placement(layers, heads)?,
+        ),
+    };
     recruitment.rule_layer = request.rule_layer.or(recruitment.rule_layer);
     recruitment.rule_head = request.rule_head.unwrap_or(recruitment.rule_head);
     let placement = recruitment.placement(layers, heads)?;
@@ -179,6 +194,48 @@ pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
         split,
         step,
     };
+    if request.trial.unwrap_or(recruitment.trial) == super::TrialKind::Frozen {
+        let outcome = super::copy_check::check(&context, &model, &candidates)?;
+        let blocks = outcome
+            .decisions
+            .into_iter()
+            .zip(&outcome.scored)
+            .zip(&candidates)
+            .map(|((mut decision, scored), candidate)| {
+                // each block is judged on its own, as if it were the check's only candidate
+                decision.accepted = decision.pays();
+                if decision.accepted {
+                    decision.description_length_after =
+                        decision.description_length_before - decision.saving_bits() + decision.cost_bits;
+                }
+                let mut member_queries = PositionBits { positions: 0, bits_control: 0.0, bits_with_block: 0.0 };
+                let mut other_queries = member_queries.clone();
+                for (i, copied) in scored.copied.iter().enumerate() {
+                    let side = if *copied { &mut member_queries } else { &mut other_queries };
+                    side.positions += 1;
+                    side.bits_control += scored.bits_without[i];
+                    side.bits_with_block += scored.bits_with[i];
+                }
+                BlockVerdict {
+                    membership_bits: log2_binomial(data.vocabulary.len(), candidate.members.len()),
+                    decision,
+                    member_queries,
+                    other_queries,
+                }
+            })
+            .collect();
+        return Ok(Probe {
+            trial: super::TrialKind::Frozen,
+            from_step: step,
+            trial_steps: recruitment.trial_steps,
+            lambda: recruitment.lambda,
+            rule_layer: placement.layer,
+            rule_head: placement.head,
+            rule_within: Some(recruitment.copy_within.unwrap_or(model.config.ctx_len)),
+            blocks,
+            rules_warnings,
+        });
+    }
     let judged = super::judge(&context, &model, &candidates, trial_all(&context, &model, &optimizer, &candidates)?);
     let control = &judged.control;
     let mut blocks = Vec::new();
@@ -207,6 +264,7 @@ pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
         });
     }
     Ok(Probe {
+        trial: super::TrialKind::CoTrained,
         from_step: step,
         trial_steps: control.steps.len(),
         lambda: measuring_lambda(&locality.schedule, step, config.seed),
