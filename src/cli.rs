@@ -563,6 +563,9 @@ fn run_eval(args: EvalArgs, out: &mut dyn Write) -> Result<()> {
         return run_dial_eval(&args, &ckpt, &ids, out);
     }
     let result = train::evaluate(&ckpt.model, &ids, args.batch_size, &NoHook);
+    let hint =
+        format!("the checkpoint {} holds weights that do not give finite probabilities", args.checkpoint.display());
+    Error::require_finite("the mean cross-entropy", result.mean_ce_nats, &hint)?;
     let text = if args.json {
         serde_json::to_string_pretty(&result).map_err(|e| Error::Numeric(e.to_string()))? + "\n"
     } else {
@@ -609,6 +612,13 @@ fn run_dial_eval(args: &EvalArgs, ckpt: &checkpoint::Checkpoint, ids: &[u32], ou
         batch_size: args.batch_size,
     };
     let rows: Vec<LocalityMetrics> = lambdas.iter().map(|&l| evaluate_at(&ckpt.model, ids, l, &evaluation)).collect();
+    for row in &rows {
+        Error::require_finite(
+            &format!("the mean cross-entropy at λ = {}", row.lambda),
+            row.language_model.mean_ce_nats,
+            &format!("the checkpoint {} does not give finite probabilities", args.checkpoint.display()),
+        )?;
+    }
     let text = if args.json {
         serde_json::to_string_pretty(&rows).map_err(|e| Error::Numeric(e.to_string()))? + "\n"
     } else {
@@ -852,6 +862,12 @@ fn run_route(args: RouteArgs, out: &mut dyn Write) -> Result<()> {
         return Err(Error::Corpus { path: args.text.clone(), message: "has fewer than two tokens to score".into() });
     }
     let (best, bits) = crate::recruit::domains::route(&pool.models, &ids, k);
+    // a model whose code length is not finite is never chosen; if every one is, nothing is
+    Error::require_finite(
+        &format!("the code length under the chosen model `{}`", pool.manifest.models[best].name),
+        bits[best],
+        "every model of the pool gives this document non-finite bits; check the pool's checkpoints",
+    )?;
     let read = ids.len().min(k + 1) - 1;
     if args.json {
         let rows: Vec<serde_json::Value> = pool

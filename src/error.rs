@@ -27,6 +27,9 @@ pub enum Error {
     /// The input was read but is wrong; the details were already printed.
     #[error("{0}")]
     Rejected(String),
+    /// A result came out NaN or infinite: it is not printed as a result, nor used in a decision.
+    #[error("{what} is {value}, not a number ailla reports: {hint}")]
+    NotFinite { what: String, value: f64, hint: String },
 }
 
 impl Error {
@@ -56,11 +59,22 @@ impl Error {
         }
     }
 
-    /// Exit code convention shared by every verb: 1 for a failure of the work, 2 for unusable input.
+    /// Exit code convention shared by every verb: 1 for a failure of the work, 2 for unusable input,
+    /// 3 for a result that is not a finite number.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Numeric(_) | Error::Interrupted(_) | Error::Rejected(_) => 1,
+            Error::NotFinite { .. } => 3,
             _ => 2,
+        }
+    }
+
+    /// `value` itself, or [`Error::NotFinite`] naming `what` it is and `hint` what to do.
+    pub fn require_finite(what: &str, value: f64, hint: &str) -> Result<f64, Error> {
+        if value.is_finite() {
+            Ok(value)
+        } else {
+            Err(Error::NotFinite { what: what.to_string(), value, hint: hint.to_string() })
         }
     }
 }

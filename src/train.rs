@@ -263,11 +263,81 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.optim.beta1) || !(0.0..1.0).contains(&self.optim.beta2) {
             return Err(Error::invalid("optim.beta1", "betas must lie in [0, 1)"));
         }
+        let optim = &self.optim;
+        for (field, value, fine, range) in [
+            ("optim.eps", optim.eps, optim.eps > 0.0, "a positive number (1e-8 is usual)"),
+            ("optim.weight_decay", optim.weight_decay, optim.weight_decay >= 0.0, "a non-negative number"),
+            ("optim.min_lr_ratio", optim.min_lr_ratio, (0.0..=1.0).contains(&optim.min_lr_ratio), "in [0, 1]"),
+            ("optim.grad_clip", optim.grad_clip, optim.grad_clip >= 0.0, "a non-negative number (0: no clipping)"),
+        ] {
+            if !(fine && value.is_finite()) {
+                return Err(Error::invalid(field, format!("is {value}; it must be {range}")));
+            }
+        }
+        const MAX_STEPS: usize = 1_000_000_000;
+        if self.steps > MAX_STEPS {
+            return Err(Error::invalid("steps", format!("{} is more than {MAX_STEPS} steps", self.steps)));
+        }
+        self.check_memory()?;
         if let Some(locality) = &self.locality {
             locality.validate()?;
         }
         self.model.config(self.vocab_cap.max(2)).validate()
     }
+}
+
+impl TrainConfig {
+    /// Bytes a run of this configuration holds at once, roughly: four copies of the parameters
+    /// (weights, gradients, Adam's two moments) and one batch's activations, with the vocabulary at
+    /// its cap. An upper estimate, so that an absurd shape is refused before anything is allocated.
+    pub fn memory_estimate_bytes(&self) -> f64 {
+        let m = &self.model;
+        let (d, ff, ctx, layers, heads) =
+            (m.d_model as f64, m.d_ff as f64, m.ctx_len as f64, m.n_layers as f64, m.n_heads as f64);
+        let vocab = self.vocab_cap as f64;
+        let per_layer = 4.0 * d * d + 2.0 * d * ff + 9.0 * d + ff;
+        let parameters = vocab * d * if m.tied { 1.0 } else { 2.0 } + ctx * d + layers * per_layer + 2.0 * d;
+        let rows = self.batch_size as f64 * ctx;
+        // per layer: LayerNorm inputs and outputs, q k v, attention weights, MLP activations
+        let activations = layers * rows * (12.0 * d + 3.0 * ff + heads * ctx);
+        // the output loss keeps at most LOGIT_CACHE_BYTES of logits, or one tile per group
+        let logits = (rows * vocab * 4.0).min(crate::engine::loss::LOGIT_CACHE_BYTES as f64);
+        4.0 * (4.0 * parameters + activations) + logits
+    }
+
+    /// An error when the estimate exceeds the memory this machine has available.
+    fn check_memory(&self) -> Result<()> {
+        let needed = self.memory_estimate_bytes();
+        let gib = |bytes: f64| bytes / f64::from(1u32 << 30);
+        let available = available_memory_bytes();
+        if needed.is_finite() && available.is_none_or(|a| needed <= a) {
+            return Ok(());
+        }
+        Err(Error::invalid(
+            "model",
+            format!(
+                "this shape (ctx_len {}, d_model {}, d_ff {}, {} layers, batch_size {}, vocabulary up to {}) needs \
+                 about {:.1} GiB for weights, optimizer state and activations; this machine has {:.1} GiB \
+                 available: make the model or the batch smaller",
+                self.model.ctx_len,
+                self.model.d_model,
+                self.model.d_ff,
+                self.model.n_layers,
+                self.batch_size,
+                self.vocab_cap,
+                gib(needed),
+                available.map_or(0.0, gib)
+            ),
+        ))
+    }
+}
+
+/// `MemAvailable` of `/proc/meminfo`, where the system says.
+pub fn available_memory_bytes() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024.0)
 }
 
 /// Encoded splits with their vocabulary.
@@ -710,10 +780,7 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
     config.validate()?;
     let started = Instant::now();
     let paths = RunPaths { dir: out_dir.to_path_buf() };
-    std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(&paths.dir, e))?;
-    if !resume {
-        paths.clear_previous_run()?;
-    }
+    // every input is read and checked before anything of an earlier run in the directory is removed
     let splits = config.corpus.load()?;
 
     let (mut model, vocabulary, mut optimizer, stored_rules) = if resume {
@@ -729,6 +796,16 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
     };
     let data = Dataset::with_vocabulary(&splits, vocabulary)?;
     let seq_len = model.config.ctx_len;
+    for (split, ids) in [("train", &data.train), ("valid", &data.valid)] {
+        if ids.len() <= seq_len + 1 {
+            let file =
+                data.files.iter().find(|f| f.file_name().is_some_and(|n| n.to_string_lossy().starts_with(split)));
+            return Err(Error::Corpus {
+                path: file.or(data.files.first()).cloned().unwrap_or_else(|| PathBuf::from(&data.name)),
+                message: format!("the {split} split has {} tokens, fewer than one context of {seq_len}", ids.len()),
+            });
+        }
+    }
     let mut rule_warnings = Vec::new();
     let mut locality = match &config.locality {
         Some(locality) => {
@@ -775,6 +852,10 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
         }
         None => None,
     };
+    std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(&paths.dir, e))?;
+    if !resume {
+        paths.clear_previous_run()?;
+    }
     let stored = |locality: &Option<(&LocalityConfig, RuleSpec, RuleSet)>| {
         locality.as_ref().map(|(l, spec, _)| StoredLocality {
             rules: spec.clone(),
@@ -783,14 +864,6 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
         })
     };
     let mut stored_locality = stored(&locality);
-    for (split, ids) in [("train", &data.train), ("valid", &data.valid)] {
-        if ids.len() <= seq_len + 1 {
-            return Err(Error::Corpus {
-                path: data.files.first().cloned().unwrap_or_else(|| PathBuf::from(&data.name)),
-                message: format!("the {split} split has {} tokens, fewer than one context of {seq_len}", ids.len()),
-            });
-        }
-    }
     let config_json = serde_json::to_string_pretty(config).map_err(|e| Error::Numeric(e.to_string()))?;
     checkpoint::atomic_write(&paths.config(), config_json.as_bytes())?;
     let start_step = optimizer.step;
@@ -811,7 +884,7 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
     let mut decisions: Vec<crate::recruit::Decision> = Vec::new();
 
     let eval_slice = &data.valid[..data.valid.len().min(config.eval_tokens + 1)];
-    let mut losses = Vec::with_capacity(config.steps.saturating_sub(start_step));
+    let mut losses = Vec::with_capacity(config.steps.saturating_sub(start_step).min(1 << 20));
     let mut interrupted = false;
     let mut step = start_step;
     while step < config.steps {

@@ -134,33 +134,37 @@ fn a_paused_and_resumed_run_equals_an_uninterrupted_one() {
     );
 }
 
+/// Ctrl-C, and the SIGTERM and SIGHUP that a scheduler or a closed terminal sends, save the finished
+/// steps and stop; the run resumes from there.
 #[test]
 fn ctrl_c_saves_the_finished_steps_and_the_run_resumes() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("long.yaml");
-    std::fs::write(&config, SMALL_CONFIG.replace("steps: 160", "steps: 100000")).unwrap();
-    let out = dir.path().join("run");
-    let child = Command::new(env!("CARGO_BIN_EXE_ailla"))
-        .args(["--threads", "2", "train", config.to_str().unwrap(), "--out", out.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    // wait until training is under way, then interrupt as a terminal's Ctrl-C would
-    let metrics = out.join("metrics.jsonl");
-    let started = std::time::Instant::now();
-    while std::fs::read_to_string(&metrics).map(|m| m.lines().count()).unwrap_or(0) < 5 {
-        assert!(started.elapsed().as_secs() < 60, "training did not start");
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    for signal in ["-INT", "-TERM", "-HUP"] {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("long.yaml");
+        std::fs::write(&config, SMALL_CONFIG.replace("steps: 160", "steps: 100000")).unwrap();
+        let out = dir.path().join("run");
+        let child = Command::new(env!("CARGO_BIN_EXE_ailla"))
+            .args(["--threads", "2", "train", config.to_str().unwrap(), "--out", out.to_str().unwrap()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        // wait until training is under way, then interrupt as a terminal's Ctrl-C would
+        let metrics = out.join("metrics.jsonl");
+        let started = std::time::Instant::now();
+        while std::fs::read_to_string(&metrics).map(|m| m.lines().count()).unwrap_or(0) < 5 {
+            assert!(started.elapsed().as_secs() < 60, "training did not start");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let kill = Command::new("kill").args([signal, &child.id().to_string()]).status().unwrap();
+        assert!(kill.success());
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(output.status.code(), Some(1), "{signal}: {}", stderr(&output));
+        assert!(stderr(&output).contains("--resume"), "{signal}: {}", stderr(&output));
+        let saved = ailla::checkpoint::load(&out.join("model.safetensors")).unwrap();
+        assert!(saved.step >= 5, "{signal}");
+        assert_eq!(common::train_losses(&out).len(), saved.step, "{signal}");
     }
-    let kill = Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap();
-    assert!(kill.success());
-    let output = child.wait_with_output().unwrap();
-    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
-    assert!(stderr(&output).contains("--resume"), "{}", stderr(&output));
-    let saved = ailla::checkpoint::load(&out.join("model.safetensors")).unwrap();
-    assert!(saved.step >= 5);
-    assert_eq!(common::train_losses(&out).len(), saved.step);
 }
 
 #[test]
@@ -364,4 +368,51 @@ fn a_resumed_run_keeps_its_stored_rules_when_the_file_is_edited() {
         std::fs::read(straight.join("model.safetensors")).unwrap(),
         std::fs::read(split.join("model.safetensors")).unwrap()
     );
+}
+
+/// Inputs are checked before anything is removed or allocated: a fresh `train` with a missing corpus
+/// leaves the finished run in its directory, and absurd shapes and optimizer settings are refused by
+/// name before any allocation.
+#[test]
+fn bad_settings_are_refused_before_anything_is_removed_or_allocated() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let out = dir.path().join("run");
+    train(&config, &out, &["--steps", "20"]);
+    let model_before = std::fs::read(out.join("model.safetensors")).unwrap();
+    let refused = ailla(&["train", "--corpus", "/nonexistent", "--out", out.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), model_before, "the finished run was removed");
+    assert!(out.join("summary.json").is_file());
+    for (setting, field) in [
+        ("model: { d_model: 1000000000, n_heads: 4 }", "model"),
+        ("model: { ctx_len: 1000000000 }", "model"),
+        ("batch_size: 1000000000", "model"),
+        ("steps: 1000000000000", "steps"),
+        ("optim: { eps: -1 }", "optim.eps"),
+        ("optim: { weight_decay: -5 }", "optim.weight_decay"),
+        ("optim: { min_lr_ratio: 5 }", "optim.min_lr_ratio"),
+    ] {
+        let path = dir.path().join("absurd.yaml");
+        std::fs::write(&path, format!("corpus: {{ bundled: {{ seed: 2024 }} }}\n{setting}\n")).unwrap();
+        let output = ailla(&["train", path.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(2), "{setting}: {}", stderr(&output));
+        assert!(stderr(&output).contains(&format!("`{field}`")), "{setting}: {}", stderr(&output));
+        assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), model_before, "{setting}");
+    }
+}
+
+/// A NaN is not a result: `eval` of a checkpoint whose finite weights overflow (so the loss is NaN or
+/// infinite) exits 3 and prints no figures.
+#[test]
+fn eval_of_a_model_that_gives_nan_is_an_error_not_a_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut ckpt = ailla::checkpoint::load(&fixture("char-tiny.safetensors")).unwrap();
+    ckpt.model.params.ln_f_weight.fill(f32::MAX);
+    let path = dir.path().join("nan.safetensors");
+    ailla::checkpoint::save(&path, &ckpt).unwrap();
+    let ids = fixture("char-tiny.ids");
+    let output = ailla(&["eval", path.to_str().unwrap(), "--ids", ids.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
+    assert!(stdout(&output).is_empty() && stderr(&output).contains("NaN"), "{}", stderr(&output));
 }

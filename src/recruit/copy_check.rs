@@ -114,6 +114,11 @@ pub fn check(ctx: &CheckContext, model: &Model<f32>, candidates: &[Candidate]) -
     let split_tokens = ctx.split.len().saturating_sub(1);
     let recruited_cost = recruited_cost_bits(ctx, model);
     let bits_without: f64 = trials.first().map_or(0.0, |t| t.scored.bits_without.iter().sum());
+    crate::Error::require_finite(
+        "the recruitment split's code length under the model",
+        bits_without,
+        "the model gives the split non-finite probabilities; training has diverged",
+    )?;
     let before = bits_without + recruited_cost;
     let mut decisions = Vec::with_capacity(candidates.len());
     let mut best: Option<(usize, f64)> = None;
@@ -121,6 +126,12 @@ pub fn check(ctx: &CheckContext, model: &Model<f32>, candidates: &[Candidate]) -
         let (membership, parameters) =
             copy_block_cost(vocab, candidate.members.len(), model.config.d_model, split_tokens, r.bits_per_parameter);
         let bits_with: f64 = trial.scored.bits_with.iter().sum();
+        // a code length that is not finite decides nothing
+        crate::Error::require_finite(
+            &format!("the recruitment split's code length with candidate `{}`", candidate.name),
+            bits_with,
+            "the model's weights or the gate's trial diverged; lower recruitment.trial_learning_rate",
+        )?;
         let saved_where_copied: f64 = (0..trial.scored.copied.len())
             .filter(|&i| trial.scored.copied[i])
             .map(|i| trial.scored.bits_without[i] - trial.scored.bits_with[i])

@@ -274,8 +274,9 @@ fn documents(test: &[u32], count: usize, length: usize) -> Vec<&[u32]> {
 }
 
 /// Index of the smallest of `bits`, the first on ties (0 when empty).
+/// The index of the fewest bits among the finite ones (the first index when none is finite).
 fn fewest(bits: &[f64]) -> usize {
-    (0..bits.len()).fold(0, |b, i| if bits[i] < bits[b] { i } else { b })
+    (0..bits.len()).fold(0, |b, i| if bits[i].is_finite() && !(bits[b] <= bits[i]) { i } else { b })
 }
 
 /// Index of the pool model with the fewest bits on the first `k` tokens of `document`, and every
