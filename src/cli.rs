@@ -611,7 +611,13 @@ fn run_dial_eval(args: &EvalArgs, ckpt: &checkpoint::Checkpoint, ids: &[u32], ou
         certificate_batches: args.certificate_batches,
         batch_size: args.batch_size,
     };
-    let rows: Vec<LocalityMetrics> = lambdas.iter().map(|&l| evaluate_at(&ckpt.model, ids, l, &evaluation)).collect();
+    // a copy rule injected at evaluation gets a copy path of its own, shut (METHOD §7's b₀): it acts
+    // only as far as an untrained gate lets it
+    let mut model = ckpt.model.clone();
+    for name in crate::locality::copy_paths::missing_paths(&set, &model.config.copy_paths) {
+        model.add_copy_path(&name)?;
+    }
+    let rows: Vec<LocalityMetrics> = lambdas.iter().map(|&l| evaluate_at(&model, ids, l, &evaluation)).collect();
     for row in &rows {
         Error::require_finite(
             &format!("the mean cross-entropy at λ = {}", row.lambda),
@@ -655,6 +661,22 @@ fn dial_table(rows: &[LocalityMetrics], kind: TokenizerKind, settings: &DialSett
         );
     }
     s += "\nentropies in bits per attention row; fidelity, hit rate and certificates over rows a rule covers\n";
+    if rows.iter().any(|r| !r.copy_paths.is_empty()) {
+        s += "\ncopy paths (METHOD §4): rows where the cache is not empty, mean copy weight there, share of those \
+              rows whose cache holds the target, bits saved against the same model without the path\n";
+        s += &format!(
+            "{:>6}  {:<44} {:>9} {:>10} {:>9} {:>11}\n",
+            "λ", "copy rule", "rows", "share", "hit_rate", "bits_saved"
+        );
+        for r in rows {
+            for path in &r.copy_paths {
+                s += &format!(
+                    "{:>6.2}  {:<44} {:>9} {:>10.4} {:>9.4} {:>11.1}\n",
+                    r.lambda, path.name, path.applied_rows, path.copy_share, path.copy_hit_rate, path.bits_saved
+                );
+            }
+        }
+    }
     s
 }
 
