@@ -10,6 +10,8 @@
 
 use std::time::Instant;
 
+use rayon::prelude::*;
+
 use crate::engine::Model;
 use crate::locality::schedule::per_layer;
 use crate::locality::{BatchTargets, LocalityHook, RuleSet};
@@ -89,13 +91,18 @@ pub fn check(ctx: &CheckContext, model: &Model<f32>, candidates: &[Candidate]) -
     let config = ctx.config;
     let seq_len = model.config.ctx_len;
     // the run's next training batches, and the recruitment split, each through the frozen model once
+    // the batches are independent and each product's blocks depend on its shape alone, so running
+    // them side by side (small products keep two cores busier this way) changes no bit
     let trial_batches: Vec<FrozenBatch> = (ctx.step..ctx.step + r.trial_batches())
+        .into_par_iter()
         .map(|step| {
             let (inputs, targets) = sample_batch(ctx.train_ids, config.batch_size, seq_len, config.seed, step);
             frozen_batch(model, ctx.set, ctx, lambda, (&inputs, &targets, config.batch_size, seq_len))
         })
         .collect();
-    let split_batches: Vec<FrozenBatch> = eval_batches(ctx.split, seq_len, config.batch_size)
+    let split: Vec<crate::train::EvalBatch> = eval_batches(ctx.split, seq_len, config.batch_size).collect();
+    let split_batches: Vec<FrozenBatch> = split
+        .par_iter()
         .map(|b| frozen_batch(model, ctx.set, ctx, lambda, (&b.inputs, &b.targets, b.windows, b.seq_len)))
         .collect();
     let vocab = ctx.vocabulary.len();

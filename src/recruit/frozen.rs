@@ -113,8 +113,16 @@ impl Gate {
     }
 
     fn logit(&self, h: ArrayView1<f32>) -> f64 {
-        f64::from(self.weight.dot(&h)) + f64::from(self.bias)
+        match (self.weight.as_slice(), h.as_slice()) {
+            (Some(u), Some(h)) => dot(u, h) + f64::from(self.bias),
+            _ => f64::from(self.weight.dot(&h)) + f64::from(self.bias),
+        }
     }
+}
+
+/// `u·h` in a fixed order, on contiguous rows: the trial's inner loop runs it once per row and step.
+fn dot(u: &[f32], h: &[f32]) -> f64 {
+    f64::from(u.iter().zip(h).map(|(a, b)| a * b).sum::<f32>())
 }
 
 /// The loss of one batch under `gate`, summed over its rows (rows without the path add their frozen
@@ -139,7 +147,10 @@ pub fn batch_loss(
         loss += ce + batch.ln_p[n];
         if with_grad {
             // z = u·h + b  ⇒  ∂z/∂u = h, ∂z/∂b = 1
-            grad_weight.zip_mut_with(&h, |g, &x| *g += dz * f64::from(x));
+            match (grad_weight.as_slice_mut(), h.as_slice()) {
+                (Some(g), Some(h)) => g.iter_mut().zip(h).for_each(|(g, &x)| *g += dz * f64::from(x)),
+                _ => grad_weight.zip_mut_with(&h, |g, &x| *g += dz * f64::from(x)),
+            }
             grad_bias += dz;
         }
     }
