@@ -923,6 +923,39 @@ fn run_route(args: RouteArgs, out: &mut dyn Write) -> Result<()> {
     write_out(out, &s)
 }
 
+/// A verdict's bits on every position of the split, on the positions `place` names (the verdict's
+/// `member_queries`) and everywhere else, under the two `columns`, with what was saved.
+fn position_rows(verdict: &crate::recruit::probe::BlockVerdict, columns: (&str, &str), place: &str) -> String {
+    let d = &verdict.decision;
+    let per_token = |bits: f64, n: usize| bits / n.max(1) as f64;
+    let (first, second) = columns;
+    let mut s = format!("{:<40} {first:>11} {second:>11} {:>9} {:>19}\n", "bits", "saved", "bits/token");
+    let rows = [
+        (format!("all {} positions", d.split_tokens), d.bits_before, d.bits_after, d.split_tokens),
+        (
+            format!("  {place} ({})", verdict.member_queries.positions),
+            verdict.member_queries.bits_control,
+            verdict.member_queries.bits_with_block,
+            verdict.member_queries.positions,
+        ),
+        (
+            format!("  everywhere else ({})", verdict.other_queries.positions),
+            verdict.other_queries.bits_control,
+            verdict.other_queries.bits_with_block,
+            verdict.other_queries.positions,
+        ),
+    ];
+    for (label, without, with, positions) in rows {
+        s += &format!(
+            "{label:<40} {without:>11.1} {with:>11.1} {:>9.1} {:>8.4} → {:.4}\n",
+            without - with,
+            per_token(without, positions),
+            per_token(with, positions)
+        );
+    }
+    s
+}
+
 /// `ailla trial` of frozen-model trials: per block, the bits of `D` without and with its copy path,
 /// where the path's cache held the target and elsewhere, and the verdict.
 fn frozen_trial_text(run_dir: &Path, probe: &crate::recruit::probe::Probe) -> String {
@@ -937,32 +970,8 @@ fn frozen_trial_text(run_dir: &Path, probe: &crate::recruit::probe::Probe) -> St
     );
     for verdict in &probe.blocks {
         let d = &verdict.decision;
-        let per_token = |bits: f64, n: usize| bits / n.max(1) as f64;
         s += &format!("\nblock `{}` ({} members)\n", d.candidate, d.members.len());
-        s += &format!("{:<40} {:>11} {:>11} {:>9} {:>19}\n", "bits", "without", "with path", "saved", "bits/token");
-        let rows = [
-            (format!("all {} positions", d.split_tokens), d.bits_before, d.bits_after, d.split_tokens),
-            (
-                format!("  the cache held the target ({})", verdict.member_queries.positions),
-                verdict.member_queries.bits_control,
-                verdict.member_queries.bits_with_block,
-                verdict.member_queries.positions,
-            ),
-            (
-                format!("  everywhere else ({})", verdict.other_queries.positions),
-                verdict.other_queries.bits_control,
-                verdict.other_queries.bits_with_block,
-                verdict.other_queries.positions,
-            ),
-        ];
-        for (label, without, with, positions) in rows {
-            s += &format!(
-                "{label:<40} {without:>11.1} {with:>11.1} {:>9.1} {:>8.4} → {:.4}\n",
-                without - with,
-                per_token(without, positions),
-                per_token(with, positions)
-            );
-        }
+        s += &position_rows(verdict, ("without", "with path"), "the cache held the target");
         s += &format!(
             "cost {:.1} bits (membership {:.1}, gate {:.1}), margin {:.1}\nverdict: {}\n",
             d.cost_bits,
@@ -1012,7 +1021,6 @@ fn run_trial(args: TrialArgs, out: &mut dyn Write) -> Result<()> {
     let Some(first) = probe.blocks.first() else {
         return write_out(out, "no block was trialled\n");
     };
-    let per_token = |bits: f64, n: usize| bits / n.max(1) as f64;
     if probe.trial == crate::recruit::TrialKind::Frozen {
         return write_out(out, &frozen_trial_text(&args.run_dir, &probe));
     }
@@ -1037,30 +1045,7 @@ fn run_trial(args: TrialArgs, out: &mut dyn Write) -> Result<()> {
     for verdict in &probe.blocks {
         let d = &verdict.decision;
         s += &format!("\nblock `{}` ({} members)\n", d.candidate, d.members.len());
-        let rows = [
-            (format!("all {} positions", d.split_tokens), d.bits_before, d.bits_after, d.split_tokens),
-            (
-                format!("  a member is the input ({})", verdict.member_queries.positions),
-                verdict.member_queries.bits_control,
-                verdict.member_queries.bits_with_block,
-                verdict.member_queries.positions,
-            ),
-            (
-                format!("  everywhere else ({})", verdict.other_queries.positions),
-                verdict.other_queries.bits_control,
-                verdict.other_queries.bits_with_block,
-                verdict.other_queries.positions,
-            ),
-        ];
-        s += &format!("{:<36} {:>11} {:>11} {:>9} {:>19}\n", "bits", "control", "with block", "saved", "bits/token");
-        for (label, control, with, positions) in rows {
-            s += &format!(
-                "{label:<36} {control:>11.1} {with:>11.1} {:>9.1} {:>8.4} → {:.4}\n",
-                control - with,
-                per_token(control, positions),
-                per_token(with, positions)
-            );
-        }
+        s += &position_rows(verdict, ("control", "with block"), "a member is the input");
         s += &format!(
             "saving {:.1} bits; cost {:.1} bits ({:.1} for the membership, {:.1} for the block embedding); \
              margin {:.1} bits; noise {:.1} bits\n",
