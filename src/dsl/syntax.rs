@@ -288,6 +288,38 @@ fn block(pair: Pair<Rule>, recruitable: bool) -> BlockDecl {
     decl
 }
 
+/// The query and the target (or copy source) of an `attend` or `copies` clause: the first block name
+/// is the query's, a later one the target's.
+fn query_and_target(part: Pair<Rule>, part_span: Span) -> (Query, Target) {
+    let mut query = Query::Any(part_span.clone());
+    let mut target = Target::Previous(part_span);
+    let mut seen_query = false;
+    for piece in part.into_inner() {
+        let piece_span = piece.as_span().start()..piece.as_span().end();
+        match piece.as_rule() {
+            Rule::any_token => {
+                query = Query::Any(piece_span);
+                seen_query = true;
+            }
+            Rule::block_name if !seen_query => {
+                query = Query::Block(located(&piece, piece.as_str().to_string()));
+                seen_query = true;
+            }
+            Rule::block_name => target = Target::Block(located(&piece, piece.as_str().to_string())),
+            Rule::anchors_of => {
+                if let Some(name) = piece.into_inner().find(|p| p.as_rule() == Rule::block_name) {
+                    target = Target::AnchorsOf(located(&name, name.as_str().to_string()));
+                }
+            }
+            Rule::own_block => target = Target::OwnBlock(piece_span),
+            Rule::previous => target = Target::Previous(piece_span),
+            Rule::continuation => target = Target::Continuation(piece_span),
+            _ => {}
+        }
+    }
+    (query, target)
+}
+
 fn rule(pair: Pair<Rule>) -> RuleDecl {
     let span = pair.as_span().start()..pair.as_span().end();
     let mut name = Located { value: String::new(), span: 0..0 };
@@ -305,32 +337,7 @@ fn rule(pair: Pair<Rule>) -> RuleDecl {
                 }
             }
             Rule::attend => {
-                let mut query = Query::Any(part_span.clone());
-                let mut target = Target::Previous(part_span.clone());
-                let mut seen_query = false;
-                for piece in part.into_inner() {
-                    let piece_span = piece.as_span().start()..piece.as_span().end();
-                    match piece.as_rule() {
-                        Rule::any_token => {
-                            query = Query::Any(piece_span);
-                            seen_query = true;
-                        }
-                        Rule::block_name if !seen_query => {
-                            query = Query::Block(located(&piece, piece.as_str().to_string()));
-                            seen_query = true;
-                        }
-                        Rule::block_name => target = Target::Block(located(&piece, piece.as_str().to_string())),
-                        Rule::anchors_of => {
-                            if let Some(name) = piece.into_inner().find(|p| p.as_rule() == Rule::block_name) {
-                                target = Target::AnchorsOf(located(&name, name.as_str().to_string()));
-                            }
-                        }
-                        Rule::own_block => target = Target::OwnBlock(piece_span),
-                        Rule::previous => target = Target::Previous(piece_span),
-                        Rule::continuation => target = Target::Continuation(piece_span),
-                        _ => {}
-                    }
-                }
+                let (query, target) = query_and_target(part, part_span);
                 body = RuleBody::Attend { query, target };
             }
             Rule::copy_from => {
@@ -342,26 +349,7 @@ fn rule(pair: Pair<Rule>) -> RuleDecl {
                 body = RuleBody::Copy { query, source };
             }
             Rule::copies => {
-                let mut query = Query::Any(part_span.clone());
-                let mut source = Target::Previous(part_span.clone());
-                let mut seen_query = false;
-                for piece in part.into_inner() {
-                    let piece_span = piece.as_span().start()..piece.as_span().end();
-                    match piece.as_rule() {
-                        Rule::any_token => {
-                            query = Query::Any(piece_span);
-                            seen_query = true;
-                        }
-                        Rule::block_name if !seen_query => {
-                            query = Query::Block(located(&piece, piece.as_str().to_string()));
-                            seen_query = true;
-                        }
-                        Rule::block_name => source = Target::Block(located(&piece, piece.as_str().to_string())),
-                        Rule::previous => source = Target::Previous(piece_span),
-                        Rule::continuation => source = Target::Continuation(piece_span),
-                        _ => {}
-                    }
-                }
+                let (query, source) = query_and_target(part, part_span);
                 body = RuleBody::Copy { query, source };
             }
             Rule::within => options.within = numbers(part).first().map(|&value| Located { value, span: part_span }),
