@@ -1,8 +1,10 @@
 //! Copy paths (METHOD §4, "Copy paths: a pointer that predicts"): the pointer-sentinel mixture
 //!
-//!     z_{c,i} = u_c·h_i + b_c
-//!     w_{c,i} = λ s_c e^{z_{c,i}} / (1 + λ Σ_{c'} s_{c'} e^{z_{c',i}}),   w_{0,i} = 1 / (1 + λ Σ_{c'} s_{c'} e^{z_{c',i}})
-//!     p_i(v)  = w_{0,i} q_i(v) + Σ_c w_{c,i} κ_{c,i}(v)
+//! ```text
+//! z_{c,i} = u_c·h_i + b_c
+//! w_{c,i} = λ s_c e^{z_{c,i}} / (1 + λ Σ_{c'} s_{c'} e^{z_{c',i}}),   w_{0,i} = 1 / (1 + λ Σ_{c'} s_{c'} e^{z_{c',i}})
+//! p_i(v)  = w_{0,i} q_i(v) + Σ_c w_{c,i} κ_{c,i}(v)
+//! ```
 //!
 //! with sums over the rules whose targets at `i` are not empty. Shapes use fixed letters: `N` rows
 //! (`B·T`, flattened), `C` copy rules, `d` model width, `V` vocabulary.
