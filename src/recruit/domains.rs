@@ -276,7 +276,8 @@ fn documents(test: &[u32], count: usize, length: usize) -> Vec<&[u32]> {
 /// Index of the smallest of `bits`, the first on ties (0 when empty).
 /// The index of the fewest bits among the finite ones (the first index when none is finite).
 fn fewest(bits: &[f64]) -> usize {
-    (0..bits.len()).fold(0, |b, i| if bits[i].is_finite() && !(bits[b] <= bits[i]) { i } else { b })
+    (0..bits.len())
+        .fold(0, |b, i| if bits[i].is_finite() && (!bits[b].is_finite() || bits[i] < bits[b]) { i } else { b })
 }
 
 /// Index of the pool model with the fewest bits on the first `k` tokens of `document`, and every
@@ -470,4 +471,16 @@ pub fn load_pool(dir: &Path) -> Result<Pool> {
     }
     let vocabulary = vocabulary.ok_or_else(|| Error::Config { path, message: "the manifest lists no model".into() })?;
     Ok(Pool { manifest, models, vocabulary })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fewest;
+
+    #[test]
+    fn a_model_with_non_finite_bits_is_never_the_fewest() {
+        assert_eq!(fewest(&[f64::NAN, 3.0, 2.0, f64::INFINITY]), 2);
+        assert_eq!(fewest(&[f64::NEG_INFINITY, 5.0]), 1);
+        assert_eq!(fewest(&[1.0, 1.0, 4.0]), 0, "ties go to the first model");
+    }
 }
