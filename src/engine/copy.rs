@@ -172,7 +172,7 @@ impl CopyCaches {
 }
 
 /// `ln Σ eˣ` over the terms, `−∞` when every term is `−∞` (or there is none).
-fn log_sum_exp(terms: &[f64]) -> f64 {
+pub(crate) fn log_sum_exp(terms: &[f64]) -> f64 {
     let max = terms.iter().copied().fold(f64::NEG_INFINITY, f64::max);
     if max == f64::NEG_INFINITY {
         return max;
@@ -351,30 +351,6 @@ pub fn mixture_argmax(
         }
     }
     best
-}
-
-/// `[N]` `ln(1 + λ Σ_c s_c e^{z_{c,n}})` over the rules that act at each row: the mixture's
-/// normaliser, `−ln w_{0,n}` (0 where no rule acts). A trial on a frozen model adds a path to it.
-pub fn log_denominators<F: Scalar>(
-    hidden: ArrayView2<F>,
-    weight: ArrayView2<F>,
-    bias: ArrayView1<F>,
-    caches: &CopyCaches,
-    lambda: f64,
-) -> Vec<f64> {
-    let z = gate_forward(hidden, weight, bias); // (N, C)
-    let log_scale: Vec<f64> = (0..caches.n_rules()).map(|c| caches.log_scale(c, lambda)).collect(); // [C]
-    (0..hidden.nrows())
-        .map(|n| {
-            let mut terms = vec![0.0];
-            for (c, &scale) in log_scale.iter().enumerate() {
-                if scale > f64::NEG_INFINITY && caches.applies(c, n) {
-                    terms.push(scale + z[[n, c]].as_f64());
-                }
-            }
-            log_sum_exp(&terms)
-        })
-        .collect()
 }
 
 /// The copy paths' part of the loss alone, for trials on a frozen model (METHOD §7).

@@ -47,7 +47,7 @@ fn c_string(pointer: *const std::os::raw::c_char) -> String {
 }
 
 /// The CPU's model name, or the architecture where the system does not say.
-pub fn cpu_model() -> String {
+fn cpu_model() -> String {
     std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|text| {
@@ -94,32 +94,6 @@ pub fn current() -> NumericalEnvironment {
         blas_threads: usize::try_from(blas_threads).unwrap_or(0),
         worker_threads: rayon::current_num_threads(),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-    }
-}
-
-impl NumericalEnvironment {
-    /// One line for `--version` and logs: `AMD EPYC …; kernels avx2; OpenBLAS 0.3.29 (Zen), 1 thread; 2 workers`.
-    pub fn summary(&self) -> String {
-        format!(
-            "{}; kernels {}; {} {} ({}), {} BLAS thread{}; {} worker thread{} of {} cores",
-            self.cpu,
-            self.simd_path,
-            self.blas,
-            self.blas_version,
-            self.blas_core,
-            self.blas_threads,
-            if self.blas_threads == 1 { "" } else { "s" },
-            self.worker_threads,
-            if self.worker_threads == 1 { "" } else { "s" },
-            self.cores
-        )
-    }
-
-    /// Whether two runs in these environments give the same bits (threads included).
-    pub fn same_bits_as(&self, other: &NumericalEnvironment) -> bool {
-        self.blas_config == other.blas_config
-            && self.blas_core == other.blas_core
-            && self.worker_threads == other.worker_threads
     }
 }
 

@@ -83,6 +83,9 @@ pub struct CopyLoss<F> {
     pub weights: Array2<F>,
     /// `[N]` `−ln q_n(y_n)`, each row's NLL under the softmax alone (the code length without the paths).
     pub softmax_nll: Vec<F>,
+    /// `[N]` `ln w_{0,n} = −ln(1 + λ Σ_c s_c e^{z_{c,n}})`, 0 where no rule acts: the mixture's
+    /// normaliser, which a trial on a frozen model adds a path to.
+    pub log_w0: Vec<f64>,
     /// `[C, d]` `∂mean_nll/∂u`, when gradients were requested.
     pub d_gate_weight: Option<Array2<F>>,
     /// `[C]` `∂mean_nll/∂b`, when gradients were requested.
@@ -372,7 +375,8 @@ impl<'a, F: Scalar> CopyPass<'a, F> {
         let (n, c) = (softmax_nll.len(), self.input.caches.n_rules());
         let weights = self.mix.as_ref().map_or_else(|| Array2::zeros((n, c)), |mix| mix.weights().mapv(F::lit));
         let (d_gate_weight, d_gate_bias) = grads.map_or((None, None), |(w, b)| (Some(w), Some(b)));
-        CopyLoss { weights, softmax_nll, d_gate_weight, d_gate_bias }
+        let log_w0 = self.mix.as_ref().map_or_else(|| vec![0.0; n], |mix| mix.log_w0.clone());
+        CopyLoss { weights, softmax_nll, log_w0, d_gate_weight, d_gate_bias }
     }
 }
 

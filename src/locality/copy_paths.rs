@@ -81,44 +81,40 @@ impl CopyPathAccumulator {
         }
     }
 
-    /// Adds one batch: `softmax_nll [N]` is `−ln q(y)`, `gate_logits [N, C]` the gates' `z`.
+    /// Adds one batch from what the output loss's mixture computed: `softmax_nll [N]` is `−ln q(y)`,
+    /// `weights [N, C]` the copy weights `w_c`, `log_w0 [N]` the softmax's `ln w₀`.
     pub fn add(
         &mut self,
         caches: &CopyCaches,
         softmax_nll: &[f64],
-        gate_logits: ndarray::ArrayView2<f64>,
+        weights: ndarray::ArrayView2<f64>,
+        log_w0: &[f64],
         targets: &[u32],
         lambda: f64,
     ) {
         let paths = caches.n_rules();
-        let mut scaled = vec![0.0f64; paths]; // a_c = λ s_c e^{z_c}
         let mut kappa = vec![0.0f64; paths];
         for (n, &y) in targets.iter().enumerate() {
-            let mut any = false;
-            for c in 0..paths {
-                let applies = caches.applies(c, n) && lambda * caches.rule(c).strength > 0.0;
-                scaled[c] = if applies { lambda * caches.rule(c).strength * gate_logits[[n, c]].exp() } else { 0.0 };
-                kappa[c] = if applies { caches.kappa(c, n, y) } else { 0.0 };
-                any |= applies;
-            }
-            if !any {
+            let applies = |c: usize| caches.applies(c, n) && lambda * caches.rule(c).strength > 0.0;
+            if !(0..paths).any(applies) {
                 continue;
             }
-            // p = A/B, A = q(y) + Σ a_c κ_c(y), B = 1 + Σ a_c; without path c both sums leave c out
-            let q = (-softmax_nll[n]).exp();
-            let numerator = |skip: Option<usize>| {
-                q + (0..paths).filter(|&c| Some(c) != skip).map(|c| scaled[c] * kappa[c]).sum::<f64>()
+            for (c, k) in kappa.iter_mut().enumerate() {
+                *k = if applies(c) { caches.kappa(c, n, y) } else { 0.0 };
+            }
+            // p = w₀ q(y) + Σ w_c κ_c(y); with path c's weight set to 0 the others renormalise over
+            // 1 − w_c: p₋c = (w₀ q(y) + Σ_{c' ≠ c} w_c' κ_c'(y)) / (1 − w_c)
+            let softmax = (log_w0[n] - softmax_nll[n]).exp();
+            let copied = |skip: Option<usize>| {
+                (0..paths).filter(|&c| Some(c) != skip).map(|c| weights[[n, c]] * kappa[c]).sum::<f64>()
             };
-            let denominator =
-                |skip: Option<usize>| 1.0 + (0..paths).filter(|&c| Some(c) != skip).map(|c| scaled[c]).sum::<f64>();
-            let bits = |skip: Option<usize>| -(numerator(skip) / denominator(skip)).log2();
-            let with_all = bits(None);
-            let total = denominator(None);
-            for c in (0..paths).filter(|&c| scaled[c] > 0.0) {
+            let with_all = -(softmax + copied(None)).log2();
+            for c in (0..paths).filter(|&c| applies(c)) {
+                let w = weights[[n, c]];
                 self.applied[c] += 1;
-                self.share[c] += scaled[c] / total;
+                self.share[c] += w;
                 self.hits[c] += usize::from(kappa[c] > 0.0);
-                self.saved[c] += bits(Some(c)) - with_all;
+                self.saved[c] += -((softmax + copied(Some(c))) / (1.0 - w)).log2() - with_all;
             }
         }
     }

@@ -420,13 +420,8 @@ pub fn evaluate_at(model: &Model<f32>, ids: &[u32], lambda: f64, eval: &DialEval
         let loss = model.output_loss(&cache, targets, with_grad, copy.as_ref().map(|c| (c, lambda)));
         if let (Some(caches), Some(mixed)) = (copy.as_ref(), loss.copy.as_ref()) {
             let softmax_nll: Vec<f64> = mixed.softmax_nll.iter().map(|&v| f64::from(v)).collect();
-            let gate_logits = crate::engine::copy::gate_forward(
-                cache.hidden.view(),
-                model.params.copy_gate_weight.view(),
-                model.params.copy_gate_bias.view(),
-            )
-            .mapv(f64::from);
-            copy_acc.add(caches, &softmax_nll, gate_logits.view(), targets, lambda);
+            let weights = mixed.weights.mapv(f64::from);
+            copy_acc.add(caches, &softmax_nll, weights.view(), &mixed.log_w0, targets, lambda);
         }
         nll_sum += loss.nll.iter().map(|&v| v as f64).sum::<f64>();
         correct += loss.correct;

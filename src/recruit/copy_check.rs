@@ -41,14 +41,9 @@ pub fn frozen_batch(
     let copy = crate::locality::copy_paths::batch_caches(set, &model.config.copy_paths, inputs, windows, seq_len);
     let loss = model.output_loss(&cache, targets, false, copy.as_ref().map(|c| (c, lambda)));
     let ln_p: Vec<f64> = loss.nll.iter().map(|&v| -f64::from(v)).collect();
-    let ln_denominator = match &copy {
-        Some(caches) => crate::engine::copy::log_denominators(
-            cache.hidden.view(),
-            model.params.copy_gate_weight.view(),
-            model.params.copy_gate_bias.view(),
-            caches,
-            lambda,
-        ),
+    // ln B = −ln w₀, as the output loss's mixture computed it
+    let ln_denominator = match &loss.copy {
+        Some(mixed) => mixed.log_w0.iter().map(|&l| -l).collect(),
         None => vec![0.0; ln_p.len()],
     };
     FrozenBatch {

@@ -73,14 +73,7 @@ pub fn candidate_rows(batch: &FrozenBatch, is_member: &[bool], within: usize) ->
 }
 
 fn log_add_exp(a: f64, b: f64) -> f64 {
-    if a == f64::NEG_INFINITY {
-        return b;
-    }
-    if b == f64::NEG_INFINITY {
-        return a;
-    }
-    let high = a.max(b);
-    high + ((a.min(b) - high).exp()).ln_1p()
+    crate::engine::copy::log_sum_exp(&[a, b])
 }
 
 /// One row of the trial mixture: `(CE, ∂CE/∂z)` for the gate logit `z`, where `ln_a = ln p_M(y) +
@@ -104,12 +97,10 @@ pub struct Gate {
     pub bias: f32,
 }
 
-/// METHOD §7: a trial's gate starts shut, `u = 0`, `b = b_0`.
-pub const GATE_BIAS_START: f32 = -6.0;
-
 impl Gate {
     pub fn shut(d_model: usize) -> Self {
-        Gate { weight: Array1::zeros(d_model), bias: GATE_BIAS_START }
+        // METHOD §7: a trial's gate starts shut, `u = 0`, `b = b₀`, as every new copy path does
+        Gate { weight: Array1::zeros(d_model), bias: crate::engine::copy::GATE_BIAS_INIT as f32 }
     }
 
     fn logit(&self, h: ArrayView1<f32>) -> f64 {
@@ -167,26 +158,24 @@ pub struct GateTraining {
 }
 
 /// Trains `gate` from shut on the trial batches in order (cycling when there are fewer batches than
-/// steps) and returns it with the mean loss per step in nats.
+/// steps).
 pub fn train_gate(
     batches: &[FrozenBatch],
     rows: &[CandidateRows],
     d_model: usize,
     ln_strength: f64,
     training: &GateTraining,
-) -> (Gate, Vec<f64>) {
+) -> Gate {
     let (beta1, beta2, eps) = (0.9f64, 0.999f64, 1e-8f64);
     let mut gate = Gate::shut(d_model);
     let (mut m_w, mut v_w) = (Array1::<f64>::zeros(d_model), Array1::<f64>::zeros(d_model));
     let (mut m_b, mut v_b) = (0.0f64, 0.0f64);
-    let mut trace = Vec::with_capacity(training.steps);
     if batches.is_empty() {
-        return (gate, trace);
+        return gate;
     }
     for step in 0..training.steps {
         let k = step % batches.len();
-        let (loss, grad) = batch_loss(&batches[k], &rows[k], &gate, ln_strength, true);
-        trace.push(loss / batches[k].targets.len().max(1) as f64);
+        let (_, grad) = batch_loss(&batches[k], &rows[k], &gate, ln_strength, true);
         let Some((g_w, g_b)) = grad else { continue };
         let t = (step + 1) as i32;
         let (c1, c2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
@@ -199,7 +188,7 @@ pub fn train_gate(
         }
         gate.bias -= (training.learning_rate * (m_b / c1) / ((v_b / c2).sqrt() + eps)) as f32;
     }
-    (gate, trace)
+    gate
 }
 
 /// The bits of every target of `batches` under the frozen model and with the candidate's path, position
@@ -244,8 +233,6 @@ pub fn score(batches: &[FrozenBatch], rows: &[CandidateRows], gate: &Gate, ln_st
 pub struct CopyTrial {
     pub gate: Gate,
     pub scored: Scored,
-    /// Mean loss per gate step (nats).
-    pub trace: Vec<f64>,
 }
 
 /// Trials every candidate (`members[k]` as a membership mask) on the same frozen passes, in parallel;
@@ -264,11 +251,11 @@ pub fn trial_candidates(
             let d = trial_batches.first().or(split_batches.first()).map_or(0, |b| b.hidden.ncols());
             let trial_rows: Vec<CandidateRows> =
                 trial_batches.iter().map(|b| candidate_rows(b, is_member, within)).collect();
-            let (gate, trace) = train_gate(trial_batches, &trial_rows, d, ln_strength, training);
+            let gate = train_gate(trial_batches, &trial_rows, d, ln_strength, training);
             let split_rows: Vec<CandidateRows> =
                 split_batches.iter().map(|b| candidate_rows(b, is_member, within)).collect();
             let scored = score(split_batches, &split_rows, &gate, ln_strength);
-            CopyTrial { gate, scored, trace }
+            CopyTrial { gate, scored }
         })
         .collect()
 }
@@ -359,7 +346,11 @@ mod tests {
         let saved: f64 =
             copying[0].scored.bits_without.iter().sum::<f64>() - copying[0].scored.bits_with.iter().sum::<f64>();
         assert!(saved > 5.0, "the path saved only {saved} bits");
-        assert!(copying[0].gate.bias > GATE_BIAS_START, "the gate did not open: {:?}", copying[0].gate);
+        assert!(
+            copying[0].gate.bias > crate::engine::copy::GATE_BIAS_INIT as f32,
+            "the gate did not open: {:?}",
+            copying[0].gate
+        );
         // token 3 never occurs: the path never applies and nothing changes
         let never = trial_candidates(&batches, &batches, &[vec![false, false, false, true]], 3, 0.0, &training);
         assert_eq!(never[0].scored.bits_with, never[0].scored.bits_without);
