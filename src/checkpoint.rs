@@ -96,12 +96,14 @@ pub fn optimizer_path(model_path: &Path) -> PathBuf {
     model_path.with_file_name(format!("{stem}.optim.safetensors"))
 }
 
-/// Writes `bytes` to `path` through a temporary sibling and a rename.
+/// Writes `bytes` to `path` through a temporary sibling, an fsync and a rename, then fsyncs the
+/// directory: after a crash at any instant `path` holds either its old content or all of `bytes`.
 pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(|e| Error::io(dir, e))?;
     tmp.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    crate::faults::filesystem_step("temporary file written");
     // temporary files are created owner-only; a checkpoint is an ordinary file
     #[cfg(unix)]
     {
@@ -110,7 +112,20 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> Result<()> {
         tmp.as_file().set_permissions(permissions).map_err(|e| Error::io(path, e))?;
     }
     tmp.as_file().sync_all().map_err(|e| Error::io(path, e))?;
+    crate::faults::filesystem_step("temporary file synced");
     tmp.persist(path).map_err(|e| Error::io(path, e.error))?;
+    crate::faults::filesystem_step("renamed into place");
+    sync_directory(dir)
+}
+
+/// Makes a rename or link in `dir` durable (a no-op where directories cannot be opened).
+pub fn sync_directory(dir: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        let handle = std::fs::File::open(dir).map_err(|e| Error::io(dir, e))?;
+        handle.sync_all().map_err(|e| Error::io(dir, e))?;
+    }
+    crate::faults::filesystem_step("directory synced");
     Ok(())
 }
 
@@ -121,7 +136,8 @@ fn serialize(tensors: &[(String, F32Tensor)], metadata: String) -> Result<Vec<u8
         .map_err(|e| Error::Numeric(format!("could not serialise checkpoint: {e}")))
 }
 
-pub fn save(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
+/// The bytes of a checkpoint file: the same model gives the same bytes.
+pub fn to_bytes(checkpoint: &Checkpoint) -> Result<Vec<u8>> {
     let metadata = Metadata {
         format: FORMAT.into(),
         version: FORMAT_VERSION,
@@ -133,7 +149,11 @@ pub fn save(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
     let json = serde_json::to_string(&metadata).map_err(|e| Error::Numeric(e.to_string()))?;
     let tensors: Vec<(String, F32Tensor)> =
         checkpoint.model.params.named().into_iter().map(|(n, t)| (n, F32Tensor::new(t))).collect();
-    atomic_write(path, &serialize(&tensors, json)?)
+    serialize(&tensors, json)
+}
+
+pub fn save(path: &Path, checkpoint: &Checkpoint) -> Result<()> {
+    atomic_write(path, &to_bytes(checkpoint)?)
 }
 
 fn corrupt(path: &Path, message: impl Into<String>) -> Error {
@@ -223,8 +243,12 @@ fn fill(path: &Path, file: &Parsed, name: &str, mut target: ndarray::ArrayViewMu
 }
 
 pub fn load(path: &Path) -> Result<Checkpoint> {
-    let bytes = read_file(path)?;
-    let file = Parsed::new(path, &bytes)?;
+    load_bytes(path, &read_file(path)?)
+}
+
+/// A checkpoint from the bytes of the file at `path` (named in errors).
+pub fn load_bytes(path: &Path, bytes: &[u8]) -> Result<Checkpoint> {
+    let file = Parsed::new(path, bytes)?;
     let metadata: Metadata = serde_json::from_str(file.metadata_json(path)?)
         .map_err(|e| corrupt(path, format!("metadata entry `{METADATA_KEY}`: {e}")))?;
     if metadata.format != FORMAT || metadata.version != FORMAT_VERSION {
@@ -242,6 +266,27 @@ pub fn load(path: &Path) -> Result<Checkpoint> {
         return Err(corrupt(
             path,
             format!("vocabulary has {} entries, config says {}", vocabulary.len(), metadata.config.vocab_size),
+        ));
+    }
+    // an absurd shape in the metadata is an error before anything is allocated for it: the weights its
+    // matrices need must all be in the file
+    let config = &metadata.config;
+    let (d, ff, layers) = (config.d_model, config.d_ff, config.n_layers);
+    let least_weights =
+        config.vocab_size.checked_add(config.ctx_len).and_then(|rows| rows.checked_mul(d)).and_then(|embeddings| {
+            let per_layer = d.checked_mul(d)?.checked_mul(4)?.checked_add(d.checked_mul(ff)?.checked_mul(2)?)?;
+            embeddings.checked_add(per_layer.checked_mul(layers)?)
+        });
+    if least_weights.is_none_or(|n| n.saturating_mul(4) > file.data.len()) {
+        return Err(corrupt(
+            path,
+            format!(
+                "the config (vocabulary {}, ctx_len {}, d_model {d}, d_ff {ff}, {layers} layers) needs more weights \
+                 than the file's {} bytes of tensors hold",
+                config.vocab_size,
+                config.ctx_len,
+                file.data.len()
+            ),
         ));
     }
     let mut params = Params::<f32>::zeros(&metadata.config);
@@ -269,6 +314,11 @@ struct OptimizerMetadata {
 }
 
 pub fn save_optimizer(path: &Path, optimizer: &AdamW<f32>, params: &Params<f32>) -> Result<()> {
+    atomic_write(path, &optimizer_to_bytes(optimizer, params)?)
+}
+
+/// The bytes of an optimizer file for the model `params`.
+pub fn optimizer_to_bytes(optimizer: &AdamW<f32>, params: &Params<f32>) -> Result<Vec<u8>> {
     let mut tensors = Vec::new();
     for (index, (name, _)) in params.named().into_iter().enumerate() {
         tensors.push((format!("m.{name}"), F32Tensor::new(optimizer.m[index].view())));
@@ -277,12 +327,16 @@ pub fn save_optimizer(path: &Path, optimizer: &AdamW<f32>, params: &Params<f32>)
     let metadata =
         OptimizerMetadata { format: format!("{FORMAT}-optimizer"), version: FORMAT_VERSION, step: optimizer.step };
     let json = serde_json::to_string(&metadata).map_err(|e| Error::Numeric(e.to_string()))?;
-    atomic_write(path, &serialize(&tensors, json)?)
+    serialize(&tensors, json)
 }
 
 pub fn load_optimizer(path: &Path, params: &Params<f32>) -> Result<AdamW<f32>> {
-    let bytes = read_file(path)?;
-    let file = Parsed::new(path, &bytes)?;
+    load_optimizer_bytes(path, &read_file(path)?, params)
+}
+
+/// Optimizer state for `params` from the bytes of the file at `path` (named in errors).
+pub fn load_optimizer_bytes(path: &Path, bytes: &[u8], params: &Params<f32>) -> Result<AdamW<f32>> {
+    let file = Parsed::new(path, bytes)?;
     let metadata: OptimizerMetadata = serde_json::from_str(file.metadata_json(path)?)
         .map_err(|e| corrupt(path, format!("metadata entry `{METADATA_KEY}`: {e}")))?;
     let mut optimizer = AdamW::new(params);

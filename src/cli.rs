@@ -184,9 +184,12 @@ pub struct AnchorsArgs {
 pub struct RunArgs {
     /// The pipeline file (`pipelines/quickstart.yaml`).
     pub pipeline: Option<PathBuf>,
-    /// Continue the pipeline run in this directory from its last checkpoints.
-    #[arg(long)]
+    /// Continue the pipeline run in this directory from its members' newest intact checkpoints.
+    #[arg(long, conflicts_with = "force")]
     pub resume: Option<PathBuf>,
+    /// Replace the pipeline run already in the output directory.
+    #[arg(long)]
+    pub force: bool,
     /// Sweep members to run at once (default: as many as there are cores); the cores are shared
     /// among them.
     #[arg(long)]
@@ -268,9 +271,17 @@ pub struct TrainArgs {
     /// Run directory to write.
     #[arg(long, default_value = "runs/train")]
     pub out: PathBuf,
-    /// Continue the run in --out from its last saved step, exactly as if it had not stopped.
-    #[arg(long)]
+    /// Continue the run in --out from its newest intact checkpoint, exactly as if it had not stopped,
+    /// with the settings it started with (so no other setting may be given).
+    #[arg(long, conflicts_with_all = [
+        "config", "corpus", "tokenizer", "steps", "batch_size", "learning_rate", "seed", "ctx_len", "d_model",
+        "layers", "heads", "force"
+    ])]
     pub resume: bool,
+    /// Replace the run already in --out (only ailla's files are removed; a directory holding other
+    /// files is never written into).
+    #[arg(long)]
+    pub force: bool,
     /// Save and stop once this many steps are done in all (more when a recruitment check due then
     /// accepts a block, whose trial steps are adopted whole); continue later with --resume.
     #[arg(long)]
@@ -357,12 +368,32 @@ pub struct GenerateArgs {
     pub planted: bool,
 }
 
+/// More worker threads than this many per core only add synchronisation: results do not depend on
+/// the thread count, so a larger number is a mistake (or a pipeline written for a bigger machine).
+const MAX_THREADS_PER_CORE: usize = 4;
+
+/// An error unless `threads` is between 1 and [`MAX_THREADS_PER_CORE`] times this machine's cores.
+pub fn check_threads(field: &str, threads: usize) -> Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let most = MAX_THREADS_PER_CORE * cores;
+    match threads {
+        0 => Err(Error::invalid(field, "must be at least 1")),
+        n if n > most => Err(Error::invalid(
+            field,
+            format!(
+                "{n} threads on {cores} core{} would only add synchronisation (at most {most}: \
+                 {MAX_THREADS_PER_CORE} per core); results are the same for any thread count",
+                if cores == 1 { "" } else { "s" }
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Runs a parsed command line; output goes to `out`.
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     if let Some(threads) = cli.threads {
-        if threads == 0 {
-            return Err(Error::invalid("--threads", "must be at least 1"));
-        }
+        check_threads("--threads", threads)?;
         // fails only if a pool was already built, which main never does before this point
         let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
     }
@@ -370,6 +401,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Run(args) => run_pipeline(args, cli.threads, out),
         Command::Validate(args) => run_validate(args, out),
         Command::Report(args) => {
+            crate::report::require_finished(&args.run_dir)?;
             let report = crate::report::build(&args.run_dir)?;
             crate::report::write(&args.run_dir, &report)?;
             write_out(out, &format!("wrote {0}/report.json and {0}/report.md\n", args.run_dir.display()))
@@ -465,8 +497,16 @@ fn train_config(args: &TrainArgs) -> Result<TrainConfig> {
 
 fn run_train(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
     let config = if args.resume {
-        let path = train::RunPaths { dir: args.out.clone() }.config();
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let path = train::RunPaths::new(&args.out).config();
+        let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => Error::Config {
+                path: args.out.clone(),
+                message: "is not a run directory (it has no train.json): nothing to resume; start a run with \
+                          `ailla train … --out DIR`"
+                    .into(),
+            },
+            _ => Error::io(&path, e),
+        })?;
         serde_json::from_str(&text).map_err(|e| Error::Config { path: path.clone(), message: e.to_string() })?
     } else {
         train_config(&args)?
@@ -476,6 +516,8 @@ fn run_train(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
         resume: args.resume,
         stop_after: args.stop_after,
         interrupt: Some(train::interrupt_flag()),
+        force: args.force,
+        resume_command: None,
     };
     let summary = train::train(&config, &args.out, &control, &progress)?;
     let table = format!(
@@ -543,6 +585,15 @@ pub fn parse_ids(path: &Path, text: &str, vocab_size: usize) -> Result<Vec<u32>>
 }
 
 fn run_eval(args: EvalArgs, out: &mut dyn Write) -> Result<()> {
+    // the flags first: a wrong one should not wait for a checkpoint and a corpus to load
+    for (flag, value) in [("--margin", args.margin), ("--temperature", args.temperature), ("--penalty", args.penalty)] {
+        if let Some(value) = value.filter(|v| !v.is_finite()) {
+            return Err(Error::invalid(flag, format!("is {value}; it must be a finite number")));
+        }
+    }
+    if args.batch_size == 0 {
+        return Err(Error::invalid("--batch-size", "must be at least 1"));
+    }
     let ckpt = checkpoint::load(&args.checkpoint)?;
     let ids = match (&args.text, &args.ids) {
         (Some(path), _) => {
@@ -595,7 +646,14 @@ fn run_dial_eval(args: &EvalArgs, ckpt: &checkpoint::Checkpoint, ids: &[u32], ou
         temperature: args.temperature.unwrap_or(base.temperature),
         penalty: args.penalty.unwrap_or(base.penalty),
     };
-    settings.validate()?;
+    // the flags, not the pipeline fields, are what the user gave here
+    settings.validate().map_err(|e| match e {
+        Error::Invalid { field, message } => {
+            let flag = field.strip_prefix("locality.").map_or(field.clone(), |name| format!("--{name}"));
+            Error::Invalid { field: flag, message }
+        }
+        other => other,
+    })?;
     if !(args.epsilon > 0.0 && args.epsilon < 1.0) {
         return Err(Error::invalid("--epsilon", "must lie strictly between 0 and 1"));
     }
@@ -1303,24 +1361,36 @@ fn run_validate(args: ValidateArgs, out: &mut dyn Write) -> Result<()> {
 }
 
 fn run_pipeline(args: RunArgs, threads: Option<usize>, out: &mut dyn Write) -> Result<()> {
-    let (mut plan, resume, pipeline_file) = match (&args.pipeline, &args.resume) {
-        (_, Some(dir)) => (crate::pipeline::run::read_plan(dir)?, true, dir.join("pipeline.yaml")),
+    let (mut plan, resume, pipeline_file, text) = match (&args.pipeline, &args.resume) {
+        (_, Some(dir)) => {
+            let mut plan = crate::pipeline::run::read_plan(dir)?;
+            // the run continues where it is, whatever directory the command is given from
+            plan.output_dir = dir.clone();
+            (plan, true, dir.join("pipeline.yaml"), None)
+        }
         (Some(path), None) => {
             let (plan, text) = load_plan(path, &args.changes)?;
-            crate::pipeline::run::write_plan(&plan, &text)?;
-            (plan, false, path.clone())
+            crate::pipeline::run::check_fresh_output(&plan.output_dir, args.force)?;
+            (plan, false, path.clone(), Some(text))
         }
         (None, None) => return Err(Error::invalid("pipeline", "give a pipeline file or --resume RUN_DIR")),
     };
+    if args.jobs == Some(0) {
+        return Err(Error::invalid("--jobs", "must be at least 1"));
+    }
+    std::fs::create_dir_all(&plan.output_dir).map_err(|e| Error::io(&plan.output_dir, e))?;
+    let _lock = crate::run_dir::RunLock::acquire(&plan.output_dir, &mut |note| crate::eprintln_lossy!("{note}"))?;
+    if let Some(text) = &text {
+        crate::pipeline::run::write_plan(&plan, text)?;
+    }
     if threads.is_some() {
         plan.threads = threads;
+    } else if let Some(threads) = plan.threads {
+        check_threads("train.threads", threads)?;
     }
     let cores = plan.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let mut provenance = crate::report::provenance::collect(&plan, &pipeline_file, cores)?;
     let started = std::time::Instant::now();
-    if args.jobs == Some(0) {
-        return Err(Error::invalid("--jobs", "must be at least 1"));
-    }
     // a domains pipeline is one pool run; any other pipeline, its sweep members
     let (outcomes, domains) = match &plan.domains {
         Some(domains) => {
@@ -1331,7 +1401,7 @@ fn run_pipeline(args: RunArgs, threads: Option<usize>, out: &mut dyn Write) -> R
             let progress = crate::train::Progress::Lines { every: usize::MAX, prefix: format!("[{}] ", plan.name) };
             (Vec::new(), Some(pool.install(|| crate::recruit::domains::run(domains, &plan.output_dir, &progress))?))
         }
-        None => (crate::pipeline::run::execute(&plan, resume, args.jobs), None),
+        None => (crate::pipeline::run::execute(&plan, resume, args.force, args.jobs), None),
     };
     provenance.wall_time_seconds = started.elapsed().as_secs_f64();
     provenance.peak_memory_mib = crate::bench::peak_memory_mib();

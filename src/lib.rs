@@ -33,12 +33,14 @@ pub mod data;
 pub mod dsl;
 pub mod engine;
 pub mod error;
+pub mod faults;
 pub mod json_float;
 pub mod locality;
 pub mod pipeline;
 pub mod recruit;
 pub mod report;
 pub mod rng;
+pub mod run_dir;
 pub mod suggest;
 pub mod train;
 

@@ -1,6 +1,6 @@
 //! Training and evaluation loops on top of the engine.
 
-use std::io::{IsTerminal, Write};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -19,6 +19,8 @@ use crate::locality::metrics::{evaluate_at, DialEvaluation, LocalityMetrics};
 use crate::locality::schedule::per_layer;
 use crate::locality::{BatchTargets, DialSettings, LambdaSchedule, LocalityHook, RuleSet, RuleSpec, RulesSource};
 use crate::rng::Rng;
+use crate::run_dir::units::{self, Resumable, ResumePoint};
+use crate::run_dir::{MetricsLog, RunLock};
 use crate::{Error, Result};
 
 /// Where training text comes from.
@@ -509,74 +511,7 @@ pub struct TrainSummary {
     pub seconds: f64,
 }
 
-/// Run directory layout.
-pub struct RunPaths {
-    pub dir: PathBuf,
-}
-
-impl RunPaths {
-    pub fn model(&self) -> PathBuf {
-        self.dir.join("model.safetensors")
-    }
-    pub fn config(&self) -> PathBuf {
-        self.dir.join("train.json")
-    }
-    pub fn metrics(&self) -> PathBuf {
-        self.dir.join("metrics.jsonl")
-    }
-    pub fn summary(&self) -> PathBuf {
-        self.dir.join("summary.json")
-    }
-    pub fn step_checkpoint(&self, step: usize) -> PathBuf {
-        self.dir.join("checkpoints").join(format!("step-{step:07}.safetensors"))
-    }
-
-    /// A fresh run in a directory that held another run removes that run's checkpoints and results
-    /// first, so that a later `--resume` can never pick up a checkpoint of the old run.
-    pub fn clear_previous_run(&self) -> Result<()> {
-        let checkpoints = self.dir.join("checkpoints");
-        if checkpoints.is_dir() {
-            std::fs::remove_dir_all(&checkpoints).map_err(|e| Error::io(&checkpoints, e))?;
-        }
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
-        for entry in entries.filter_map(|e| e.ok()) {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            let stale = name == "summary.json" || name.starts_with("model.") || name.starts_with("diverged-step-");
-            if stale {
-                std::fs::remove_file(entry.path()).map_err(|e| Error::io(entry.path(), e))?;
-            }
-        }
-        Ok(())
-    }
-
-    /// The most advanced saved state: the run's model file or a periodic checkpoint, whichever has the
-    /// higher step (a run killed without warning has only its periodic checkpoints).
-    pub fn latest_checkpoint(&self) -> Result<PathBuf> {
-        let mut candidates = vec![self.model()];
-        if let Ok(entries) = std::fs::read_dir(self.dir.join("checkpoints")) {
-            let mut steps: Vec<PathBuf> = entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| {
-                    p.extension().is_some_and(|e| e == "safetensors")
-                        && !p.to_string_lossy().ends_with(".optim.safetensors")
-                })
-                .collect();
-            steps.sort();
-            candidates.extend(steps);
-        }
-        let mut best: Option<(usize, PathBuf)> = None;
-        for path in candidates.into_iter().filter(|p| p.is_file()) {
-            let step = checkpoint::step_of(&path)?;
-            if best.as_ref().is_none_or(|(s, _)| step > *s) {
-                best = Some((step, path));
-            }
-        }
-        best.map(|(_, p)| p).ok_or_else(|| Error::Checkpoint {
-            path: self.dir.clone(),
-            message: "nothing to resume: no model.safetensors and no checkpoints/ in this run directory".into(),
-        })
-    }
-}
+pub use crate::run_dir::RunPaths;
 
 /// Progress output: a bar on a terminal, periodic plain lines otherwise (CI logs, pipes).
 pub enum Progress {
@@ -649,45 +584,6 @@ impl Progress {
     }
 }
 
-/// Appends JSON lines, flushing each so that a crash loses nothing already measured.
-struct MetricsLog {
-    file: std::fs::File,
-    path: PathBuf,
-}
-
-impl MetricsLog {
-    /// A fresh log, or on resume the existing one cut back to the checkpoint's step so that the log
-    /// matches the weights.
-    fn open(path: PathBuf, resume_step: Option<usize>) -> Result<Self> {
-        if let Some(step) = resume_step {
-            let kept: String = std::fs::read_to_string(&path)
-                .unwrap_or_default()
-                .lines()
-                .filter(|line| {
-                    serde_json::from_str::<MetricsRecord>(line).is_ok_and(|r| match r {
-                        MetricsRecord::Train { step: s, .. }
-                        | MetricsRecord::Eval { step: s, .. }
-                        | MetricsRecord::Dial { step: s, .. } => s <= step,
-                        MetricsRecord::Recruitment(decision) => decision.step <= step,
-                    })
-                })
-                .map(|l| format!("{l}\n"))
-                .collect();
-            std::fs::write(&path, kept).map_err(|e| Error::io(&path, e))?;
-        } else {
-            std::fs::write(&path, "").map_err(|e| Error::io(&path, e))?;
-        }
-        let file =
-            std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(|e| Error::io(&path, e))?;
-        Ok(MetricsLog { file, path })
-    }
-
-    fn write(&mut self, record: &MetricsRecord) -> Result<()> {
-        let line = serde_json::to_string(record).map_err(|e| Error::Numeric(e.to_string()))?;
-        writeln!(self.file, "{line}").map_err(|e| Error::io(&self.path, e))
-    }
-}
-
 /// Set by Ctrl-C; the loop checkpoints and stops at the next step boundary.
 pub fn interrupt_flag() -> Arc<AtomicBool> {
     static FLAG: std::sync::OnceLock<Arc<AtomicBool>> = std::sync::OnceLock::new();
@@ -714,6 +610,10 @@ pub struct RunControl {
     pub stop_after: Option<usize>,
     /// Set from outside (Ctrl-C) to save and stop at the next step boundary.
     pub interrupt: Option<Arc<AtomicBool>>,
+    /// A fresh run may replace an earlier run in its directory (never files that are not a run's).
+    pub force: bool,
+    /// How the user continues this run, for messages (`ailla train --resume --out DIR`).
+    pub resume_command: Option<String>,
 }
 
 /// Loss, penalty and gradients of training step `step` (its batch and λ are fixed by the seed and the
@@ -768,6 +668,11 @@ pub fn step_gradients(
     }
 }
 
+/// SHA-256 of a run's settings in canonical JSON: what a resumed run checks its settings by.
+pub fn settings_hash(config: &TrainConfig) -> String {
+    crate::report::provenance::sha256_hex(serde_json::to_string(config).unwrap_or_default().as_bytes())
+}
+
 /// SHA-256 of a rule spec's canonical JSON: what a resumed run compares its stored rules by.
 pub fn rules_hash(spec: &RuleSpec) -> String {
     crate::report::provenance::sha256_hex(serde_json::to_string(spec).unwrap_or_default().as_bytes())
@@ -779,20 +684,66 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
     let resume = control.resume;
     config.validate()?;
     let started = Instant::now();
-    let paths = RunPaths { dir: out_dir.to_path_buf() };
+    let paths = RunPaths::new(out_dir);
+    let resume_command =
+        control.resume_command.clone().unwrap_or_else(|| format!("ailla train --resume --out {}", out_dir.display()));
+    let settings_sha256 = settings_hash(config);
+    // A resume holds the directory from the start, so that the unit it reads is not being written;
+    // a fresh run only looks until every input has been checked.
+    let mut lock = None;
+    let resume_from = if resume {
+        std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(&paths.dir, e))?;
+        lock = Some(RunLock::acquire(&paths.dir, &mut |note| progress.note(note))?);
+        paths.remove_leftovers()?;
+        match units::resume_point(&paths)? {
+            ResumePoint::Start { ignored } => {
+                for problem in &ignored {
+                    progress.note(&format!("note: ignored {problem}; the run starts at step 0"));
+                }
+                None
+            }
+            ResumePoint::Unit { unit, skipped } => {
+                for problem in &skipped {
+                    progress.note(&format!("note: skipped {problem}"));
+                }
+                if !skipped.is_empty() {
+                    progress.note(&format!(
+                        "note: resuming from {} at step {}",
+                        crate::report::provenance::relative_to(&unit.path, &paths.dir),
+                        unit.manifest.step
+                    ));
+                }
+                if unit.manifest.settings_sha256 != settings_sha256 {
+                    return Err(Error::Config {
+                        path: paths.config(),
+                        message: format!(
+                            "the run's settings have changed since its checkpoint at step {} (sha256 {} then,                              {settings_sha256} now): a resumed run continues with the settings it started with;                              restore them, or start a new run with --force",
+                            unit.manifest.step, unit.manifest.settings_sha256
+                        ),
+                    });
+                }
+                Some(unit)
+            }
+        }
+    } else {
+        paths.check_fresh_start(control.force, &resume_command)?;
+        None
+    };
     // every input is read and checked before anything of an earlier run in the directory is removed
     let splits = config.corpus.load()?;
 
-    let (mut model, vocabulary, mut optimizer, stored_rules) = if resume {
-        let latest = paths.latest_checkpoint()?;
-        let loaded = checkpoint::load(&latest)?;
-        let optimizer = checkpoint::load_optimizer(&checkpoint::optimizer_path(&latest), &loaded.model.params)?;
-        (loaded.model, loaded.vocabulary, optimizer, loaded.locality.map(|l| l.rules))
-    } else {
-        let vocabulary = Vocabulary::build(config.tokenizer, &splits.train, config.vocab_cap);
-        let model = Model::<f32>::init(config.model.config(vocabulary.len()), config.seed)?;
-        let optimizer = AdamW::new(&model.params);
-        (model, vocabulary, optimizer, None)
+    let metrics_lines = resume_from.as_ref().map(|unit| (unit.manifest.metrics_lines, unit.manifest.step));
+    let (mut model, vocabulary, mut optimizer, stored_rules) = match resume_from {
+        Some(unit) => {
+            let Resumable { checkpoint, optimizer, .. } = *unit;
+            (checkpoint.model, checkpoint.vocabulary, optimizer, checkpoint.locality.map(|l| l.rules))
+        }
+        None => {
+            let vocabulary = Vocabulary::build(config.tokenizer, &splits.train, config.vocab_cap);
+            let model = Model::<f32>::init(config.model.config(vocabulary.len()), config.seed)?;
+            let optimizer = AdamW::new(&model.params);
+            (model, vocabulary, optimizer, None)
+        }
     };
     let data = Dataset::with_vocabulary(&splits, vocabulary)?;
     let seq_len = model.config.ctx_len;
@@ -852,8 +803,12 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
         }
         None => None,
     };
-    std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(&paths.dir, e))?;
-    if !resume {
+    if lock.is_none() {
+        std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(&paths.dir, e))?;
+        lock = Some(RunLock::acquire(&paths.dir, &mut |note| progress.note(note))?);
+        // looked at again under the lock: another process may have started a run here meanwhile
+        paths.check_fresh_start(control.force, &resume_command)?;
+        paths.remove_leftovers()?;
         paths.clear_previous_run()?;
     }
     let stored = |locality: &Option<(&LocalityConfig, RuleSpec, RuleSet)>| {
@@ -867,24 +822,45 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
     let config_json = serde_json::to_string_pretty(config).map_err(|e| Error::Numeric(e.to_string()))?;
     checkpoint::atomic_write(&paths.config(), config_json.as_bytes())?;
     let start_step = optimizer.step;
-    let mut metrics = MetricsLog::open(paths.metrics(), Some(start_step).filter(|_| resume))?;
+    let (mut metrics, kept) = match metrics_lines {
+        Some((lines, step)) => {
+            MetricsLog::resume::<MetricsRecord>(&paths.metrics(), lines, &format!("the checkpoint at step {step}"))?
+        }
+        None => (MetricsLog::create(&paths.metrics())?, Vec::new()),
+    };
+    // a unit already committed at the step it holds is not written again
+    let mut saved_step = metrics_lines.map(|(_, step)| step);
 
-    let save = |model: &Model<f32>, optimizer: &AdamW<f32>, stored_locality: &Option<StoredLocality>, path: &Path| {
-        let ckpt = Checkpoint {
+    let checkpoint_of =
+        |model: &Model<f32>, optimizer: &AdamW<f32>, stored_locality: &Option<StoredLocality>| Checkpoint {
             model: model.clone(),
             vocabulary: data.vocabulary.clone(),
             step: optimizer.step,
             locality: stored_locality.clone(),
         };
-        checkpoint::save(path, &ckpt)?;
-        checkpoint::save_optimizer(&checkpoint::optimizer_path(path), optimizer, &model.params)
+    let save_unit = |model: &Model<f32>,
+                     optimizer: &AdamW<f32>,
+                     stored_locality: &Option<StoredLocality>,
+                     metrics: &MetricsLog|
+     -> Result<()> {
+        // the lines a unit counts are on disk before the unit is
+        metrics.sync()?;
+        let ckpt = checkpoint_of(model, optimizer, stored_locality);
+        units::save_unit(&paths.step_checkpoint(optimizer.step), &ckpt, optimizer, metrics.lines(), &settings_sha256)
+            .map(|_| ())
     };
     let recruitment_split =
         crate::recruit::split_of(&data.valid, config.recruitment.as_ref().map_or(0, |r| r.split_tokens));
     let mut decisions: Vec<crate::recruit::Decision> = Vec::new();
 
     let eval_slice = &data.valid[..data.valid.len().min(config.eval_tokens + 1)];
-    let mut losses = Vec::with_capacity(config.steps.saturating_sub(start_step).min(1 << 20));
+    let mut losses = Vec::with_capacity(config.steps.min(1 << 20));
+    // the steps before the resume point are the run's too
+    for record in &kept {
+        if let MetricsRecord::Train { loss, .. } = record {
+            losses.push(*loss);
+        }
+    }
     let mut interrupted = false;
     let mut step = start_step;
     while step < config.steps {
@@ -908,11 +884,12 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
             // diverged: they go aside for inspection, and the last periodic checkpoint stays the last
             // good state.
             let diverged = paths.dir.join(format!("diverged-step-{step:07}.safetensors"));
-            save(&model, &optimizer, &stored_locality, &diverged)?;
-            let last_good = paths
-                .latest_checkpoint()
-                .map(|p| format!("the last good state is {}", p.display()))
-                .unwrap_or_else(|_| "no checkpoint was saved before it".into());
+            checkpoint::save(&diverged, &checkpoint_of(&model, &optimizer, &stored_locality))?;
+            checkpoint::save_optimizer(&checkpoint::optimizer_path(&diverged), &optimizer, &model.params)?;
+            let last_good = match units::resume_point(&paths) {
+                Ok(ResumePoint::Unit { unit, .. }) => format!("the last good state is {}", unit.path.display()),
+                _ => "no checkpoint was saved before it".into(),
+            };
             return Err(Error::Numeric(format!(
                 "training loss became {loss} at step {step}; {last_good}; the diverged weights are in {} \
                  (lower optim.learning_rate or enable optim.grad_clip)",
@@ -932,7 +909,8 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
             metrics.write(&MetricsRecord::Eval { step: done, split: "valid".into(), result })?;
         }
         if config.checkpoint_every > 0 && done % config.checkpoint_every == 0 && done < config.steps {
-            save(&model, &optimizer, &stored_locality, &paths.step_checkpoint(done))?;
+            save_unit(&model, &optimizer, &stored_locality, &metrics)?;
+            saved_step = Some(done);
         }
         step += 1;
         let recruiting = config.recruitment.as_ref().filter(|r| {
@@ -1036,12 +1014,14 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
         }
     }
     progress.finish();
-    save(&model, &optimizer, &stored_locality, &paths.model())?;
+    if saved_step != Some(optimizer.step) {
+        save_unit(&model, &optimizer, &stored_locality, &metrics)?;
+    }
+    units::publish(&paths.step_checkpoint(optimizer.step), &paths.model())?;
     if interrupted {
         return Err(Error::Interrupted(format!(
-            "stopped after step {}; continue with `ailla train --resume --out {}`",
-            optimizer.step,
-            paths.dir.display()
+            "stopped after step {}; continue with `{resume_command}`",
+            optimizer.step
         )));
     }
     let final_slice = |ids: &'_ [u32]| -> std::ops::Range<usize> {
@@ -1096,6 +1076,7 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
     };
     let json = serde_json::to_string_pretty(&summary).map_err(|e| Error::Numeric(e.to_string()))?;
     checkpoint::atomic_write(&paths.summary(), json.as_bytes())?;
+    drop(lock);
     Ok(summary)
 }
 

@@ -132,6 +132,22 @@ fn a_paused_and_resumed_run_equals_an_uninterrupted_one() {
         std::fs::read(split.join("model.safetensors")).unwrap(),
         std::fs::read(straight.join("model.safetensors")).unwrap()
     );
+    // the whole log, evaluations included, is the uninterrupted run's; resuming a finished run (twice)
+    // adds nothing to it
+    let log = |run: &Path| std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert_eq!(log(&split), log(&straight));
+    for _ in 0..2 {
+        let again = ailla(&["--threads", "2", "train", "--resume", "--out", split.to_str().unwrap()]);
+        assert!(again.status.success(), "{}", stderr(&again));
+    }
+    assert_eq!(log(&split), log(&straight));
+    let summary = |run: &Path| {
+        let mut value: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+        value.as_object_mut().unwrap().remove("seconds");
+        value
+    };
+    assert_eq!(summary(&split), summary(&straight), "the summary of a resumed run is not the whole run's");
 }
 
 /// Ctrl-C, and the SIGTERM and SIGHUP that a scheduler or a closed terminal sends, save the finished
@@ -301,8 +317,12 @@ fn a_fresh_run_in_an_old_run_directory_leaves_nothing_of_the_old_run_to_resume_f
     // the same directory, a shorter run that stops before its first checkpoint
     let short = dir.path().join("short.yaml");
     std::fs::write(&short, SMALL_CONFIG.replace("steps: 160", "steps: 60")).unwrap();
-    train(&short, &out, &["--stop-after", "30"]);
-    assert!(!out.join("checkpoints").exists(), "the old run's checkpoints survived");
+    // a finished run is not replaced by accident
+    let refused = ailla(&["train", short.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("holds a run") && stderr(&refused).contains("--force"), "{}", stderr(&refused));
+    train(&short, &out, &["--stop-after", "30", "--force"]);
+    assert!(!out.join("checkpoints/step-0000080.safetensors").exists(), "the old run's checkpoints survived");
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["steps_done"], 30, "the summary is not the paused run's");
@@ -380,7 +400,8 @@ fn bad_settings_are_refused_before_anything_is_removed_or_allocated() {
     let out = dir.path().join("run");
     train(&config, &out, &["--steps", "20"]);
     let model_before = std::fs::read(out.join("model.safetensors")).unwrap();
-    let refused = ailla(&["train", "--corpus", "/nonexistent", "--out", out.to_str().unwrap()]);
+    // --force replaces a run, but only once every input has been checked
+    let refused = ailla(&["train", "--corpus", "/nonexistent", "--out", out.to_str().unwrap(), "--force"]);
     assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
     assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), model_before, "the finished run was removed");
     assert!(out.join("summary.json").is_file());
@@ -395,7 +416,7 @@ fn bad_settings_are_refused_before_anything_is_removed_or_allocated() {
     ] {
         let path = dir.path().join("absurd.yaml");
         std::fs::write(&path, format!("corpus: {{ bundled: {{ seed: 2024 }} }}\n{setting}\n")).unwrap();
-        let output = ailla(&["train", path.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        let output = ailla(&["train", path.to_str().unwrap(), "--out", out.to_str().unwrap(), "--force"]);
         assert_eq!(output.status.code(), Some(2), "{setting}: {}", stderr(&output));
         assert!(stderr(&output).contains(&format!("`{field}`")), "{setting}: {}", stderr(&output));
         assert_eq!(std::fs::read(out.join("model.safetensors")).unwrap(), model_before, "{setting}");
@@ -415,4 +436,190 @@ fn eval_of_a_model_that_gives_nan_is_an_error_not_a_result() {
     let output = ailla(&["eval", path.to_str().unwrap(), "--ids", ids.to_str().unwrap()]);
     assert_eq!(output.status.code(), Some(3), "{}", stderr(&output));
     assert!(stdout(&output).is_empty() && stderr(&output).contains("NaN"), "{}", stderr(&output));
+}
+
+/// A directory that is not a run is never written into, even with --force: a training pointed at a
+/// project folder by mistake leaves its files alone.
+#[test]
+fn a_directory_that_is_not_a_run_is_never_written_into() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let project = dir.path().join("project");
+    std::fs::create_dir_all(project.join("checkpoints")).unwrap();
+    std::fs::write(project.join("model.py"), "print('mine')\n").unwrap();
+    std::fs::write(project.join("checkpoints/notes.txt"), "mine\n").unwrap();
+    for extra in [&[][..], &["--force"][..]] {
+        let mut args = vec!["train", config.to_str().unwrap(), "--out", project.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let output = ailla(&args);
+        assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+        assert!(stderr(&output).contains("not an ailla run directory"), "{}", stderr(&output));
+    }
+    assert_eq!(std::fs::read_to_string(project.join("model.py")).unwrap(), "print('mine')\n");
+    assert!(project.join("checkpoints/notes.txt").is_file() && !project.join("train.json").exists());
+}
+
+/// Two trainings into one directory: the second is refused while the first holds the lock, and the
+/// lock a killed run leaves behind does not block the resume.
+#[test]
+fn a_busy_run_directory_is_refused_and_a_dead_runs_lock_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("long.yaml");
+    std::fs::write(&config, SMALL_CONFIG.replace("steps: 160", "steps: 100000")).unwrap();
+    let out = dir.path().join("run");
+    let mut first = Command::new(env!("CARGO_BIN_EXE_ailla"))
+        .args(["--threads", "1", "train", config.to_str().unwrap(), "--out", out.to_str().unwrap()])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while !out.join("metrics.jsonl").is_file() {
+        assert!(started.elapsed().as_secs() < 60, "the first training never started");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for args in [
+        vec!["train", "--resume", "--out", out.to_str().unwrap()],
+        vec!["train", config.to_str().unwrap(), "--out", out.to_str().unwrap(), "--force"],
+    ] {
+        let second = ailla(&args);
+        assert_eq!(second.status.code(), Some(2), "{}", stderr(&second));
+        assert!(stderr(&second).contains(&format!("in use by process {}", first.id())), "{}", stderr(&second));
+    }
+    Command::new("kill").args(["-KILL", &first.id().to_string()]).status().unwrap();
+    first.wait().unwrap();
+    assert!(out.join(".ailla.lock").is_file(), "a killed run leaves its lock");
+    let resumed = ailla(&["train", "--resume", "--out", out.to_str().unwrap(), "--stop-after", "1"]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+    assert!(stderr(&resumed).contains("stale lock"), "{}", stderr(&resumed));
+    assert!(!out.join(".ailla.lock").exists(), "the lock outlived its run");
+}
+
+/// A resume continues a run with the settings it started with: an edited train.json is an error naming
+/// it, and the command line cannot change them either.
+#[test]
+fn a_resume_refuses_changed_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let out = dir.path().join("run");
+    train(&config, &out, &["--steps", "60", "--stop-after", "30"]);
+    let flags = ailla(&["train", "--resume", "--out", out.to_str().unwrap(), "--steps", "90"]);
+    assert_eq!(flags.status.code(), Some(2), "{}", stderr(&flags));
+    assert!(stderr(&flags).contains("--steps"), "{}", stderr(&flags));
+    let path = out.join("train.json");
+    let original = std::fs::read_to_string(&path).unwrap();
+    for (from, to) in [("\"batch_size\": 16", "\"batch_size\": 8"), ("\"d_model\": 48", "\"d_model\": 64")] {
+        assert!(original.contains(from), "{from} not in train.json");
+        std::fs::write(&path, original.replace(from, to)).unwrap();
+        let edited = ailla(&["train", "--resume", "--out", out.to_str().unwrap()]);
+        assert_eq!(edited.status.code(), Some(2), "{to}: {}", stderr(&edited));
+        assert!(stderr(&edited).contains("train.json") && stderr(&edited).contains("settings"), "{}", stderr(&edited));
+    }
+    std::fs::write(&path, original).unwrap();
+    let resumed = ailla(&["train", "--resume", "--out", out.to_str().unwrap()]);
+    assert!(resumed.status.success(), "{}", stderr(&resumed));
+}
+
+/// The metrics log is kept exact: a damaged line before the resume point is an error naming the line,
+/// not a silent truncation of everything before it.
+#[test]
+fn a_damaged_metrics_log_is_an_error_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let out = dir.path().join("run");
+    train(&config, &out, &["--steps", "40", "--stop-after", "20"]);
+    let path = out.join("metrics.jsonl");
+    let mut bytes = std::fs::read(&path).unwrap();
+    let third = bytes.iter().enumerate().filter(|(_, &b)| b == b'\n').nth(1).map(|(i, _)| i + 3).unwrap();
+    bytes[third] = 0xff;
+    std::fs::write(&path, &bytes).unwrap();
+    let resumed = ailla(&["train", "--resume", "--out", out.to_str().unwrap()]);
+    assert_eq!(resumed.status.code(), Some(2), "{}", stderr(&resumed));
+    assert!(stderr(&resumed).contains("metrics.jsonl") && stderr(&resumed).contains("line 3"), "{}", stderr(&resumed));
+    assert_eq!(std::fs::read(&path).unwrap(), bytes, "the damaged log was changed");
+}
+
+/// A checkpoint whose metadata declares a shape its file cannot hold is refused before anything is
+/// allocated for it (it used to abort with an 8 TB allocation).
+#[test]
+fn a_checkpoint_declaring_an_absurd_shape_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = std::fs::read(fixture("char-tiny.safetensors")).unwrap();
+    let length = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let mut header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + length]).unwrap();
+    let mut metadata: serde_json::Value =
+        serde_json::from_str(header["__metadata__"]["ailla"].as_str().unwrap()).unwrap();
+    let ids = fixture("char-tiny.ids");
+    for (field, value) in [("ctx_len", 1_000_000_000_000u64), ("d_model", 1 << 40), ("d_ff", 1 << 62)] {
+        let original = metadata["config"][field].clone();
+        metadata["config"][field] = value.into();
+        if field == "d_model" {
+            metadata["config"]["n_heads"] = 1.into();
+        }
+        header["__metadata__"]["ailla"] = metadata.to_string().into();
+        let text = header.to_string();
+        let mut crafted = (text.len() as u64).to_le_bytes().to_vec();
+        crafted.extend_from_slice(text.as_bytes());
+        crafted.extend_from_slice(&bytes[8 + length..]);
+        let path = dir.path().join(format!("{field}.safetensors"));
+        std::fs::write(&path, crafted).unwrap();
+        let output = ailla(&["eval", path.to_str().unwrap(), "--ids", ids.to_str().unwrap()]);
+        assert_eq!(output.status.code(), Some(2), "{field}: {}", stderr(&output));
+        assert!(stderr(&output).contains("needs more weights"), "{field}: {}", stderr(&output));
+        metadata["config"][field] = original;
+    }
+}
+
+#[test]
+fn threads_beyond_a_sane_multiple_of_the_cores_are_refused() {
+    let output = ailla(&["--threads", "2000", "env"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("`--threads`") && stderr(&output).contains("per core"), "{}", stderr(&output));
+}
+
+/// Messages name what the user gave and what to do: the flag rather than the field behind it, the
+/// field rather than a sweep that is not there, and what a directory is when it is not what a verb reads.
+#[test]
+fn messages_name_what_is_wrong_where_the_user_gave_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let checkpoint = fixture("char-tiny.safetensors");
+    let ids = fixture("char-tiny.ids");
+    let margin = ailla(&[
+        "eval",
+        checkpoint.to_str().unwrap(),
+        "--ids",
+        ids.to_str().unwrap(),
+        "--lambda",
+        "1",
+        "--rules",
+        "bundled",
+        "--margin",
+        "nan",
+    ]);
+    assert!(stderr(&margin).contains("`--margin`"), "{}", stderr(&margin));
+
+    let pipeline = dir.path().join("inf.yaml");
+    std::fs::write(&pipeline, "name: inf\ntrain:\n  learning_rate: .inf\n").unwrap();
+    let validated = ailla(&["validate", pipeline.to_str().unwrap()]);
+    assert_eq!(validated.status.code(), Some(2), "{}", stderr(&validated));
+    assert!(stderr(&validated).contains("learning_rate"), "{}", stderr(&validated));
+    assert!(!stderr(&validated).contains("sweep"), "{}", stderr(&validated));
+
+    // a validation split shorter than one context is blamed on its own file
+    let corpus = dir.path().join("corpus");
+    std::fs::create_dir_all(&corpus).unwrap();
+    let long: String = (0..400).map(|i| format!("w{} ", i % 17)).collect();
+    for (name, text) in [("train.txt", long.as_str()), ("valid.txt", "w1 w2 w3\n"), ("test.txt", long.as_str())] {
+        std::fs::write(corpus.join(name), text).unwrap();
+    }
+    let short = ailla(&["train", "--corpus", corpus.to_str().unwrap(), "--out", dir.path().join("short").to_str().unwrap()]);
+    assert_eq!(short.status.code(), Some(2), "{}", stderr(&short));
+    assert!(stderr(&short).contains("valid.txt") && !stderr(&short).contains("train.txt"), "{}", stderr(&short));
+
+    let config = write_config(dir.path());
+    let out = dir.path().join("plain");
+    train(&config, &out, &["--steps", "10"]);
+    let report = ailla(&["report", out.to_str().unwrap()]);
+    assert_eq!(report.status.code(), Some(2), "{}", stderr(&report));
+    assert!(stderr(&report).contains("not a pipeline run directory") && stderr(&report).contains("train"));
 }

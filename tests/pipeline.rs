@@ -152,3 +152,78 @@ fn a_diverging_member_fails_alone_and_an_unwritable_output_is_named() {
     assert_eq!(output.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("a-file") && !stderr.contains("panicked"), "{stderr}");
 }
+
+/// `run --resume DIR` continues in DIR from wherever it is given, from each member's newest intact
+/// checkpoint (a damaged newest one is skipped, the good ones kept, never a restart from step 0); a
+/// second plain `run` does not replace the run, and `report` does not rebuild from an unfinished one.
+#[test]
+fn a_resume_continues_in_its_own_directory_from_the_newest_intact_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relative.yaml");
+    std::fs::write(
+        &path,
+        "name: relative\nmodel: { ctx_len: 16, d_model: 16, n_heads: 2, n_layers: 1, d_ff: 32 }\n\
+         train:\n  steps: 40\n  batch_size: 4\n  eval_every: 0\n\
+         locality:\n  rules: bundled\n  lambda:\n    schedule: { constant: { lambda: 0.5 } }\n\
+         evaluation:\n  lambdas: [1.0]\n\
+         outputs:\n  dir: runs/relative\n  checkpoint_every: 10\n",
+    )
+    .unwrap();
+    let start = dir.path().join("start");
+    std::fs::create_dir_all(&start).unwrap();
+    let first = ailla().args(["--threads", "2", "run", "../relative.yaml"]).current_dir(&start).output().unwrap();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let run_dir = start.join("runs/relative");
+    let member = run_dir.join("relative");
+    let model = std::fs::read(member.join("model.safetensors")).unwrap();
+
+    let again = ailla().args(["run", "../relative.yaml"]).current_dir(&start).output().unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    let message = String::from_utf8_lossy(&again.stderr);
+    assert!(message.contains("holds a pipeline run") && message.contains("--force"), "{message}");
+
+    // as after a crash during the member's last write: its newest unit damaged, no summary yet
+    std::fs::write(member.join("checkpoints/step-0000040.safetensors"), b"damaged").unwrap();
+    std::fs::remove_file(member.join("summary.json")).unwrap();
+    let report_before = std::fs::read(run_dir.join("report.md")).unwrap();
+    let report = ailla().args(["report", run_dir.to_str().unwrap()]).output().unwrap();
+    assert_eq!(report.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&report.stderr).contains("has not finished"));
+    assert_eq!(std::fs::read(run_dir.join("report.md")).unwrap(), report_before, "a degraded report replaced it");
+
+    let elsewhere = dir.path().join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let resumed = ailla()
+        .args(["--threads", "2", "run", "--resume", run_dir.to_str().unwrap()])
+        .current_dir(&elsewhere)
+        .output()
+        .unwrap();
+    let message = String::from_utf8_lossy(&resumed.stderr);
+    assert!(resumed.status.success(), "{message}");
+    assert!(message.contains("skipped checkpoints/step-0000040"), "{message}");
+    assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 0, "the resume wrote under the current directory");
+    assert_eq!(std::fs::read(member.join("model.safetensors")).unwrap(), model);
+    assert!(member.join("checkpoints/step-0000030.safetensors").is_file(), "good checkpoints were removed");
+}
+
+/// A sweep is bounded before it is expanded: a few lines of YAML naming millions of members are one
+/// error, at once, not gigabytes of plans.
+#[test]
+fn a_sweep_too_large_to_run_is_refused_before_it_is_expanded() {
+    let values = |n: usize| format!("[{}]", (1..=n).map(|i| i.to_string()).collect::<Vec<_>>().join(", "));
+    let text = format!(
+        "name: huge\nsweep:\n  train.seed: {}\n  train.steps: {}\n  model.d_ff: {}\n  train.batch_size: {}\n",
+        values(40),
+        values(40),
+        values(40),
+        values(40)
+    );
+    let started = std::time::Instant::now();
+    let Err(problems) = ailla::pipeline::plan(&text, Path::new("huge.yaml")) else {
+        panic!("a huge sweep was accepted")
+    };
+    let rendered: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+    assert!(rendered.iter().any(|p| p.contains("2560000 members") && p.contains("1000")), "{rendered:?}");
+    // generous: expanding it would take minutes and gigabytes, refusing it takes microseconds
+    assert!(started.elapsed().as_secs() < 5);
+}

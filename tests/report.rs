@@ -44,7 +44,8 @@ fn run(dir: &Path) -> (String, String) {
         std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/default.rules"), &rules).unwrap();
     }
     write_pipeline(dir);
-    ailla(dir, &["--threads", "2", "run", "tiny.yaml"]);
+    // the second call replaces the first run on purpose
+    ailla(dir, &["--threads", "2", "run", "tiny.yaml", "--force"]);
     let read = |name: &str| std::fs::read_to_string(dir.join("run").join(name)).unwrap();
     (read("report.md"), read("report.json"))
 }

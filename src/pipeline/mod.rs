@@ -626,6 +626,9 @@ fn apply_fields(document: &mut serde_json::Value, fields: &[QuickField]) {
     }
 }
 
+/// The most members one pipeline expands to; larger sweeps are several pipelines (or a cluster's).
+pub const MAX_MEMBERS: usize = 1000;
+
 /// The sweep's members: `(name, pipeline)` for every combination, in a fixed order. `quick` fields are
 /// set again in every member, so that they win over sweep values too.
 fn expand(p: &Pipeline, text: &str, quick: &[QuickField], problems: &mut Vec<Problem>) -> Vec<(String, Pipeline)> {
@@ -639,6 +642,24 @@ fn expand(p: &Pipeline, text: &str, quick: &[QuickField], problems: &mut Vec<Pro
     let mut axes: Vec<(String, Vec<serde_json::Value>)> = p.sweep.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     if let Some(seeds) = &p.train.seeds {
         axes.push(("train.seed".into(), seeds.iter().map(|&s| serde_json::json!(s)).collect()));
+    }
+    // bounded before anything is expanded: each member is a whole configuration in memory
+    let count = axes.iter().fold(1usize, |count, (_, values)| count.saturating_mul(values.len().max(1)));
+    if count > MAX_MEMBERS {
+        problems.push(problem(
+            text,
+            "sweep",
+            format!(
+                "expands to {} members, more than the {MAX_MEMBERS} one pipeline may have; split it into several \
+                 pipelines",
+                if count == usize::MAX { "too many".to_string() } else { count.to_string() }
+            ),
+        ));
+        return Vec::new();
+    }
+    if axes.is_empty() && quick.is_empty() {
+        // nothing to vary: the member is the pipeline as parsed, so its own checks name its fields
+        return vec![(p.name.clone(), p.clone())];
     }
     let mut members = vec![(String::new(), base_value)];
     for (axis, values) in &axes {
@@ -706,7 +727,15 @@ fn expand(p: &Pipeline, text: &str, quick: &[QuickField], problems: &mut Vec<Pro
         let name = if name.is_empty() { p.name.clone() } else { name };
         match serde_json::from_value::<Pipeline>(value) {
             Ok(member) => out.push((name, member)),
-            Err(e) => problems.push(problem(text, "sweep", format!("member `{name}`: {e}"))),
+            Err(e) => {
+                // JSON has no infinity or NaN: such a value comes back as null
+                let hint = if e.to_string().contains("null") {
+                    " (a value that is not a finite number, such as .inf or .nan, cannot be swept)"
+                } else {
+                    ""
+                };
+                problems.push(problem(text, "sweep", format!("member `{name}`: {e}{hint}")))
+            }
         }
     }
     out

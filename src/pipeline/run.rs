@@ -21,7 +21,7 @@ pub struct MemberOutcome {
     pub result: Result<TrainSummary>,
 }
 
-const PLAN_FILE: &str = "pipeline.resolved.json";
+pub const PLAN_FILE: &str = "pipeline.resolved.json";
 
 /// Writes the resolved plan beside the members so that `--resume` needs nothing else.
 pub fn write_plan(plan: &Plan, pipeline_text: &str) -> Result<()> {
@@ -42,9 +42,47 @@ pub fn thread_split(cores: usize, members: usize) -> (usize, usize) {
     (concurrent, (cores / concurrent).max(1))
 }
 
-/// Runs every member of `plan` (continuing finished or interrupted ones when `resume`).
-/// `jobs` overrides how many members run at once (1 runs them one after another with every core).
-pub fn execute(plan: &Plan, resume: bool, jobs: Option<usize>) -> Vec<MemberOutcome> {
+/// Checks that a fresh pipeline run may write into `dir`: missing or empty, or (with `force`) holding
+/// an earlier pipeline run. Files that are not a run's are never replaced.
+pub fn check_fresh_output(dir: &Path, force: bool) -> Result<()> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(Error::io(dir, e)),
+    };
+    let names: Vec<String> = entries
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|name| !name.starts_with(".tmp") && name != crate::run_dir::lock::LOCK_FILE)
+        .collect();
+    if names.is_empty() {
+        return Ok(());
+    }
+    let holds_run = names.iter().any(|n| n == PLAN_FILE);
+    match (holds_run, force) {
+        (true, true) => Ok(()),
+        (true, false) => Err(Error::Config {
+            path: dir.to_path_buf(),
+            message: format!(
+                "holds a pipeline run already; continue it with `ailla run --resume {}`, or replace it with --force",
+                dir.display()
+            ),
+        }),
+        (false, _) => Err(Error::Config {
+            path: dir.to_path_buf(),
+            message: format!(
+                "is not empty and is not an ailla run directory (it holds `{}`{}); set the pipeline's \
+                 output_dir to another directory",
+                names[0],
+                if names.len() > 1 { format!(" and {} more", names.len() - 1) } else { String::new() }
+            ),
+        }),
+    }
+}
+
+/// Runs every member of `plan` (continuing finished or interrupted ones when `resume`; replacing an
+/// earlier run's member directories when `force`). `jobs` overrides how many members run at once (1
+/// runs them one after another with every core).
+pub fn execute(plan: &Plan, resume: bool, force: bool, jobs: Option<usize>) -> Vec<MemberOutcome> {
     let cores = plan.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let (concurrent, threads_each) = thread_split(cores, jobs.unwrap_or(plan.members.len()).min(plan.members.len()));
     let bars = std::io::stderr().is_terminal().then(indicatif::MultiProgress::new);
@@ -66,7 +104,8 @@ pub fn execute(plan: &Plan, resume: bool, jobs: Option<usize>) -> Vec<MemberOutc
                 let index = next.fetch_add(1, Ordering::SeqCst);
                 let Some(member) = plan.members.get(index) else { break };
                 let dir = plan.output_dir.join(&member.name);
-                let result = run_member(member, &dir, resume, threads_each, bars.as_ref(), &interrupt);
+                let start = Start { resume, force, run_dir: &plan.output_dir };
+                let result = run_member(member, &dir, &start, threads_each, bars.as_ref(), &interrupt);
                 let outcome = MemberOutcome { name: member.name.clone(), dir, result };
                 if let Ok(mut slots) = outcomes.lock() {
                     slots[index] = Some(outcome);
@@ -77,16 +116,23 @@ pub fn execute(plan: &Plan, resume: bool, jobs: Option<usize>) -> Vec<MemberOutc
     outcomes.into_inner().unwrap_or_default().into_iter().flatten().collect()
 }
 
+/// How a member starts, and the pipeline run it belongs to.
+struct Start<'a> {
+    resume: bool,
+    force: bool,
+    run_dir: &'a Path,
+}
+
 fn run_member(
     member: &super::Member,
     dir: &Path,
-    resume: bool,
+    start: &Start,
     threads: usize,
     bars: Option<&indicatif::MultiProgress>,
     interrupt: &std::sync::Arc<std::sync::atomic::AtomicBool>,
 ) -> Result<TrainSummary> {
-    let paths = train::RunPaths { dir: dir.to_path_buf() };
-    if resume {
+    let paths = train::RunPaths::new(dir);
+    if start.resume {
         // a member that finished keeps its results
         if let Ok(text) = std::fs::read_to_string(paths.summary()) {
             if let Ok(summary) = serde_json::from_str::<TrainSummary>(&text) {
@@ -96,13 +142,20 @@ fn run_member(
             }
         }
     }
-    let started = resume && paths.latest_checkpoint().is_ok();
     let pool = rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
         .build()
         .map_err(|e| Error::Numeric(format!("cannot start {threads} worker threads: {e}")))?;
     let progress = Progress::for_run(bars, &member.name, member.config.steps);
-    let control = RunControl { resume: started, stop_after: None, interrupt: Some(interrupt.clone()) };
+    // a member that never saved a checkpoint starts at step 0; one whose checkpoints are all damaged
+    // is an error, not a fresh start over them
+    let control = RunControl {
+        resume: start.resume,
+        stop_after: None,
+        interrupt: Some(interrupt.clone()),
+        force: start.force,
+        resume_command: Some(format!("ailla run --resume {}", start.run_dir.display())),
+    };
     pool.install(|| train::train(&member.config, dir, &control, &progress))
 }
 

@@ -10,7 +10,6 @@ use super::{
     log2_binomial, measuring_lambda, split_of, trial_all, Candidate, CheckContext, Decision, Origin, RecruitmentConfig,
 };
 
-use crate::checkpoint;
 use crate::data::Vocabulary;
 use crate::locality::RuleSet;
 use crate::train::{Dataset, RunPaths, TrainConfig};
@@ -142,9 +141,10 @@ pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
     if let Some(head) = request.rule_head {
         super::require_index("--head", head, heads, "heads per layer")?;
     }
-    let latest = paths.latest_checkpoint()?;
-    let loaded = checkpoint::load(&latest)?;
-    let optimizer = checkpoint::load_optimizer(&checkpoint::optimizer_path(&latest), &loaded.model.params)?;
+    let crate::run_dir::units::ResumePoint::Unit { unit, .. } = crate::run_dir::units::resume_point(&paths)? else {
+        return Err(corrupt_run(run_dir, "has no checkpoint yet: train it first"));
+    };
+    let crate::run_dir::units::Resumable { checkpoint: loaded, optimizer, .. } = *unit;
     let vocabulary = loaded.vocabulary;
     let model = loaded.model;
     // the rules the run trained with, recruited blocks included, as its checkpoint stores them

@@ -211,6 +211,46 @@ fn seedless_key(mut config: crate::train::TrainConfig) -> String {
 }
 
 /// Builds the report of a pipeline run directory.
+/// Checks, before `ailla report` rewrites anything, that `run_dir` is a pipeline run whose every
+/// member finished: a report rebuilt from less would replace a good one with a degraded one.
+pub fn require_finished(run_dir: &Path) -> Result<()> {
+    if !run_dir.join(crate::pipeline::run::PLAN_FILE).is_file() {
+        let hint = if run_dir.join("train.json").is_file() {
+            "it is a `train` run directory, whose results are its summary.json and metrics.jsonl; reports are \
+             built for pipeline runs (`ailla run PIPELINE.yaml`)"
+        } else {
+            "give the output directory of `ailla run`"
+        };
+        return Err(Error::Config {
+            path: run_dir.to_path_buf(),
+            message: format!("is not a pipeline run directory (no {}): {hint}", crate::pipeline::run::PLAN_FILE),
+        });
+    }
+    let plan: Plan = crate::pipeline::run::read_plan(run_dir)?;
+    for member in &plan.members {
+        let path = run_dir.join(&member.name).join("summary.json");
+        match std::fs::read_to_string(&path) {
+            Ok(text) => {
+                serde_json::from_str::<TrainSummary>(&text)
+                    .map_err(|e| Error::Config { path: path.clone(), message: e.to_string() })?;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(Error::Config {
+                    path,
+                    message: format!(
+                        "is missing: member `{}` has not finished, so the report is left as it is; finish the run \
+                         with `ailla run --resume {}`",
+                        member.name,
+                        run_dir.display()
+                    ),
+                })
+            }
+            Err(e) => return Err(Error::io(&path, e)),
+        }
+    }
+    Ok(())
+}
+
 pub fn build(run_dir: &Path) -> Result<Report> {
     let plan: Plan = crate::pipeline::run::read_plan(run_dir)?;
     let provenance: Provenance = read_json(&run_dir.join(PROVENANCE_FILE))?;
