@@ -612,7 +612,8 @@ fn messages_name_what_is_wrong_where_the_user_gave_it() {
     for (name, text) in [("train.txt", long.as_str()), ("valid.txt", "w1 w2 w3\n"), ("test.txt", long.as_str())] {
         std::fs::write(corpus.join(name), text).unwrap();
     }
-    let short = ailla(&["train", "--corpus", corpus.to_str().unwrap(), "--out", dir.path().join("short").to_str().unwrap()]);
+    let short =
+        ailla(&["train", "--corpus", corpus.to_str().unwrap(), "--out", dir.path().join("short").to_str().unwrap()]);
     assert_eq!(short.status.code(), Some(2), "{}", stderr(&short));
     assert!(stderr(&short).contains("valid.txt") && !stderr(&short).contains("train.txt"), "{}", stderr(&short));
 
