@@ -18,6 +18,11 @@ pub struct OptimConfig {
     pub weight_decay: f64,
     /// Largest global gradient norm; 0 disables clipping.
     pub grad_clip: f64,
+    /// The copy gates' learning rate as a multiple of the model's, without weight decay. A gate starts
+    /// shut (`b = −6`, METHOD §4) and has `d + 1` parameters; at the model's rate it needs thousands of
+    /// steps to open, so a copy path would act only at the end of a run. 10 matches the frozen trial's
+    /// rate (`recruitment.trial_learning_rate` 3·10⁻² against 3·10⁻³).
+    pub copy_gate_lr_scale: f64,
 }
 
 impl Default for OptimConfig {
@@ -31,6 +36,7 @@ impl Default for OptimConfig {
             eps: 1e-8,
             weight_decay: 0.1,
             grad_clip: 1.0,
+            copy_gate_lr_scale: 10.0,
         }
     }
 }
@@ -58,6 +64,9 @@ pub struct AdamW<F> {
     /// new one was inserted before (a first block embedding lands before existing copy gates).
     names: Vec<String>,
 }
+
+/// The copy gates' tensors (`copy.weight`, `copy.bias`): see [`OptimConfig::copy_gate_lr_scale`].
+const COPY_GATE_PREFIX: &str = "copy.";
 
 /// Decay applies to matrices only (embeddings, projections), not to biases and LayerNorm gains,
 /// following GPT-2 practice: shrinking a gain towards 0 is not regularisation but a change of scale.
@@ -115,8 +124,11 @@ impl<F: Scalar> AdamW<F> {
         let step_size = F::lit(lr / bias1);
         let inv_sqrt_bias2 = F::lit(1.0 / bias2.sqrt());
         let eps = F::lit(config.eps);
-        for (index, ((_, mut p), (_, g))) in params.named_mut().into_iter().zip(grad_tensors).enumerate() {
-            let decay = if decays(p.ndim()) { F::lit(1.0 - lr * config.weight_decay) } else { F::one() };
+        let copy_step_size = F::lit(lr * config.copy_gate_lr_scale / bias1);
+        for (index, ((name, mut p), (_, g))) in params.named_mut().into_iter().zip(grad_tensors).enumerate() {
+            let copy_gate = name.starts_with(COPY_GATE_PREFIX);
+            let decay = if decays(p.ndim()) && !copy_gate { F::lit(1.0 - lr * config.weight_decay) } else { F::one() };
+            let step_size = if copy_gate { copy_step_size } else { step_size };
             Zip::from(&mut p).and(&g).and(&mut self.m[index]).and(&mut self.v[index]).par_for_each(|p, &g, m, v| {
                 let g = g * clip;
                 *m = b1 * *m + one_b1 * g;
@@ -210,7 +222,9 @@ mod tests {
         let mut grads = crate::engine::Params::<f64>::zeros(&model.config);
         grads.copy_gate_bias[1] = 1.0;
         let before = model.params.copy_gate_bias[1];
-        adam.update(&mut model.params, &grads, &OptimConfig::default(), 0.01);
-        assert!((model.params.copy_gate_bias[1] - before + 0.01).abs() < 1e-9);
+        let config = OptimConfig::default();
+        adam.update(&mut model.params, &grads, &config, 0.01);
+        // at the gates' own rate: Adam's first step is the rate times the gradient's sign
+        assert!((model.params.copy_gate_bias[1] - before + 0.01 * config.copy_gate_lr_scale).abs() < 1e-9);
     }
 }
