@@ -1,0 +1,361 @@
+//! The command line as typed: clap definitions only, no work.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::data::generator::DEFAULT_SEED;
+use crate::data::TokenizerKind;
+
+/// `ailla --version`: the version, the commit it was built from and the build profile. The numerical
+/// environment (CPU, kernels, BLAS) is `ailla env`.
+pub(super) const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("AILLA_GIT_COMMIT"),
+    ", ",
+    env!("AILLA_BUILD_PROFILE"),
+    " build)"
+);
+
+#[derive(Parser, Debug)]
+#[command(name = "ailla", version, long_version = LONG_VERSION, about = "Train and audit localist language models")]
+pub struct Cli {
+    /// Worker threads for the engine (default: every core).
+    #[arg(long, global = true)]
+    pub threads: Option<usize>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a pipeline: train every sweep member, evaluate it across the dial, print a summary.
+    Run(RunArgs),
+    /// Check a pipeline file and list its sweep members, without running anything.
+    Validate(ValidateArgs),
+    /// Rebuild `report.json` and `report.md` of a pipeline run from what it stored.
+    Report(ReportArgs),
+    /// Train a model and write a run directory (model, optimizer state, metrics, summary).
+    Train(TrainArgs),
+    /// Score a text or a stream of token ids with a checkpoint.
+    Eval(EvalArgs),
+    /// Measure training and evaluation throughput against this machine's sgemm (and PyTorch).
+    Bench(BenchArgs),
+    /// Write the bundled generated corpus to a directory.
+    Generate(GenerateArgs),
+    /// Check a `.rules` file: parse it, compile it against a vocabulary, summarise what it says.
+    Check(CheckArgs),
+    /// Print a `.rules` file in its canonical layout.
+    Fmt(FmtArgs),
+    /// Score candidate anchors of each block by mutual information on a corpus (METHOD §2).
+    Anchors(AnchorsArgs),
+    /// Send a document to the pool model that codes its first tokens in the fewest bits (METHOD §8).
+    Route(RouteArgs),
+    /// Trial a block of your own on a run, as recruitment would, and say in bits whether it pays (METHOD §7).
+    Trial(TrialArgs),
+    /// Print the numerical environment: CPU, kernel instruction set, BLAS library, version, kernel and
+    /// threads — what decides the last bits of every result (README, "Determinism").
+    Env(EnvArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct EnvArgs {
+    /// Print JSON (the `numerics` object of a report's provenance).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("blocks").required(true).args(["block", "rules"])))]
+pub struct TrialArgs {
+    /// A run directory written by `ailla train` or a pipeline member (`train.json`, its checkpoint).
+    pub run_dir: PathBuf,
+    /// The block's words, separated by commas or spaces, as the run's tokenizer wrote them.
+    #[arg(long)]
+    pub block: Option<String>,
+    /// A `.rules` file whose blocks (words and patterns) are trialled, each against the same controls.
+    #[arg(long)]
+    pub rules: Option<PathBuf>,
+    /// With `--block`, the block's name; with `--rules`, the one block of the file to trial.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Trial steps (default: the run's `recruitment.trial_steps`, else 100).
+    #[arg(long)]
+    pub steps: Option<usize>,
+    /// Tokens of the recruitment split, the end of the validation split (default: the run's, else 4096).
+    #[arg(long)]
+    pub split_tokens: Option<usize>,
+    /// Bits the block must save beyond its cost (default: the run's `recruitment.margin_bits`, else 0).
+    #[arg(long)]
+    pub margin: Option<f64>,
+    /// The layer whose head carries the block's own-block rule, from 0 (default: the run's
+    /// `recruitment.rule_layer`, else the last).
+    #[arg(long)]
+    pub layer: Option<usize>,
+    /// The head that carries the block's own-block rule, from 0 (default: the run's
+    /// `recruitment.rule_head`, else 0).
+    #[arg(long)]
+    pub head: Option<usize>,
+    /// How to trial: `frozen` (METHOD §7: the block's copy path on the run's model, only its gate
+    /// trains) or `co-trained` (the earlier design, beside a control). Default: the run's, else frozen.
+    #[arg(long, value_enum)]
+    pub trial: Option<TrialFlag>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum TrialFlag {
+    Frozen,
+    CoTrained,
+}
+
+#[derive(Args, Debug)]
+pub struct RouteArgs {
+    /// A pool directory written by a `domains` pipeline (`runs/NAME/pool`).
+    pub pool: PathBuf,
+    /// The document to route.
+    #[arg(long)]
+    pub text: PathBuf,
+    /// Tokens the router reads (default: the pool's own setting).
+    #[arg(long)]
+    pub tokens: Option<usize>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("vocabulary").args(["corpus", "checkpoint"])))]
+pub struct CheckArgs {
+    pub rules: PathBuf,
+    /// Compile against the vocabulary of this corpus (`bundled`, a directory or a text file) and
+    /// count the positions each rule covers in it.
+    #[arg(long)]
+    pub corpus: Option<String>,
+    /// How `--corpus` is tokenized.
+    #[arg(long, value_enum, default_value = "word")]
+    pub tokenizer: TokenizerArg,
+    /// Compile against the vocabulary of this checkpoint.
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct FmtArgs {
+    pub rules: PathBuf,
+    /// Rewrite the file in place instead of printing it.
+    #[arg(long)]
+    pub write: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct AnchorsArgs {
+    pub rules: PathBuf,
+    /// `bundled`, a corpus directory (its training split is used) or a text file.
+    #[arg(long)]
+    pub corpus: String,
+    /// `w`: a position is near a block when a member stands within this many positions.
+    #[arg(long, default_value_t = 10)]
+    pub window: usize,
+    /// Anchors chosen per block at most.
+    #[arg(long, default_value_t = 3)]
+    pub max: usize,
+    /// Stop choosing when the best gain falls below this many bits.
+    #[arg(long, default_value_t = 1e-4)]
+    pub min_gain: f64,
+    /// Also print the chosen anchors as a rules snippet to paste back.
+    #[arg(long)]
+    pub snippet: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("what").required(true).args(["pipeline", "resume"])))]
+pub struct RunArgs {
+    /// The pipeline file (`pipelines/quickstart.yaml`).
+    pub pipeline: Option<PathBuf>,
+    /// Continue the pipeline run in this directory from its members' newest intact checkpoints.
+    #[arg(long, conflicts_with = "force")]
+    pub resume: Option<PathBuf>,
+    /// Replace the pipeline run already in the output directory.
+    #[arg(long)]
+    pub force: bool,
+    /// Sweep members to run at once (default: as many as there are cores); the cores are shared
+    /// among them.
+    #[arg(long)]
+    pub jobs: Option<usize>,
+    #[command(flatten)]
+    pub changes: PlanChanges,
+}
+
+/// Command-line changes to a pipeline, shared by `run` and `validate`.
+#[derive(Args, Debug, Clone, Default)]
+pub struct PlanChanges {
+    /// Run the pipeline's `quick` variant (its `quick` section), into `<output dir>-quick`.
+    #[arg(long)]
+    pub quick: bool,
+    /// Corpus directory (train.txt, valid.txt, test.txt) in place of the pipeline's `data.corpus`.
+    #[arg(long, value_name = "DIR")]
+    pub data: Option<PathBuf>,
+}
+
+impl PlanChanges {
+    pub(super) fn options(&self) -> crate::pipeline::PlanOptions {
+        crate::pipeline::PlanOptions { quick: self.quick, data_directory: self.data.clone() }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ValidateArgs {
+    pub pipeline: PathBuf,
+    #[command(flatten)]
+    pub changes: PlanChanges,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// A run directory written by `ailla run`.
+    pub run_dir: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum TokenizerArg {
+    Char,
+    Word,
+}
+
+impl From<TokenizerArg> for TokenizerKind {
+    fn from(kind: TokenizerArg) -> Self {
+        match kind {
+            TokenizerArg::Char => TokenizerKind::Char,
+            TokenizerArg::Word => TokenizerKind::Word,
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// A YAML training config; flags below override its fields.
+    pub config: Option<PathBuf>,
+    /// Corpus directory with train.txt, valid.txt, test.txt, or `bundled` for the generated corpus.
+    #[arg(long)]
+    pub corpus: Option<String>,
+    #[arg(long, value_enum)]
+    pub tokenizer: Option<TokenizerArg>,
+    #[arg(long)]
+    pub steps: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[arg(long)]
+    pub ctx_len: Option<usize>,
+    #[arg(long)]
+    pub d_model: Option<usize>,
+    #[arg(long)]
+    pub layers: Option<usize>,
+    #[arg(long)]
+    pub heads: Option<usize>,
+    /// Run directory to write.
+    #[arg(long, default_value = "runs/train")]
+    pub out: PathBuf,
+    /// Continue the run in --out from its newest intact checkpoint, exactly as if it had not stopped,
+    /// with the settings it started with (so no other setting may be given).
+    #[arg(long, conflicts_with_all = [
+        "config", "corpus", "tokenizer", "steps", "batch_size", "learning_rate", "seed", "ctx_len", "d_model",
+        "layers", "heads", "force"
+    ])]
+    pub resume: bool,
+    /// Replace the run already in --out (only ailla's files are removed; a directory holding other
+    /// files is never written into).
+    #[arg(long)]
+    pub force: bool,
+    /// Save and stop once this many steps are done in all (more when a recruitment check due then
+    /// accepts a block, whose trial steps are adopted whole); continue later with --resume.
+    #[arg(long)]
+    pub stop_after: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["text", "ids"])))]
+pub struct EvalArgs {
+    /// A checkpoint written by `ailla train`.
+    pub checkpoint: PathBuf,
+    /// A text file, tokenized with the checkpoint's vocabulary.
+    #[arg(long)]
+    pub text: Option<PathBuf>,
+    /// Whitespace-separated token ids (for models compared across tokenizers).
+    #[arg(long)]
+    pub ids: Option<PathBuf>,
+    /// Windows per forward pass.
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    /// Evaluate across the dial at these λ values (comma-separated), one row each.
+    #[arg(long, value_delimiter = ',', value_name = "λ,λ,…")]
+    pub lambda: Vec<f64>,
+    /// Rules to evaluate with (`bundled` or a rule spec file); added to the checkpoint's own rules
+    /// without retraining.
+    #[arg(long)]
+    pub rules: Option<String>,
+    /// Margin μ in nats (default: the checkpoint's training value, else 12).
+    #[arg(long)]
+    pub margin: Option<f64>,
+    /// Temperature τ₁ at λ = 1 (default: the checkpoint's, else 1).
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Penalty strength ρ used for the group-sparsity threshold (default: the checkpoint's).
+    #[arg(long)]
+    pub penalty: Option<f64>,
+    /// Fidelity target 1 − ε of the certificates.
+    #[arg(long, default_value_t = 0.05)]
+    pub epsilon: f64,
+    /// Batches that also run a backward pass to measure the group-sparsity threshold.
+    #[arg(long, default_value_t = 2)]
+    pub certificate_batches: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Configurations to measure (default: char-small and word-wt2).
+    #[arg(long = "config", value_name = "NAME")]
+    pub configs: Vec<String>,
+    /// Timed steps per configuration.
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Also run benches/torch_reference.py with the same threads and print the ratio.
+    #[arg(long)]
+    pub compare_torch: bool,
+    /// The Python that has torch installed.
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    #[arg(long)]
+    pub json: bool,
+    /// Measure one configuration in this process (used internally to attribute peak memory).
+    #[arg(long, hide = true)]
+    pub single: bool,
+    /// Also measure sweep scaling (1, 2, 4 and 6 concurrent members) and the cost of a recruitment
+    /// check against the steps it trials.
+    #[arg(long)]
+    pub scaling: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    /// Directory to write train.txt, valid.txt and test.txt into.
+    #[arg(long, required_unless_present = "sample")]
+    pub out: Option<PathBuf>,
+    #[arg(long, default_value_t = DEFAULT_SEED)]
+    pub seed: u64,
+    /// Rewrite data/pharmacy-sample.txt, the excerpt committed for readers.
+    #[arg(long)]
+    pub sample: bool,
+    /// Add allergy records whose allergens form a block no rules file names (for block recruitment).
+    #[arg(long)]
+    pub planted: bool,
+}

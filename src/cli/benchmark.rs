@@ -1,0 +1,112 @@
+//! `ailla bench`.
+
+use super::*;
+
+pub(super) fn torch_script() -> PathBuf {
+    let beside_manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/torch_reference.py");
+    if beside_manifest.is_file() {
+        beside_manifest
+    } else {
+        PathBuf::from("benches/torch_reference.py")
+    }
+}
+
+pub(super) fn run_bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
+    let all = bench::standard_configs();
+    let selected: Vec<BenchConfig> = if args.configs.is_empty() {
+        all.clone()
+    } else {
+        args.configs
+            .iter()
+            .map(|name| {
+                all.iter().find(|c| &c.name == name).cloned().ok_or_else(|| {
+                    let names: Vec<&str> = all.iter().map(|c| c.name.as_str()).collect();
+                    Error::invalid("--config", format!("unknown configuration `{name}`; known: {}", names.join(", ")))
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    if args.single {
+        let config = selected.first().ok_or_else(|| Error::invalid("--config", "name one configuration"))?;
+        let result = bench::run_config(config, args.steps)?;
+        return write_out(out, &(serde_json::to_string(&result).map_err(|e| Error::Numeric(e.to_string()))? + "\n"));
+    }
+    let threads = rayon::current_num_threads();
+    let sgemm = bench::sgemm_gflops(1024, 5);
+    let mut rows = Vec::new();
+    for config in &selected {
+        // one process per configuration, so that its peak memory is its own
+        let result =
+            measure_in_child(config, args.steps, threads).or_else(|_| bench::run_config(config, args.steps))?;
+        let torch = if args.compare_torch {
+            bench::run_torch(&args.python, &torch_script(), config, args.steps, threads)?
+        } else {
+            None
+        };
+        rows.push((result, torch));
+    }
+    let overhead = bench::dial_overhead(args.steps)?;
+    let (scaling, recruitment) = if args.scaling {
+        let shape = all.first().cloned().ok_or_else(|| Error::invalid("bench", "no configuration"))?;
+        let scaling: Vec<bench::Scaling> = [1, 2, 4, 6]
+            .iter()
+            .map(|&m| bench::sweep_scaling(&shape, args.steps, m, threads))
+            .collect::<Result<_>>()?;
+        (scaling, Some((bench::recruitment_cost(args.steps)?, bench::frozen_check_cost()?)))
+    } else {
+        (Vec::new(), None)
+    };
+    let text = if args.json {
+        let json = serde_json::json!({
+            "threads": threads,
+            "sgemm_gflops": sgemm,
+            "results": rows.iter().map(|(r, t)| serde_json::json!({"ailla": r, "torch": t})).collect::<Vec<_>>(),
+            "dial_overhead": overhead,
+            "sweep_scaling": scaling,
+            "recruitment_cost": recruitment.as_ref().map(|(co_trained, _)| co_trained),
+            "frozen_check_cost": recruitment.as_ref().map(|(_, frozen)| frozen),
+        });
+        serde_json::to_string_pretty(&json).map_err(|e| Error::Numeric(e.to_string()))? + "\n"
+    } else {
+        bench_table(threads, sgemm, &rows, args.compare_torch)
+            + &format!(
+                "\nlocality dial at evaluation (bundled corpus and rules, char-small shape, λ = 1):\n  \
+                 without rules {:.0} tok/s, with rules {:.0} tok/s: {:.2}× the time (target ≤ 1.3×); \
+                 with every metric and certificate {:.0} tok/s\n\
+                 copy path at evaluation (one copy rule, `copy from drugs within 40`, λ = 1): {:.0} tok/s, \
+                 {:.2}× the time without (target ≤ 1.15×)\n",
+                overhead.plain_tokens_per_s,
+                overhead.rules_tokens_per_s,
+                overhead.cost_ratio,
+                overhead.metrics_tokens_per_s,
+                overhead.copy_tokens_per_s,
+                overhead.copy_cost_ratio
+            )
+            + &scaling_text(&scaling, recruitment.as_ref().map(|(co_trained, _)| co_trained))
+            + &recruitment.as_ref().map_or(String::new(), |(_, f)| {
+                format!(
+                    "frozen-model recruitment check (pipelines/recruit_planted.yaml): {} candidates in {:.2} s; \
+                     the {} training steps between two checks take {:.2} s: {:.1} % (target ≤ 15 %)\n",
+                    f.candidates,
+                    f.check_seconds,
+                    f.check_every,
+                    f.steps_seconds,
+                    100.0 * f.ratio
+                )
+            })
+    };
+    write_out(out, &text)
+}
+
+pub(super) fn measure_in_child(config: &BenchConfig, steps: usize, threads: usize) -> Result<BenchResult> {
+    let exe = std::env::current_exe().map_err(|e| Error::io("<current executable>", e))?;
+    let output = std::process::Command::new(&exe)
+        .args(["--threads", &threads.to_string(), "bench", "--single", "--json", "--config", &config.name])
+        .args(["--steps", &steps.to_string()])
+        .output()
+        .map_err(|e| Error::io(&exe, e))?;
+    if !output.status.success() {
+        return Err(Error::Numeric(String::from_utf8_lossy(&output.stderr).into_owned()));
+    }
+    serde_json::from_slice(&output.stdout).map_err(|e| Error::Numeric(e.to_string()))
+}

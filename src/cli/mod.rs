@@ -1,0 +1,124 @@
+//! Command-line definitions (flags as typed) and their resolution into work (what the program does).
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use crate::bench::{self, BenchConfig, BenchResult};
+use crate::checkpoint;
+use crate::data::generator::{bundled_corpus, generate, DEFAULT_SEED, TRAIN_RECORDS};
+use crate::data::TokenizerKind;
+use crate::engine::attention::NoHook;
+use crate::locality::metrics::{evaluate_at, DialEvaluation, LocalityMetrics};
+use crate::locality::{DialSettings, RuleSet, RulesSource};
+use crate::train::{self, CorpusSource, EvalResult, Progress, TrainConfig};
+use crate::{Error, Result};
+
+mod args;
+mod benchmark;
+mod pipeline;
+mod recruit;
+mod rules;
+mod text;
+mod training;
+
+pub use args::*;
+use benchmark::*;
+use pipeline::*;
+use recruit::*;
+use rules::*;
+use text::*;
+use training::*;
+pub use training::{load_train_config, parse_ids};
+
+/// More worker threads than this many per core only add synchronisation: results do not depend on
+/// the thread count, so a larger number is a mistake (or a pipeline written for a bigger machine).
+const MAX_THREADS_PER_CORE: usize = 4;
+
+/// An error unless `threads` is between 1 and [`MAX_THREADS_PER_CORE`] times this machine's cores.
+pub fn check_threads(field: &str, threads: usize) -> Result<()> {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let most = MAX_THREADS_PER_CORE * cores;
+    match threads {
+        0 => Err(Error::invalid(field, "must be at least 1")),
+        n if n > most => Err(Error::invalid(
+            field,
+            format!(
+                "{n} threads on {cores} core{} would only add synchronisation (at most {most}: \
+                 {MAX_THREADS_PER_CORE} per core); results are the same for any thread count",
+                if cores == 1 { "" } else { "s" }
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Runs a parsed command line; output goes to `out`.
+pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
+    if let Some(threads) = cli.threads {
+        check_threads("--threads", threads)?;
+        // fails only if a pool was already built, which main never does before this point
+        let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
+    }
+    match cli.command {
+        Command::Run(args) => run_pipeline(args, cli.threads, out),
+        Command::Validate(args) => run_validate(args, out),
+        Command::Report(args) => {
+            crate::report::require_finished(&args.run_dir)?;
+            let report = crate::report::build(&args.run_dir)?;
+            crate::report::write(&args.run_dir, &report)?;
+            write_out(out, &format!("wrote {0}/report.json and {0}/report.md\n", args.run_dir.display()))
+        }
+        Command::Train(args) => run_train(args, out),
+        Command::Eval(args) => run_eval(args, out),
+        Command::Bench(args) => run_bench(args, out),
+        Command::Generate(args) => run_generate(args, out),
+        Command::Check(args) => run_check(args, out),
+        Command::Route(args) => run_route(args, out),
+        Command::Trial(args) => run_trial(args, out),
+        Command::Fmt(args) => run_fmt(args, out),
+        Command::Anchors(args) => run_anchors(args, out),
+        Command::Env(args) => run_env(args, out),
+    }
+}
+
+fn run_env(args: EnvArgs, out: &mut dyn Write) -> Result<()> {
+    let environment = crate::engine::environment::current();
+    if args.json {
+        let text = serde_json::to_string_pretty(&environment).map_err(|e| Error::invalid("--json", e.to_string()))?;
+        return write_out(out, &format!("{text}\n"));
+    }
+    let rows = [
+        ("ailla", LONG_VERSION.to_string()),
+        ("CPU", environment.cpu.clone()),
+        ("kernels", format!("{} (ailla's element-wise kernels; the same bits on every path)", environment.simd_path)),
+        ("BLAS", format!("{} {}, kernel {}", environment.blas, environment.blas_version, environment.blas_core)),
+        ("BLAS build", environment.blas_config.clone()),
+        ("BLAS threads", environment.blas_threads.to_string()),
+        ("worker threads", format!("{} (of {} cores)", environment.worker_threads, environment.cores)),
+    ];
+    let text: String = rows.iter().map(|(k, v)| format!("{k:<15} {v}\n")).collect();
+    write_out(out, &text)
+}
+
+fn write_out(out: &mut dyn Write, text: &str) -> Result<()> {
+    out.write_all(text.as_bytes()).map_err(|e| Error::io("<stdout>", e))
+}
+
+fn run_generate(args: GenerateArgs, out: &mut dyn Write) -> Result<()> {
+    if args.sample {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/pharmacy-sample.txt");
+        let text = generate(DEFAULT_SEED, 0, TRAIN_RECORDS);
+        let sample: String = text.lines().take(60).map(|l| format!("{l}\n")).collect();
+        checkpoint::atomic_write(&path, sample.as_bytes())?;
+        return write_out(out, &format!("wrote {}\n", path.display()));
+    }
+    let Some(dir) = args.out else {
+        return Err(Error::invalid("--out", "give a directory"));
+    };
+    let splits =
+        if args.planted { crate::data::generator::planted_corpus(args.seed) } else { bundled_corpus(args.seed) };
+    for (name, text) in [("train.txt", &splits.train), ("valid.txt", &splits.valid), ("test.txt", &splits.test)] {
+        checkpoint::atomic_write(&dir.join(name), text.as_bytes())?;
+    }
+    write_out(out, &format!("wrote {} ({})\n", dir.display(), splits.name))
+}

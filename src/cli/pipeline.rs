@@ -1,0 +1,124 @@
+//! `ailla run` and `ailla validate`.
+
+use super::*;
+
+pub(super) fn load_plan(path: &Path, changes: &PlanChanges) -> Result<(crate::pipeline::Plan, String)> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    match crate::pipeline::plan_with(&text, path, &changes.options()) {
+        Ok(plan) => Ok((plan, text)),
+        Err(problems) => {
+            for problem in &problems {
+                crate::eprintln_lossy!("{}:{problem}", path.display());
+            }
+            Err(Error::Config {
+                path: path.to_path_buf(),
+                message: format!(
+                    "{} problem{} found; nothing was run",
+                    problems.len(),
+                    if problems.len() == 1 { "" } else { "s" }
+                ),
+            })
+        }
+    }
+}
+
+pub(super) fn run_validate(args: ValidateArgs, out: &mut dyn Write) -> Result<()> {
+    let (plan, _) = load_plan(&args.pipeline, &args.changes)?;
+    if let Some(domains) = &plan.domains {
+        let names: Vec<&str> = domains.domains.sources.iter().map(|s| s.name.as_str()).collect();
+        return write_out(
+            out,
+            &format!(
+                "{}: valid; recruitment of specialised models over {} domains ({}) into {}\n",
+                args.pipeline.display(),
+                names.len(),
+                names.join(", "),
+                plan.output_dir.display()
+            ),
+        );
+    }
+    let mut s = format!(
+        "{}: valid; {} member{} into {}\n",
+        args.pipeline.display(),
+        plan.members.len(),
+        if plan.members.len() == 1 { "" } else { "s" },
+        plan.output_dir.display()
+    );
+    for member in &plan.members {
+        s += &format!("  {}  ({} steps)\n", member.name, member.config.steps);
+    }
+    write_out(out, &s)
+}
+
+pub(super) fn run_pipeline(args: RunArgs, threads: Option<usize>, out: &mut dyn Write) -> Result<()> {
+    let (mut plan, resume, pipeline_file, text) = match (&args.pipeline, &args.resume) {
+        (_, Some(dir)) => {
+            let mut plan = crate::pipeline::run::read_plan(dir)?;
+            // the run continues where it is, whatever directory the command is given from
+            plan.output_dir = dir.clone();
+            (plan, true, dir.join("pipeline.yaml"), None)
+        }
+        (Some(path), None) => {
+            let (plan, text) = load_plan(path, &args.changes)?;
+            crate::pipeline::run::check_fresh_output(&plan.output_dir, args.force)?;
+            (plan, false, path.clone(), Some(text))
+        }
+        (None, None) => return Err(Error::invalid("pipeline", "give a pipeline file or --resume RUN_DIR")),
+    };
+    if args.jobs == Some(0) {
+        return Err(Error::invalid("--jobs", "must be at least 1"));
+    }
+    std::fs::create_dir_all(&plan.output_dir).map_err(|e| Error::io(&plan.output_dir, e))?;
+    let _lock = crate::run_dir::RunLock::acquire(&plan.output_dir, &mut |note| crate::eprintln_lossy!("{note}"))?;
+    if let Some(text) = &text {
+        crate::pipeline::run::write_plan(&plan, text)?;
+    }
+    if threads.is_some() {
+        plan.threads = threads;
+    } else if let Some(threads) = plan.threads {
+        check_threads("train.threads", threads)?;
+    }
+    let cores = plan.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut provenance = crate::report::provenance::collect(&plan, &pipeline_file, cores)?;
+    let started = std::time::Instant::now();
+    // a domains pipeline is one pool run; any other pipeline, its sweep members
+    let (outcomes, domains) = match &plan.domains {
+        Some(domains) => {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(cores)
+                .build()
+                .map_err(|e| Error::Numeric(format!("cannot start {cores} worker threads: {e}")))?;
+            let progress = crate::train::Progress::Lines { every: usize::MAX, prefix: format!("[{}] ", plan.name) };
+            (Vec::new(), Some(pool.install(|| crate::recruit::domains::run(domains, &plan.output_dir, &progress))?))
+        }
+        None => (crate::pipeline::run::execute(&plan, resume, args.force, args.jobs), None),
+    };
+    provenance.wall_time_seconds = started.elapsed().as_secs_f64();
+    provenance.peak_memory_mib = crate::bench::peak_memory_mib();
+    let json = serde_json::to_string_pretty(&provenance).map_err(|e| Error::Numeric(e.to_string()))?;
+    checkpoint::atomic_write(&plan.output_dir.join(crate::report::PROVENANCE_FILE), json.as_bytes())?;
+    let report = crate::report::build(&plan.output_dir)?;
+    crate::report::write(&plan.output_dir, &report)?;
+    let (mut s, pool) = match &domains {
+        Some(summary) => {
+            (crate::report::domains_markdown(summary), format!("; pool: {}", plan.output_dir.join("pool").display()))
+        }
+        None => (crate::pipeline::run::summary_table(&outcomes), String::new()),
+    };
+    s += &format!(
+        "\nrun directory: {}  ({:.1} s){pool}; report: {}\n",
+        plan.output_dir.display(),
+        provenance.wall_time_seconds,
+        plan.output_dir.join("report.md").display()
+    );
+    write_out(out, &s)?;
+    let interrupted = outcomes.iter().any(|o| matches!(o.result, Err(Error::Interrupted(_))));
+    if interrupted {
+        return Err(Error::Interrupted(format!("continue with `ailla run --resume {}`", plan.output_dir.display())));
+    }
+    let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
+    if failed > 0 {
+        return Err(Error::Rejected(format!("{failed} of {} runs failed (see the table above)", outcomes.len())));
+    }
+    Ok(())
+}
