@@ -29,7 +29,9 @@ macro_rules! eprint_lossy {
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;
+pub mod config;
 pub mod data;
+pub mod digest;
 pub mod dsl;
 pub mod engine;
 pub mod error;
@@ -37,10 +39,12 @@ pub mod faults;
 pub mod json_float;
 pub mod locality;
 pub mod pipeline;
+pub mod progress;
 pub mod recruit;
 pub mod report;
 pub mod rng;
 pub mod run_dir;
+pub mod step;
 pub mod suggest;
 pub mod train;
 

@@ -141,12 +141,6 @@ impl Vocabulary {
             }
         }
     }
-
-    /// Share of `ids` that are `<unk>`, for reporting how well a vocabulary covers a split.
-    pub fn unknown_rate(&self, ids: &[u32]) -> f64 {
-        let unk = self.unk();
-        ids.iter().filter(|&&i| i == unk).count() as f64 / ids.len().max(1) as f64
-    }
 }
 
 /// Entropy in nats of the unigram distribution of `ids` over a vocabulary of `size`: the loss of the

@@ -4,6 +4,7 @@
 
 pub mod anchors;
 pub mod format;
+pub mod source;
 pub mod syntax;
 
 use std::path::{Path, PathBuf};

@@ -9,6 +9,7 @@ pub mod block_embedding;
 pub mod copy;
 pub mod embedding;
 pub mod environment;
+pub mod eval;
 pub mod gelu;
 pub mod gradcheck;
 pub mod kernels;

@@ -9,10 +9,10 @@ use super::hook::{DialSettings, LocalityHook};
 use super::rules::RuleSet;
 use super::schedule::per_layer;
 use super::targets::{BatchTargets, RowSets};
+use crate::engine::eval::{eval_batches, EvalResult};
 use crate::engine::linalg::matmul;
 use crate::engine::model::ForwardCache;
 use crate::engine::Model;
-use crate::train::{eval_batches, EvalResult};
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct SiteMetrics {
@@ -400,7 +400,7 @@ pub struct DialEvaluation<'a> {
 }
 
 /// Scores `ids` at one λ with the rules' bias in place, measuring every metric and certificate in the
-/// same pass. Windows as in [`crate::train::evaluate`].
+/// same pass. Windows as in [`crate::engine::eval::evaluate`].
 pub fn evaluate_at(model: &Model<f32>, ids: &[u32], lambda: f64, eval: &DialEvaluation) -> LocalityMetrics {
     let config = &model.config;
     let layer_lambdas = per_layer(lambda, config.n_layers, eval.progressive_beta);

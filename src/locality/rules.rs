@@ -121,37 +121,7 @@ pub enum RulesSource {
 /// The bundled corpus's rules, as shipped in `rules/default.rules`.
 pub const BUNDLED_RULES: &str = include_str!("../../rules/default.rules");
 
-/// Compiles `.rules` text to a spec, turning diagnostics into one error that shows them all.
-fn spec_from_rules_text(loaded: crate::dsl::Loaded, path: &std::path::Path) -> Result<RuleSpec> {
-    let compiled = crate::dsl::compile(&loaded, None);
-    let mut errors = loaded.diagnostics.clone();
-    errors.extend(
-        compiled.diagnostics.into_iter().filter(|d| d.severity >= codespan_reporting::diagnostic::Severity::Error),
-    );
-    if errors.is_empty() {
-        Ok(compiled.spec)
-    } else {
-        Err(Error::Config {
-            path: path.to_path_buf(),
-            message: format!("the rules have errors:\n{}", loaded.render(&errors)),
-        })
-    }
-}
-
 impl RulesSource {
-    pub fn load(&self) -> Result<RuleSpec> {
-        match self {
-            RulesSource::Bundled => {
-                let path = std::path::Path::new("rules/default.rules");
-                spec_from_rules_text(crate::dsl::load_source(path, BUNDLED_RULES.to_string())?, path)
-            }
-            RulesSource::File(path) => match path.extension().and_then(|e| e.to_str()) {
-                Some("yaml" | "yml" | "json") => RuleSpec::load(path),
-                _ => spec_from_rules_text(crate::dsl::load(path)?, path),
-            },
-        }
-    }
-
     /// `bundled`, or a path.
     pub fn parse(text: &str) -> Self {
         if text == "bundled" {

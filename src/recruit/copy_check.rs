@@ -12,10 +12,11 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
+use crate::engine::eval::eval_batches;
 use crate::engine::Model;
 use crate::locality::schedule::per_layer;
 use crate::locality::{BatchTargets, LocalityHook, RuleSet};
-use crate::train::{eval_batches, sample_batch};
+use crate::step::sample_batch;
 use crate::Result;
 
 use super::frozen::{trial_candidates, FrozenBatch, Gate, GateTraining};
@@ -95,7 +96,7 @@ pub fn check(ctx: &CheckContext, model: &Model<f32>, candidates: &[Candidate]) -
             frozen_batch(model, ctx.set, ctx, lambda, (&inputs, &targets, config.batch_size, seq_len))
         })
         .collect();
-    let split: Vec<crate::train::EvalBatch> = eval_batches(ctx.split, seq_len, config.batch_size).collect();
+    let split: Vec<crate::engine::eval::EvalBatch> = eval_batches(ctx.split, seq_len, config.batch_size).collect();
     let split_batches: Vec<FrozenBatch> = split
         .par_iter()
         .map(|b| frozen_batch(model, ctx.set, ctx, lambda, (&b.inputs, &b.targets, b.windows, b.seq_len)))

@@ -23,11 +23,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, Checkpoint};
+use crate::config::{CorpusSource, ModelShape};
 use crate::data::{TokenizerKind, Vocabulary};
 use crate::engine::attention::NoHook;
+use crate::engine::eval::evaluate;
 use crate::engine::optim::{AdamW, OptimConfig};
 use crate::engine::Model;
-use crate::train::{evaluate, sample_batch, CorpusSource, ModelShape, Progress};
+use crate::progress::Progress;
+use crate::step::sample_batch;
 use crate::{Error, Result};
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]

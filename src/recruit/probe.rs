@@ -10,9 +10,11 @@ use super::{
     log2_binomial, measuring_lambda, split_of, trial_all, Candidate, CheckContext, Decision, Origin, RecruitmentConfig,
 };
 
+use crate::config::TrainConfig;
 use crate::data::Vocabulary;
 use crate::locality::RuleSet;
-use crate::train::{Dataset, RunPaths, TrainConfig};
+use crate::run_dir::RunPaths;
+use crate::step::Dataset;
 use crate::{Error, Result};
 
 /// Which blocks to trial.
@@ -117,8 +119,8 @@ pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
             crate::locality::RulesSource::Bundled => None,
         },
         match &config.corpus {
-            crate::train::CorpusSource::Directory(path) => Some(("corpus", path)),
-            crate::train::CorpusSource::Bundled { .. } | crate::train::CorpusSource::Planted { .. } => None,
+            crate::config::CorpusSource::Directory(path) => Some(("corpus", path)),
+            crate::config::CorpusSource::Bundled { .. } | crate::config::CorpusSource::Planted { .. } => None,
         },
     ];
     for (what, path) in named.into_iter().flatten() {

@@ -1,7 +1,6 @@
 //! What produced a run: code version, platform, threads, and SHA-256 of every input file.
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::locality::RulesSource;
 use crate::pipeline::Plan;
@@ -34,9 +33,7 @@ pub struct Provenance {
     pub peak_memory_mib: Option<f64>,
 }
 
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
-}
+pub use crate::digest::sha256_hex;
 
 fn hash_file(path: &std::path::Path, base: &std::path::Path) -> Result<FileHash> {
     let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;

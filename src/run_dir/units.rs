@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use super::RunPaths;
 use crate::checkpoint::{self, Checkpoint};
+use crate::digest::sha256_hex;
 use crate::engine::optim::AdamW;
-use crate::report::provenance::sha256_hex;
 use crate::{Error, Result};
 
 const FORMAT: &str = "ailla-checkpoint-unit";

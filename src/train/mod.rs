@@ -1,18 +1,12 @@
 //! Training and evaluation loops on top of the engine.
 
-mod config;
-mod data;
-mod eval;
-mod progress;
 mod records;
-mod step;
 
-pub use config::*;
-pub use data::*;
-pub use eval::*;
-pub use progress::*;
+pub use crate::config::*;
+pub use crate::engine::eval::*;
+pub use crate::progress::*;
+pub use crate::step::*;
 pub use records::*;
-pub use step::*;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -50,12 +44,12 @@ pub struct RunControl {
 
 /// SHA-256 of a run's settings in canonical JSON: what a resumed run checks its settings by.
 pub fn settings_hash(config: &TrainConfig) -> String {
-    crate::report::provenance::sha256_hex(serde_json::to_string(config).unwrap_or_default().as_bytes())
+    crate::digest::sha256_hex(serde_json::to_string(config).unwrap_or_default().as_bytes())
 }
 
 /// SHA-256 of a rule spec's canonical JSON: what a resumed run compares its stored rules by.
 pub fn rules_hash(spec: &RuleSpec) -> String {
-    crate::report::provenance::sha256_hex(serde_json::to_string(spec).unwrap_or_default().as_bytes())
+    crate::digest::sha256_hex(serde_json::to_string(spec).unwrap_or_default().as_bytes())
 }
 
 /// Trains from scratch (or resumes) and writes the run directory. Returns `Error::Interrupted` after
@@ -89,7 +83,7 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
                 if !skipped.is_empty() {
                     progress.note(&format!(
                         "note: resuming from {} at step {}",
-                        crate::report::provenance::relative_to(&unit.path, &paths.dir),
+                        unit.path.strip_prefix(&paths.dir).unwrap_or(&unit.path).display(),
                         unit.manifest.step
                     ));
                 }

@@ -2,8 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::eval::EvalResult;
 use crate::data::TokenizerKind;
+use crate::engine::eval::EvalResult;
 use crate::locality::metrics::LocalityMetrics;
 
 /// One line of `metrics.jsonl`.

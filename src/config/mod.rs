@@ -1,4 +1,9 @@
-//! Training settings: every field of `train.json`, its defaults and its checks.
+//! Every setting of a run, once: the fields of `train.json` (and of the pipeline sections that
+//! resolve to them), their defaults and their checks.
+
+pub mod recruitment;
+
+pub use recruitment::*;
 
 use std::path::PathBuf;
 
@@ -112,7 +117,7 @@ pub struct TrainConfig {
     /// Rules and the locality dial; absent for a plain transformer.
     pub locality: Option<LocalityConfig>,
     /// Block recruitment during training (METHOD §7); needs `locality`.
-    pub recruitment: Option<crate::recruit::RecruitmentConfig>,
+    pub recruitment: Option<RecruitmentConfig>,
 }
 
 fn default_epsilon() -> f64 {

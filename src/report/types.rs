@@ -1,0 +1,113 @@
+//! What a report holds: the types behind `report.json` (and its JSON Schema).
+
+use super::*;
+
+/// One λ of a group of runs that differ only in their seed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+pub struct DialRow {
+    pub lambda: f64,
+    pub entropy_bits: Estimate,
+    pub covered_entropy_bits: Estimate,
+    pub pointer_fidelity: Estimate,
+    pub pointer_hit_rate: Estimate,
+    pub block_concentration: Estimate,
+    pub perplexity: Estimate,
+    pub bits_per_token: Estimate,
+    pub accuracy: Estimate,
+    /// Mean over layers of the participation ratio.
+    pub participation_ratio: Estimate,
+    /// Welch's t-test against λ = 0 (two-sided p), when each side has two seeds or more.
+    pub entropy_p_vs_zero: Option<f64>,
+    pub fidelity_p_vs_zero: Option<f64>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+pub struct RuleRow {
+    pub name: String,
+    /// `file:line` of the rule's declaration, when it came from a `.rules` file.
+    pub source: Option<String>,
+    /// What the rule says, as written there (whitespace collapsed).
+    pub text: Option<String>,
+    pub covered_rows: usize,
+    /// `(λ, mean pointer fidelity)` over the group's runs.
+    pub fidelity_by_lambda: Vec<(f64, f64)>,
+    /// At the largest λ of the grid, for every (layer, head) in `layer·H + head` order; `None` where
+    /// the rule does not act.
+    pub fidelity_by_site_at_max_lambda: Vec<Option<f64>>,
+    pub injected: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+pub struct CertificateRow {
+    pub lambda: f64,
+    pub lambda_star_p50: f64,
+    pub lambda_star_p90: f64,
+    pub lambda_star_max: f64,
+    pub share_certified: f64,
+    pub weight_only_lambda: f64,
+    pub mean_entropy_bits: f64,
+    pub mean_entropy_bound_bits: f64,
+    pub violations: usize,
+    pub share_past_group_sparsity_threshold: Option<f64>,
+}
+
+/// Runs that share everything but the seed.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+pub struct Group {
+    pub members: Vec<String>,
+    pub dial: Vec<DialRow>,
+    pub rules: Vec<RuleRow>,
+    pub certificates: Vec<CertificateRow>,
+    /// `(step, mean training loss)` at up to 20 evenly spaced steps.
+    pub training_curve: Vec<(usize, f64)>,
+    /// Pointer fidelity of every (layer, head) where rules act, by λ (mean over the group's runs).
+    pub site_fidelity: Vec<SiteFidelity>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+pub struct SiteFidelity {
+    pub layer: usize,
+    pub head: usize,
+    pub fidelity_by_lambda: Vec<f64>,
+}
+
+/// The attention of one example sequence at λ = 0 and λ = 1, with the rule targets of each row.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+pub struct AttentionExample {
+    pub member: String,
+    pub layer: usize,
+    pub head: usize,
+    pub tokens: Vec<String>,
+    /// `weights[i][j]`, rows are queries, at λ = 0 and at λ = 1.
+    pub weights_lambda_0: Vec<Vec<f64>>,
+    pub weights_lambda_1: Vec<Vec<f64>>,
+    /// `T_i` of every row (empty where no rule covers it).
+    pub targets: Vec<Vec<usize>>,
+}
+
+/// The whole report; `report.json` is this, serialised.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+pub struct Report {
+    pub schema_version: u32,
+    pub name: String,
+    pub provenance: Provenance,
+    pub resolved_pipeline: serde_json::Value,
+    pub failed_members: Vec<String>,
+    pub groups: Vec<Group>,
+    pub attention_example: Option<AttentionExample>,
+    /// The pipeline's published figures beside ours, when it names any.
+    #[serde(default)]
+    pub published: Option<published::PublishedComparison>,
+    /// Every block-recruitment decision of every run (METHOD §7), in run order.
+    #[serde(default)]
+    pub block_recruitment: Vec<MemberDecision>,
+    /// Hierarchical recruitment of specialised models (METHOD §8), for a `domains` pipeline.
+    #[serde(default)]
+    pub domain_recruitment: Option<crate::recruit::domains::DomainsSummary>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+pub struct MemberDecision {
+    pub member: String,
+    pub decision: crate::recruit::Decision,
+}
