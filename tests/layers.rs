@@ -9,8 +9,27 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 const LAYERS: &[&str] = &[
-    "error", "rng", "json_float", "suggest", "faults", "digest", "engine", "data", "locality", "dsl", "config",
-    "checkpoint", "run_dir", "progress", "step", "recruit", "train", "pipeline", "report", "bench", "cli",
+    "error",
+    "rng",
+    "json_float",
+    "suggest",
+    "faults",
+    "digest",
+    "engine",
+    "data",
+    "locality",
+    "dsl",
+    "config",
+    "checkpoint",
+    "run_dir",
+    "progress",
+    "step",
+    "recruit",
+    "train",
+    "pipeline",
+    "report",
+    "bench",
+    "cli",
 ];
 
 /// Longest source file, its tests not counted.
@@ -36,8 +55,7 @@ fn without_tests(text: &str) -> &str {
 fn named_modules(text: &str) -> BTreeSet<String> {
     let mut out = BTreeSet::new();
     for (at, _) in text.match_indices("crate::") {
-        let name: String =
-            text[at + 7..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
+        let name: String = text[at + 7..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect();
         if name.chars().next().is_some_and(|c| c.is_ascii_lowercase()) {
             out.insert(name);
         }

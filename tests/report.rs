@@ -131,8 +131,15 @@ fn reports_keep_their_form_rebuild_identically_and_hash_their_inputs() {
     assert_eq!(std::fs::read_to_string(run_dir.join("report.md")).unwrap(), markdown);
     assert_eq!(std::fs::read_to_string(run_dir.join("report.json")).unwrap(), json);
     let html = std::fs::read_to_string(run_dir.join("report.html")).unwrap();
+    // from the run directory alone: the rules file gone (and the corpus, which is the bundled
+    // generator's, never read), the same bytes
+    let rules_path = dir.path().join("default.rules");
+    let rules_text = std::fs::read_to_string(&rules_path).unwrap();
+    std::fs::remove_file(&rules_path).unwrap();
     ailla(dir.path(), &["report", "run"]);
     assert_eq!(std::fs::read_to_string(run_dir.join("report.html")).unwrap(), html);
+    assert_eq!(std::fs::read_to_string(run_dir.join("report.md")).unwrap(), markdown);
+    std::fs::write(&rules_path, rules_text).unwrap();
     check_html(&html);
     for figure in ["report-entropy.svg", "report-fidelity.svg", "report-perplexity.svg", "report-training.svg"] {
         let svg = std::fs::read_to_string(run_dir.join(figure)).unwrap();

@@ -2,41 +2,23 @@
 
 use super::*;
 
-/// Positions of the attention example: short enough to read cell by cell.
-pub(super) const EXAMPLE_TOKENS: usize = 24;
+/// What the member's run stored for its report (nothing for a run without rules); a damaged file is
+/// an error naming it.
+pub(super) fn report_inputs(
+    run_dir: &Path,
+    member: &crate::pipeline::Member,
+) -> Result<crate::train::stored::ReportInputs> {
+    let path = run_dir.join(&member.name).join(crate::train::stored::REPORT_INPUTS);
+    if path.is_file() {
+        read_json(&path)
+    } else {
+        Ok(Default::default())
+    }
+}
 
-/// Runs the first member's final model on the start of its test split, last layer, head 0.
-pub(super) fn attention_example(run_dir: &Path, member: &crate::pipeline::Member) -> Option<AttentionExample> {
-    let locality = member.config.locality.as_ref()?;
-    let checkpoint = crate::checkpoint::load(&run_dir.join(&member.name).join("model.safetensors")).ok()?;
-    let splits = member.config.corpus.load().ok()?;
-    let ids = checkpoint.vocabulary.encode(&splits.test);
-    let model = &checkpoint.model;
-    let seq_len = EXAMPLE_TOKENS.min(model.config.ctx_len).min(ids.len());
-    let tokens = &ids[..seq_len];
-    let spec = locality.load_rules().ok()?;
-    let (set, _) = crate::locality::RuleSet::compile(&spec, &checkpoint.vocabulary).ok()?;
-    let set = set.active_at(checkpoint.step);
-    let (layers, heads) = (model.config.n_layers, model.config.n_heads);
-    let (layer, head) = (layers - 1, 0);
-    let targets = crate::locality::BatchTargets::new(&set, tokens, 1, seq_len, layers, heads);
-    let weights_at = |lambda: f64| -> Vec<Vec<f64>> {
-        let lambdas = crate::locality::schedule::per_layer(lambda, layers, locality.progressive_beta);
-        let hook = crate::locality::LocalityHook::new(&targets, lambdas, locality.dial, false);
-        let cache = model.forward(tokens, 1, seq_len, &hook);
-        let alpha = &cache.layers[layer].attention.weights[head];
-        alpha.rows().into_iter().map(|r| r.iter().map(|&a| f64::from(a)).collect()).collect()
-    };
-    let rows = targets.at(layer, head, 0);
-    Some(AttentionExample {
-        member: member.name.clone(),
-        layer,
-        head,
-        tokens: tokens.iter().map(|&t| checkpoint.vocabulary.tokens[t as usize].clone()).collect(),
-        weights_lambda_0: weights_at(0.0),
-        weights_lambda_1: weights_at(1.0),
-        targets: (0..seq_len).map(|i| rows.map_or(Vec::new(), |r| r.targets(i).collect())).collect(),
-    })
+/// The first member's attention example, as its run stored it.
+pub(super) fn attention_example(run_dir: &Path, member: &crate::pipeline::Member) -> Result<Option<AttentionExample>> {
+    Ok(report_inputs(run_dir, member)?.attention)
 }
 
 /// One member as the run left it: its plan entry, summary and metrics.
@@ -47,40 +29,12 @@ pub(super) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> 
     serde_json::from_str(&text).map_err(|e| Error::Config { path: path.to_path_buf(), message: e.to_string() })
 }
 
-/// Where each rule of a `.rules` file is declared, and its text.
-pub(super) fn rule_sources(member: &crate::pipeline::Member) -> BTreeMap<String, (String, String)> {
-    let mut out = BTreeMap::new();
-    let Some(locality) = &member.config.locality else { return out };
-    let sources = std::iter::once(&locality.rules).chain(locality.injections.iter().map(|i| &i.rules));
-    for source in sources {
-        let loaded = match source {
-            crate::locality::RulesSource::Bundled => crate::dsl::load_source(
-                Path::new("rules/default.rules"),
-                crate::locality::rules::BUNDLED_RULES.to_string(),
-            ),
-            crate::locality::RulesSource::File(path) => crate::dsl::load(path),
-        };
-        let Ok(loaded) = loaded else { continue };
-        for (file, statement) in &loaded.statements {
-            if let crate::dsl::syntax::Statement::Rule(rule) = statement {
-                if let Ok(f) = loaded.files.get(*file) {
-                    let line = f.source()[..rule.span.start].matches('\n').count() + 1;
-                    let text = f.source()[rule.span.clone()].split_whitespace().collect::<Vec<_>>().join(" ");
-                    out.entry(rule.name.value.clone()).or_insert_with(|| (format!("{}:{line}", f.name()), text));
-                }
-            }
-        }
-    }
-    out
-}
-
 /// Runs whose configurations give the same key differ only in their seed.
 pub(super) fn seedless_key(mut config: crate::train::TrainConfig) -> String {
     config.seed = 0;
     serde_json::to_string(&config).unwrap_or_default()
 }
 
-/// Builds the report of a pipeline run directory.
 /// Checks, before `ailla report` rewrites anything, that `run_dir` is a pipeline run whose every
 /// member finished: a report rebuilt from less would replace a good one with a degraded one.
 pub fn require_finished(run_dir: &Path) -> Result<()> {
@@ -121,6 +75,7 @@ pub fn require_finished(run_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Builds the report of a pipeline run directory from what its runs stored.
 pub fn build(run_dir: &Path) -> Result<Report> {
     let plan: Plan = crate::pipeline::run::read_plan(run_dir)?;
     let provenance: Provenance = read_json(&run_dir.join(PROVENANCE_FILE))?;
@@ -154,10 +109,13 @@ pub fn build(run_dir: &Path) -> Result<Report> {
     // a domain run writes its summary; a sweep has none, but a summary that is there must read
     let summary = run_dir.join(crate::recruit::domains::SUMMARY);
     let domain_recruitment = if summary.is_file() { Some(read_json(&summary)?) } else { None };
-    let attention_example = groups.first().and_then(|(_, runs)| attention_example(run_dir, runs[0].0));
+    let attention_example = match groups.first() {
+        Some((_, runs)) => attention_example(run_dir, runs[0].0)?,
+        None => None,
+    };
     let configs: Vec<&crate::train::TrainConfig> = groups.iter().map(|(_, runs)| &runs[0].0.config).collect();
     let test_tokens: Vec<usize> = groups.iter().map(|(_, runs)| runs[0].1.test.tokens).collect();
-    let groups: Vec<Group> = groups.iter().map(|(_, runs)| build_group(runs)).collect();
+    let groups: Vec<Group> = groups.iter().map(|(_, runs)| build_group(run_dir, runs)).collect::<Result<_>>()?;
     let published =
         plan.published.as_ref().map(|p| published::compare(p, published::curves(&configs, &groups, &test_tokens)));
     Ok(Report {
@@ -174,7 +132,7 @@ pub fn build(run_dir: &Path) -> Result<Report> {
     })
 }
 
-pub(super) fn build_group(runs: &[StoredRun]) -> Group {
+pub(super) fn build_group(run_dir: &Path, runs: &[StoredRun]) -> Result<Group> {
     let members = runs.iter().map(|(m, ..)| m.name.clone()).collect();
     let lambdas: Vec<f64> = runs[0].1.dial.iter().map(|d| d.lambda).collect();
     let column = |i: usize, f: &dyn Fn(&crate::locality::metrics::LocalityMetrics) -> f64| -> Vec<f64> {
@@ -201,25 +159,8 @@ pub(super) fn build_group(runs: &[StoredRun]) -> Group {
             fidelity_p_vs_zero: if i == 0 { None } else { welch_p(&column(0, &|d| d.pointer_fidelity), &fidelity) },
         });
     }
-    let sources = rule_sources(runs[0].0);
-    let injected: BTreeMap<String, String> = runs[0]
-        .0
-        .config
-        .locality
-        .as_ref()
-        .and_then(|l| l.load_rules().ok())
-        .map(|spec| {
-            spec.rules
-                .iter()
-                .filter(|r| r.from_step.is_some() || r.until_step.is_some())
-                .map(|r| {
-                    let from = r.from_step.map_or("the start".to_string(), |s| format!("step {s}"));
-                    let until = r.until_step.map_or(String::new(), |s| format!(" until step {s}"));
-                    (r.name.clone(), format!("from {from}{until}"))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let stored = report_inputs(run_dir, runs[0].0)?;
+    let (sources, injected) = (stored.rule_sources, stored.schedules);
     let first = &runs[0].1;
     let rules = first
         .dial
@@ -313,5 +254,5 @@ pub(super) fn build_group(runs: &[StoredRun]) -> Group {
                 .collect()
         })
         .unwrap_or_default();
-    Group { members, dial, rules, certificates, training_curve, site_fidelity }
+    Ok(Group { members, dial, rules, certificates, training_curve, site_fidelity })
 }

@@ -7,7 +7,6 @@ pub mod provenance;
 pub mod published;
 pub mod stats;
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::Path;
 

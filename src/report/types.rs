@@ -71,19 +71,8 @@ pub struct SiteFidelity {
     pub fidelity_by_lambda: Vec<f64>,
 }
 
-/// The attention of one example sequence at λ = 0 and λ = 1, with the rule targets of each row.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
-pub struct AttentionExample {
-    pub member: String,
-    pub layer: usize,
-    pub head: usize,
-    pub tokens: Vec<String>,
-    /// `weights[i][j]`, rows are queries, at λ = 0 and at λ = 1.
-    pub weights_lambda_0: Vec<Vec<f64>>,
-    pub weights_lambda_1: Vec<Vec<f64>>,
-    /// `T_i` of every row (empty where no rule covers it).
-    pub targets: Vec<Vec<usize>>,
-}
+/// The attention of one example sequence at λ = 0 and λ = 1, as the first member's run stored it.
+pub use crate::train::stored::AttentionSample as AttentionExample;
 
 /// The whole report; `report.json` is this, serialised.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]

@@ -24,8 +24,15 @@ pub struct RunPaths {
 }
 
 /// Files that belong to a training run; nothing else in its directory is ever removed.
-const RUN_FILES: [&str; 6] =
-    ["train.json", "metrics.jsonl", "summary.json", "model.safetensors", "model.optim.safetensors", "recruited.rules"];
+const RUN_FILES: [&str; 7] = [
+    "train.json",
+    "metrics.jsonl",
+    "summary.json",
+    "model.safetensors",
+    "model.optim.safetensors",
+    "recruited.rules",
+    "report_inputs.json",
+];
 
 impl RunPaths {
     pub fn new(dir: &Path) -> Self {

@@ -1,6 +1,7 @@
 //! Training and evaluation loops on top of the engine.
 
 mod records;
+pub mod stored;
 
 pub use crate::config::*;
 pub use crate::engine::eval::*;
@@ -408,9 +409,13 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
         metrics.write(&MetricsRecord::Eval { step: optimizer.step, split: split.into(), result: result.clone() })?;
     }
     let mut dial = Vec::new();
-    if let Some((settings, _, set)) = &locality {
+    if let Some((settings, spec, set)) = &locality {
         // evaluate with the rules in force when training ended (injections may have switched off)
         let final_rules = set.active_at(optimizer.step);
+        let member = paths.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let inputs = stored::collect(&member, &model, &data.vocabulary, settings, spec, &final_rules, &data.test);
+        let json = serde_json::to_string_pretty(&inputs).map_err(|e| Error::Numeric(e.to_string()))?;
+        checkpoint::atomic_write(&paths.dir.join(stored::REPORT_INPUTS), json.as_bytes())?;
         let evaluation = DialEvaluation {
             rules: &final_rules,
             settings: settings.dial,

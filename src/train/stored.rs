@@ -1,0 +1,137 @@
+//! What a run stores for its report, so that a report is built from the run directory alone: it never
+//! rereads a rules file or a corpus that may have changed (or gone) since the run.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::LocalityConfig;
+use crate::data::Vocabulary;
+use crate::engine::Model;
+use crate::locality::{BatchTargets, LocalityHook, RuleSet, RuleSpec, RulesSource};
+
+/// The file a run writes beside its summary.
+pub const REPORT_INPUTS: &str = "report_inputs.json";
+
+/// Positions of the attention example: short enough to read cell by cell.
+const EXAMPLE_TOKENS: usize = 24;
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ReportInputs {
+    /// Where each rule was written and its text as written: name → (`file:line`, text).
+    pub rule_sources: BTreeMap<String, (String, String)>,
+    /// Rules that act only from or until a step: name → `from step N until step M`.
+    pub schedules: BTreeMap<String, String>,
+    /// The final model's attention on the start of the test split, last layer, head 0.
+    pub attention: Option<AttentionSample>,
+}
+
+/// The attention of one example sequence at λ = 0 and λ = 1, with the rule targets of each row.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttentionSample {
+    /// The run it was taken from (its directory's name: the member of a pipeline).
+    pub member: String,
+    pub layer: usize,
+    pub head: usize,
+    pub tokens: Vec<String>,
+    /// `weights[i][j]`, rows are queries.
+    pub weights_lambda_0: Vec<Vec<f64>>,
+    pub weights_lambda_1: Vec<Vec<f64>>,
+    /// `T_i` of every row (empty where no rule covers it).
+    pub targets: Vec<Vec<usize>>,
+}
+
+/// Where each rule of the run's rules sources is written, and its text.
+fn rule_sources(locality: &LocalityConfig) -> BTreeMap<String, (String, String)> {
+    let mut out = BTreeMap::new();
+    let sources = std::iter::once(&locality.rules).chain(locality.injections.iter().map(|i| &i.rules));
+    for source in sources {
+        let loaded = match source {
+            RulesSource::Bundled => crate::dsl::load_source(
+                Path::new("rules/default.rules"),
+                crate::locality::rules::BUNDLED_RULES.to_string(),
+            ),
+            RulesSource::File(path) => crate::dsl::load(path),
+        };
+        // a rule spec in YAML or JSON has no source text to show
+        let Ok(loaded) = loaded else { continue };
+        for (file, statement) in &loaded.statements {
+            if let crate::dsl::syntax::Statement::Rule(rule) = statement {
+                if let Ok(f) = loaded.files.get(*file) {
+                    let line = f.source()[..rule.span.start].matches('\n').count() + 1;
+                    let text = f.source()[rule.span.clone()].split_whitespace().collect::<Vec<_>>().join(" ");
+                    out.entry(rule.name.value.clone()).or_insert_with(|| (format!("{}:{line}", f.name()), text));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn schedules(spec: &RuleSpec) -> BTreeMap<String, String> {
+    spec.rules
+        .iter()
+        .filter(|r| r.from_step.is_some() || r.until_step.is_some())
+        .map(|r| {
+            let from = r.from_step.map_or("the start".to_string(), |s| format!("step {s}"));
+            let until = r.until_step.map_or(String::new(), |s| format!(" until step {s}"));
+            (r.name.clone(), format!("from {from}{until}"))
+        })
+        .collect()
+}
+
+fn attention(
+    member: &str,
+    model: &Model<f32>,
+    vocabulary: &Vocabulary,
+    locality: &LocalityConfig,
+    rules: &RuleSet,
+    test_ids: &[u32],
+) -> Option<AttentionSample> {
+    let seq_len = EXAMPLE_TOKENS.min(model.config.ctx_len).min(test_ids.len());
+    if seq_len == 0 {
+        return None;
+    }
+    let tokens = &test_ids[..seq_len];
+    let (layers, heads) = (model.config.n_layers, model.config.n_heads);
+    let (layer, head) = (layers - 1, 0);
+    let targets = BatchTargets::new(rules, tokens, 1, seq_len, layers, heads);
+    let weights_at = |lambda: f64| -> Vec<Vec<f64>> {
+        let lambdas = crate::locality::schedule::per_layer(lambda, layers, locality.progressive_beta);
+        let hook = LocalityHook::new(&targets, lambdas, locality.dial, false);
+        let cache = model.forward(tokens, 1, seq_len, &hook);
+        let alpha = &cache.layers[layer].attention.weights[head];
+        alpha.rows().into_iter().map(|r| r.iter().map(|&a| f64::from(a)).collect()).collect()
+    };
+    let rows = targets.at(layer, head, 0);
+    Some(AttentionSample {
+        member: member.to_string(),
+        layer,
+        head,
+        tokens: tokens.iter().map(|&t| vocabulary.tokens[t as usize].clone()).collect(),
+        weights_lambda_0: weights_at(0.0),
+        weights_lambda_1: weights_at(1.0),
+        targets: (0..seq_len).map(|i| rows.map_or(Vec::new(), |r| r.targets(i).collect())).collect(),
+    })
+}
+
+/// What the report of a run with rules needs, from the run's final state: its model, the rules in
+/// force at its last step, and the start of its test split.
+pub fn collect(
+    member: &str,
+    model: &Model<f32>,
+    vocabulary: &Vocabulary,
+    locality: &LocalityConfig,
+    spec: &RuleSpec,
+    final_rules: &RuleSet,
+    test_ids: &[u32],
+) -> ReportInputs {
+    ReportInputs {
+        rule_sources: rule_sources(locality),
+        schedules: schedules(spec),
+        attention: attention(member, model, vocabulary, locality, final_rules, test_ids),
+    }
+}
