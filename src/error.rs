@@ -24,9 +24,12 @@ pub enum Error {
     Numeric(String),
     #[error("interrupted; {0}")]
     Interrupted(String),
-    /// The input was read but is wrong; the details were already printed.
+    /// The input was read but is wrong (a rules file with errors); the details were already printed.
     #[error("{0}")]
     Rejected(String),
+    /// Work that was started failed (a sweep member diverged); the details were already printed.
+    #[error("{0}")]
+    Failed(String),
     /// A result came out NaN or infinite: it is not printed as a result, nor used in a decision.
     #[error("{what} is {value}, not a number ailla reports: {hint}")]
     NotFinite { what: String, value: f64, hint: String },
@@ -59,11 +62,11 @@ impl Error {
         }
     }
 
-    /// Exit code convention shared by every verb: 1 for a failure of the work, 2 for unusable input,
-    /// 3 for a result that is not a finite number.
+    /// Exit code convention shared by every verb: 1 for a failure of the work, 2 for unusable input
+    /// (a rules file with errors included), 3 for a result that is not a finite number.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Numeric(_) | Error::Interrupted(_) | Error::Rejected(_) => 1,
+            Error::Numeric(_) | Error::Interrupted(_) | Error::Failed(_) => 1,
             Error::NotFinite { .. } => 3,
             _ => 2,
         }

@@ -454,7 +454,8 @@ fn check_reports_three_independent_mistakes_with_their_positions() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    // a rules file with errors is unusable input: exit 2, as for every other input (README)
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
     for position in ["three.rules:2:13", "three.rules:4:22", "three.rules:7:21"] {
         assert!(stderr.contains(position), "{position} missing from {stderr}");
     }

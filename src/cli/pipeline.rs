@@ -118,7 +118,7 @@ pub(super) fn run_pipeline(args: RunArgs, threads: Option<usize>, out: &mut dyn 
     }
     let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
     if failed > 0 {
-        return Err(Error::Rejected(format!("{failed} of {} runs failed (see the table above)", outcomes.len())));
+        return Err(Error::Failed(format!("{failed} of {} runs failed (see the table above)", outcomes.len())));
     }
     Ok(())
 }
