@@ -350,12 +350,13 @@ pub fn load_optimizer_bytes(path: &Path, bytes: &[u8], params: &Params<f32>) -> 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::data::TokenizerKind;
     use crate::engine::Gelu;
 
-    fn tiny() -> Checkpoint {
+    /// A model small enough to save in a blink, shared by the tests of checkpoint files.
+    pub(crate) fn tiny() -> Checkpoint {
         let vocabulary = Vocabulary::build(TokenizerKind::Word, "a b c d e f g", 9);
         let config = Config {
             vocab_size: vocabulary.len(),

@@ -223,28 +223,13 @@ pub fn resume_point(paths: &RunPaths) -> Result<ResumePoint> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{TokenizerKind, Vocabulary};
-    use crate::engine::{Config, Gelu, Model};
 
     fn tiny(step: usize) -> (Checkpoint, AdamW<f32>) {
-        let vocabulary = Vocabulary::build(TokenizerKind::Word, "a b c d", 9);
-        let config = Config {
-            vocab_size: vocabulary.len(),
-            ctx_len: 4,
-            d_model: 8,
-            n_heads: 2,
-            n_layers: 1,
-            d_ff: 16,
-            ln_eps: 1e-5,
-            tied: false,
-            gelu: Gelu::Tanh,
-            recruited_blocks: Vec::new(),
-            copy_paths: Vec::new(),
-        };
-        let model = Model::init(config, step as u64).unwrap();
-        let mut optimizer = AdamW::new(&model.params);
+        let mut checkpoint = crate::checkpoint::tests::tiny();
+        checkpoint.step = step;
+        let mut optimizer = AdamW::new(&checkpoint.model.params);
         optimizer.step = step;
-        (Checkpoint { model, vocabulary, step, locality: None }, optimizer)
+        (checkpoint, optimizer)
     }
 
     #[test]
