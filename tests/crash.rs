@@ -84,25 +84,39 @@ fn setup() -> (tempfile::TempDir, PathBuf, (Vec<u8>, String, serde_json::Value))
     (dir, config, expected)
 }
 
-#[test]
-fn a_run_killed_at_any_filesystem_step_resumes_to_the_uninterrupted_result() {
-    let (dir, config, expected) = setup();
+/// Runs `start(dir, N)` in a fresh directory for N = 1, 2, … until a run is not killed. Each killed run
+/// is continued as a user would and must end as the uninterrupted run did. Returns how many filesystem
+/// steps the runs had.
+fn kill_at_every_step(
+    dir: &Path,
+    config: &Path,
+    expected: &(Vec<u8>, String, serde_json::Value),
+    name: &str,
+    start: impl Fn(&Path, usize) -> Output,
+) -> usize {
     let mut step = 1;
     loop {
-        let out = dir.path().join(format!("killed-{step}"));
-        let output = fresh(&config, &out, Some(step));
+        let out = dir.join(format!("{name}-{step}"));
+        let output = start(&out, step);
         if output.status.success() {
-            break;
+            return step - 1;
         }
-        let what = format!("killed after step {step}");
+        let what = format!("{name} after step {step}");
         assert_killed(&output, step, &what);
-        finish(&config, &out, &what);
-        assert!(outcome(&out) == expected, "{what}: the resumed run differs from the uninterrupted one");
+        finish(config, &out, &what);
+        assert!(outcome(&out) == *expected, "{what}: the resumed run differs from the uninterrupted one");
         std::fs::remove_dir_all(&out).unwrap();
         step += 1;
     }
+}
+
+#[test]
+fn a_run_killed_at_any_filesystem_step_resumes_to_the_uninterrupted_result() {
+    let (dir, config, expected) = setup();
+    let steps =
+        kill_at_every_step(dir.path(), &config, &expected, "killed", |out, step| fresh(&config, out, Some(step)));
     // a run this size writes dozens of times; far fewer would mean the hook missed most writes
-    assert!(step > 60, "only {} filesystem steps were seen", step - 1);
+    assert!(steps >= 60, "only {steps} filesystem steps were seen");
 }
 
 #[test]
@@ -112,22 +126,11 @@ fn a_resume_killed_at_any_filesystem_step_resumes_again_to_the_same_result() {
     let output =
         ailla(&["train", config.to_str().unwrap(), "--out", paused.to_str().unwrap(), "--stop-after", "6"], None);
     assert!(output.status.success(), "{}", stderr(&output));
-    let mut step = 1;
-    loop {
-        let out = dir.path().join(format!("resume-killed-{step}"));
-        copy_dir(&paused, &out);
-        let output = resume(&out, Some(step));
-        if output.status.success() {
-            break;
-        }
-        let what = format!("resume killed after step {step}");
-        assert_killed(&output, step, &what);
-        finish(&config, &out, &what);
-        assert!(outcome(&out) == expected, "{what}: the resumed run differs from the uninterrupted one");
-        std::fs::remove_dir_all(&out).unwrap();
-        step += 1;
-    }
-    assert!(step > 20, "only {} filesystem steps were seen", step - 1);
+    let steps = kill_at_every_step(dir.path(), &config, &expected, "resume-killed", |out, step| {
+        copy_dir(&paused, out);
+        resume(out, Some(step))
+    });
+    assert!(steps >= 20, "only {steps} filesystem steps were seen");
 }
 
 /// Copies a run directory, hard links included as plain copies (what a backup would do).

@@ -72,6 +72,7 @@ fn modules_name_only_layers_below_them_and_files_stay_short() {
     let rank = |name: &str| LAYERS.iter().position(|l| *l == name);
     let mut upward = BTreeMap::new();
     let mut long = Vec::new();
+    let mut downward = 0;
     for file in &files {
         let relative = file.strip_prefix(&root).unwrap().to_string_lossy().into_owned();
         let text = std::fs::read_to_string(file).unwrap();
@@ -89,9 +90,13 @@ fn modules_name_only_layers_below_them_and_files_stay_short() {
             let Some(theirs) = rank(&name) else { continue };
             if theirs > own {
                 upward.entry(relative.clone()).or_insert_with(Vec::new).push(name);
+            } else {
+                downward += 1;
             }
         }
     }
+    // a scan that found no imports at all would pass the check below without measuring anything
+    assert!(downward > 100, "only {downward} imports between layers were found: the scan is broken");
     assert!(upward.is_empty(), "modules naming a layer above their own: {upward:#?}");
     assert!(long.is_empty(), "files over {MAX_LINES} lines (tests not counted): {long:#?}");
 }

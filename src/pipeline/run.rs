@@ -52,7 +52,7 @@ pub fn check_fresh_output(dir: &Path, force: bool) -> Result<()> {
     };
     let names: Vec<String> = entries
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
-        .filter(|name| !name.starts_with(".tmp") && name != crate::run_dir::lock::LOCK_FILE)
+        .filter(|name| !crate::run_dir::is_leftover(name))
         .collect();
     if names.is_empty() {
         return Ok(());

@@ -16,11 +16,6 @@ pub(super) fn report_inputs(
     }
 }
 
-/// The first member's attention example, as its run stored it.
-pub(super) fn attention_example(run_dir: &Path, member: &crate::pipeline::Member) -> Result<Option<AttentionExample>> {
-    Ok(report_inputs(run_dir, member)?.attention)
-}
-
 /// One member as the run left it: its plan entry, summary and metrics.
 pub(super) type StoredRun<'a> = (&'a crate::pipeline::Member, TrainSummary, Vec<MetricsRecord>);
 
@@ -109,13 +104,13 @@ pub fn build(run_dir: &Path) -> Result<Report> {
     // a domain run writes its summary; a sweep has none, but a summary that is there must read
     let summary = run_dir.join(crate::recruit::domains::SUMMARY);
     let domain_recruitment = if summary.is_file() { Some(read_json(&summary)?) } else { None };
-    let attention_example = match groups.first() {
-        Some((_, runs)) => attention_example(run_dir, runs[0].0)?,
-        None => None,
-    };
+    // what each group's first run stored for its report, read once
+    let inputs: Vec<crate::train::stored::ReportInputs> =
+        groups.iter().map(|(_, runs)| report_inputs(run_dir, runs[0].0)).collect::<Result<_>>()?;
+    let attention_example = inputs.first().and_then(|i| i.attention.clone());
     let configs: Vec<&crate::train::TrainConfig> = groups.iter().map(|(_, runs)| &runs[0].0.config).collect();
     let test_tokens: Vec<usize> = groups.iter().map(|(_, runs)| runs[0].1.test.tokens).collect();
-    let groups: Vec<Group> = groups.iter().map(|(_, runs)| build_group(run_dir, runs)).collect::<Result<_>>()?;
+    let groups: Vec<Group> = groups.iter().zip(inputs).map(|((_, runs), stored)| build_group(runs, stored)).collect();
     let published =
         plan.published.as_ref().map(|p| published::compare(p, published::curves(&configs, &groups, &test_tokens)));
     Ok(Report {
@@ -132,7 +127,7 @@ pub fn build(run_dir: &Path) -> Result<Report> {
     })
 }
 
-pub(super) fn build_group(run_dir: &Path, runs: &[StoredRun]) -> Result<Group> {
+pub(super) fn build_group(runs: &[StoredRun], stored: crate::train::stored::ReportInputs) -> Group {
     let members = runs.iter().map(|(m, ..)| m.name.clone()).collect();
     let lambdas: Vec<f64> = runs[0].1.dial.iter().map(|d| d.lambda).collect();
     let column = |i: usize, f: &dyn Fn(&crate::locality::metrics::LocalityMetrics) -> f64| -> Vec<f64> {
@@ -159,7 +154,6 @@ pub(super) fn build_group(run_dir: &Path, runs: &[StoredRun]) -> Result<Group> {
             fidelity_p_vs_zero: if i == 0 { None } else { welch_p(&column(0, &|d| d.pointer_fidelity), &fidelity) },
         });
     }
-    let stored = report_inputs(run_dir, runs[0].0)?;
     let (sources, injected) = (stored.rule_sources, stored.schedules);
     let first = &runs[0].1;
     let rules = first
@@ -254,5 +248,5 @@ pub(super) fn build_group(run_dir: &Path, runs: &[StoredRun]) -> Result<Group> {
                 .collect()
         })
         .unwrap_or_default();
-    Ok(Group { members, dial, rules, certificates, training_curve, site_fidelity })
+    Group { members, dial, rules, certificates, training_curve, site_fidelity }
 }

@@ -63,16 +63,10 @@ impl MetricsLog {
             records.push(record);
             offset += length + 1;
         }
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
+        // appends go to the end whatever the cut, so one handle serves both
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(|e| Error::io(path, e))?;
         file.set_len(offset as u64).map_err(|e| Error::io(path, e))?;
         crate::faults::filesystem_step("metrics log cut back");
-        drop(file);
-        let file = std::fs::OpenOptions::new().append(true).open(path).map_err(|e| Error::io(path, e))?;
         Ok((MetricsLog { file, path: path.to_path_buf(), lines }, records))
     }
 

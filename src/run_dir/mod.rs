@@ -175,7 +175,7 @@ fn remove_file(path: &Path) -> Result<()> {
 }
 
 /// Temporary files of an interrupted write, and a lock: ailla's, but not a run's content.
-fn is_leftover(name: &str) -> bool {
+pub fn is_leftover(name: &str) -> bool {
     name.starts_with(".tmp") || name == lock::LOCK_FILE
 }
 

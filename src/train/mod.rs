@@ -45,12 +45,12 @@ pub struct RunControl {
 
 /// SHA-256 of a run's settings in canonical JSON: what a resumed run checks its settings by.
 pub fn settings_hash(config: &TrainConfig) -> String {
-    crate::digest::sha256_hex(serde_json::to_string(config).unwrap_or_default().as_bytes())
+    crate::digest::json_sha256(config)
 }
 
 /// SHA-256 of a rule spec's canonical JSON: what a resumed run compares its stored rules by.
 pub fn rules_hash(spec: &RuleSpec) -> String {
-    crate::digest::sha256_hex(serde_json::to_string(spec).unwrap_or_default().as_bytes())
+    crate::digest::json_sha256(spec)
 }
 
 /// Trains from scratch (or resumes) and writes the run directory. Returns `Error::Interrupted` after
@@ -92,7 +92,9 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
                     return Err(Error::Config {
                         path: paths.config(),
                         message: format!(
-                            "the run's settings have changed since its checkpoint at step {} (sha256 {} then,                              {settings_sha256} now): a resumed run continues with the settings it started with;                              restore them, or start a new run with --force",
+                            "the run's settings have changed since its checkpoint at step {} (sha256 {} then, \
+                             {settings_sha256} now): a resumed run continues with the settings it started with; \
+                             restore them, or start a new run with --force",
                             unit.manifest.step, unit.manifest.settings_sha256
                         ),
                     });
