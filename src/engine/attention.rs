@@ -23,7 +23,7 @@ pub struct AttentionSite {
 /// plain transformer. Rows `i` of the `[T, T]` matrices are queries, columns `j` keys; entries `j > i`
 /// are masked by causality and are ignored on input and zero on output.
 pub trait AttentionHook<F: Scalar>: Sync {
-    /// Rewrites the scaled scores `s_ij = q_i·k_j/√d_h` in place before the softmax.
+    /// Rewrites the scaled scores `s_ij = q_i·k_j/√h` in place before the softmax.
     fn transform_scores(&self, _site: AttentionSite, _scores: ArrayViewMut2<F>) {}
 
     /// The chain rule through [`transform_scores`](Self::transform_scores): turns `∂J/∂s'` into `∂J/∂s`
@@ -41,7 +41,8 @@ pub trait AttentionHook<F: Scalar>: Sync {
 pub struct NoHook;
 impl<F: Scalar> AttentionHook<F> for NoHook {}
 
-/// Attention weights of every (sequence, head), index `b·H + h`, each `[T, T]` and zero above the diagonal.
+/// Attention weights of every (sequence, head), `B·H` of them at index `sequence·H + head`, each `[T, T]`
+/// and zero above the diagonal.
 pub struct AttentionCache<F> {
     pub weights: Vec<Array2<F>>,
 }
@@ -49,8 +50,11 @@ pub struct AttentionCache<F> {
 /// Shape bookkeeping shared by forward and backward.
 #[derive(Debug, Clone, Copy)]
 pub struct AttentionShape {
+    /// `B`.
     pub batch: usize,
+    /// `T`.
     pub seq_len: usize,
+    /// `H`; the head width `h = d / H` follows from the inputs' `d`.
     pub heads: usize,
     pub layer: usize,
 }
@@ -64,7 +68,10 @@ impl AttentionShape {
     }
 }
 
-/// Returns the concatenated head outputs `[N, d]`, the weights, and the summed hook penalty.
+/// `q, k, v [N, d]` each (column slices of the fused `[N, 3d]` projection); one (sequence, head) pair
+/// works on the `[T, h]` block of its sequence's `T` rows and its head's `h` columns. Returns the
+/// concatenated head outputs `y [N, d]`, the `B·H` weight matrices `[T, T]`, and the hook penalty summed
+/// over them (a scalar).
 pub fn attention_forward<F: Scalar>(
     q: ArrayView2<F>,
     k: ArrayView2<F>,
@@ -81,13 +88,13 @@ pub fn attention_forward<F: Scalar>(
             let site = shape.site(task);
             let rows = s![site.sequence * t_len..(site.sequence + 1) * t_len, site.head * hs..(site.head + 1) * hs];
             let (qs, ks, vs) = (q.slice(rows), k.slice(rows), v.slice(rows));
-            // s = q·kᵀ/√d_h                                        (T, T)
+            // s = q·kᵀ/√h                                          [T, T]
             let mut scores = matmul(qs, ks.t());
             scores *= scale;
             hook.transform_scores(site, scores.view_mut());
             causal_softmax_inplace(&mut scores);
             let penalty = hook.attention_penalty(site, scores.view(), None);
-            // y = α·v                                              (T, hs)
+            // y = α·v                                              [T, h]
             let out = matmul(scores.view(), vs);
             (out, scores, penalty)
         })
@@ -118,7 +125,10 @@ fn causal_softmax_inplace<F: Scalar>(scores: &mut Array2<F>) {
     }
 }
 
-/// Returns `[dq | dk | dv]` side by side, `[N, 3d]`: the layout of the fused `q, k, v` projection.
+/// `dy [N, d]` (gradient of the forward's `y`), the forward's `q, k, v [N, d]` and cache; returns
+/// `[dq | dk | dv]` side by side, `[N, 3d]`: the layout of the fused `q, k, v` projection, so it feeds
+/// [`linear_backward`](super::linear::linear_backward) directly. No parameters of its own; the hook's
+/// penalty gradient is folded into `dα` per `[T, T]` matrix.
 pub fn attention_backward<F: Scalar>(
     dy: ArrayView2<F>,
     q: ArrayView2<F>,
@@ -138,7 +148,7 @@ pub fn attention_backward<F: Scalar>(
             let rows = s![site.sequence * t_len..(site.sequence + 1) * t_len, site.head * hs..(site.head + 1) * hs];
             let (qs, ks, vs, dys) = (q.slice(rows), k.slice(rows), v.slice(rows), dy.slice(rows));
             let alpha = &cache.weights[task];
-            // y = α·v  →  dα = dy·vᵀ, dv = αᵀ·dy
+            // y = α·v  →  dα = dy·vᵀ [T, T], dv = αᵀ·dy [T, h]
             let mut d_alpha = matmul(dys, vs.t());
             let dv = matmul(alpha.t(), dys);
             hook.attention_penalty(site, alpha.view(), Some(d_alpha.view_mut()));
@@ -151,7 +161,7 @@ pub fn attention_backward<F: Scalar>(
                 }
             }
             hook.transform_scores_backward(site, d_scores.view_mut());
-            // s = q·kᵀ·scale  →  dq = ds·k·scale, dk = dsᵀ·q·scale
+            // s = q·kᵀ·scale  →  dq = ds·k·scale, dk = dsᵀ·q·scale, both [T, h]
             d_scores *= scale;
             let dq = matmul(d_scores.view(), ks);
             let dk = matmul(d_scores.t(), qs);

@@ -6,7 +6,8 @@ use ndarray::{ArrayView2, ArrayViewMut2};
 
 use super::Scalar;
 
-/// `block_of[t]` is `k + 1` when vocabulary id `t` belongs to recruited block `k`, 0 otherwise.
+/// Adds in place to `x [N, d]`: `table [K, d]`, `tokens [N]`, `block_of [V]` with `block_of[t] = k + 1`
+/// when vocabulary id `t` belongs to recruited block `k`, 0 otherwise (ids past its end are general).
 pub fn block_embedding_forward<F: Scalar>(
     mut x: ArrayViewMut2<F>,
     table: ArrayView2<F>,
@@ -20,7 +21,9 @@ pub fn block_embedding_forward<F: Scalar>(
     }
 }
 
-/// Accumulates `dB[k] += Σ_{i: t_i ∈ B_k} dx_i`.
+/// `dx [N, d]`, `tokens [N]`, `block_of [V]`; accumulates `d_table [K, d]`,
+/// `dB[k] += Σ_{i: t_i ∈ B_k} dx_i`. No input gradient: the forward adds to `x` in place, so `dx`
+/// flows through unchanged.
 pub fn block_embedding_backward<F: Scalar>(
     dx: ArrayView2<F>,
     tokens: &[u32],

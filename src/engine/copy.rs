@@ -6,8 +6,8 @@
 //! p_i(v)  = w_{0,i} q_i(v) + Σ_c w_{c,i} κ_{c,i}(v)
 //! ```
 //!
-//! with sums over the rules whose targets at `i` are not empty. Shapes use fixed letters: `N` rows
-//! (`B·T`, flattened), `C` copy rules, `d` model width, `V` vocabulary.
+//! with sums over the rules whose targets at `i` are not empty. Shapes use the engine's letters
+//! ([`super`]): `N` rows (`B·T`, flattened), `C` copy rules, `d` model width, `V` vocabulary.
 //!
 //! The mixture needs from the softmax only `ln q_i(y_i)` per row (target logit − log-partition), so it
 //! runs between the two passes of the chunked output loss ([`super::loss`]) and hands pass 2 one scale
@@ -205,7 +205,9 @@ impl Mixture {
     }
 }
 
-/// The mixture's forward. `log_q [N]` is `ln q_n(y_n)`, `gate_logits [N, C]` is `z`, `targets [N]` is `y`.
+/// The mixture's forward. `log_q [N]` is `ln q_n(y_n)`, `gate_logits [N, C]` is `z`, `targets [N]` is `y`,
+/// `caches` covers `N` rows and `C` rules. Returns the [`Mixture`]: per-row `[N]` and per-rule `[N, C]`
+/// values, all `f64`.
 pub fn mixture_forward(
     log_q: &[f64],
     gate_logits: ArrayView2<f64>,
@@ -275,8 +277,9 @@ pub fn mixture_forward(
     mix
 }
 
-/// The mixture's backward for the mean over `N` rows (`inv_n = 1/N`). Returns `∂CE/∂z [N, C]` and the
-/// softmax's row scale `[N]`: `∂CE/∂logits_n = scale_n · (q_n − onehot(y_n))/N`.
+/// The mixture's backward for the mean over `N` rows (`inv_n = 1/N`), from the forward's [`Mixture`]
+/// alone. Returns `∂CE/∂z [N, C]` (already divided by `N`) and the softmax's row scale `[N]` (not
+/// divided): `∂CE/∂logits_n = scale_n · (q_n − onehot(y_n))/N`, logits `[N, V]`.
 pub fn mixture_backward(mix: &Mixture, inv_n: f64) -> (Array2<f64>, Vec<f64>) {
     // forward: p = w_0 q(y) + Σ_c w_c κ_c(y), w_c = λ s_c e^{z_c}/(1 + λ Σ s e^z), CE = −ln p
     // ∂CE/∂z_c = w_c − r_c (0 where rule c does not act: w_c = r_c = 0)                   [N, C]
@@ -289,13 +292,15 @@ pub fn mixture_backward(mix: &Mixture, inv_n: f64) -> (Array2<f64>, Vec<f64>) {
 
 /// `z = h·uᵀ + b`: `hidden [N, d]`, `weight [C, d]`, `bias [C]` → `[N, C]`.
 pub fn gate_forward<F: Scalar>(hidden: ArrayView2<F>, weight: ArrayView2<F>, bias: ArrayView1<F>) -> Array2<F> {
-    // z = b broadcast, then += h·uᵀ                                                   (N, C)
+    // z = b broadcast, then += h·uᵀ                                                   [N, C]
     let mut z = Array2::from_shape_fn((hidden.nrows(), weight.nrows()), |(_, c)| bias[c]);
     gemm(F::one(), hidden, weight.t(), F::one(), z.view_mut());
     z
 }
 
-/// Backward of [`gate_forward`]: accumulates `∂h += ∂z·u` when asked, `∂u += ∂zᵀ·h` and `∂b += Σ_n ∂z`.
+/// Backward of [`gate_forward`]: `d_z [N, C]`, `hidden [N, d]`, `weight [C, d]`; accumulates
+/// `d_hidden [N, d] += ∂z·u` when asked, `d_weight [C, d] += ∂zᵀ·h` and `d_bias [C] += Σ_n ∂z`.
+/// Returns nothing: `∂h` is optional because a gate-only trial (METHOD §7) holds `h` fixed.
 pub fn gate_backward<F: Scalar>(
     d_z: ArrayView2<F>,
     hidden: ArrayView2<F>,
@@ -305,11 +310,11 @@ pub fn gate_backward<F: Scalar>(
     mut d_bias: ArrayViewMut1<F>,
 ) {
     // forward: z = h·uᵀ + b
-    // ∂u += ∂zᵀ·h                                                                       (C, d)
+    // ∂u += ∂zᵀ·h                                                                       [C, d]
     gemm(F::one(), d_z.t(), hidden, F::one(), d_weight);
-    // ∂b += Σ_n ∂z                                                                      (C)
+    // ∂b += Σ_n ∂z                                                                      [C]
     d_bias += &d_z.sum_axis(Axis(0));
-    // ∂h += ∂z·u                                                                        (N, d)
+    // ∂h += ∂z·u                                                                        [N, d]
     if let Some(d_hidden) = d_hidden {
         gemm(F::one(), d_z, weight, F::one(), d_hidden);
     }
@@ -369,7 +374,8 @@ pub struct GateLoss<F> {
 
 /// The loss and the gates' gradients given what does not depend on the gates: the final hidden states
 /// `hidden [N, d]` and `log_q [N] = ln q_n(y_n)` of the softmax. A trial that trains only gates computes
-/// those once per batch and calls this at every step. `weight [C, d]`, `bias [C]`, `targets [N]`.
+/// those once per batch and calls this at every step. `weight [C, d]`, `bias [C]`, `targets [N]`; returns
+/// a [`GateLoss`] with `nll [N]`, `weights [N, C]`, `d_weight [C, d]`, `d_bias [C]` (no `∂h`).
 pub fn gate_loss_and_grads<F: Scalar>(
     hidden: ArrayView2<F>,
     log_q: &[F],
@@ -383,7 +389,7 @@ pub fn gate_loss_and_grads<F: Scalar>(
     let n_rules = weight.nrows();
     let inv_n = 1.0 / n_rows.max(1) as f64;
     let log_q64: Vec<f64> = log_q.iter().map(|v| v.as_f64()).collect(); // [N]
-    let z = gate_forward(hidden, weight, bias).mapv(F::as_f64); // (N, C)
+    let z = gate_forward(hidden, weight, bias).mapv(F::as_f64); // [N, C]
     let mix = mixture_forward(&log_q64, z.view(), caches, targets, lambda);
     // inactive rows keep −ln q(y) in the engine's precision, as the output loss does
     let nll: Vec<F> =

@@ -4,7 +4,8 @@ use ndarray::{Array2, ArrayView2, ArrayViewMut2};
 
 use super::Scalar;
 
-/// `tokens` holds `N = B·T` ids, batch-major; returns `x [N, d]`.
+/// `tok_emb [V, d]`, `pos_emb [ctx_len, d]` (rows `0..T` used), `tokens [N]` ids, batch-major, with
+/// `seq_len = T`; returns `x [N, d]`.
 pub fn embedding_forward<F: Scalar>(
     tok_emb: ArrayView2<F>,
     pos_emb: ArrayView2<F>,
@@ -21,9 +22,10 @@ pub fn embedding_forward<F: Scalar>(
     x
 }
 
-/// Accumulates into `d_tok_emb` and `d_pos_emb`. Runs sequentially: the scatter-add into `E` would need
-/// atomics or per-thread copies of `[V, d]` to parallelise, and it costs `N·d` flops against the
-/// `N·d·V` of the output layer.
+/// `dx [N, d]`, `tokens [N]`, `seq_len = T`; accumulates `d_tok_emb [V, d]` (scatter-add by token id)
+/// and `d_pos_emb [ctx_len, d]` (rows `0..T`), returns nothing. Runs sequentially: the scatter-add into
+/// `E` would need atomics or per-thread copies of `[V, d]` to parallelise, and it costs `N·d` flops
+/// against the `N·d·V` of the output layer.
 pub fn embedding_backward<F: Scalar>(
     dx: ArrayView2<F>,
     tokens: &[u32],

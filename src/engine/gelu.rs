@@ -14,6 +14,7 @@ fn row_blocks<F: Scalar>(out: &mut Array2<F>) -> Vec<ArrayViewMut2<'_, F>> {
     out.axis_chunks_iter_mut(Axis(0), ROWS_PER_TASK).collect()
 }
 
+/// Elementwise: `x [N, F]` (the MLP's pre-activation) → `[N, F]`. Any 2-D shape works.
 pub fn gelu_forward<F: Scalar>(x: ArrayView2<F>) -> Array2<F> {
     let x = x.as_standard_layout();
     let mut y = Array2::zeros(x.raw_dim());
@@ -28,7 +29,8 @@ pub fn gelu_forward<F: Scalar>(x: ArrayView2<F>) -> Array2<F> {
     y
 }
 
-/// Returns `dx` given `dy` and the forward input `x`.
+/// `dy [N, F]` and the forward input `x [N, F]` → `dx [N, F]`. No parameters; recomputes `g'(x)` from
+/// `x` rather than caching it.
 pub fn gelu_backward<F: Scalar>(dy: ArrayView2<F>, x: ArrayView2<F>) -> Array2<F> {
     let (x, dy) = (x.as_standard_layout(), dy.as_standard_layout());
     let mut dx = Array2::zeros(x.raw_dim());

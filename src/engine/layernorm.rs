@@ -6,10 +6,13 @@ use super::Scalar;
 
 /// What the backward needs: the normalised input and each row's reciprocal standard deviation.
 pub struct LayerNormCache<F> {
+    /// `[N, d]` `x̂ = (x − mean)·rstd`.
     pub normalized: Array2<F>,
+    /// `[N]` `1/√(var + eps)`.
     pub rstd: Array1<F>,
 }
 
+/// `x [N, d]`, `weight [d]`, `bias [d]` → `(y [N, d], cache)`; statistics are per row.
 pub fn layernorm_forward<F: Scalar>(
     x: ArrayView2<F>,
     weight: ArrayView1<F>,
@@ -34,7 +37,8 @@ pub fn layernorm_forward<F: Scalar>(
     (y, LayerNormCache { normalized, rstd })
 }
 
-/// Returns `dx`; accumulates `dweight`, `dbias`.
+/// `dy [N, d]`, the forward's cache, `weight [d]`; returns `dx [N, d]` and accumulates
+/// `dweight [d] += Σ_rows dy·x̂` and `dbias [d] += Σ_rows dy`.
 pub fn layernorm_backward<F: Scalar>(
     dy: ArrayView2<F>,
     cache: &LayerNormCache<F>,

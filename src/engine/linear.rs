@@ -5,6 +5,8 @@ use ndarray::{Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis
 use super::linalg::{gemm, matmul};
 use super::Scalar;
 
+/// `x [N, in]`, `weight [in, out]`, `bias [out]` → `y [N, out]`. In the model `in → out` is `d → 3d`
+/// (fused q, k, v), `d → d` (attention output), `d → F` and `F → d` (MLP).
 pub fn linear_forward<F: Scalar>(x: ArrayView2<F>, weight: ArrayView2<F>, bias: ArrayView1<F>) -> Array2<F> {
     // start from the broadcast bias and accumulate the product onto it: one pass over y, not two
     let mut y = Array2::from_shape_fn((x.nrows(), weight.ncols()), |(_, j)| bias[j]);
@@ -12,7 +14,8 @@ pub fn linear_forward<F: Scalar>(x: ArrayView2<F>, weight: ArrayView2<F>, bias: 
     y
 }
 
-/// Returns `dx`; accumulates `dweight += xᵀ·dy` and `dbias += Σ_rows dy`.
+/// `dy [N, out]`, the forward input `x [N, in]`, `weight [in, out]`; returns `dx = dy·Wᵀ [N, in]` and
+/// accumulates `dweight [in, out] += xᵀ·dy` and `dbias [out] += Σ_rows dy`.
 pub fn linear_backward<F: Scalar>(
     dy: ArrayView2<F>,
     x: ArrayView2<F>,

@@ -1,6 +1,7 @@
 //! Output projection fused with softmax cross-entropy: `logits = h·W`, `loss = mean_n −log softmax(logits_n)[y_n]`.
 //!
-//! The logits are computed in tiles of rows by vocabulary blocks, in two passes:
+//! Shapes: `h [N, d]`, `W [d, V]`, logits `[N, V]` (never formed whole). The logits are computed in tiles
+//! of rows by vocabulary blocks, in two passes:
 //!
 //! 1. every tile is turned in place into `exp(z − m)` with its per-row maximum `m`, and reports per row
 //!    `m`, where it is, `Σ exp(z − m)` and the target's logit if the target falls in the tile; the tiles
@@ -47,13 +48,16 @@ pub const LOGIT_CACHE_BYTES: usize = 512 << 20;
 /// shapes tried between 512 × 256 and 2048 × 1024.
 pub const DEFAULT_TILING: Tiling = Tiling { rows: 2048, vocab: 256, groups: 8, cache_bytes: LOGIT_CACHE_BYTES };
 
+/// What [`output_loss`] returns. The layer has no separate backward: when gradients are requested it
+/// returns `∂h` and `∂Wᵀ` itself, ready for [`Model::backward`](super::model::Model::backward).
 pub struct OutputLoss<F> {
     /// Mean negative log-likelihood over the rows, in nats.
     pub mean_nll: F,
-    /// Per-row negative log-likelihood, in nats: `−ln p(y)` of the mixture where a copy path acts,
+    /// `[N]` per-row negative log-likelihood, in nats: `−ln p(y)` of the mixture where a copy path acts,
     /// `−ln q(y)` of the softmax elsewhere.
     pub nll: Vec<F>,
-    /// Rows whose most probable token is the target (under the mixture `p` where a copy path acts).
+    /// Number of rows (out of `N`) whose most probable token is the target (under the mixture `p` where a
+    /// copy path acts).
     pub correct: usize,
     /// `∂mean_nll/∂h`, `[N, d]`, when gradients were requested.
     pub d_hidden: Option<Array2<F>>,
@@ -92,8 +96,9 @@ pub struct CopyLoss<F> {
     pub d_gate_bias: Option<Array1<F>>,
 }
 
-/// What pass 1 learns from one tile, per row of the tile.
+/// What pass 1 learns from one tile, per row of the tile: each `Vec` below is `[rows]`, the tile's row count.
 struct TileStats<F> {
+    /// The row's largest logit within the tile's columns.
     max: Vec<F>,
     /// Column (in the whole vocabulary) of the first maximum.
     argmax: Vec<u32>,
@@ -101,7 +106,7 @@ struct TileStats<F> {
     sum_exp: Vec<F>,
     /// `(row within the tile, logit)` for rows whose target lies in this tile's columns.
     target_logits: Vec<(usize, F)>,
-    /// The tile as `exp(z − max)`, kept for pass 2 when the cache allows.
+    /// The tile as `exp(z − max)`, `[rows, cols]`, kept for pass 2 when the cache allows.
     exp_tile: Option<Array2<F>>,
 }
 
@@ -109,7 +114,8 @@ fn ranges(len: usize, step: usize) -> Vec<Range<usize>> {
     (0..len.div_ceil(step)).map(|i| i * step..((i + 1) * step).min(len)).collect()
 }
 
-/// `exp(z − m)` of one tile, in place, with its statistics.
+/// Pass 1's forward on one tile: `hidden [N, d]`, `weight [d, V]`, `targets [N]` and the tile's row and
+/// column ranges → `exp(z − m)` of the tile, `[rows, cols]`, with its statistics.
 fn exp_tile<F: Scalar>(
     hidden: ArrayView2<F>,
     weight: ArrayView2<F>,
@@ -118,7 +124,7 @@ fn exp_tile<F: Scalar>(
     cols: &Range<usize>,
 ) -> (Array2<F>, TileStats<F>) {
     let mut z = Array2::zeros((rows.len(), cols.len()));
-    // z = h·W on the tile                                                       (rows, cols)
+    // z = h·W on the tile                                                       [rows, cols]
     general_mat_mul(
         F::one(),
         &hidden.slice(s![rows.clone(), ..]),
@@ -148,8 +154,10 @@ fn exp_tile<F: Scalar>(
     (z, stats)
 }
 
-/// `hidden [N, d]`, `weight [d, V]` (a transposed view of the token embedding when tied), `targets [N]`,
-/// and the copy paths mixed into the prediction, if any.
+/// Forward and (with `with_grad`) backward of the output layer and its loss in one call: `hidden [N, d]`,
+/// `weight [d, V]` (a transposed view of the token embedding when tied), `targets [N]`, and the copy paths
+/// mixed into the prediction, if any (gates `[C, d]`, `[C]`). Returns `nll [N]`, and with gradients
+/// `d_hidden [N, d]`, `d_weight_t [V, d]` and the gates' `[C, d]`, `[C]`; see [`OutputLoss`].
 pub fn output_loss<F: Scalar>(
     hidden: ArrayView2<F>,
     weight: ArrayView2<F>,
@@ -160,6 +168,7 @@ pub fn output_loss<F: Scalar>(
     output_loss_tiled(hidden, weight, targets, with_grad, DEFAULT_TILING, copy)
 }
 
+/// [`output_loss`] with an explicit [`Tiling`], same shapes; the tiling changes only rounding.
 pub fn output_loss_tiled<F: Scalar>(
     hidden: ArrayView2<F>,
     weight: ArrayView2<F>,
@@ -195,8 +204,8 @@ pub fn output_loss_tiled<F: Scalar>(
     // merge each row's blocks in block order: lse = M + ln Σ_b s_b·e^(m_b − M)
     let mut lse = Array1::<F>::zeros(n);
     let mut nll = vec![F::zero(); n];
-    let mut row_max = vec![F::zero(); n]; // (N) largest logit
-    let mut row_argmax = vec![0u32; n]; // (N) the softmax's prediction
+    let mut row_max = vec![F::zero(); n]; // [N] largest logit
+    let mut row_argmax = vec![0u32; n]; // [N] the softmax's prediction
     for (r, rows) in row_tiles.iter().enumerate() {
         let mut target_logit = vec![F::zero(); rows.len()];
         for b in 0..blocks.len() {
@@ -309,10 +318,10 @@ pub fn output_loss_tiled<F: Scalar>(
                     }
                 }
                 let h = hidden.slice(s![rows.clone(), ..]);
-                // ∂Wᵀ[cols] += ∂zᵀ·h          (cols, d); row tiles accumulate in order
+                // ∂Wᵀ[cols] += ∂zᵀ·h          [cols, d]; row tiles accumulate in order
                 let mut dw = dw_group.slice_mut(s![cols.start - group_start..cols.end - group_start, ..]);
                 general_mat_mul(F::one(), &z.t(), &h, F::one(), &mut dw);
-                // ∂h[rows] += ∂z·W[:, cols]ᵀ    (rows, d)
+                // ∂h[rows] += ∂z·W[:, cols]ᵀ    [rows, d]
                 let mut dh_rows = dh.slice_mut(s![rows.clone(), ..]);
                 general_mat_mul(F::one(), &z.view(), &weight.slice(s![.., cols.clone()]).t(), F::one(), &mut dh_rows);
             }
@@ -326,9 +335,9 @@ pub fn output_loss_tiled<F: Scalar>(
     }
     let copy = copy.map(|pass| {
         let c = pass.input.gate_weight.nrows();
-        let (mut d_gate_weight, mut d_gate_bias) = (Array2::zeros((c, d)), Array1::zeros(c)); // (C, d), (C)
+        let (mut d_gate_weight, mut d_gate_bias) = (Array2::zeros((c, d)), Array1::zeros(c)); // [C, d], [C]
         if let Some(d_z) = &d_gate_logits {
-            // z = h·uᵀ + b: ∂h += ∂z·u (N, d), ∂u = ∂zᵀ·h (C, d), ∂b = Σ_n ∂z (C)
+            // z = h·uᵀ + b: ∂h += ∂z·u [N, d], ∂u = ∂zᵀ·h [C, d], ∂b = Σ_n ∂z [C]
             let u = pass.input.gate_weight;
             gate_backward(
                 d_z.view(),
@@ -361,11 +370,11 @@ impl<'a, F: Scalar> CopyPass<'a, F> {
         if input.lambda == 0.0 || c == 0 {
             return CopyPass { input, mix: None };
         }
-        // ln q(y) = −(lse − z_y)                                                     (N)
+        // ln q(y) = −(lse − z_y)                                                     [N]
         let log_q: Vec<f64> = softmax_nll.iter().map(|&v| -v.as_f64()).collect();
-        // z = h·uᵀ + b                                                               (N, C)
+        // z = h·uᵀ + b                                                               [N, C]
         let z = gate_forward(hidden, input.gate_weight, input.gate_bias).mapv(F::as_f64);
-        // w_0, w_c, −ln p(y), r_0, r_c per row                                       (N), (N, C)
+        // w_0, w_c, −ln p(y), r_0, r_c per row                                       [N], [N, C]
         let mix = mixture_forward(&log_q, z.view(), input.caches, targets, input.lambda);
         CopyPass { input, mix: Some(mix) }
     }

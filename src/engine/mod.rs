@@ -1,8 +1,28 @@
 //! The hand-differentiated transformer engine (METHOD §1).
 //!
 //! Each layer kind lives in its own file with `*_forward` and `*_backward` side by side. Activations are
-//! batched and flattened to `[N, C]` with `N = B·T` rows so that every projection is one BLAS call.
+//! batched and flattened to `[N, d]` with `N = B·T` rows so that every projection is one BLAS call.
 //! The engine is generic over [`Scalar`] so that gradient checks run in `f64` while training runs in `f32`.
+//!
+//! Every shape in the engine's docs uses one set of letters:
+//!
+//! ```text
+//! B          sequences in a batch
+//! T          positions per sequence
+//! N = B·T    flattened rows, batch-major (row n is position n mod T of sequence n div T)
+//! d          model width (d_model)
+//! H          heads
+//! h = d / H  head width
+//! F          feed-forward width (d_ff); not to be confused with the scalar type parameter F
+//! V          vocabulary size
+//! K          semantic (recruited) blocks
+//! C          copy rules (copy paths)
+//! ```
+//!
+//! Shapes are written rows first, `[N, d]`; a vector is `[N]`. Backward functions take the upstream
+//! gradient `dy` in the shape of the forward output, return the input gradient in the shape of the
+//! input, and accumulate (`+=`) parameter gradients into views shaped like the parameters (the caller
+//! zeroes them once per backward pass).
 
 pub mod attention;
 pub mod block_embedding;

@@ -28,28 +28,38 @@ pub type Grads<F> = Params<F>;
 /// One transformer block's saved activations, as the backward pass needs them.
 pub struct LayerCache<F> {
     ln1: LayerNormCache<F>,
+    /// `[N, d]` `LN₁(x)`.
     z1: Array2<F>,
     /// `[q | k | v]`, `[N, 3d]`, from one fused projection.
     qkv: Array2<F>,
-    /// `[W_Q | W_K | W_V]` as the forward pass used it, so the backward does not concatenate again.
+    /// `[W_Q | W_K | W_V]`, `[d, 3d]`, as the forward pass used it, so the backward does not concatenate again.
     w_qkv: Array2<F>,
+    /// `B·H` attention weight matrices `[T, T]`.
     pub attention: AttentionCache<F>,
+    /// `[N, d]` concatenated head outputs, before `W_O`.
     y_att: Array2<F>,
     ln2: LayerNormCache<F>,
+    /// `[N, d]` `LN₂(h)`.
     z2: Array2<F>,
+    /// `[N, F]` the MLP's pre-activation.
     a1: Array2<F>,
+    /// `[N, F]` `GELU(a₁)`.
     g: Array2<F>,
-    /// The block's output `x'`, the residual stream after this layer (for representation metrics).
+    /// `[N, d]` the block's output `x'`, the residual stream after this layer (for representation metrics).
     pub output: Array2<F>,
 }
 
 /// Everything `forward` saved for `backward`.
 pub struct ForwardCache<F> {
+    /// `[N]` the input ids.
     pub tokens: Vec<u32>,
-    /// [`Config::block_lookup`], empty without recruited blocks.
+    /// `[V]` [`Config::block_lookup`], empty without recruited blocks.
     block_lookup: Vec<u32>,
+    /// `B`.
     pub batch: usize,
+    /// `T`.
     pub seq_len: usize,
+    /// One per layer, in forward order.
     pub layers: Vec<LayerCache<F>>,
     ln_f: LayerNormCache<F>,
     /// Final hidden states `LN_f(x^L)`, `[N, d]`.
@@ -99,7 +109,10 @@ impl<F: Scalar> Model<F> {
         }
     }
 
-    /// Runs the network up to the final LayerNorm. `tokens` holds `batch` sequences of `seq_len` ids.
+    /// Runs the network up to the final LayerNorm. `tokens [N]` holds `batch = B` sequences of
+    /// `seq_len = T ≤ ctx_len` ids, batch-major. Returns the [`ForwardCache`]: `hidden [N, d]`, every
+    /// layer's activations for [`backward`](Self::backward), and the hooks' penalty (a scalar). The output
+    /// projection is left to [`output_loss`](Self::output_loss), which never forms `[N, V]` logits whole.
     pub fn forward(
         &self,
         tokens: &[u32],
@@ -112,7 +125,7 @@ impl<F: Scalar> Model<F> {
         let c = &self.config;
         let p = &self.params;
         let eps = F::lit(c.ln_eps);
-        // (N, d); the block lookup is built once per pass and kept for the backward
+        // [N, d]; the block lookup is built once per pass and kept for the backward
         let mut embedded = embedding_forward(p.tok_emb.view(), p.pos_emb.view(), tokens, seq_len);
         let block_lookup = if c.recruited_blocks.is_empty() { Vec::new() } else { c.block_lookup() };
         if !block_lookup.is_empty() {
@@ -121,13 +134,13 @@ impl<F: Scalar> Model<F> {
         let mut layers: Vec<LayerCache<F>> = Vec::with_capacity(c.n_layers);
         let mut penalty = F::zero();
         for (layer, w) in p.layers.iter().enumerate() {
-            // the residual stream: the previous block's output, kept in its cache rather than copied
-            let x = layers.last().map_or(&embedded, |previous| &previous.output); // (N, d)
-                                                                                  // h = x + Attn(LN₁(x))
+            // the residual stream [N, d]: the previous block's output, kept in its cache rather than copied
+            let x = layers.last().map_or(&embedded, |previous| &previous.output);
+            // h = x + Attn(LN₁(x))
             let (z1, ln1) = layernorm_forward(x.view(), w.ln1_weight.view(), w.ln1_bias.view(), eps);
             // q, k, v in one product: [q | k | v] = z₁·[W_Q | W_K | W_V] + [b_Q | b_K | b_V]
             let (w_qkv, b_qkv) = fused_qkv(w);
-            let qkv = linear_forward(z1.view(), w_qkv.view(), b_qkv.view()); // (N, 3d)
+            let qkv = linear_forward(z1.view(), w_qkv.view(), b_qkv.view()); // [N, 3d]
             let d = c.d_model;
             let (q, k, v) = (qkv.slice(s![.., ..d]), qkv.slice(s![.., d..2 * d]), qkv.slice(s![.., 2 * d..]));
             let shape = AttentionShape { batch, seq_len, heads: c.n_heads, layer };
@@ -137,8 +150,8 @@ impl<F: Scalar> Model<F> {
             h += x;
             // x' = h + W₂·GELU(W₁·LN₂(h) + b₁) + b₂
             let (z2, ln2) = layernorm_forward(h.view(), w.ln2_weight.view(), w.ln2_bias.view(), eps);
-            let a1 = linear_forward(z2.view(), w.w1.view(), w.b1.view()); // (N, ff)
-            let g = gelu_forward(a1.view()); // (N, ff)
+            let a1 = linear_forward(z2.view(), w.w1.view(), w.b1.view()); // [N, F]
+            let g = gelu_forward(a1.view()); // [N, F]
             let mut output = linear_forward(g.view(), w.w2.view(), w.b2.view());
             output += &h;
             layers.push(LayerCache { ln1, z1, qkv, w_qkv, attention, y_att, ln2, z2, a1, g, output });
@@ -148,8 +161,10 @@ impl<F: Scalar> Model<F> {
         ForwardCache { tokens: tokens.to_vec(), block_lookup, batch, seq_len, layers, ln_f, hidden, penalty }
     }
 
-    /// Cross-entropy of `targets` given the cached forward pass, with or without its gradients, and with
-    /// the model's copy paths mixed in when given their caches for this batch and the dial `λ`.
+    /// Cross-entropy of `targets [N]` given the cached forward pass, with or without its gradients, and with
+    /// the model's copy paths mixed in when given their caches for this batch (`C` rules over `N` rows)
+    /// and the dial `λ`. Returns `nll [N]`, and with gradients `d_hidden [N, d]` and `d_weight_t [V, d]`
+    /// (the inputs of [`backward`](Self::backward)) plus the gates' `[C, d]`, `[C]`.
     pub fn output_loss(
         &self,
         cache: &ForwardCache<F>,
@@ -202,7 +217,12 @@ impl<F: Scalar> Model<F> {
         Ok(())
     }
 
-    /// Gradients of `mean CE + penalty` given the loss gradients at the output.
+    /// Gradients of `mean CE + penalty` given the loss gradients at the output: `d_hidden [N, d]` and
+    /// `d_output_weight_t [V, d]` from [`output_loss`](Self::output_loss), the cache of the same
+    /// [`forward`](Self::forward) and the same hook. Returns fresh [`Grads`], shaped like [`Params`]:
+    /// `head [d, V]` when untied (`d_output_weight_t` transposed), otherwise added into `tok_emb [V, d]`;
+    /// every layer's weights; `block_emb [K, d]`. The copy gates' `[C, d]`, `[C]` are left zero, since
+    /// [`output_loss`](Self::output_loss) already returns them.
     pub fn backward(
         &self,
         cache: &ForwardCache<F>,
@@ -247,7 +267,7 @@ impl<F: Scalar> Model<F> {
             let d = c.d_model;
             let qkv = &lc.qkv;
             let (q, k, v) = (qkv.slice(s![.., ..d]), qkv.slice(s![.., d..2 * d]), qkv.slice(s![.., 2 * d..]));
-            // d_qkv: (N, 3d)
+            // d_qkv: [N, 3d]
             let d_qkv = attention_backward(dy_att.view(), q, k, v, &lc.attention, shape, hook);
             // [q | k | v] = z₁·W_QKV + b_QKV
             let w_qkv = &lc.w_qkv;
@@ -296,8 +316,9 @@ impl<F: Scalar> Model<F> {
         Ok(())
     }
 
-    /// One training evaluation: returns `(mean CE, penalty, gradients of their sum)`, the CE with the copy
-    /// paths mixed in when given the batch's caches and `λ`.
+    /// One training evaluation on `tokens [N]` and `targets [N]` (`batch = B`, `seq_len = T`): returns
+    /// `(mean CE, penalty, gradients of their sum)`, the CE with the copy paths mixed in when given the
+    /// batch's caches and `λ`; the gradients are shaped like [`Params`], copy gates included.
     pub fn loss_and_grads(
         &self,
         tokens: &[u32],
