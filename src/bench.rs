@@ -348,7 +348,7 @@ pub struct RecruitmentCost {
 pub fn recruitment_cost(trial_steps: usize) -> Result<RecruitmentCost> {
     use crate::locality::RulesSource;
     use crate::recruit::{check, split_of, CheckContext, RecruitmentConfig};
-    use crate::train::{step_gradients, LocalityConfig, TrainConfig};
+    use crate::train::{step_gradients, Batches, LocalityConfig, TrainConfig};
 
     let BundledSetup { corpus, vocabulary, spec, set, config: shape } = bundled_setup()?;
     let recruitment = RecruitmentConfig::new(1, trial_steps, 0.0, 1);
@@ -393,7 +393,7 @@ pub fn recruitment_cost(trial_steps: usize) -> Result<RecruitmentCost> {
     let mut plain_optimizer = optimizer.clone();
     let started = Instant::now();
     for step in 0..trials * trial_steps {
-        let (_, _, grads, _) = step_gradients(&plain, &config, Some((&locality, &set)), &train_ids, step);
+        let grads = step_gradients(&plain, Batches::of(&config), Some((&locality, &set)), &train_ids, step).grads;
         plain_optimizer.update(&mut plain.params, &grads, &config.optim, 1e-3);
     }
     let steps_seconds = started.elapsed().as_secs_f64();
@@ -403,29 +403,40 @@ pub fn recruitment_cost(trial_steps: usize) -> Result<RecruitmentCost> {
 /// The price of one frozen-model recruitment check (METHOD §7) against the training it interrupts.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 pub struct FrozenCheckCost {
+    /// The pipeline whose settings were measured.
+    pub pipeline: String,
     pub candidates: usize,
-    /// Steps between two checks, as `pipelines/recruit_planted.yaml` sets them.
+    /// Tokens of the recruitment split `D` the check scores.
+    pub split_tokens: usize,
+    /// Steps between two checks, as the pipeline sets them.
     pub check_every: usize,
     pub check_seconds: f64,
+    /// Training steps timed; their time is scaled to `check_every` steps, which all cost the same.
+    pub timed_steps: usize,
     /// `check_every` ordinary training steps.
     pub steps_seconds: f64,
     /// `check / steps`; the target is at most 0.15.
     pub ratio: f64,
 }
 
-/// One frozen-model check of 8 candidates at `pipelines/recruit_planted.yaml`'s settings (its model,
-/// corpus with the planted block, trial batches, gate steps and split), beside the 50 training steps
-/// between two of its checks.
-pub fn frozen_check_cost() -> Result<FrozenCheckCost> {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/recruit_planted.yaml");
-    let plan = crate::pipeline::load(&path)?.map_err(|problems| {
+/// Training steps timed to price the steps between two checks: every step has the same shapes, so a
+/// hundred of them give its cost to well under the check's own variation.
+const TIMED_STEPS: usize = 100;
+
+/// One frozen-model check of 8 candidates at a pipeline's settings (its first member's model, corpus,
+/// rules, trial batches, gate steps and split `D`), beside the training steps between two of its
+/// checks. `data` replaces the pipeline's corpus directory, as `ailla run --data` does.
+pub fn frozen_check_cost(path: &std::path::Path, data: Option<std::path::PathBuf>) -> Result<FrozenCheckCost> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let options = crate::pipeline::PlanOptions { quick: false, data_directory: data };
+    let plan = crate::pipeline::plan_with(&text, path, &options).map_err(|problems| {
         let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-        Error::invalid("bench", format!("{}: {}", path.display(), text.join("; ")))
+        Error::Config { path: path.to_path_buf(), message: text.join("; ") }
     })?;
-    let member = plan.members.first().ok_or_else(|| Error::invalid("bench", "the planted pipeline has no member"))?;
+    let member = plan.members.first().ok_or_else(|| Error::invalid("--check-cost", "the pipeline has no member"))?;
     let config = &member.config;
     let (Some(locality), Some(recruitment)) = (config.locality.as_ref(), config.recruitment.as_ref()) else {
-        return Err(Error::invalid("bench", "the planted pipeline has no locality or recruitment section"));
+        return Err(Error::invalid("--check-cost", "the pipeline has no locality or recruitment section"));
     };
     let splits = config.corpus.load()?;
     let vocabulary = crate::data::Vocabulary::build(config.tokenizer, &splits.train, config.vocab_cap);
@@ -434,6 +445,7 @@ pub fn frozen_check_cost() -> Result<FrozenCheckCost> {
     let model = Model::<f32>::init(config.model.config(vocabulary.len()), config.seed)?;
     let train_ids = vocabulary.encode(&splits.train);
     let valid_ids = vocabulary.encode(&splits.valid);
+    let split = crate::recruit::split_of(&valid_ids, recruitment.split_tokens);
     let context = crate::recruit::CheckContext {
         config,
         recruitment,
@@ -442,7 +454,7 @@ pub fn frozen_check_cost() -> Result<FrozenCheckCost> {
         set: &set,
         vocabulary: &vocabulary,
         train_ids: &train_ids,
-        split: crate::recruit::split_of(&valid_ids, recruitment.split_tokens),
+        split,
         step: 0,
     };
     // 8 blocks of 16 tokens, drawn from the vocabulary past the special entries
@@ -460,16 +472,21 @@ pub fn frozen_check_cost() -> Result<FrozenCheckCost> {
     let check_seconds = started.elapsed().as_secs_f64();
     let mut plain = model.clone();
     let mut optimizer = AdamW::new(&plain.params);
+    let step_plan = crate::step::StepPlan::of(config, Some((locality, &set)), &train_ids);
+    let timed_steps = TIMED_STEPS.min(recruitment.check_every);
     let started = Instant::now();
-    for step in 0..recruitment.check_every {
-        let (_, _, grads, _) = crate::train::step_gradients(&plain, config, Some((locality, &set)), &train_ids, step);
-        optimizer.update(&mut plain.params, &grads, &config.optim, 1e-3);
+    for step in 0..timed_steps {
+        // a non-finite loss is as costly as any other; the weights are not looked at
+        let _ = crate::step::train_step(&mut plain, &mut optimizer, &step_plan, step, step);
     }
-    let steps_seconds = started.elapsed().as_secs_f64();
+    let steps_seconds = started.elapsed().as_secs_f64() * recruitment.check_every as f64 / timed_steps.max(1) as f64;
     Ok(FrozenCheckCost {
+        pipeline: path.display().to_string(),
         candidates: candidates.len(),
+        split_tokens: split.len(),
         check_every: recruitment.check_every,
         check_seconds,
+        timed_steps,
         steps_seconds,
         ratio: check_seconds / steps_seconds,
     })
@@ -559,6 +576,17 @@ mod tests {
         assert!(scaling.tokens_per_s > 0.0);
         let cost = recruitment_cost(1).unwrap();
         assert!(cost.trials >= 2 && cost.ratio > 0.0);
+    }
+
+    #[test]
+    fn a_pipelines_frozen_check_is_priced_at_its_own_settings() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let cost = frozen_check_cost(&root.join("pipelines/recruit_planted.yaml"), None).unwrap();
+        assert_eq!((cost.candidates, cost.check_every, cost.timed_steps), (8, 50, 50));
+        assert!(cost.split_tokens > 0 && cost.check_seconds > 0.0 && cost.ratio > 0.0);
+        // a pipeline without recruitment has no check to price, and says which section is missing
+        let error = frozen_check_cost(&root.join("pipelines/quickstart.yaml"), None).unwrap_err();
+        assert!(error.to_string().contains("no locality or recruitment section"), "{error}");
     }
 
     #[test]

@@ -6,27 +6,51 @@ use std::path::PathBuf;
 use crate::config::{LocalityConfig, TrainConfig};
 use crate::data::{Splits, TokenizerKind, Vocabulary};
 use crate::engine::attention::NoHook;
-use crate::engine::Model;
-use crate::locality::schedule::per_layer;
-use crate::locality::{BatchTargets, LocalityHook, RuleSet};
+use crate::engine::optim::{AdamW, OptimConfig};
+use crate::engine::{Grads, Model};
+use crate::locality::{RuleSet, RulesAt};
 use crate::rng::Rng;
 use crate::Result;
+
+/// The batch stream of a training run: its size, and the seed that fixes every step's batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batches {
+    pub batch_size: usize,
+    pub seed: u64,
+}
+
+impl Batches {
+    pub fn of(config: &TrainConfig) -> Self {
+        Batches { batch_size: config.batch_size, seed: config.seed }
+    }
+}
+
+/// What the forward and backward pass of one step produced.
+pub struct StepGradients {
+    /// Mean cross-entropy of the batch, in nats.
+    pub loss: f32,
+    /// The `λ·ρ·Ω` term added to it (0 without rules).
+    pub penalty: f32,
+    pub grads: Grads<f32>,
+    /// The dial value the step drew (0 without rules).
+    pub lambda: f64,
+}
 
 /// Loss, penalty and gradients of training step `step` (its batch and λ are fixed by the seed and the
 /// step), with the rules of `locality` in force at that step.
 pub fn step_gradients(
     model: &Model<f32>,
-    config: &TrainConfig,
+    batches: Batches,
     locality: Option<(&LocalityConfig, &RuleSet)>,
     train_ids: &[u32],
     step: usize,
-) -> (f32, f32, crate::engine::Grads<f32>, f64) {
+) -> StepGradients {
+    let Batches { batch_size, seed } = batches;
     let seq_len = model.config.ctx_len;
-    let (layers, heads) = (model.config.n_layers, model.config.n_heads);
-    let (inputs, targets) = sample_batch(train_ids, config.batch_size, seq_len, config.seed, step);
+    let (inputs, targets) = sample_batch(train_ids, batch_size, seq_len, seed, step);
     match locality {
         Some((settings, set)) => {
-            let lambda = settings.schedule.at(step, config.seed);
+            let lambda = settings.schedule.at(step, seed);
             // injected rules switch on and off with the step
             let scheduled;
             let active = if set.has_schedule() {
@@ -35,33 +59,81 @@ pub fn step_gradients(
             } else {
                 set
             };
-            let targets_of_batch = BatchTargets::new(active, &inputs, config.batch_size, seq_len, layers, heads);
-            let lambdas = per_layer(lambda, layers, settings.progressive_beta);
-            let hook = LocalityHook::new(&targets_of_batch, lambdas, settings.dial, false);
             // copy paths (METHOD §4) act at the batch's λ, whatever the per-layer attention schedule
-            let copy = crate::locality::copy_paths::batch_caches(
-                active,
-                &model.config.copy_paths,
-                &inputs,
-                config.batch_size,
-                seq_len,
-            );
-            let (loss, penalty, grads) = model.loss_and_grads(
-                &inputs,
-                &targets,
-                config.batch_size,
-                seq_len,
-                &hook,
-                copy.as_ref().map(|c| (c, lambda)),
-            );
-            (loss, penalty, grads, lambda)
+            let rules = RulesAt::new(active, lambda, model.config.n_layers, settings.progressive_beta, settings.dial);
+            let batch_targets = rules.targets(model, &inputs, batch_size, seq_len);
+            let hook = rules.hook(&batch_targets);
+            let copy = rules.copy_caches(model, &inputs, batch_size, seq_len);
+            let (loss, penalty, grads) =
+                model.loss_and_grads(&inputs, &targets, batch_size, seq_len, &hook, copy.as_ref().map(|c| (c, lambda)));
+            StepGradients { loss, penalty, grads, lambda }
         }
         None => {
-            let (loss, penalty, grads) =
-                model.loss_and_grads(&inputs, &targets, config.batch_size, seq_len, &NoHook, None);
-            (loss, penalty, grads, 0.0)
+            let (loss, penalty, grads) = model.loss_and_grads(&inputs, &targets, batch_size, seq_len, &NoHook, None);
+            StepGradients { loss, penalty, grads, lambda: 0.0 }
         }
     }
+}
+
+/// Everything a training step needs besides the model and its optimizer.
+#[derive(Clone, Copy)]
+pub struct StepPlan<'a> {
+    pub batches: Batches,
+    pub optim: &'a OptimConfig,
+    /// The run's length, which the learning-rate schedule spans.
+    pub total_steps: usize,
+    pub locality: Option<(&'a LocalityConfig, &'a RuleSet)>,
+    pub train_ids: &'a [u32],
+}
+
+impl<'a> StepPlan<'a> {
+    pub fn of(
+        config: &'a TrainConfig,
+        locality: Option<(&'a LocalityConfig, &'a RuleSet)>,
+        train_ids: &'a [u32],
+    ) -> Self {
+        StepPlan { batches: Batches::of(config), optim: &config.optim, total_steps: config.steps, locality, train_ids }
+    }
+}
+
+/// One step as the training log records it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct StepRecord {
+    /// Steps done after this one (1 for the first).
+    pub step: usize,
+    pub loss: f64,
+    pub penalty: f64,
+    pub lambda: f64,
+    pub learning_rate: f64,
+    pub grad_norm: f64,
+}
+
+/// A step whose loss was not finite; nothing was updated.
+#[derive(Clone, Copy, Debug)]
+pub struct NonFinite {
+    pub loss: f64,
+    pub penalty: f64,
+}
+
+/// One training step: the gradients on the batch of step `batch_step`, then the optimizer's update at
+/// step `step`'s learning rate (the two differ only in recruitment's reversed control). A loss that is
+/// not finite leaves the model and the optimizer as they were.
+pub fn train_step(
+    model: &mut Model<f32>,
+    optimizer: &mut AdamW<f32>,
+    plan: &StepPlan,
+    step: usize,
+    batch_step: usize,
+) -> std::result::Result<StepRecord, NonFinite> {
+    let StepGradients { loss, penalty, grads, lambda } =
+        step_gradients(model, plan.batches, plan.locality, plan.train_ids, batch_step);
+    let (loss, penalty) = (f64::from(loss), f64::from(penalty));
+    if !(loss + penalty).is_finite() {
+        return Err(NonFinite { loss, penalty });
+    }
+    let learning_rate = plan.optim.learning_rate_at(step, plan.total_steps);
+    let grad_norm = optimizer.update(&mut model.params, &grads, plan.optim, learning_rate);
+    Ok(StepRecord { step: step + 1, loss, penalty, lambda, learning_rate, grad_norm })
 }
 
 /// Encoded splits with their vocabulary.

@@ -1,7 +1,6 @@
 //! The locality dial end to end on the bundled corpus and its rules (METHOD §3–§6).
 
 use ailla::data::generator::{bundled_corpus, DEFAULT_SEED};
-use ailla::engine::attention::NoHook;
 use ailla::locality::metrics::{evaluate_at, DialEvaluation};
 use ailla::locality::{DialSettings, LambdaSchedule, RuleSet, RulesSource};
 use ailla::train::{self, CorpusSource, LocalityConfig, ModelShape, Progress, RunControl, TrainConfig};
@@ -76,6 +75,6 @@ fn lambda_zero_with_rules_reproduces_the_plain_evaluation_bit_for_bit() {
         batch_size: 8,
     };
     let with_rules = evaluate_at(&ckpt.model, &ids, 0.0, &evaluation);
-    let plain = train::evaluate(&ckpt.model, &ids, 8, &NoHook);
+    let plain = ailla::locality::score::evaluate(&ckpt.model, &ids, 8, &ailla::locality::Conditions::Plain);
     assert_eq!(with_rules.language_model, plain);
 }

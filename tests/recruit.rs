@@ -318,7 +318,7 @@ fn clustering_proposes_the_planted_block_and_a_random_block_is_rejected_in_bits(
         recruit::reversed_control(&context, &t.model, &t.optimizer).unwrap(),
     );
     assert_ne!(control.bits, reversed.bits);
-    let batches = |trial: &recruit::Trial| trial.steps.iter().map(|s| s.1.to_bits()).collect::<Vec<_>>();
+    let batches = |trial: &recruit::Trial| trial.steps.iter().map(|s| s.loss.to_bits()).collect::<Vec<_>>();
     assert_eq!(control.steps.len(), reversed.steps.len());
     assert_ne!(batches(&control), batches(&reversed), "the reversed control saw its batches in another order");
 }

@@ -343,6 +343,13 @@ pub struct BenchArgs {
     /// check against the steps it trials.
     #[arg(long)]
     pub scaling: bool,
+    /// Measure only the frozen-model recruitment check of this pipeline (8 candidates at its
+    /// settings) against the training steps between two of its checks.
+    #[arg(long, value_name = "PIPELINE", conflicts_with_all = ["configs", "compare_torch", "scaling", "single"])]
+    pub check_cost: Option<PathBuf>,
+    /// With `--check-cost`: the corpus directory in place of the pipeline's `data.corpus`.
+    #[arg(long, value_name = "DIR", requires = "check_cost")]
+    pub data: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -11,7 +11,36 @@ pub(super) fn torch_script() -> PathBuf {
     }
 }
 
+fn planted_pipeline() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/recruit_planted.yaml")
+}
+
+fn check_cost_text(cost: &bench::FrozenCheckCost) -> String {
+    format!(
+        "frozen-model recruitment check ({}): {} candidates over a split of {} tokens in {:.2} s; the {} \
+         training steps between two checks take {:.2} s (timed over {}): {:.1} % (target ≤ 15 %)\n",
+        cost.pipeline,
+        cost.candidates,
+        cost.split_tokens,
+        cost.check_seconds,
+        cost.check_every,
+        cost.steps_seconds,
+        cost.timed_steps,
+        100.0 * cost.ratio
+    )
+}
+
 pub(super) fn run_bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
+    if let Some(pipeline) = &args.check_cost {
+        let cost = bench::frozen_check_cost(pipeline, args.data.clone())?;
+        let text = if args.json {
+            serde_json::to_string_pretty(&cost).map_err(|e| Error::Numeric(e.to_string()))? + "\n"
+        } else {
+            format!("{} threads, {}\n", rayon::current_num_threads(), crate::engine::environment::current().cpu)
+                + &check_cost_text(&cost)
+        };
+        return write_out(out, &text);
+    }
     let all = bench::standard_configs();
     let selected: Vec<BenchConfig> = if args.configs.is_empty() {
         all.clone()
@@ -52,7 +81,7 @@ pub(super) fn run_bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
             .iter()
             .map(|&m| bench::sweep_scaling(&shape, args.steps, m, threads))
             .collect::<Result<_>>()?;
-        (scaling, Some((bench::recruitment_cost(args.steps)?, bench::frozen_check_cost()?)))
+        (scaling, Some((bench::recruitment_cost(args.steps)?, bench::frozen_check_cost(&planted_pipeline(), None)?)))
     } else {
         (Vec::new(), None)
     };
@@ -83,17 +112,7 @@ pub(super) fn run_bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
                 overhead.copy_cost_ratio
             )
             + &scaling_text(&scaling, recruitment.as_ref().map(|(co_trained, _)| co_trained))
-            + &recruitment.as_ref().map_or(String::new(), |(_, f)| {
-                format!(
-                    "frozen-model recruitment check (pipelines/recruit_planted.yaml): {} candidates in {:.2} s; \
-                     the {} training steps between two checks take {:.2} s: {:.1} % (target ≤ 15 %)\n",
-                    f.candidates,
-                    f.check_seconds,
-                    f.check_every,
-                    f.steps_seconds,
-                    100.0 * f.ratio
-                )
-            })
+            + &recruitment.as_ref().map_or(String::new(), |(_, f)| check_cost_text(f))
     };
     write_out(out, &text)
 }

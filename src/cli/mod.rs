@@ -7,9 +7,9 @@ use crate::bench::{self, BenchConfig, BenchResult};
 use crate::checkpoint;
 use crate::data::generator::{bundled_corpus, generate, DEFAULT_SEED, TRAIN_RECORDS};
 use crate::data::TokenizerKind;
-use crate::engine::attention::NoHook;
 use crate::locality::metrics::{evaluate_at, DialEvaluation, LocalityMetrics};
-use crate::locality::{DialSettings, RuleSet, RulesSource};
+use crate::locality::score::evaluate;
+use crate::locality::{Conditions, DialSettings, RuleSet, RulesSource};
 use crate::train::{self, CorpusSource, EvalResult, Progress, TrainConfig};
 use crate::{Error, Result};
 

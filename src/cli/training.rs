@@ -173,7 +173,7 @@ pub(super) fn run_eval(args: EvalArgs, out: &mut dyn Write) -> Result<()> {
     if !args.lambda.is_empty() || args.rules.is_some() {
         return run_dial_eval(&args, &ckpt, &ids, out);
     }
-    let result = train::evaluate(&ckpt.model, &ids, args.batch_size, &NoHook);
+    let result = evaluate(&ckpt.model, &ids, args.batch_size, &Conditions::Plain);
     let hint =
         format!("the checkpoint {} holds weights that do not give finite probabilities", args.checkpoint.display());
     Error::require_finite("the mean cross-entropy", result.mean_ce_nats, &hint)?;

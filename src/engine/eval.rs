@@ -1,10 +1,8 @@
-//! The one scoring function: the language-model score of a token stream, windowed so that every
-//! token after the first is predicted once. Training, evaluation, recruitment and domains all use it.
+//! How a token stream is scored: windowed so that every token after the first is predicted once,
+//! and the language-model figures of a pass. The scoring loop itself lives with the rules a pass may
+//! run under, in `locality/score.rs`.
 
 use serde::{Deserialize, Serialize};
-
-use super::attention::AttentionHook;
-use super::Model;
 
 /// Language-modelling metrics of one pass over a token stream.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -32,19 +30,6 @@ impl EvalResult {
             accuracy: correct as f64 / tokens.max(1) as f64,
         }
     }
-}
-
-/// Scores every token of `ids` after the first, windowed by [`eval_batches`].
-pub fn evaluate(model: &Model<f32>, ids: &[u32], batch: usize, hook: &dyn AttentionHook<f32>) -> EvalResult {
-    let mut nll_sum = 0.0f64;
-    let mut correct = 0usize;
-    for b in eval_batches(ids, model.config.ctx_len, batch) {
-        let cache = model.forward(&b.inputs, b.windows, b.seq_len, hook);
-        let loss = model.output_loss(&cache, &b.targets, false, None);
-        nll_sum += loss.nll.iter().map(|&v| v as f64).sum::<f64>();
-        correct += loss.correct;
-    }
-    EvalResult::from_sums(ids.len().saturating_sub(1), nll_sum, correct)
 }
 
 /// One forward pass of an evaluation: `windows` consecutive windows of `seq_len` inputs and their

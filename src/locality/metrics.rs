@@ -7,9 +7,9 @@ use serde::{Deserialize, Serialize};
 use super::bounds::{quantiles, Certificates, GroupSparsity, RowObservation, ViolationCounts};
 use super::hook::{DialSettings, LocalityHook};
 use super::rules::RuleSet;
-use super::schedule::per_layer;
+use super::score::{score, Conditions, RulesAt};
 use super::targets::{BatchTargets, RowSets};
-use crate::engine::eval::{eval_batches, EvalResult};
+use crate::engine::eval::EvalResult;
 use crate::engine::linalg::matmul;
 use crate::engine::model::ForwardCache;
 use crate::engine::Model;
@@ -400,37 +400,29 @@ pub struct DialEvaluation<'a> {
 }
 
 /// Scores `ids` at one λ with the rules' bias in place, measuring every metric and certificate in the
-/// same pass. Windows as in [`crate::engine::eval::evaluate`].
+/// same pass, through [`super::score::score`].
 pub fn evaluate_at(model: &Model<f32>, ids: &[u32], lambda: f64, eval: &DialEvaluation) -> LocalityMetrics {
     let config = &model.config;
-    let layer_lambdas = per_layer(lambda, config.n_layers, eval.progressive_beta);
     // the penalty is not part of the evaluation loss; with ρ = 0 the backward pass sees ∂CE/∂α alone
     let settings = DialSettings { penalty: 0.0, ..eval.settings };
+    let rules = RulesAt::new(eval.rules, lambda, config.n_layers, eval.progressive_beta, settings).recording();
+    let layer_lambdas = rules.layer_lambdas.clone();
     let mut acc = Accumulator::new(config.n_layers, config.n_heads, eval.rules.rules.len(), config.d_model);
-    let predicted = ids.len().saturating_sub(1);
-    let (mut nll_sum, mut correct) = (0.0f64, 0usize);
     let mut copy_acc = super::copy_paths::CopyPathAccumulator::new(config.copy_paths.len());
-    for (index, b) in eval_batches(ids, config.ctx_len, eval.batch_size).enumerate() {
-        let (inputs, targets, windows, seq_len) = (&b.inputs, &b.targets, b.windows, b.seq_len);
-        let batch_targets = BatchTargets::new(eval.rules, inputs, windows, seq_len, config.n_layers, config.n_heads);
-        let hook = LocalityHook::new(&batch_targets, layer_lambdas.clone(), settings, true);
-        let cache = model.forward(inputs, windows, seq_len, &hook);
-        let with_grad = index < eval.certificate_batches;
-        let copy = super::copy_paths::batch_caches(eval.rules, &config.copy_paths, inputs, windows, seq_len);
-        let loss = model.output_loss(&cache, targets, with_grad, copy.as_ref().map(|c| (c, lambda)));
-        if let (Some(caches), Some(mixed)) = (copy.as_ref(), loss.copy.as_ref()) {
+    let conditions = Conditions::Rules(rules);
+    let lm = score(model, ids, eval.batch_size, &conditions, eval.certificate_batches, |scored| {
+        let Some((batch_targets, hook, copy)) = scored.rules else { return };
+        let loss = scored.loss;
+        if let (Some(caches), Some(mixed)) = (copy, loss.copy.as_ref()) {
             let softmax_nll: Vec<f64> = mixed.softmax_nll.iter().map(|&v| f64::from(v)).collect();
             let weights = mixed.weights.mapv(f64::from);
-            copy_acc.add(caches, &softmax_nll, weights.view(), &mixed.log_w0, targets, lambda);
+            copy_acc.add(caches, &softmax_nll, weights.view(), &mixed.log_w0, &scored.batch.targets, lambda);
         }
-        nll_sum += loss.nll.iter().map(|&v| v as f64).sum::<f64>();
-        correct += loss.correct;
         if let (Some(dh), Some(dw)) = (loss.d_hidden.as_ref(), loss.d_weight_t.as_ref()) {
-            model.backward(&cache, dh.view(), dw.view(), &hook);
+            model.backward(scored.cache, dh.view(), dw.view(), hook);
         }
-        acc.add(&cache, eval.rules, &batch_targets, &hook, eval.epsilon);
-    }
-    let lm = EvalResult::from_sums(predicted, nll_sum, correct);
+        acc.add(scored.cache, eval.rules, batch_targets, hook, eval.epsilon);
+    });
     let mut metrics = acc.finish(eval.rules, lambda, layer_lambdas, lm, eval.epsilon, eval.settings.penalty);
     metrics.copy_paths = copy_acc.finish(&config.copy_paths);
     metrics

@@ -8,10 +8,12 @@ pub mod hook;
 pub mod metrics;
 pub mod rules;
 pub mod schedule;
+pub mod score;
 pub mod targets;
 
 pub use copy_targets::copy_targets;
 pub use hook::{DialSettings, LocalityHook};
 pub use rules::{RuleSet, RuleSpec, RulesSource};
 pub use schedule::LambdaSchedule;
+pub use score::{Conditions, RulesAt};
 pub use targets::{BatchTargets, RowSets};

@@ -9,8 +9,8 @@ pub struct Trial {
     pub bits: f64,
     /// The split's bits position by position (`bits` is their sum).
     pub bits_by_position: Vec<f64>,
-    /// `(step, loss, penalty, λ, learning rate, gradient norm)` of every trial step.
-    pub steps: Vec<(usize, f64, f64, f64, f64, f64)>,
+    /// Every trial step, as the training log records it.
+    pub steps: Vec<StepRecord>,
 }
 
 pub struct CheckOutcome {
@@ -119,15 +119,16 @@ pub(super) fn train_copy(
     };
     let config = ctx.config;
     let last = (ctx.step + ctx.recruitment.trial_steps).min(config.steps);
+    let plan = StepPlan::of(config, Some((ctx.locality, set)), ctx.train_ids);
     let mut steps = Vec::new();
     for step in ctx.step..last {
         // the batch (and its λ) of step `batch_step`; the learning rate stays the step's own
         let batch_step = if reversed { last - 1 - (step - ctx.step) } else { step };
-        let (loss, penalty, grads, lambda) =
-            step_gradients(&model, config, Some((ctx.locality, set)), ctx.train_ids, batch_step);
-        let learning_rate = config.optim.learning_rate_at(step, config.steps);
-        let grad_norm = optimizer.update(&mut model.params, &grads, &config.optim, learning_rate);
-        steps.push((step + 1, f64::from(loss), f64::from(penalty), lambda, learning_rate, grad_norm));
+        let record =
+            train_step(&mut model, &mut optimizer, &plan, step, batch_step).map_err(|NonFinite { loss, .. }| {
+                Error::Numeric(format!("a recruitment trial's loss became {loss} at step {step}"))
+            })?;
+        steps.push(record);
     }
     let lambda = measuring_lambda(&ctx.locality.schedule, ctx.step, config.seed);
     let bits_by_position = code_lengths(&model, ctx.split, set, ctx.locality, lambda, config.batch_size);

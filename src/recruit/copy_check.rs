@@ -12,10 +12,10 @@ use std::time::Instant;
 
 use rayon::prelude::*;
 
-use crate::engine::eval::eval_batches;
+use crate::engine::eval::{eval_batches, EvalBatch};
 use crate::engine::Model;
-use crate::locality::schedule::per_layer;
-use crate::locality::{BatchTargets, LocalityHook, RuleSet};
+use crate::locality::score::score_batch;
+use crate::locality::{Conditions, RuleSet, RulesAt};
 use crate::step::sample_batch;
 use crate::Result;
 
@@ -28,33 +28,25 @@ pub fn frozen_batch(
     set: &RuleSet,
     ctx: &CheckContext,
     lambda: f64,
-    (inputs, targets, windows, seq_len): (&[u32], &[u32], usize, usize),
+    batch: &EvalBatch,
 ) -> FrozenBatch {
-    let (layers, heads) = (model.config.n_layers, model.config.n_heads);
-    let attention_targets = BatchTargets::new(set, inputs, windows, seq_len, layers, heads);
-    let hook = LocalityHook::new(
-        &attention_targets,
-        per_layer(lambda, layers, ctx.locality.progressive_beta),
-        ctx.locality.dial,
-        false,
-    );
-    let cache = model.forward(inputs, windows, seq_len, &hook);
-    let copy = crate::locality::copy_paths::batch_caches(set, &model.config.copy_paths, inputs, windows, seq_len);
-    let loss = model.output_loss(&cache, targets, false, copy.as_ref().map(|c| (c, lambda)));
-    let ln_p: Vec<f64> = loss.nll.iter().map(|&v| -f64::from(v)).collect();
-    // ln B = −ln w₀, as the output loss's mixture computed it
-    let ln_denominator = match &loss.copy {
-        Some(mixed) => mixed.log_w0.iter().map(|&l| -l).collect(),
-        None => vec![0.0; ln_p.len()],
-    };
-    FrozenBatch {
-        hidden: cache.hidden,
-        ln_p,
-        ln_denominator,
-        inputs: inputs.to_vec(),
-        targets: targets.to_vec(),
-        seq_len,
-    }
+    let rules = RulesAt::new(set, lambda, model.config.n_layers, ctx.locality.progressive_beta, ctx.locality.dial);
+    score_batch(model, 0, batch, &Conditions::Rules(rules), false, |scored| {
+        let ln_p: Vec<f64> = scored.loss.nll.iter().map(|&v| -f64::from(v)).collect();
+        // ln B = −ln w₀, as the output loss's mixture computed it
+        let ln_denominator = match &scored.loss.copy {
+            Some(mixed) => mixed.log_w0.iter().map(|&l| -l).collect(),
+            None => vec![0.0; ln_p.len()],
+        };
+        FrozenBatch {
+            hidden: scored.cache.hidden.clone(),
+            ln_p,
+            ln_denominator,
+            inputs: batch.inputs.clone(),
+            targets: batch.targets.clone(),
+            seq_len: batch.seq_len,
+        }
+    })
 }
 
 /// `cost(B)` of METHOD §7 for a block that brings a copy path: membership, then its `d + 1` gate numbers.
@@ -93,14 +85,13 @@ pub fn check(ctx: &CheckContext, model: &Model<f32>, candidates: &[Candidate]) -
         .into_par_iter()
         .map(|step| {
             let (inputs, targets) = sample_batch(ctx.train_ids, config.batch_size, seq_len, config.seed, step);
-            frozen_batch(model, ctx.set, ctx, lambda, (&inputs, &targets, config.batch_size, seq_len))
+            let batch = EvalBatch { inputs, targets, windows: config.batch_size, seq_len };
+            frozen_batch(model, ctx.set, ctx, lambda, &batch)
         })
         .collect();
-    let split: Vec<crate::engine::eval::EvalBatch> = eval_batches(ctx.split, seq_len, config.batch_size).collect();
-    let split_batches: Vec<FrozenBatch> = split
-        .par_iter()
-        .map(|b| frozen_batch(model, ctx.set, ctx, lambda, (&b.inputs, &b.targets, b.windows, b.seq_len)))
-        .collect();
+    let split: Vec<EvalBatch> = eval_batches(ctx.split, seq_len, config.batch_size).collect();
+    let split_batches: Vec<FrozenBatch> =
+        split.par_iter().map(|b| frozen_batch(model, ctx.set, ctx, lambda, b)).collect();
     let vocab = ctx.vocabulary.len();
     let masks: Vec<Vec<bool>> = candidates
         .iter()

@@ -25,12 +25,12 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, Checkpoint};
 use crate::config::{CorpusSource, ModelShape};
 use crate::data::{TokenizerKind, Vocabulary};
-use crate::engine::attention::NoHook;
-use crate::engine::eval::evaluate;
 use crate::engine::optim::{AdamW, OptimConfig};
 use crate::engine::Model;
+use crate::locality::score::evaluate;
+use crate::locality::Conditions;
 use crate::progress::Progress;
-use crate::step::sample_batch;
+use crate::step::{train_step, Batches, NonFinite, StepPlan};
 use crate::{Error, Result};
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -229,7 +229,7 @@ struct Domain {
 
 /// Mean bits per token of `model` on `ids` (every token after the first), without rules.
 fn rate(model: &Model<f32>, ids: &[u32], batch: usize) -> f64 {
-    evaluate(model, ids, batch, &NoHook).bits_per_token
+    evaluate(model, ids, batch, &Conditions::Plain).bits_per_token
 }
 
 /// Held-out bits per token of pool model `m` on domain `d`, each measured once: pool models do not
@@ -255,14 +255,17 @@ fn fit(model: &mut Model<f32>, ids: &[u32], steps: usize, plan: &DomainsPlan, st
             format!("a training split has {} tokens, fewer than one context", ids.len()),
         ));
     }
+    let step_plan = StepPlan {
+        batches: Batches { batch_size: plan.batch_size, seed: plan.seed ^ stream },
+        optim: &plan.optim,
+        total_steps: steps,
+        locality: None,
+        train_ids: ids,
+    };
     for step in 0..steps {
-        let (inputs, targets) = sample_batch(ids, plan.batch_size, seq_len, plan.seed ^ stream, step);
-        let (loss, _, grads) = model.loss_and_grads(&inputs, &targets, plan.batch_size, seq_len, &NoHook, None);
-        if !loss.is_finite() {
-            return Err(Error::Numeric(format!("loss became {loss} at step {step} of a domain model")));
-        }
-        let learning_rate = plan.optim.learning_rate_at(step, steps);
-        optimizer.update(&mut model.params, &grads, &plan.optim, learning_rate);
+        train_step(model, &mut optimizer, &step_plan, step, step).map_err(|NonFinite { loss, .. }| {
+            Error::Numeric(format!("loss became {loss} at step {step} of a domain model"))
+        })?;
     }
     Ok(())
 }
@@ -290,7 +293,7 @@ pub fn route<'a>(pool: impl IntoIterator<Item = &'a Model<f32>>, document: &[u32
     let bits: Vec<f64> = pool
         .into_iter()
         .map(|m| {
-            let scored = evaluate(m, head, 1, &NoHook);
+            let scored = evaluate(m, head, 1, &Conditions::Plain);
             scored.bits_per_token * scored.tokens as f64
         })
         .collect();

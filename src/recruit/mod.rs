@@ -30,13 +30,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{LocalityConfig, TrainConfig};
 use crate::data::Vocabulary;
-use crate::engine::eval::eval_batches;
 use crate::engine::optim::AdamW;
 use crate::engine::Model;
 use crate::locality::rules::{Block, BlockSpec, RuleEntrySpec, RuleKindSpec};
-use crate::locality::schedule::per_layer;
-use crate::locality::{BatchTargets, LambdaSchedule, LocalityHook, RuleSet, RuleSpec};
-use crate::step::step_gradients;
+use crate::locality::{Conditions, LambdaSchedule, RuleSet, RuleSpec, RulesAt};
+use crate::step::{train_step, NonFinite, StepPlan, StepRecord};
 use crate::{Error, Result};
 
 mod co_trained;
@@ -78,9 +76,9 @@ pub fn measuring_lambda(schedule: &LambdaSchedule, step: usize, seed: u64) -> f6
     }
 }
 
-/// The bits of every predicted token of `ids` (`ids[p + 1]` given `ids[..=p]` within its window), in
-/// order, at dial value `lambda` under `set`: their sum is `L(ids | model)`, and where a block's saving
-/// comes from is read off them.
+/// The bits of every predicted token of `ids` at dial value `lambda` under `set`, the rules' attention
+/// bias and copy paths in force: their sum is `L(ids | model)`, and where a block's saving comes from
+/// is read off them.
 pub fn code_lengths(
     model: &Model<f32>,
     ids: &[u32],
@@ -89,17 +87,8 @@ pub fn code_lengths(
     lambda: f64,
     batch: usize,
 ) -> Vec<f64> {
-    let (layers, heads) = (model.config.n_layers, model.config.n_heads);
-    let mut bits = Vec::with_capacity(ids.len().saturating_sub(1));
-    for b in eval_batches(ids, model.config.ctx_len, batch) {
-        let targets = BatchTargets::new(set, &b.inputs, b.windows, b.seq_len, layers, heads);
-        let hook =
-            LocalityHook::new(&targets, per_layer(lambda, layers, locality.progressive_beta), locality.dial, false);
-        let cache = model.forward(&b.inputs, b.windows, b.seq_len, &hook);
-        let nll = model.output_loss(&cache, &b.targets, false, None).nll;
-        bits.extend(nll.iter().map(|&v| f64::from(v) / std::f64::consts::LN_2));
-    }
-    bits
+    let rules = RulesAt::new(set, lambda, model.config.n_layers, locality.progressive_beta, locality.dial);
+    crate::locality::score::code_lengths(model, ids, batch, &Conditions::Rules(rules))
 }
 
 /// Tokens that may join a new block: not special, in no block, not recruited.

@@ -17,11 +17,11 @@ use std::time::Instant;
 use crate::checkpoint::{self, Checkpoint, StoredLocality};
 use crate::data::tokenizer::unigram_entropy;
 use crate::data::Vocabulary;
-use crate::engine::attention::NoHook;
 use crate::engine::optim::AdamW;
 use crate::engine::Model;
 use crate::locality::metrics::{evaluate_at, DialEvaluation};
-use crate::locality::{RuleSet, RuleSpec};
+use crate::locality::score::evaluate;
+use crate::locality::{Conditions, RuleSet, RuleSpec};
 use crate::run_dir::units::{self, Resumable, ResumePoint};
 use crate::run_dir::{MetricsLog, RunLock};
 use crate::{Error, Result};
@@ -248,39 +248,33 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
         if control.stop_after.is_some_and(|n| step >= n) {
             break;
         }
-        let (loss, penalty, grads, lambda) = step_gradients(
-            &model,
-            config,
-            locality.as_ref().map(|(settings, _, set)| (*settings, set)),
-            &data.train,
-            step,
-        );
-        let (loss, penalty) = (loss as f64, penalty as f64);
-        if !(loss + penalty).is_finite() {
-            // The weights that produced this loss came out of the previous update and are already
-            // diverged: they go aside for inspection, and the last periodic checkpoint stays the last
-            // good state.
-            let diverged = paths.dir.join(format!("diverged-step-{step:07}.safetensors"));
-            checkpoint::save(&diverged, &checkpoint_of(&model, &optimizer, &stored_locality))?;
-            checkpoint::save_optimizer(&checkpoint::optimizer_path(&diverged), &optimizer, &model.params)?;
-            let last_good = match units::resume_point(&paths) {
-                Ok(ResumePoint::Unit { unit, .. }) => format!("the last good state is {}", unit.path.display()),
-                _ => "no checkpoint was saved before it".into(),
-            };
-            return Err(Error::Numeric(format!(
-                "training loss became {loss} at step {step}; {last_good}; the diverged weights are in {} \
-                 (lower optim.learning_rate or enable optim.grad_clip)",
-                diverged.display()
-            )));
-        }
-        let learning_rate = config.optim.learning_rate_at(step, config.steps);
-        let grad_norm = optimizer.update(&mut model.params, &grads, &config.optim, learning_rate);
-        losses.push(loss);
-        metrics.write(&MetricsRecord::Train { step: step + 1, loss, penalty, lambda, learning_rate, grad_norm })?;
-        progress.step(step + 1, config.steps, loss);
+        let plan = StepPlan::of(config, locality.as_ref().map(|(settings, _, set)| (*settings, set)), &data.train);
+        let record = match train_step(&mut model, &mut optimizer, &plan, step, step) {
+            Ok(record) => record,
+            Err(NonFinite { loss, .. }) => {
+                // The weights that produced this loss came out of the previous update and are already
+                // diverged: they go aside for inspection, and the last periodic checkpoint stays the last
+                // good state.
+                let diverged = paths.dir.join(format!("diverged-step-{step:07}.safetensors"));
+                checkpoint::save(&diverged, &checkpoint_of(&model, &optimizer, &stored_locality))?;
+                checkpoint::save_optimizer(&checkpoint::optimizer_path(&diverged), &optimizer, &model.params)?;
+                let last_good = match units::resume_point(&paths) {
+                    Ok(ResumePoint::Unit { unit, .. }) => format!("the last good state is {}", unit.path.display()),
+                    _ => "no checkpoint was saved before it".into(),
+                };
+                return Err(Error::Numeric(format!(
+                    "training loss became {loss} at step {step}; {last_good}; the diverged weights are in {} \
+                     (lower optim.learning_rate or enable optim.grad_clip)",
+                    diverged.display()
+                )));
+            }
+        };
+        losses.push(record.loss);
+        metrics.write(&MetricsRecord::from(record))?;
+        progress.step(record.step, config.steps, record.loss);
         let done = step + 1;
         if config.eval_every > 0 && done % config.eval_every == 0 && done < config.steps {
-            let result = evaluate(&model, eval_slice, config.batch_size, &NoHook);
+            let result = evaluate(&model, eval_slice, config.batch_size, &Conditions::Plain);
             progress
                 .note(&format!("step {done:>6}  valid loss {:.4}  ppl {:.3}", result.mean_ce_nats, result.perplexity));
             metrics.write(&MetricsRecord::Eval { step: done, split: "valid".into(), result })?;
@@ -365,16 +359,9 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
             decisions.extend(outcome.decisions);
             if let Some((trial, spec)) = outcome.accepted {
                 // the accepted trial's steps are the run's next steps
-                for &(s, loss, penalty, lambda, learning_rate, grad_norm) in &trial.steps {
-                    losses.push(loss);
-                    metrics.write(&MetricsRecord::Train {
-                        step: s,
-                        loss,
-                        penalty,
-                        lambda,
-                        learning_rate,
-                        grad_norm,
-                    })?;
+                for &record in &trial.steps {
+                    losses.push(record.loss);
+                    metrics.write(&MetricsRecord::from(record))?;
                 }
                 let (set, _) = RuleSet::compile(&spec, &data.vocabulary)?;
                 let settings = *settings;
@@ -405,8 +392,8 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
         0..config.final_eval_tokens.map_or(ids.len(), |n| ids.len().min(n.saturating_add(1)))
     };
     let (valid_ids, test_ids) = (&data.valid[final_slice(&data.valid)], &data.test[final_slice(&data.test)]);
-    let valid = evaluate(&model, valid_ids, config.batch_size, &NoHook);
-    let test = evaluate(&model, test_ids, config.batch_size, &NoHook);
+    let valid = evaluate(&model, valid_ids, config.batch_size, &Conditions::Plain);
+    let test = evaluate(&model, test_ids, config.batch_size, &Conditions::Plain);
     for (split, result) in [("valid", &valid), ("test", &test)] {
         metrics.write(&MetricsRecord::Eval { step: optimizer.step, split: split.into(), result: result.clone() })?;
     }
@@ -464,18 +451,6 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn evaluation_scores_every_token_once_including_a_short_last_window() {
-        let config = ModelShape { ctx_len: 4, d_model: 8, n_heads: 2, n_layers: 1, d_ff: 8, tied: true }.config(5);
-        let model = Model::<f32>::init(config, 1).unwrap();
-        let ids: Vec<u32> = (0..11).map(|i| i % 5).collect();
-        let all = evaluate(&model, &ids, 2, &NoHook);
-        assert_eq!(all.tokens, 10);
-        // batch size does not change what is scored, only how it is grouped
-        let one_by_one = evaluate(&model, &ids, 1, &NoHook);
-        assert!((all.mean_ce_nats - one_by_one.mean_ce_nats).abs() < 1e-6);
-    }
 
     #[test]
     fn batches_depend_only_on_seed_and_step() {

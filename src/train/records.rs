@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 use crate::data::TokenizerKind;
 use crate::engine::eval::EvalResult;
 use crate::locality::metrics::LocalityMetrics;
+use crate::step::StepRecord;
 
 /// One line of `metrics.jsonl`.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -30,6 +31,13 @@ pub enum MetricsRecord {
     },
     /// The trained model evaluated at one λ with its rules.
     Dial { step: usize, split: String, metrics: Box<LocalityMetrics> },
+}
+
+impl From<StepRecord> for MetricsRecord {
+    fn from(record: StepRecord) -> Self {
+        let StepRecord { step, loss, penalty, lambda, learning_rate, grad_norm } = record;
+        MetricsRecord::Train { step, loss, penalty, lambda, learning_rate, grad_norm }
+    }
 }
 
 /// What a finished (or interrupted) run reports.

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::LocalityConfig;
 use crate::data::Vocabulary;
 use crate::engine::Model;
-use crate::locality::{BatchTargets, LocalityHook, RuleSet, RuleSpec, RulesSource};
+use crate::locality::{RuleSet, RuleSpec, RulesAt, RulesSource};
 
 /// The file a run writes beside its summary.
 pub const REPORT_INPUTS: &str = "report_inputs.json";
@@ -96,12 +96,12 @@ fn attention(
         return None;
     }
     let tokens = &test_ids[..seq_len];
-    let (layers, heads) = (model.config.n_layers, model.config.n_heads);
+    let layers = model.config.n_layers;
     let (layer, head) = (layers - 1, 0);
-    let targets = BatchTargets::new(rules, tokens, 1, seq_len, layers, heads);
+    let at = |lambda: f64| RulesAt::new(rules, lambda, layers, locality.progressive_beta, locality.dial);
+    let targets = at(0.0).targets(model, tokens, 1, seq_len);
     let weights_at = |lambda: f64| -> Vec<Vec<f64>> {
-        let lambdas = crate::locality::schedule::per_layer(lambda, layers, locality.progressive_beta);
-        let hook = LocalityHook::new(&targets, lambdas, locality.dial, false);
+        let hook = at(lambda).hook(&targets);
         let cache = model.forward(tokens, 1, seq_len, &hook);
         let alpha = &cache.layers[layer].attention.weights[head];
         alpha.rows().into_iter().map(|r| r.iter().map(|&a| f64::from(a)).collect()).collect()
