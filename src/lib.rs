@@ -35,6 +35,7 @@ pub mod digest;
 pub mod dsl;
 pub mod engine;
 pub mod error;
+pub mod export;
 pub mod faults;
 pub mod json_float;
 pub mod locality;

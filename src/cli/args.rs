@@ -57,6 +57,32 @@ pub enum Command {
     /// Print the numerical environment: CPU, kernel instruction set, BLAS library, version, kernel and
     /// threads — what decides the last bits of every result (README, "Determinism").
     Env(EnvArgs),
+    /// Write a checkpoint in another framework's format: `--format hf` gives a directory that Hugging
+    /// Face transformers loads as `GPT2LMHeadModel` with its tokenizer (the model at λ = 0).
+    #[command(
+        after_help = "Example:\n  ailla export runs/quickstart/quickstart/model.safetensors --format hf --out hf-model\n\n\
+Then, in Python:\n  from transformers import AutoTokenizer, GPT2LMHeadModel\n  \
+model = GPT2LMHeadModel.from_pretrained(\"hf-model\")\n  tokenizer = AutoTokenizer.from_pretrained(\"hf-model\")"
+    )]
+    Export(ExportArgs),
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// Hugging Face transformers: config.json, model.safetensors, tokenizer.json, tokenizer_config.json.
+    Hf,
+}
+
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// The checkpoint (`model.safetensors` of a run, or one of its `checkpoints/step-*.safetensors`).
+    pub checkpoint: PathBuf,
+    /// The format to write.
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+    /// The directory to write; it must not exist or be empty.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
 }
 
 #[derive(Args, Debug)]

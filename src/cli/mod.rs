@@ -78,6 +78,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Fmt(args) => run_fmt(args, out),
         Command::Anchors(args) => run_anchors(args, out),
         Command::Env(args) => run_env(args, out),
+        Command::Export(args) => run_export(args, out),
     }
 }
 
@@ -121,4 +122,15 @@ fn run_generate(args: GenerateArgs, out: &mut dyn Write) -> Result<()> {
         checkpoint::atomic_write(&dir.join(name), text.as_bytes())?;
     }
     write_out(out, &format!("wrote {} ({})\n", dir.display(), splits.name))
+}
+
+fn run_export(args: ExportArgs, out: &mut dyn Write) -> Result<()> {
+    let ExportFormat::Hf = args.format;
+    let checkpoint = checkpoint::load(&args.checkpoint)?;
+    let exported = crate::export::export_hf(&checkpoint, &args.out)?;
+    let mut text = format!("wrote {} ({})\n", exported.dir.display(), exported.files.join(", "));
+    for note in &exported.notes {
+        text += &format!("note: {note}\n");
+    }
+    write_out(out, &text)
 }
