@@ -18,6 +18,15 @@ pub(super) const LONG_VERSION: &str = concat!(
     " build)"
 );
 
+/// The end of every verb's help: what its exit status means (one policy, README "Exit status").
+macro_rules! exit_status {
+    () => {
+        "\n\nExit status: 0 done; 1 the work failed or was interrupted (finished work is kept); 2 unusable \
+         input (the message names the file, line and column, or the field or flag); 3 a result that is not \
+         a finite number."
+    };
+}
+
 #[derive(Parser, Debug)]
 #[command(name = "ailla", version, long_version = LONG_VERSION, about = "Train and audit localist language models")]
 pub struct Cli {
@@ -31,40 +40,83 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a pipeline: train every sweep member, evaluate it across the dial, print a summary.
+    #[command(after_help = concat!("Examples:\n  ailla run pipelines/quickstart.yaml\n  ailla run pipelines/recruit_blocks.yaml --data ../shared/data/wikitext-2 --jobs 2\n  ailla run --resume runs/quickstart", exit_status!()))]
     Run(RunArgs),
     /// Check a pipeline file and list its sweep members, without running anything.
+    #[command(after_help = concat!("Example:\n  ailla validate pipelines/recruit_planted.yaml --quick", exit_status!()))]
     Validate(ValidateArgs),
-    /// Rebuild `report.json` and `report.md` of a pipeline run from what it stored.
+    /// Rebuild a pipeline run's report (`report.json`, `report.md`, `report.html` and its figures) from
+    /// what the run stored, byte for byte.
+    #[command(after_help = concat!("Example:\n  ailla report runs/quickstart", exit_status!()))]
     Report(ReportArgs),
     /// Train a model and write a run directory (model, optimizer state, metrics, summary).
+    #[command(after_help = concat!("Examples:\n  ailla train --corpus bundled --steps 200 --out runs/small\n  ailla train --resume --out runs/small", exit_status!()))]
     Train(TrainArgs),
     /// Score a text or a stream of token ids with a checkpoint.
+    #[command(after_help = concat!("Examples:\n  ailla eval runs/small/model.safetensors --text notes.txt\n  ailla eval runs/small/model.safetensors --text notes.txt --lambda 0,0.5,1 --rules rules/default.rules", exit_status!()))]
     Eval(EvalArgs),
     /// Measure training and evaluation throughput against this machine's sgemm (and PyTorch).
+    #[command(after_help = concat!("Examples:\n  ailla --threads 2 bench --config char-small --scaling\n  ailla bench --check-cost pipelines/recruit_planted.yaml", exit_status!()))]
     Bench(BenchArgs),
     /// Write the bundled generated corpus to a directory.
+    #[command(after_help = concat!("Example:\n  ailla generate --out data/pharmacy --planted", exit_status!()))]
     Generate(GenerateArgs),
     /// Check a `.rules` file: parse it, compile it against a vocabulary, summarise what it says.
+    #[command(after_help = concat!("Examples:\n  ailla check rules/default.rules\n  ailla check rules/default.rules --corpus bundled", exit_status!()))]
     Check(CheckArgs),
     /// Print a `.rules` file in its canonical layout.
+    #[command(after_help = concat!("Example:\n  ailla fmt rules/default.rules --write", exit_status!()))]
     Fmt(FmtArgs),
     /// Score candidate anchors of each block by mutual information on a corpus (METHOD §2).
+    #[command(after_help = concat!("Example:\n  ailla anchors rules/default.rules --corpus bundled --snippet", exit_status!()))]
     Anchors(AnchorsArgs),
     /// Send a document to the pool model that codes its first tokens in the fewest bits (METHOD §8).
+    #[command(after_help = concat!("Example:\n  ailla route runs/recruit_domains/pool --text essay.txt", exit_status!()))]
     Route(RouteArgs),
     /// Trial a block of your own on a run, as recruitment would, and say in bits whether it pays (METHOD §7).
+    #[command(after_help = concat!("Examples:\n  ailla trial runs/recruit_planted/seed-1 --block \"penicillin, latex, peanuts\"\n  ailla trial runs/recruit_planted/seed-1 --rules my-block.rules --json", exit_status!()))]
     Trial(TrialArgs),
     /// Print the numerical environment: CPU, kernel instruction set, BLAS library, version, kernel and
     /// threads — what decides the last bits of every result (README, "Determinism").
+    #[command(after_help = concat!("Example:\n  ailla env --json", exit_status!()))]
     Env(EnvArgs),
     /// Write a checkpoint in another framework's format: `--format hf` gives a directory that Hugging
     /// Face transformers loads as `GPT2LMHeadModel` with its tokenizer (the model at λ = 0).
-    #[command(
-        after_help = "Example:\n  ailla export runs/quickstart/quickstart/model.safetensors --format hf --out hf-model\n\n\
+    #[command(after_help = concat!(
+        "Example:\n  ailla export runs/quickstart/quickstart/model.safetensors --format hf --out hf-model\n\n\
 Then, in Python:\n  from transformers import AutoTokenizer, GPT2LMHeadModel\n  \
-model = GPT2LMHeadModel.from_pretrained(\"hf-model\")\n  tokenizer = AutoTokenizer.from_pretrained(\"hf-model\")"
-    )]
+model = GPT2LMHeadModel.from_pretrained(\"hf-model\")\n  tokenizer = AutoTokenizer.from_pretrained(\"hf-model\")",
+        exit_status!()
+    ))]
     Export(ExportArgs),
+    /// Print a shell completion script, generated from these same definitions.
+    #[command(after_help = concat!(
+        "Examples:\n  ailla completions bash > ~/.local/share/bash-completion/completions/ailla\n  \
+         ailla completions zsh > ~/.zfunc/_ailla",
+        exit_status!()
+    ))]
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff), or write one page per verb into a directory.
+    #[command(after_help = concat!(
+        "Examples:\n  ailla man | man -l -\n  ailla man --out target/man",
+        exit_status!()
+    ))]
+    Man(ManArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
+}
+
+#[derive(Args, Debug)]
+pub struct ManArgs {
+    /// Write `ailla.1` and `ailla-VERB.1` for every verb into this directory instead of printing
+    /// `ailla.1`.
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -88,6 +140,7 @@ pub struct ExportArgs {
 #[derive(Args, Debug)]
 pub struct EnvArgs {
     /// Print JSON (the `numerics` object of a report's provenance).
+    /// Print JSON instead of a table (one object; its fields are the table\'s columns).
     #[arg(long)]
     pub json: bool,
 }
@@ -127,6 +180,7 @@ pub struct TrialArgs {
     /// trains) or `co-trained` (the earlier design, beside a control). Default: the run's, else frozen.
     #[arg(long, value_enum)]
     pub trial: Option<TrialFlag>,
+    /// Print JSON instead of a table (one object; its fields are the table\'s columns).
     #[arg(long)]
     pub json: bool,
 }
@@ -147,6 +201,7 @@ pub struct RouteArgs {
     /// Tokens the router reads (default: the pool's own setting).
     #[arg(long)]
     pub tokens: Option<usize>,
+    /// Print JSON instead of a table (one object; its fields are the table\'s columns).
     #[arg(long)]
     pub json: bool,
 }
@@ -154,6 +209,7 @@ pub struct RouteArgs {
 #[derive(Args, Debug)]
 #[command(group(clap::ArgGroup::new("vocabulary").args(["corpus", "checkpoint"])))]
 pub struct CheckArgs {
+    /// The `.rules` file to check.
     pub rules: PathBuf,
     /// Compile against the vocabulary of this corpus (`bundled`, a directory or a text file) and
     /// count the positions each rule covers in it.
@@ -169,6 +225,7 @@ pub struct CheckArgs {
 
 #[derive(Args, Debug)]
 pub struct FmtArgs {
+    /// The `.rules` file to print in canonical layout.
     pub rules: PathBuf,
     /// Rewrite the file in place instead of printing it.
     #[arg(long)]
@@ -177,6 +234,7 @@ pub struct FmtArgs {
 
 #[derive(Args, Debug)]
 pub struct AnchorsArgs {
+    /// The `.rules` file whose blocks get anchors.
     pub rules: PathBuf,
     /// `bundled`, a corpus directory (its training split is used) or a text file.
     #[arg(long)]
@@ -193,6 +251,7 @@ pub struct AnchorsArgs {
     /// Also print the chosen anchors as a rules snippet to paste back.
     #[arg(long)]
     pub snippet: bool,
+    /// Print JSON instead of a table (one object; its fields are the table\'s columns).
     #[arg(long)]
     pub json: bool,
 }
@@ -219,7 +278,7 @@ pub struct RunArgs {
 /// Command-line changes to a pipeline, shared by `run` and `validate`.
 #[derive(Args, Debug, Clone, Default)]
 pub struct PlanChanges {
-    /// Run the pipeline's `quick` variant (its `quick` section), into `<output dir>-quick`.
+    /// Use the pipeline's `quick` variant (its `quick` section), whose output is `<output dir>-quick`.
     #[arg(long)]
     pub quick: bool,
     /// Corpus directory (train.txt, valid.txt, test.txt) in place of the pipeline's `data.corpus`.
@@ -235,6 +294,7 @@ impl PlanChanges {
 
 #[derive(Args, Debug)]
 pub struct ValidateArgs {
+    /// The pipeline file to check.
     pub pipeline: PathBuf,
     #[command(flatten)]
     pub changes: PlanChanges,
@@ -268,22 +328,33 @@ pub struct TrainArgs {
     /// Corpus directory with train.txt, valid.txt, test.txt, or `bundled` for the generated corpus.
     #[arg(long)]
     pub corpus: Option<String>,
+    /// How text becomes tokens: `word` (whitespace-separated words, each line ended by `<eos>`) or
+    /// `char` (every character) [default: the config's, else word].
     #[arg(long, value_enum)]
     pub tokenizer: Option<TokenizerArg>,
+    /// Training steps, one batch each [default: the config's, else 400].
     #[arg(long)]
     pub steps: Option<usize>,
+    /// Windows of `--ctx-len` tokens per step [default: the config's, else 16].
     #[arg(long)]
     pub batch_size: Option<usize>,
+    /// Peak AdamW learning rate, after warm-up and before the cosine decay [default: the config's,
+    /// else 0.003].
     #[arg(long)]
     pub learning_rate: Option<f64>,
+    /// Seed of the initial weights and of every step's batch [default: the config's, else 1].
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Context length in tokens, the longest window the model reads [default: the config's, else 64].
     #[arg(long)]
     pub ctx_len: Option<usize>,
+    /// Model width d [default: the config's, else 64].
     #[arg(long)]
     pub d_model: Option<usize>,
+    /// Transformer blocks [default: the config's, else 2].
     #[arg(long)]
     pub layers: Option<usize>,
+    /// Attention heads per block; they must divide `--d-model` [default: the config's, else 4].
     #[arg(long)]
     pub heads: Option<usize>,
     /// Run directory to write.
@@ -342,6 +413,7 @@ pub struct EvalArgs {
     /// Batches that also run a backward pass to measure the group-sparsity threshold.
     #[arg(long, default_value_t = 2)]
     pub certificate_batches: usize,
+    /// Print JSON instead of a table (one object; its fields are the table\'s columns).
     #[arg(long)]
     pub json: bool,
 }
@@ -360,6 +432,7 @@ pub struct BenchArgs {
     /// The Python that has torch installed.
     #[arg(long, default_value = "python3")]
     pub python: String,
+    /// Print JSON instead of a table (one object; its fields are the table\'s columns).
     #[arg(long)]
     pub json: bool,
     /// Measure one configuration in this process (used internally to attribute peak memory).
@@ -383,6 +456,7 @@ pub struct GenerateArgs {
     /// Directory to write train.txt, valid.txt and test.txt into.
     #[arg(long, required_unless_present = "sample")]
     pub out: Option<PathBuf>,
+    /// Seed of the generator; the bundled corpus is the default seed's.
     #[arg(long, default_value_t = DEFAULT_SEED)]
     pub seed: u64,
     /// Rewrite data/pharmacy-sample.txt, the excerpt committed for readers.

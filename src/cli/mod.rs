@@ -79,6 +79,8 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Anchors(args) => run_anchors(args, out),
         Command::Env(args) => run_env(args, out),
         Command::Export(args) => run_export(args, out),
+        Command::Completions(args) => run_completions(args, out),
+        Command::Man(args) => run_man(args, out),
     }
 }
 
@@ -133,4 +135,38 @@ fn run_export(args: ExportArgs, out: &mut dyn Write) -> Result<()> {
         text += &format!("note: {note}\n");
     }
     write_out(out, &text)
+}
+
+fn run_completions(args: CompletionsArgs, out: &mut dyn Write) -> Result<()> {
+    use clap::CommandFactory;
+    let mut command = Cli::command();
+    let mut script = Vec::new();
+    clap_complete::generate(args.shell, &mut command, "ailla", &mut script);
+    out.write_all(&script).map_err(|e| Error::io("<stdout>", e))
+}
+
+/// The manual page of `command`, in roff.
+fn man_page(command: clap::Command) -> Result<Vec<u8>> {
+    let mut page = Vec::new();
+    clap_mangen::Man::new(command).render(&mut page).map_err(|e| Error::io("manual page", e))?;
+    Ok(page)
+}
+
+fn run_man(args: ManArgs, out: &mut dyn Write) -> Result<()> {
+    use clap::CommandFactory;
+    let command = Cli::command();
+    let Some(dir) = args.out else {
+        let page = man_page(command)?;
+        return out.write_all(&page).map_err(|e| Error::io("<stdout>", e));
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let mut written = vec!["ailla.1".to_string()];
+    checkpoint::atomic_write(&dir.join("ailla.1"), &man_page(command.clone())?)?;
+    for verb in command.get_subcommands() {
+        let name = format!("ailla-{}", verb.get_name());
+        let page = man_page(verb.clone().name(name.clone()))?;
+        checkpoint::atomic_write(&dir.join(format!("{name}.1")), &page)?;
+        written.push(format!("{name}.1"));
+    }
+    write_out(out, &format!("wrote {} pages into {}: {}\n", written.len(), dir.display(), written.join(", ")))
 }
