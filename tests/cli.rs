@@ -700,3 +700,46 @@ fn completions_and_the_manual_name_every_verb_and_flag() {
         }
     }
 }
+
+#[test]
+fn quiet_prints_no_progress_and_verbose_a_line_for_every_step() {
+    let dir = tempfile::tempdir().unwrap();
+    let train = |flag: &str, out: &str| {
+        let out = dir.path().join(out);
+        let out = out.to_str().unwrap();
+        ailla(&[
+            flag,
+            "train",
+            "--corpus",
+            "bundled",
+            "--steps",
+            "6",
+            "--batch-size",
+            "2",
+            "--ctx-len",
+            "8",
+            "--d-model",
+            "8",
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--out",
+            out,
+        ])
+    };
+    let quiet = train("--quiet", "quiet");
+    assert!(quiet.status.success());
+    assert_eq!(String::from_utf8_lossy(&quiet.stderr), "", "--quiet leaves stderr empty");
+    assert!(!quiet.stdout.is_empty(), "the result still prints");
+    let verbose = train("--verbose", "verbose");
+    assert!(verbose.status.success());
+    let stderr = String::from_utf8_lossy(&verbose.stderr);
+    for step in 1..=6 {
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with(&format!("step {step:>6}/6")))
+            .unwrap_or_else(|| panic!("--verbose has no line for step {step}:\n{stderr}"));
+        assert!(line.ends_with("tok/s"), "each line shows the throughput: {line}");
+    }
+}

@@ -33,6 +33,12 @@ pub struct Cli {
     /// Worker threads for the engine (default: every core).
     #[arg(long, global = true)]
     pub threads: Option<usize>,
+    /// Print no progress and no notes on stderr; errors and results still print.
+    #[arg(long, short, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print a progress line for every training step, on a terminal too.
+    #[arg(long, short, global = true)]
+    pub verbose: bool,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -59,6 +59,11 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         // fails only if a pool was already built, which main never does before this point
         let _ = rayon::ThreadPoolBuilder::new().num_threads(threads).build_global();
     }
+    crate::progress::set_verbosity(match (cli.quiet, cli.verbose) {
+        (true, _) => crate::progress::Verbosity::Quiet,
+        (_, true) => crate::progress::Verbosity::Verbose,
+        _ => crate::progress::Verbosity::Normal,
+    });
     match cli.command {
         Command::Run(args) => run_pipeline(args, cli.threads, out),
         Command::Validate(args) => run_validate(args, out),
@@ -66,7 +71,10 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
             crate::report::require_finished(&args.run_dir)?;
             let report = crate::report::build(&args.run_dir)?;
             crate::report::write(&args.run_dir, &report)?;
-            write_out(out, &format!("wrote {0}/report.json and {0}/report.md\n", args.run_dir.display()))
+            write_out(
+                out,
+                &format!("wrote {0}/report.html, report.md, report.json and the figures\n", args.run_dir.display()),
+            )
         }
         Command::Train(args) => run_train(args, out),
         Command::Eval(args) => run_eval(args, out),

@@ -88,7 +88,7 @@ pub(super) fn run_pipeline(args: RunArgs, threads: Option<usize>, out: &mut dyn 
                 .num_threads(cores)
                 .build()
                 .map_err(|e| Error::Numeric(format!("cannot start {cores} worker threads: {e}")))?;
-            let progress = crate::train::Progress::Lines { every: usize::MAX, prefix: format!("[{}] ", plan.name) };
+            let progress = crate::train::Progress::notes(&format!("[{}] ", plan.name));
             (Vec::new(), Some(pool.install(|| crate::recruit::domains::run(domains, &plan.output_dir, &progress))?))
         }
         None => (crate::pipeline::run::execute(&plan, resume, args.force, args.jobs), None),
@@ -105,11 +105,18 @@ pub(super) fn run_pipeline(args: RunArgs, threads: Option<usize>, out: &mut dyn 
         }
         None => (crate::pipeline::run::summary_table(&outcomes), String::new()),
     };
+    let checked: usize = report.groups.iter().map(|g| g.certificates.len()).sum();
+    let violations: usize = report.groups.iter().flat_map(|g| &g.certificates).map(|c| c.violations).sum();
+    let bounds = match (checked, violations) {
+        (0, _) => String::new(),
+        (_, 0) => "every certified bound held (0 violations); ".to_string(),
+        (_, v) => format!("{v} certified-bound violations (see the report's certificates); "),
+    };
     s += &format!(
-        "\nrun directory: {}  ({:.1} s){pool}; report: {}\n",
+        "\nrun directory: {}  ({:.1} s){pool}; {bounds}report: {} (also report.md, report.json)\n",
         plan.output_dir.display(),
         provenance.wall_time_seconds,
-        plan.output_dir.join("report.md").display()
+        plan.output_dir.join("report.html").display()
     );
     write_out(out, &s)?;
     let interrupted = outcomes.iter().any(|o| matches!(o.result, Err(Error::Interrupted(_))));

@@ -85,11 +85,12 @@ pub fn check_fresh_output(dir: &Path, force: bool) -> Result<()> {
 pub fn execute(plan: &Plan, resume: bool, force: bool, jobs: Option<usize>) -> Vec<MemberOutcome> {
     let cores = plan.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let (concurrent, threads_each) = thread_split(cores, jobs.unwrap_or(plan.members.len()).min(plan.members.len()));
-    let bars = std::io::stderr().is_terminal().then(indicatif::MultiProgress::new);
+    let quiet = crate::progress::verbosity() == crate::progress::Verbosity::Quiet;
+    let bars = (std::io::stderr().is_terminal() && !quiet).then(indicatif::MultiProgress::new);
     let interrupt = train::interrupt_flag();
     let next = AtomicUsize::new(0);
     let outcomes: Mutex<Vec<Option<MemberOutcome>>> = Mutex::new((0..plan.members.len()).map(|_| None).collect());
-    if bars.is_none() {
+    if bars.is_none() && !quiet {
         crate::eprintln_lossy!(
             "{}: {} member{}, {concurrent} at a time with {threads_each} thread{} each",
             plan.name,

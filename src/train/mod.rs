@@ -240,6 +240,7 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
     }
     let mut interrupted = false;
     let mut step = start_step;
+    let loop_started = Instant::now();
     while step < config.steps {
         if control.interrupt.as_ref().is_some_and(|f| f.load(Ordering::SeqCst)) {
             interrupted = true;
@@ -271,7 +272,9 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
         };
         losses.push(record.loss);
         metrics.write(&MetricsRecord::from(record))?;
-        progress.step(record.step, config.steps, record.loss);
+        let tokens_done = (record.step - start_step) * config.batch_size * model.config.ctx_len;
+        let tokens_per_s = tokens_done as f64 / loop_started.elapsed().as_secs_f64().max(1e-9);
+        progress.step(record.step, config.steps, record.loss, tokens_per_s);
         let done = step + 1;
         if config.eval_every > 0 && done % config.eval_every == 0 && done < config.steps {
             let result = evaluate(&model, eval_slice, config.batch_size, &Conditions::Plain);
@@ -289,6 +292,7 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
             done % r.check_every == 0 && done < config.steps && recruited < r.max_blocks
         });
         if let (Some(recruitment), Some((settings, spec, set))) = (recruiting, locality.as_ref()) {
+            progress.status(&format!("recruitment check at step {done}…"));
             let context = crate::recruit::CheckContext {
                 config,
                 recruitment,
@@ -377,12 +381,12 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
             }
         }
     }
-    progress.finish();
     if saved_step != Some(optimizer.step) {
         save_unit(&model, &optimizer, &stored_locality, &metrics)?;
     }
     units::publish(&paths.step_checkpoint(optimizer.step), &paths.model())?;
     if interrupted {
+        progress.finish();
         return Err(Error::Interrupted(format!(
             "stopped after step {}; continue with `{resume_command}`",
             optimizer.step
@@ -392,6 +396,7 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
         0..config.final_eval_tokens.map_or(ids.len(), |n| ids.len().min(n.saturating_add(1)))
     };
     let (valid_ids, test_ids) = (&data.valid[final_slice(&data.valid)], &data.test[final_slice(&data.test)]);
+    progress.working(&format!("evaluating {} valid and {} test tokens…", valid_ids.len(), test_ids.len()));
     let valid = evaluate(&model, valid_ids, config.batch_size, &Conditions::Plain);
     let test = evaluate(&model, test_ids, config.batch_size, &Conditions::Plain);
     for (split, result) in [("valid", &valid), ("test", &test)] {
@@ -414,6 +419,7 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
             batch_size: config.batch_size,
         };
         for &lambda in &settings.eval_lambdas {
+            progress.working(&format!("evaluating the dial at λ = {lambda:.2}…"));
             let measured = evaluate_at(&model, test_ids, lambda, &evaluation);
             progress.note(&format!(
                 "λ {lambda:.2}  test ppl {:.3}  entropy {:.3} bits  fidelity {:.4}",
@@ -427,6 +433,7 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
             dial.push(measured);
         }
     }
+    progress.finish();
     let summary = TrainSummary {
         steps_done: optimizer.step,
         steps_planned: config.steps,
