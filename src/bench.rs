@@ -429,9 +429,12 @@ const TIMED_STEPS: usize = 100;
 pub fn frozen_check_cost(path: &std::path::Path, data: Option<std::path::PathBuf>) -> Result<FrozenCheckCost> {
     let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
     let options = crate::pipeline::PlanOptions { quick: false, data_directory: data };
-    let plan = crate::pipeline::plan_with(&text, path, &options).map_err(|problems| {
-        let text: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
-        Error::Config { path: path.to_path_buf(), message: text.join("; ") }
+    let plan = crate::pipeline::plan_with(&text, path, &options).map_err(|problems| Error::Config {
+        path: path.to_path_buf(),
+        message: format!(
+            "the pipeline has problems:\n{}",
+            crate::pipeline::diagnostics::render(path, &text, &problems)
+        ),
     })?;
     let member = plan.members.first().ok_or_else(|| Error::invalid("--check-cost", "the pipeline has no member"))?;
     let config = &member.config;

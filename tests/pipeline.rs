@@ -26,9 +26,9 @@ fn malformed_pipelines_each_get_their_message() {
             Ok(_) => panic!("{} was accepted", path.display()),
             Err(problems) => problems,
         };
-        let rendered: Vec<String> = problems.iter().map(|p| p.to_string()).collect();
+        let rendered = ailla::pipeline::diagnostics::render(&path, &text, &problems);
         let name = path.file_stem().unwrap().to_string_lossy().into_owned();
-        insta::assert_snapshot!(name, rendered.join("\n"));
+        insta::assert_snapshot!(name, rendered);
     }
 }
 

@@ -7,9 +7,7 @@ pub(super) fn load_plan(path: &Path, changes: &PlanChanges) -> Result<(crate::pi
     match crate::pipeline::plan_with(&text, path, &changes.options()) {
         Ok(plan) => Ok((plan, text)),
         Err(problems) => {
-            for problem in &problems {
-                crate::eprintln_lossy!("{}:{problem}", path.display());
-            }
+            crate::eprint_lossy!("{}", crate::pipeline::diagnostics::render(path, &text, &problems));
             Err(Error::Config {
                 path: path.to_path_buf(),
                 message: format!(

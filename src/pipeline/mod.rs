@@ -2,6 +2,7 @@
 //! the locality dial, recruitment priors, evaluation, sweeps and outputs. Relative input paths (data,
 //! rules) resolve against the pipeline file; the output directory against the working directory.
 
+pub mod diagnostics;
 pub mod locate;
 pub mod run;
 
