@@ -194,7 +194,7 @@ fn eval_matches_the_pytorch_golden_value() {
     assert!(output.status.success(), "{}", stderr(&output));
     let ours: serde_json::Value = serde_json::from_str(&stdout(&output)).unwrap();
     assert_eq!(ours["tokens"], expected["tokens"]);
-    let (a, b) = (ours["mean_ce_nats"].as_f64().unwrap(), expected["mean_ce_nats"].as_f64().unwrap());
+    let (a, b) = (ours["language_model"]["mean_ce_nats"].as_f64().unwrap(), expected["mean_ce_nats"].as_f64().unwrap());
     // Two engines, two summation orders, f32 throughout: 1e-4 nats on a mean over 299 tokens is 100
     // times the 1e-6 measured on this fixture (README, "Checkpoints"), so it holds on any CPU.
     assert!((a - b).abs() < 1e-4, "ailla {a} vs PyTorch {b}");
@@ -303,7 +303,7 @@ fn eval_matches_pytorch_live_when_available() {
     let theirs: serde_json::Value = serde_json::from_str(stdout(&torch).trim()).unwrap();
     let ours = ailla(&["eval", ckpt.to_str().unwrap(), "--ids", ids.to_str().unwrap(), "--json"]);
     let ours: serde_json::Value = serde_json::from_str(&stdout(&ours)).unwrap();
-    let (a, b) = (ours["mean_ce_nats"].as_f64().unwrap(), theirs["mean_ce_nats"].as_f64().unwrap());
+    let (a, b) = (ours["language_model"]["mean_ce_nats"].as_f64().unwrap(), theirs["mean_ce_nats"].as_f64().unwrap());
     assert!((a - b).abs() < 1e-4, "ailla {a} vs PyTorch {b}");
 }
 
@@ -742,4 +742,64 @@ fn quiet_prints_no_progress_and_verbose_a_line_for_every_step() {
             .unwrap_or_else(|| panic!("--verbose has no line for step {step}:\n{stderr}"));
         assert!(line.ends_with("tok/s"), "each line shows the throughput: {line}");
     }
+}
+
+#[test]
+fn the_committed_json_schemas_are_the_ones_the_output_types_generate() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/cli/schemas");
+    for (name, generated) in ailla::cli::json::schemas() {
+        let path = dir.join(name);
+        if std::env::var_os("AILLA_WRITE_SCHEMA").is_some() {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert_eq!(committed, generated, "{name}: regenerate with AILLA_WRITE_SCHEMA=1 cargo test --test cli");
+    }
+}
+
+/// Parses `output`'s stdout as exactly `T`: an unknown or missing field fails.
+fn strict<T: serde::de::DeserializeOwned>(output: &Output) -> T {
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("not the documented shape: {e}\n{}", String::from_utf8_lossy(&output.stdout)))
+}
+
+#[test]
+fn json_output_has_one_documented_shape_per_verb() {
+    use ailla::cli::json::{EvalOutput, RunOutput, ValidateOutput};
+    let dir = tempfile::tempdir().unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::copy(root.join("rules/default.rules"), dir.path().join("default.rules")).unwrap();
+    let pipeline = "name: tiny\nmodel: { ctx_len: 16, d_model: 16, n_heads: 2, n_layers: 1, d_ff: 32 }\n\
+                    train: { steps: 6, batch_size: 4, seeds: [1, 2], eval_every: 0 }\n\
+                    locality: { rules: default.rules }\nevaluation: { lambdas: [0.0, 1.0] }\n\
+                    outputs: { dir: RUN }\n";
+    // the output directory is relative to the working directory: give it whole, inside the temporary one
+    let pipeline = pipeline.replace("RUN", dir.path().join("run").to_str().unwrap());
+    let path = dir.path().join("tiny.yaml");
+    std::fs::write(&path, pipeline).unwrap();
+    let path = path.to_str().unwrap();
+
+    let validated: ValidateOutput = strict(&ailla(&["validate", path, "--json"]));
+    assert_eq!(validated.members.iter().map(|m| m.steps).collect::<Vec<_>>(), vec![6, 6]);
+
+    let ran: RunOutput = strict(&ailla(&["-q", "run", path, "--json"]));
+    assert_eq!(ran.members.len(), 2);
+    assert!(ran.members.iter().all(|m| m.error.is_none() && m.dial.len() == 2), "{ran:?}");
+    assert!(ran.report.ends_with("report.html"));
+
+    let model = Path::new(&ran.run_dir).join(&ran.members[0].name).join("model.safetensors");
+    let text = dir.path().join("text.txt");
+    std::fs::write(&text, ailla::data::generator::bundled_corpus(7).test).unwrap();
+    let eval = |extra: &[&str]| {
+        let mut args = vec!["eval", model.to_str().unwrap(), "--text", text.to_str().unwrap(), "--json"];
+        args.extend_from_slice(extra);
+        ailla(&args)
+    };
+    let plain: EvalOutput = strict(&eval(&[]));
+    assert!(plain.language_model.is_some() && plain.dial.is_empty());
+    let dial: EvalOutput = strict(&eval(&["--lambda", "0,0.5,1"]));
+    assert_eq!((dial.tokens, dial.dial.len()), (plain.tokens, 3));
+    assert!(dial.language_model.is_none());
 }

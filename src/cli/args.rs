@@ -146,7 +146,7 @@ pub struct ExportArgs {
 #[derive(Args, Debug)]
 pub struct EnvArgs {
     /// Print JSON (the `numerics` object of a report's provenance).
-    /// Print JSON instead of a table (one object; its fields are the table\'s columns).
+    /// Print JSON instead of a table: the same figures, in one document.
     #[arg(long)]
     pub json: bool,
 }
@@ -186,7 +186,7 @@ pub struct TrialArgs {
     /// trains) or `co-trained` (the earlier design, beside a control). Default: the run's, else frozen.
     #[arg(long, value_enum)]
     pub trial: Option<TrialFlag>,
-    /// Print JSON instead of a table (one object; its fields are the table\'s columns).
+    /// Print JSON instead of a table: the same figures, in one document.
     #[arg(long)]
     pub json: bool,
 }
@@ -207,7 +207,7 @@ pub struct RouteArgs {
     /// Tokens the router reads (default: the pool's own setting).
     #[arg(long)]
     pub tokens: Option<usize>,
-    /// Print JSON instead of a table (one object; its fields are the table\'s columns).
+    /// Print JSON instead of a table: the same figures, in one document.
     #[arg(long)]
     pub json: bool,
 }
@@ -257,7 +257,7 @@ pub struct AnchorsArgs {
     /// Also print the chosen anchors as a rules snippet to paste back.
     #[arg(long)]
     pub snippet: bool,
-    /// Print JSON instead of a table (one object; its fields are the table\'s columns).
+    /// Print JSON instead of a table: the same figures, in one document.
     #[arg(long)]
     pub json: bool,
 }
@@ -277,6 +277,9 @@ pub struct RunArgs {
     /// among them.
     #[arg(long)]
     pub jobs: Option<usize>,
+    /// Print the summary as JSON instead of a table (shape: `src/cli/schemas/run.schema.json`).
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub changes: PlanChanges,
 }
@@ -302,6 +305,9 @@ impl PlanChanges {
 pub struct ValidateArgs {
     /// The pipeline file to check.
     pub pipeline: PathBuf,
+    /// Print JSON instead of a table (shape: `src/cli/schemas/validate.schema.json`).
+    #[arg(long)]
+    pub json: bool,
     #[command(flatten)]
     pub changes: PlanChanges,
 }
@@ -419,7 +425,7 @@ pub struct EvalArgs {
     /// Batches that also run a backward pass to measure the group-sparsity threshold.
     #[arg(long, default_value_t = 2)]
     pub certificate_batches: usize,
-    /// Print JSON instead of a table (one object; its fields are the table\'s columns).
+    /// Print JSON instead of a table (shape: `src/cli/schemas/eval.schema.json`, with or without the dial).
     #[arg(long)]
     pub json: bool,
 }
@@ -438,7 +444,7 @@ pub struct BenchArgs {
     /// The Python that has torch installed.
     #[arg(long, default_value = "python3")]
     pub python: String,
-    /// Print JSON instead of a table (one object; its fields are the table\'s columns).
+    /// Print JSON instead of a table: the same figures, in one document.
     #[arg(long)]
     pub json: bool,
     /// Measure one configuration in this process (used internally to attribute peak memory).

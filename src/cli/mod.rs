@@ -21,6 +21,7 @@ mod rules;
 mod text;
 mod training;
 
+pub mod json;
 pub use args::*;
 use benchmark::*;
 use pipeline::*;

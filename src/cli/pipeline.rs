@@ -22,6 +22,22 @@ pub(super) fn load_plan(path: &Path, changes: &PlanChanges) -> Result<(crate::pi
 
 pub(super) fn run_validate(args: ValidateArgs, out: &mut dyn Write) -> Result<()> {
     let (plan, _) = load_plan(&args.pipeline, &args.changes)?;
+    if args.json {
+        let output = json::ValidateOutput {
+            pipeline: args.pipeline.display().to_string(),
+            output_dir: plan.output_dir.display().to_string(),
+            members: plan
+                .members
+                .iter()
+                .map(|m| json::PlannedMember { name: m.name.clone(), steps: m.config.steps })
+                .collect(),
+            domains: plan.domains.iter().flat_map(|d| d.domains.sources.iter().map(|s| s.name.clone())).collect(),
+        };
+        return write_out(
+            out,
+            &(serde_json::to_string_pretty(&output).map_err(|e| Error::Numeric(e.to_string()))? + "\n"),
+        );
+    }
     if let Some(domains) = &plan.domains {
         let names: Vec<&str> = domains.domains.sources.iter().map(|s| s.name.as_str()).collect();
         return write_out(
@@ -97,25 +113,50 @@ pub(super) fn run_pipeline(args: RunArgs, threads: Option<usize>, out: &mut dyn 
     checkpoint::atomic_write(&plan.output_dir.join(crate::report::PROVENANCE_FILE), json.as_bytes())?;
     let report = crate::report::build(&plan.output_dir)?;
     crate::report::write(&plan.output_dir, &report)?;
-    let (mut s, pool) = match &domains {
-        Some(summary) => {
-            (crate::report::domains_markdown(summary), format!("; pool: {}", plan.output_dir.join("pool").display()))
-        }
-        None => (crate::pipeline::run::summary_table(&outcomes), String::new()),
-    };
     let checked: usize = report.groups.iter().map(|g| g.certificates.len()).sum();
     let violations: usize = report.groups.iter().flat_map(|g| &g.certificates).map(|c| c.violations).sum();
-    let bounds = match (checked, violations) {
-        (0, _) => String::new(),
-        (_, 0) => "every certified bound held (0 violations); ".to_string(),
-        (_, v) => format!("{v} certified-bound violations (see the report's certificates); "),
+    let (mut s, pool) = match &domains {
+        _ if args.json => {
+            let output = json::RunOutput {
+                run_dir: plan.output_dir.display().to_string(),
+                report: plan.output_dir.join("report.html").display().to_string(),
+                seconds: provenance.wall_time_seconds,
+                violations,
+                members: outcomes
+                    .iter()
+                    .map(|o| json::RunMember {
+                        name: o.name.clone(),
+                        error: o.result.as_ref().err().map(|e| e.to_string()),
+                        test: o.result.as_ref().ok().map(|s| s.test.clone()),
+                        dial: o
+                            .result
+                            .as_ref()
+                            .map_or(Vec::new(), |s| s.dial.iter().map(json::DialPoint::of).collect()),
+                    })
+                    .collect(),
+            };
+            (serde_json::to_string_pretty(&output).map_err(|e| Error::Numeric(e.to_string()))? + "\n", None)
+        }
+        Some(summary) => (
+            crate::report::domains_markdown(summary),
+            Some(format!("; pool: {}", plan.output_dir.join("pool").display())),
+        ),
+        None => (crate::pipeline::run::summary_table(&outcomes), Some(String::new())),
     };
-    s += &format!(
-        "\nrun directory: {}  ({:.1} s){pool}; {bounds}report: {} (also report.md, report.json)\n",
-        plan.output_dir.display(),
-        provenance.wall_time_seconds,
-        plan.output_dir.join("report.html").display()
-    );
+    // the closing line is the table's; JSON carries the same facts as fields
+    if let Some(pool) = pool {
+        let bounds = match (checked, violations) {
+            (0, _) => String::new(),
+            (_, 0) => "every certified bound held (0 violations); ".to_string(),
+            (_, v) => format!("{v} certified-bound violations (see the report's certificates); "),
+        };
+        s += &format!(
+            "\nrun directory: {}  ({:.1} s){pool}; {bounds}report: {} (also report.md, report.json)\n",
+            plan.output_dir.display(),
+            provenance.wall_time_seconds,
+            plan.output_dir.join("report.html").display()
+        );
+    }
     write_out(out, &s)?;
     let interrupted = outcomes.iter().any(|o| matches!(o.result, Err(Error::Interrupted(_))));
     if interrupted {

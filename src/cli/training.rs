@@ -178,7 +178,14 @@ pub(super) fn run_eval(args: EvalArgs, out: &mut dyn Write) -> Result<()> {
         format!("the checkpoint {} holds weights that do not give finite probabilities", args.checkpoint.display());
     Error::require_finite("the mean cross-entropy", result.mean_ce_nats, &hint)?;
     let text = if args.json {
-        serde_json::to_string_pretty(&result).map_err(|e| Error::Numeric(e.to_string()))? + "\n"
+        let output = json::EvalOutput {
+            checkpoint: args.checkpoint.display().to_string(),
+            tokenizer: ckpt.vocabulary.kind.name().to_string(),
+            tokens: result.tokens,
+            language_model: Some(result),
+            dial: Vec::new(),
+        };
+        serde_json::to_string_pretty(&output).map_err(|e| Error::Numeric(e.to_string()))? + "\n"
     } else {
         eval_table(&result, ckpt.vocabulary.kind)
     };
@@ -249,7 +256,14 @@ pub(super) fn run_dial_eval(
         )?;
     }
     let text = if args.json {
-        serde_json::to_string_pretty(&rows).map_err(|e| Error::Numeric(e.to_string()))? + "\n"
+        let output = json::EvalOutput {
+            checkpoint: args.checkpoint.display().to_string(),
+            tokenizer: ckpt.vocabulary.kind.name().to_string(),
+            tokens: ids.len().saturating_sub(1),
+            language_model: None,
+            dial: rows.iter().map(json::DialPoint::of).collect(),
+        };
+        serde_json::to_string_pretty(&output).map_err(|e| Error::Numeric(e.to_string()))? + "\n"
     } else {
         dial_table(&rows, ckpt.vocabulary.kind, &settings, args.epsilon)
     };

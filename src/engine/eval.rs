@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Language-modelling metrics of one pass over a token stream.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct EvalResult {
     /// Predicted tokens (the stream length minus one).
     pub tokens: usize,

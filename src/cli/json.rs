@@ -1,0 +1,110 @@
+//! What `--json` prints: one shape per verb, each with a JSON Schema (`src/cli/schemas/`, checked
+//! against these types by `tests/cli.rs`). A table's columns are its object's fields.
+
+use serde::{Deserialize, Serialize};
+
+use crate::engine::eval::EvalResult;
+use crate::locality::metrics::LocalityMetrics;
+
+/// `ailla eval --json`, with or without the dial.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvalOutput {
+    pub checkpoint: String,
+    /// `char` or `word`.
+    pub tokenizer: String,
+    /// Predicted tokens (the input's length minus one).
+    pub tokens: usize,
+    /// The model alone: no rules, no copy paths (λ = 0). Absent with `--lambda` or `--rules`,
+    /// whose rows hold the λ = 0 figures when 0 is asked for.
+    pub language_model: Option<EvalResult>,
+    /// One row per λ of `--lambda` (or the default grid) when `--lambda` or `--rules` is given.
+    pub dial: Vec<DialPoint>,
+}
+
+/// One λ of a dial evaluation: the dial table's columns.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DialPoint {
+    pub lambda: f64,
+    pub language_model: EvalResult,
+    /// Mean attention entropy over every row, in bits (null when no row was measured).
+    pub entropy_bits: Option<f64>,
+    /// Mean attention mass on the rules' targets over the rows they cover (null when none is).
+    pub pointer_fidelity: Option<f64>,
+    pub covered_rows: usize,
+    /// Share of covered rows whose λ* certificate holds at this λ (null when none is covered).
+    pub share_certified: Option<f64>,
+    /// Certified bounds that a measured row broke; 0 is what the mathematics promises.
+    pub violations: usize,
+}
+
+impl DialPoint {
+    pub fn of(metrics: &LocalityMetrics) -> Self {
+        let finite = |v: f64| v.is_finite().then_some(v);
+        DialPoint {
+            lambda: metrics.lambda,
+            language_model: metrics.language_model.clone(),
+            entropy_bits: finite(metrics.entropy_bits),
+            pointer_fidelity: finite(metrics.pointer_fidelity),
+            covered_rows: metrics.covered_rows,
+            share_certified: finite(metrics.certificates.share_certified),
+            violations: metrics.certificates.violations.total(),
+        }
+    }
+}
+
+/// `ailla validate --json`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ValidateOutput {
+    pub pipeline: String,
+    pub output_dir: String,
+    /// Sweep members in the order they run; empty for a `domains` pipeline.
+    pub members: Vec<PlannedMember>,
+    /// The domains of a `domains` pipeline, in arrival order; empty otherwise.
+    pub domains: Vec<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlannedMember {
+    pub name: String,
+    pub steps: usize,
+}
+
+/// `ailla run --json`: the summary table, the run directory and whether the bounds held.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunOutput {
+    pub run_dir: String,
+    /// `report.html` in the run directory (`report.md` and `report.json` lie beside it).
+    pub report: String,
+    pub seconds: f64,
+    /// Certified-bound violations over every member and λ.
+    pub violations: usize,
+    /// Sweep members, in order; empty for a `domains` pipeline (its pool is in the report).
+    pub members: Vec<RunMember>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunMember {
+    pub name: String,
+    /// Why the member failed; null when it finished.
+    pub error: Option<String>,
+    /// Test figures of the model alone; null when it failed.
+    pub test: Option<EvalResult>,
+    /// Test figures across the dial, for a member with rules.
+    pub dial: Vec<DialPoint>,
+}
+
+/// The schema of each verb's `--json`, by file name under `src/cli/schemas/`.
+pub fn schemas() -> Vec<(&'static str, String)> {
+    let pretty = |schema: schemars::Schema| serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n";
+    vec![
+        ("eval.schema.json", pretty(schemars::schema_for!(EvalOutput))),
+        ("run.schema.json", pretty(schemars::schema_for!(RunOutput))),
+        ("validate.schema.json", pretty(schemars::schema_for!(ValidateOutput))),
+    ]
+}
