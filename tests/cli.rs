@@ -767,7 +767,7 @@ fn strict<T: serde::de::DeserializeOwned>(output: &Output) -> T {
 
 #[test]
 fn json_output_has_one_documented_shape_per_verb() {
-    use ailla::cli::json::{EvalOutput, RunOutput, ValidateOutput};
+    use ailla::cli::json::{CheckOutput, EvalOutput, RunOutput, TrainOutput, ValidateOutput};
     let dir = tempfile::tempdir().unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     std::fs::copy(root.join("rules/default.rules"), dir.path().join("default.rules")).unwrap();
@@ -802,4 +802,34 @@ fn json_output_has_one_documented_shape_per_verb() {
     let dial: EvalOutput = strict(&eval(&["--lambda", "0,0.5,1"]));
     assert_eq!((dial.tokens, dial.dial.len()), (plain.tokens, 3));
     assert!(dial.language_model.is_none());
+
+    let out = dir.path().join("trained");
+    let trained: TrainOutput = strict(&ailla(&[
+        "-q",
+        "train",
+        "--corpus",
+        "bundled",
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--ctx-len",
+        "8",
+        "--d-model",
+        "8",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+        "--json",
+    ]));
+    assert_eq!((trained.steps_done, trained.tokenizer.as_str()), (3, "word"));
+
+    let rules = root.join("rules/copy-examples.rules");
+    let checked: CheckOutput = strict(&ailla(&["check", rules.to_str().unwrap(), "--corpus", "bundled", "--json"]));
+    assert!(checked.vocabulary_given && checked.corpus_tokens.is_some_and(|n| n > 0));
+    assert!(!checked.copy_rules.is_empty() && checked.copy_rules.iter().all(|r| r.covers.is_some()));
+    assert!(checked.rules.len() >= checked.written_rules);
 }

@@ -227,6 +227,9 @@ pub struct CheckArgs {
     /// Compile against the vocabulary of this checkpoint.
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
+    /// Print JSON instead of the tables (shape: `src/cli/schemas/check.schema.json`).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -387,6 +390,9 @@ pub struct TrainArgs {
     /// accepts a block, whose trial steps are adopted whole); continue later with --resume.
     #[arg(long)]
     pub stop_after: Option<usize>,
+    /// Print the summary as JSON (shape: `src/cli/schemas/train.schema.json`).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args, Debug)]

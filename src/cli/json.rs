@@ -99,12 +99,69 @@ pub struct RunMember {
     pub dial: Vec<DialPoint>,
 }
 
+/// `ailla check --json`: what the rules file declares, and what each rule covers in a corpus.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckOutput {
+    pub rules_file: String,
+    /// Whether words were looked up in a vocabulary (`--corpus` or `--checkpoint`).
+    pub vocabulary_given: bool,
+    /// Tokens of `--corpus`, where coverage was counted.
+    pub corpus_tokens: Option<usize>,
+    pub blocks: Vec<CheckedBlock>,
+    /// Attention rules the file writes; `rules` also lists the own-block defaults its blocks compile to.
+    pub written_rules: usize,
+    pub rules: Vec<CheckedRule>,
+    pub copy_rules: Vec<CheckedRule>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckedBlock {
+    pub name: String,
+    /// Vocabulary entries in the block (its written words when no vocabulary was given).
+    pub members: usize,
+    pub anchors: Vec<String>,
+    pub recruitable: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CheckedRule {
+    pub name: String,
+    /// Query positions the rule covers in `--corpus` (windows of 128 tokens); null without one.
+    pub covers: Option<usize>,
+}
+
+/// `ailla train --json`: the summary's figures.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TrainOutput {
+    pub run_dir: String,
+    pub steps_done: usize,
+    pub steps_planned: usize,
+    pub train_tokens: usize,
+    /// `char` or `word`.
+    pub tokenizer: String,
+    pub vocab_size: usize,
+    pub parameters: usize,
+    pub seconds: f64,
+    /// Entropy of the validation split's unigram distribution, in nats: what a model must beat.
+    pub unigram_entropy_nats: f64,
+    pub valid: EvalResult,
+    pub test: EvalResult,
+    /// Test figures across the dial, for a run with rules.
+    pub dial: Vec<DialPoint>,
+}
+
 /// The schema of each verb's `--json`, by file name under `src/cli/schemas/`.
 pub fn schemas() -> Vec<(&'static str, String)> {
     let pretty = |schema: schemars::Schema| serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n";
     vec![
+        ("check.schema.json", pretty(schemars::schema_for!(CheckOutput))),
         ("eval.schema.json", pretty(schemars::schema_for!(EvalOutput))),
         ("run.schema.json", pretty(schemars::schema_for!(RunOutput))),
+        ("train.schema.json", pretty(schemars::schema_for!(TrainOutput))),
         ("validate.schema.json", pretty(schemars::schema_for!(ValidateOutput))),
     ]
 }

@@ -35,80 +35,79 @@ pub(super) fn run_check(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
     }
     let compiled = &checked.compiled;
     let spec = &compiled.spec;
-    let copy_count = spec.rules.iter().filter(|r| r.copy).count();
-    let mut s = format!(
-        "{}: {} blocks, {} rules{}\n",
-        args.rules.display(),
-        spec.blocks.len(),
-        spec.rules.len() - copy_count,
-        if copy_count > 0 { format!(", {copy_count} copy rules") } else { String::new() }
-    );
-    if vocabulary.is_none() {
-        s += "(no vocabulary given: words were not looked up; add --corpus or --checkpoint)\n";
-    }
-    s += "\nblock                 members  anchors\n";
-    for (index, block) in spec.blocks.iter().enumerate() {
-        let members = compiled.set.as_ref().map_or(block.words.len(), |set| set.blocks[index].members.len());
-        let kind = if block.recruitable { "  (recruitable)" } else { "" };
-        s += &format!("{:<20}  {:>7}  {}{kind}\n", block.name, members, block.anchors.join(", "));
-    }
-    let coverage: Option<Vec<usize>> = match (&compiled.set, &corpus_ids) {
-        (Some(set), Some(ids)) => Some(
-            (0..set.rules.len())
-                .map(|r| {
-                    ids.chunks(crate::locality::targets::COVERAGE_WINDOW)
-                        .map(|window| crate::locality::targets::rule_targets(set, r, window).covered_rows())
-                        .sum()
-                })
-                .collect(),
-        ),
-        _ => None,
+    let blocks: Vec<json::CheckedBlock> = spec
+        .blocks
+        .iter()
+        .enumerate()
+        .map(|(index, block)| json::CheckedBlock {
+            name: block.name.clone(),
+            members: compiled.set.as_ref().map_or(block.words.len(), |set| set.blocks[index].members.len()),
+            anchors: block.anchors.clone(),
+            recruitable: block.recruitable,
+        })
+        .collect();
+    let window = crate::locality::targets::COVERAGE_WINDOW;
+    let rules: Vec<json::CheckedRule> = match (&compiled.set, &corpus_ids) {
+        (Some(set), Some(ids)) => (0..set.rules.len())
+            .map(|r| json::CheckedRule {
+                name: set.rules[r].name.clone(),
+                covers: Some(
+                    ids.chunks(window).map(|w| crate::locality::targets::rule_targets(set, r, w).covered_rows()).sum(),
+                ),
+            })
+            .collect(),
+        (Some(set), None) => {
+            set.rules.iter().map(|r| json::CheckedRule { name: r.name.clone(), covers: None }).collect()
+        }
+        _ => spec
+            .rules
+            .iter()
+            .filter(|r| !r.copy)
+            .map(|r| json::CheckedRule { name: r.name.clone(), covers: None })
+            .collect(),
     };
-    s += "\nrule                                         covers\n";
-    let names: Vec<String> = match &compiled.set {
-        Some(set) => set.rules.iter().map(|r| r.name.clone()).collect(),
-        None => spec.rules.iter().filter(|r| !r.copy).map(|r| r.name.clone()).collect(),
-    };
-    for (index, name) in names.iter().enumerate() {
-        let covered = coverage.as_ref().map_or("-".to_string(), |c| c[index].to_string());
-        s += &format!("{name:<42}  {covered:>7}\n");
-    }
-    if copy_count > 0 {
-        // copy rules (METHOD §4): the query positions whose cache is not empty
-        s += "\ncopy rule                                    covers\n";
-        let copy_rules: Vec<(String, String)> = match (&compiled.set, &corpus_ids) {
-            (Some(set), Some(ids)) => set
-                .copy_rules
-                .iter()
-                .map(|rule| {
-                    let covered: usize = ids
-                        .chunks(crate::locality::targets::COVERAGE_WINDOW)
-                        .map(|window| {
-                            crate::locality::copy_targets::copy_rule_targets(set, rule, window)
+    // copy rules (METHOD §4) cover the query positions whose cache is not empty
+    let copy_rules: Vec<json::CheckedRule> = match (&compiled.set, &corpus_ids) {
+        (Some(set), Some(ids)) => set
+            .copy_rules
+            .iter()
+            .map(|rule| json::CheckedRule {
+                name: rule.name.clone(),
+                covers: Some(
+                    ids.chunks(window)
+                        .map(|w| {
+                            crate::locality::copy_targets::copy_rule_targets(set, rule, w)
                                 .iter()
                                 .filter(|targets| !targets.is_empty())
                                 .count()
                         })
-                        .sum();
-                    (rule.name.clone(), covered.to_string())
-                })
-                .collect(),
-            _ => spec.rules.iter().filter(|r| r.copy).map(|r| (r.name.clone(), "-".to_string())).collect(),
-        };
-        for (name, covered) in copy_rules {
-            s += &format!("{name:<42}  {covered:>7}\n");
-        }
-    }
-    if let Some(ids) = &corpus_ids {
-        s += &format!(
-            "\ncoverage: query positions each rule covers in the corpus ({} {} tokens, windows of {}){}\n",
-            ids.len(),
-            TokenizerKind::from(args.tokenizer).name(),
-            crate::locality::targets::COVERAGE_WINDOW,
-            if copy_count > 0 { "; a copy rule covers a position whose copy cache is not empty" } else { "" }
+                        .sum(),
+                ),
+            })
+            .collect(),
+        _ => spec
+            .rules
+            .iter()
+            .filter(|r| r.copy)
+            .map(|r| json::CheckedRule { name: r.name.clone(), covers: None })
+            .collect(),
+    };
+    let checked = json::CheckOutput {
+        rules_file: args.rules.display().to_string(),
+        vocabulary_given: vocabulary.is_some(),
+        corpus_tokens: corpus_ids.as_ref().map(Vec::len),
+        blocks,
+        written_rules: spec.rules.iter().filter(|r| !r.copy).count(),
+        rules,
+        copy_rules,
+    };
+    if args.json {
+        return write_out(
+            out,
+            &(serde_json::to_string_pretty(&checked).map_err(|e| Error::Numeric(e.to_string()))? + "\n"),
         );
     }
-    write_out(out, &s)
+    write_out(out, &check_table(&checked, TokenizerKind::from(args.tokenizer), window))
 }
 
 pub(super) fn run_fmt(args: FmtArgs, out: &mut dyn Write) -> Result<()> {

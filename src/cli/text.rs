@@ -207,3 +207,41 @@ pub(super) fn frozen_trial_text(run_dir: &Path, probe: &crate::recruit::probe::P
     }
     s
 }
+
+pub(super) fn check_table(checked: &json::CheckOutput, tokenizer: TokenizerKind, window: usize) -> String {
+    let copies = checked.copy_rules.len();
+    let mut s = format!(
+        "{}: {} blocks, {} rules{}\n",
+        checked.rules_file,
+        checked.blocks.len(),
+        checked.written_rules,
+        if copies > 0 { format!(", {copies} copy rules") } else { String::new() }
+    );
+    if !checked.vocabulary_given {
+        s += "(no vocabulary given: words were not looked up; add --corpus or --checkpoint)\n";
+    }
+    s += "\nblock                 members  anchors\n";
+    for block in &checked.blocks {
+        let kind = if block.recruitable { "  (recruitable)" } else { "" };
+        s += &format!("{:<20}  {:>7}  {}{kind}\n", block.name, block.members, block.anchors.join(", "));
+    }
+    let covers = |rule: &json::CheckedRule| rule.covers.map_or("-".to_string(), |c| c.to_string());
+    s += "\nrule                                         covers\n";
+    for rule in &checked.rules {
+        s += &format!("{:<42}  {:>7}\n", rule.name, covers(rule));
+    }
+    if copies > 0 {
+        s += "\ncopy rule                                    covers\n";
+        for rule in &checked.copy_rules {
+            s += &format!("{:<42}  {:>7}\n", rule.name, covers(rule));
+        }
+    }
+    if let Some(tokens) = checked.corpus_tokens {
+        s += &format!(
+            "\ncoverage: query positions each rule covers in the corpus ({tokens} {} tokens, windows of {window}){}\n",
+            tokenizer.name(),
+            if copies > 0 { "; a copy rule covers a position whose copy cache is not empty" } else { "" }
+        );
+    }
+    s
+}

@@ -80,6 +80,26 @@ pub(super) fn run_train(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
         resume_command: None,
     };
     let summary = train::train(&config, &args.out, &control, &progress)?;
+    if args.json {
+        let output = json::TrainOutput {
+            run_dir: args.out.display().to_string(),
+            steps_done: summary.steps_done,
+            steps_planned: summary.steps_planned,
+            train_tokens: summary.train_tokens,
+            tokenizer: summary.tokenizer.name().to_string(),
+            vocab_size: summary.vocab_size,
+            parameters: summary.parameters,
+            seconds: summary.seconds,
+            unigram_entropy_nats: summary.unigram_entropy_nats,
+            valid: summary.valid.clone(),
+            test: summary.test.clone(),
+            dial: summary.dial.iter().map(json::DialPoint::of).collect(),
+        };
+        return write_out(
+            out,
+            &(serde_json::to_string_pretty(&output).map_err(|e| Error::Numeric(e.to_string()))? + "\n"),
+        );
+    }
     let table = format!(
         "trained {}/{} steps on {} tokens ({} tokenizer, vocabulary {}, {} parameters) in {:.1} s\n\
          unigram entropy (valid)  {:.4} nats\n\
