@@ -15,7 +15,7 @@ use crate::rng::Rng;
 use crate::{Error, Result};
 
 /// A named model and batch shape to measure.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct BenchConfig {
     pub name: String,
     pub vocab_size: usize,
@@ -86,7 +86,7 @@ pub fn standard_configs() -> Vec<BenchConfig> {
     vec![base("char-small", 128), base("word-wt2", 33_278), aila]
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct BenchResult {
     pub config: BenchConfig,
     pub threads: usize,
@@ -182,7 +182,7 @@ pub fn run_config(config: &BenchConfig, steps: usize) -> Result<BenchResult> {
 }
 
 /// Cost of the locality dial at evaluation: the same forward pass and loss with and without the rules.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct DialOverhead {
     pub plain_tokens_per_s: f64,
     /// With target sets computed for the batch and the bias applied at λ = 1.
@@ -278,7 +278,7 @@ pub fn dial_overhead(steps: usize) -> Result<DialOverhead> {
 
 /// Aggregate training throughput of `members` concurrent sweep members, each training `config` for
 /// `steps` steps on random tokens, under the pipeline's thread policy (`pipeline::run::thread_split`).
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct Scaling {
     pub members: usize,
     /// Members running at once, and engine threads each.
@@ -331,7 +331,7 @@ pub fn sweep_scaling(config: &BenchConfig, steps: usize, members: usize, cores: 
 }
 
 /// The price of one block-recruitment check against the training steps it trials.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct RecruitmentCost {
     /// Trials in the check: the control and every candidate.
     pub trials: usize,
@@ -401,7 +401,7 @@ pub fn recruitment_cost(trial_steps: usize) -> Result<RecruitmentCost> {
 }
 
 /// The price of one frozen-model recruitment check (METHOD §7) against the training it interrupts.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct FrozenCheckCost {
     /// The pipeline whose settings were measured.
     pub pipeline: String,
@@ -496,7 +496,7 @@ pub fn frozen_check_cost(path: &std::path::Path, data: Option<std::path::PathBuf
 }
 
 /// PyTorch's figures for one configuration, as `benches/torch_reference.py bench` prints them.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct TorchResult {
     pub name: String,
     pub threads: usize,

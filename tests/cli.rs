@@ -832,4 +832,7 @@ fn json_output_has_one_documented_shape_per_verb() {
     assert!(checked.vocabulary_given && checked.corpus_tokens.is_some_and(|n| n > 0));
     assert!(!checked.copy_rules.is_empty() && checked.copy_rules.iter().all(|r| r.covers.is_some()));
     assert!(checked.rules.len() >= checked.written_rules);
+
+    let environment: ailla::engine::environment::NumericalEnvironment = strict(&ailla(&["env", "--json"]));
+    assert!(environment.worker_threads >= 1);
 }

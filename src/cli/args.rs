@@ -146,7 +146,7 @@ pub struct ExportArgs {
 #[derive(Args, Debug)]
 pub struct EnvArgs {
     /// Print JSON (the `numerics` object of a report's provenance).
-    /// Print JSON instead of a table: the same figures, in one document.
+    /// Print JSON instead of a table (shape: `src/cli/schemas/env.schema.json`).
     #[arg(long)]
     pub json: bool,
 }
@@ -186,7 +186,7 @@ pub struct TrialArgs {
     /// trains) or `co-trained` (the earlier design, beside a control). Default: the run's, else frozen.
     #[arg(long, value_enum)]
     pub trial: Option<TrialFlag>,
-    /// Print JSON instead of a table: the same figures, in one document.
+    /// Print JSON instead of a table (shape: `src/cli/schemas/trial.schema.json`).
     #[arg(long)]
     pub json: bool,
 }
@@ -207,7 +207,7 @@ pub struct RouteArgs {
     /// Tokens the router reads (default: the pool's own setting).
     #[arg(long)]
     pub tokens: Option<usize>,
-    /// Print JSON instead of a table: the same figures, in one document.
+    /// Print JSON instead of a table (shape: `src/cli/schemas/route.schema.json`).
     #[arg(long)]
     pub json: bool,
 }
@@ -260,7 +260,7 @@ pub struct AnchorsArgs {
     /// Also print the chosen anchors as a rules snippet to paste back.
     #[arg(long)]
     pub snippet: bool,
-    /// Print JSON instead of a table: the same figures, in one document.
+    /// Print JSON instead of a table (shape: `src/cli/schemas/anchors.schema.json`).
     #[arg(long)]
     pub json: bool,
 }
@@ -450,7 +450,8 @@ pub struct BenchArgs {
     /// The Python that has torch installed.
     #[arg(long, default_value = "python3")]
     pub python: String,
-    /// Print JSON instead of a table: the same figures, in one document.
+    /// Print JSON instead of a table (shape: `src/cli/schemas/bench.schema.json`; with `--check-cost`,
+    /// `bench-check-cost.schema.json`).
     #[arg(long)]
     pub json: bool,
     /// Measure one configuration in this process (used internally to attribute peak memory).

@@ -86,16 +86,16 @@ pub(super) fn run_bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
         (Vec::new(), None)
     };
     let text = if args.json {
-        let json = serde_json::json!({
-            "threads": threads,
-            "sgemm_gflops": sgemm,
-            "results": rows.iter().map(|(r, t)| serde_json::json!({"ailla": r, "torch": t})).collect::<Vec<_>>(),
-            "dial_overhead": overhead,
-            "sweep_scaling": scaling,
-            "recruitment_cost": recruitment.as_ref().map(|(co_trained, _)| co_trained),
-            "frozen_check_cost": recruitment.as_ref().map(|(_, frozen)| frozen),
-        });
-        serde_json::to_string_pretty(&json).map_err(|e| Error::Numeric(e.to_string()))? + "\n"
+        let output = json::BenchOutput {
+            threads,
+            sgemm_gflops: sgemm,
+            results: rows.iter().map(|(r, t)| json::BenchRow { ailla: r.clone(), torch: t.clone() }).collect(),
+            dial_overhead: overhead.clone(),
+            sweep_scaling: scaling.clone(),
+            recruitment_cost: recruitment.as_ref().map(|(co_trained, _)| co_trained.clone()),
+            frozen_check_cost: recruitment.as_ref().map(|(_, frozen)| frozen.clone()),
+        };
+        serde_json::to_string_pretty(&output).map_err(|e| Error::Numeric(e.to_string()))? + "\n"
     } else {
         bench_table(threads, sgemm, &rows, args.compare_torch)
             + &format!(

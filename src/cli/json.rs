@@ -154,14 +154,63 @@ pub struct TrainOutput {
     pub dial: Vec<DialPoint>,
 }
 
+/// `ailla route --json`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RouteOutput {
+    /// Tokens the router read.
+    pub tokens: usize,
+    /// The pool model with the fewest bits on them.
+    pub chosen: String,
+    pub models: Vec<RoutedModel>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RoutedModel {
+    pub model: String,
+    pub trained_on: String,
+    /// Code length of the read tokens under this model (null where it is not finite).
+    pub bits: Option<f64>,
+}
+
+/// `ailla bench --json` (without `--check-cost`, whose document is [`crate::bench::FrozenCheckCost`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BenchOutput {
+    pub threads: usize,
+    /// This machine's single-precision matrix product, the reference every figure is a ratio of.
+    pub sgemm_gflops: f64,
+    pub results: Vec<BenchRow>,
+    pub dial_overhead: crate::bench::DialOverhead,
+    /// With `--scaling`.
+    pub sweep_scaling: Vec<crate::bench::Scaling>,
+    pub recruitment_cost: Option<crate::bench::RecruitmentCost>,
+    pub frozen_check_cost: Option<crate::bench::FrozenCheckCost>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BenchRow {
+    pub ailla: crate::bench::BenchResult,
+    /// PyTorch's figures in the same run, with `--compare-torch`.
+    pub torch: Option<crate::bench::TorchResult>,
+}
+
 /// The schema of each verb's `--json`, by file name under `src/cli/schemas/`.
 pub fn schemas() -> Vec<(&'static str, String)> {
     let pretty = |schema: schemars::Schema| serde_json::to_string_pretty(&schema).unwrap_or_default() + "\n";
     vec![
+        ("anchors.schema.json", pretty(schemars::schema_for!(Vec<crate::dsl::anchors::BlockAnchors>))),
+        ("bench.schema.json", pretty(schemars::schema_for!(BenchOutput))),
+        ("bench-check-cost.schema.json", pretty(schemars::schema_for!(crate::bench::FrozenCheckCost))),
         ("check.schema.json", pretty(schemars::schema_for!(CheckOutput))),
+        ("env.schema.json", pretty(schemars::schema_for!(crate::engine::environment::NumericalEnvironment))),
         ("eval.schema.json", pretty(schemars::schema_for!(EvalOutput))),
+        ("route.schema.json", pretty(schemars::schema_for!(RouteOutput))),
         ("run.schema.json", pretty(schemars::schema_for!(RunOutput))),
         ("train.schema.json", pretty(schemars::schema_for!(TrainOutput))),
+        ("trial.schema.json", pretty(schemars::schema_for!(crate::recruit::probe::Probe))),
         ("validate.schema.json", pretty(schemars::schema_for!(ValidateOutput))),
     ]
 }

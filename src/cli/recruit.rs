@@ -20,15 +20,25 @@ pub(super) fn run_route(args: RouteArgs, out: &mut dyn Write) -> Result<()> {
     )?;
     let read = ids.len().min(k + 1) - 1;
     if args.json {
-        let rows: Vec<serde_json::Value> = pool
-            .manifest
-            .models
-            .iter()
-            .zip(&bits)
-            .map(|(m, b)| serde_json::json!({ "model": m.name, "trained_on": m.trained_on, "bits": b }))
-            .collect();
-        let json = serde_json::json!({ "tokens": read, "chosen": pool.manifest.models[best].name, "models": rows });
-        return write_out(out, &format!("{json}\n"));
+        let output = json::RouteOutput {
+            tokens: read,
+            chosen: pool.manifest.models[best].name.clone(),
+            models: pool
+                .manifest
+                .models
+                .iter()
+                .zip(&bits)
+                .map(|(m, &b)| json::RoutedModel {
+                    model: m.name.clone(),
+                    trained_on: m.trained_on.clone(),
+                    bits: b.is_finite().then_some(b),
+                })
+                .collect(),
+        };
+        return write_out(
+            out,
+            &(serde_json::to_string_pretty(&output).map_err(|e| Error::Numeric(e.to_string()))? + "\n"),
+        );
     }
     let mut s = format!(
         "{}: first {read} tokens\n\n{:<32} {:<20} {:>12} {:>12}\n",

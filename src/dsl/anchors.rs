@@ -9,7 +9,7 @@ use serde::Serialize;
 use crate::data::Vocabulary;
 use crate::locality::RuleSet;
 
-#[derive(Serialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct AnchorScore {
     pub token: String,
     pub occurrences: usize,
@@ -20,7 +20,7 @@ pub struct AnchorScore {
     pub chosen: bool,
 }
 
-#[derive(Serialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct BlockAnchors {
     pub block: String,
     /// Positions near a member of the block, as a share of the corpus: `P(Y = 1)`.

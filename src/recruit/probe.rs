@@ -46,7 +46,7 @@ pub struct ProbeRequest {
 }
 
 /// The bits of the split's positions whose input token is (or is not) a member.
-#[derive(Serialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct PositionBits {
     pub positions: usize,
     pub bits_control: f64,
@@ -54,7 +54,7 @@ pub struct PositionBits {
 }
 
 /// One block's verdict, and where its bits came from.
-#[derive(Serialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct BlockVerdict {
     /// The verdict in the form a training run records it.
     pub decision: Decision,
@@ -65,7 +65,7 @@ pub struct BlockVerdict {
     pub other_queries: PositionBits,
 }
 
-#[derive(Serialize, Clone, Debug, PartialEq)]
+#[derive(Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct Probe {
     /// `frozen`: each block's copy path on the run's model, only its gate trained (`member_queries` are
     /// then the positions where the path's cache held the target); `co_trained`: each block trained
