@@ -471,9 +471,10 @@ pub struct BenchArgs {
 }
 
 #[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("target").required(true).args(["out", "sample"])))]
 pub struct GenerateArgs {
     /// Directory to write train.txt, valid.txt and test.txt into.
-    #[arg(long, required_unless_present = "sample")]
+    #[arg(long)]
     pub out: Option<PathBuf>,
     /// Seed of the generator; the bundled corpus is the default seed's.
     #[arg(long, default_value_t = DEFAULT_SEED)]
