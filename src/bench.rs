@@ -461,10 +461,18 @@ pub fn frozen_check_cost(path: &std::path::Path, data: Option<std::path::PathBuf
         step: 0,
     };
     // 8 blocks of 16 tokens, drawn from the vocabulary past the special entries
+    let specials = match config.tokenizer {
+        crate::data::TokenizerKind::Char => 1,
+        crate::data::TokenizerKind::Word => 2,
+    };
+    if vocabulary.len() <= specials {
+        return Err(Error::Corpus { path: path.to_path_buf(), message: "its corpus has no ordinary tokens".into() });
+    }
     let mut rng = crate::rng::Rng::new(8);
     let candidates: Vec<crate::recruit::Candidate> = (0..8)
         .map(|k| {
-            let mut members: Vec<u32> = (0..16).map(|_| 2 + rng.below(vocabulary.len() - 2) as u32).collect();
+            let mut members: Vec<u32> =
+                (0..16).map(|_| (specials + rng.below(vocabulary.len() - specials)) as u32).collect();
             members.sort_unstable();
             members.dedup();
             crate::recruit::Candidate { name: format!("block-{k}"), origin: crate::recruit::Origin::Given, members }
@@ -479,7 +487,8 @@ pub fn frozen_check_cost(path: &std::path::Path, data: Option<std::path::PathBuf
     let timed_steps = TIMED_STEPS.min(recruitment.check_every);
     let started = Instant::now();
     for step in 0..timed_steps {
-        // a non-finite loss is as costly as any other; the weights are not looked at
+        // a non-finite loss skips only the optimizer's update, a small part of a step; the weights
+        // are not looked at
         let _ = crate::step::train_step(&mut plain, &mut optimizer, &step_plan, step, step);
     }
     let steps_seconds = started.elapsed().as_secs_f64() * recruitment.check_every as f64 / timed_steps.max(1) as f64;

@@ -357,6 +357,11 @@ pub(crate) mod tests {
 
     /// A model small enough to save in a blink, shared by the tests of checkpoint files.
     pub(crate) fn tiny() -> Checkpoint {
+        tiny_with(false)
+    }
+
+    /// [`tiny`], its output projection tied to the input embedding or not.
+    pub(crate) fn tiny_with(tied: bool) -> Checkpoint {
         let vocabulary = Vocabulary::build(TokenizerKind::Word, "a b c d e f g", 9);
         let config = Config {
             vocab_size: vocabulary.len(),
@@ -366,7 +371,7 @@ pub(crate) mod tests {
             n_layers: 1,
             d_ff: 16,
             ln_eps: 1e-5,
-            tied: false,
+            tied,
             gelu: Gelu::Tanh,
             recruited_blocks: Vec::new(),
             copy_paths: Vec::new(),

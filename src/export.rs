@@ -130,11 +130,12 @@ fn tensors(checkpoint: &Checkpoint, notes: &mut Vec<String>) -> Result<Vec<Named
     };
     let mut input_embedding = params.tok_emb.clone();
     if !config.recruited_blocks.is_empty() {
-        // x⁰ = E[t] + P[i] + B[k(t)]: the block rows fold into the input embedding of their members
-        for (k, block) in config.recruited_blocks.iter().enumerate() {
-            for &member in &block.members {
-                let mut row = input_embedding.row_mut(member as usize);
-                row += &params.block_emb.row(k);
+        // x⁰ = E[t] + P[i] + B[k(t)]: each token's block row, as the engine looks it up, folds into
+        // its input embedding
+        for (token, &k) in config.block_lookup().iter().enumerate().take(input_embedding.nrows()) {
+            if k > 0 {
+                let mut row = input_embedding.row_mut(token);
+                row += &params.block_emb.row(k as usize - 1);
             }
         }
         notes.push(format!(
@@ -199,8 +200,10 @@ fn safetensors_bytes(tensors: &[Named]) -> Result<Vec<u8>> {
     safetensors::serialize(views, Some(metadata)).map_err(|e| Error::Numeric(format!("could not serialise: {e}")))
 }
 
-/// A `tokenizers` JSON file whose pipeline gives the ids of [`crate::data::Vocabulary::encode`]:
-/// words split on whitespace with every line ended by `<eos>`, or every character on its own.
+/// A `tokenizers` JSON file whose pipeline gives the ids of [`crate::data::Vocabulary::encode`] on
+/// text that ends with a newline: words split on whitespace with every newline read as `<eos>`, or
+/// every character on its own. (ailla also ends a last line without a newline with `<eos>`, and reads
+/// a literal `<unk>` in a character text as five characters; the exported tokenizer does neither.)
 fn tokenizer_json(kind: TokenizerKind, tokens: &[String]) -> serde_json::Value {
     let vocab: serde_json::Map<String, serde_json::Value> =
         tokens.iter().enumerate().map(|(id, token)| (token.clone(), json!(id))).collect();
@@ -244,34 +247,17 @@ fn tokenizer_json(kind: TokenizerKind, tokens: &[String]) -> serde_json::Value {
 mod tests {
     use super::*;
     use crate::checkpoint::StoredLocality;
-    use crate::data::Vocabulary;
-    use crate::engine::model::Config;
-    use crate::engine::Model;
 
     fn tied_with_a_block() -> Checkpoint {
-        let vocabulary = Vocabulary::build(TokenizerKind::Word, "a b c d e f g", 9);
-        let config = Config {
-            vocab_size: vocabulary.len(),
-            ctx_len: 4,
-            d_model: 8,
-            n_heads: 2,
-            n_layers: 1,
-            d_ff: 16,
-            ln_eps: 1e-5,
-            tied: true,
-            gelu: Gelu::Tanh,
-            recruited_blocks: Vec::new(),
-            copy_paths: Vec::new(),
-        };
-        let mut model = Model::init(config, 5).unwrap();
-        model.add_block("letters", &[3, 5]).unwrap();
-        model.params.block_emb.fill(0.25);
-        let locality = StoredLocality {
+        let mut checkpoint = crate::checkpoint::tests::tiny_with(true);
+        checkpoint.model.add_block("letters", &[3, 5]).unwrap();
+        checkpoint.model.params.block_emb.fill(0.25);
+        checkpoint.locality = Some(StoredLocality {
             rules: crate::locality::RuleSpec { blocks: Vec::new(), rules: Vec::new(), own_block_default: true },
             dial: crate::locality::DialSettings::default(),
             progressive_beta: None,
-        };
-        Checkpoint { model, vocabulary, step: 3, locality: Some(locality) }
+        });
+        checkpoint
     }
 
     fn tensor(bytes: &[u8], name: &str) -> (Vec<usize>, Vec<f32>) {

@@ -9,6 +9,15 @@ fn ailla(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_ailla")).args(args).output().expect("the ailla binary runs")
 }
 
+/// `ailla FLAGS train` of a model small enough to train in a blink on the bundled corpus, then `extra`.
+fn train_tiny(flags: &[&str], steps: &str, out: &Path, extra: &[&str]) -> Output {
+    let mut args: Vec<&str> = flags.to_vec();
+    args.extend_from_slice(&["train", "--corpus", "bundled", "--steps", steps, "--batch-size", "2", "--ctx-len", "8"]);
+    args.extend_from_slice(&["--d-model", "8", "--layers", "1", "--heads", "2", "--out", out.to_str().unwrap()]);
+    args.extend_from_slice(extra);
+    ailla(&args)
+}
+
 fn stdout(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -704,30 +713,7 @@ fn completions_and_the_manual_name_every_verb_and_flag() {
 #[test]
 fn quiet_prints_no_progress_and_verbose_a_line_for_every_step() {
     let dir = tempfile::tempdir().unwrap();
-    let train = |flag: &str, out: &str| {
-        let out = dir.path().join(out);
-        let out = out.to_str().unwrap();
-        ailla(&[
-            flag,
-            "train",
-            "--corpus",
-            "bundled",
-            "--steps",
-            "6",
-            "--batch-size",
-            "2",
-            "--ctx-len",
-            "8",
-            "--d-model",
-            "8",
-            "--layers",
-            "1",
-            "--heads",
-            "2",
-            "--out",
-            out,
-        ])
-    };
+    let train = |flag: &str, out: &str| train_tiny(&[flag], "6", &dir.path().join(out), &[]);
     let quiet = train("--quiet", "quiet");
     assert!(quiet.status.success());
     assert_eq!(String::from_utf8_lossy(&quiet.stderr), "", "--quiet leaves stderr empty");
@@ -804,27 +790,7 @@ fn json_output_has_one_documented_shape_per_verb() {
     assert!(dial.language_model.is_none());
 
     let out = dir.path().join("trained");
-    let trained: TrainOutput = strict(&ailla(&[
-        "-q",
-        "train",
-        "--corpus",
-        "bundled",
-        "--steps",
-        "3",
-        "--batch-size",
-        "2",
-        "--ctx-len",
-        "8",
-        "--d-model",
-        "8",
-        "--layers",
-        "1",
-        "--heads",
-        "2",
-        "--out",
-        out.to_str().unwrap(),
-        "--json",
-    ]));
+    let trained: TrainOutput = strict(&train_tiny(&["-q"], "3", &out, &["--json"]));
     assert_eq!((trained.steps_done, trained.tokenizer.as_str()), (3, "word"));
 
     let rules = root.join("rules/copy-examples.rules");

@@ -15,8 +15,8 @@ pub struct EvalOutput {
     pub tokenizer: String,
     /// Predicted tokens (the input's length minus one).
     pub tokens: usize,
-    /// The model alone: no rules, no copy paths (λ = 0). Absent with `--lambda` or `--rules`,
-    /// whose rows hold the λ = 0 figures when 0 is asked for.
+    /// The model alone: no rules, no copy paths (λ = 0). Null with `--lambda` or `--rules`, whose
+    /// rows hold the λ = 0 figures when 0 is asked for.
     pub language_model: Option<EvalResult>,
     /// One row per λ of `--lambda` (or the default grid) when `--lambda` or `--rules` is given.
     pub dial: Vec<DialPoint>,
@@ -81,7 +81,10 @@ pub struct RunOutput {
     /// `report.html` in the run directory (`report.md` and `report.json` lie beside it).
     pub report: String,
     pub seconds: f64,
-    /// Certified-bound violations over every member and λ.
+    /// Certificate rows checked (one per group and λ; 0 for a run without rules).
+    pub certified: usize,
+    /// Certified-bound violations over every member and λ; with `certified` > 0, 0 means every
+    /// bound held.
     pub violations: usize,
     /// Sweep members, in order; empty for a `domains` pipeline (its pool is in the report).
     pub members: Vec<RunMember>,
@@ -109,7 +112,8 @@ pub struct CheckOutput {
     /// Tokens of `--corpus`, where coverage was counted.
     pub corpus_tokens: Option<usize>,
     pub blocks: Vec<CheckedBlock>,
-    /// Attention rules the file writes; `rules` also lists the own-block defaults its blocks compile to.
+    /// Attention rules the file writes; with a vocabulary, `rules` also lists the own-block defaults its
+    /// blocks compile to.
     pub written_rules: usize,
     pub rules: Vec<CheckedRule>,
     pub copy_rules: Vec<CheckedRule>,

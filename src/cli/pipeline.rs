@@ -121,6 +121,7 @@ pub(super) fn run_pipeline(args: RunArgs, threads: Option<usize>, out: &mut dyn 
                 run_dir: plan.output_dir.display().to_string(),
                 report: plan.output_dir.join("report.html").display().to_string(),
                 seconds: provenance.wall_time_seconds,
+                certified: checked,
                 violations,
                 members: outcomes
                     .iter()

@@ -57,6 +57,11 @@ fn token_at(text: &str, line: usize, column: usize) -> std::ops::Range<usize> {
 }
 
 #[cfg(test)]
+pub(super) fn token_at_for_tests(text: &str, line: usize, column: usize) -> std::ops::Range<usize> {
+    token_at(text, line, column)
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -71,7 +71,8 @@ pub fn position(text: &str, path: &str) -> Option<(usize, usize)> {
             }
         }
         let Some((index, column, indent)) = hit else { break };
-        found = Some((index + 1, column + 1));
+        // the byte offset as a character column, as the YAML parser counts its columns
+        found = Some((index + 1, lines[index][..column].chars().count() + 1));
         parent = Some((index, indent));
         from_line = index;
     }
@@ -81,6 +82,15 @@ pub fn position(text: &str, path: &str) -> Option<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn columns_count_characters_as_the_yaml_parser_does() {
+        // "é" is two bytes: the key after it starts at character 19, byte 20
+        let text = "model: { name: é, d_model: 8 }\n";
+        assert_eq!(position(text, "model.d_model"), Some((1, 19)));
+        let range = super::super::diagnostics::token_at_for_tests(text, 1, 19);
+        assert_eq!(&text[range], "d_model");
+    }
 
     #[test]
     fn positions_follow_nesting() {

@@ -121,17 +121,24 @@ pub(super) fn train_copy(
     let last = (ctx.step + ctx.recruitment.trial_steps).min(config.steps);
     let plan = StepPlan::of(config, Some((ctx.locality, set)), ctx.train_ids);
     let mut steps = Vec::new();
+    let mut diverged = false;
     for step in ctx.step..last {
         // the batch (and its λ) of step `batch_step`; the learning rate stays the step's own
         let batch_step = if reversed { last - 1 - (step - ctx.step) } else { step };
-        let record =
-            train_step(&mut model, &mut optimizer, &plan, step, batch_step).map_err(|NonFinite { loss, .. }| {
-                Error::Numeric(format!("a recruitment trial's loss became {loss} at step {step}"))
-            })?;
-        steps.push(record);
+        match train_step(&mut model, &mut optimizer, &plan, step, batch_step) {
+            Ok(record) => steps.push(record),
+            Err(NonFinite { .. }) => {
+                diverged = true;
+                break;
+            }
+        }
     }
     let lambda = measuring_lambda(&ctx.locality.schedule, ctx.step, config.seed);
-    let bits_by_position = code_lengths(&model, ctx.split, set, ctx.locality, lambda, config.batch_size);
+    let mut bits_by_position = code_lengths(&model, ctx.split, set, ctx.locality, lambda, config.batch_size);
+    if diverged {
+        // a trial that diverged has no code length: NaN bits are never a saving, so it is rejected
+        bits_by_position.iter_mut().for_each(|b| *b = f64::NAN);
+    }
     let bits = bits_by_position.iter().sum();
     Ok(Trial { model, optimizer, bits, bits_by_position, steps })
 }
