@@ -62,11 +62,32 @@ fn rule_sources(locality: &LocalityConfig) -> BTreeMap<String, (String, String)>
             if let crate::dsl::syntax::Statement::Rule(rule) = statement {
                 if let Ok(f) = loaded.files.get(*file) {
                     let line = f.source()[..rule.span.start].matches('\n').count() + 1;
-                    let text = f.source()[rule.span.clone()].split_whitespace().collect::<Vec<_>>().join(" ");
+                    let written = without_comments(&f.source()[rule.span.clone()]);
+                    let text = written.split_whitespace().collect::<Vec<_>>().join(" ");
                     out.entry(rule.name.value.clone()).or_insert_with(|| (format!("{}:{line}", f.name()), text));
                 }
             }
         }
+    }
+    out
+}
+
+/// `text` without its comments: `#` to the end of a line, outside quoted text. A rule's span runs up
+/// to the next statement, so it holds the comments written above that statement too.
+fn without_comments(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let (mut quoted, mut escaped) = (false, false);
+        for c in line.chars() {
+            match c {
+                '#' if !quoted => break,
+                '"' if !escaped => quoted = !quoted,
+                _ => {}
+            }
+            escaped = c == '\\' && !escaped;
+            out.push(c);
+        }
+        out.push('\n');
     }
     out
 }
@@ -133,5 +154,28 @@ pub fn collect(
         rule_sources: rule_sources(locality),
         schedules: schedules(spec),
         attention: attention(member, model, vocabulary, locality, final_rules, test_ids),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rule_as_written_leaves_out_the_comments_after_it() {
+        let span = "rule \"bracket # closes\": pair ( and )\n\n# the next rule's comment\n  # and another\n";
+        let text = without_comments(span).split_whitespace().collect::<Vec<_>>().join(" ");
+        assert_eq!(text, "rule \"bracket # closes\": pair ( and )");
+    }
+
+    #[test]
+    fn the_bundled_rules_as_written_hold_no_comment() {
+        let locality: LocalityConfig =
+            serde_json::from_value(serde_json::json!({ "rules": "bundled" })).expect("the bundled rules' settings");
+        let sources = rule_sources(&locality);
+        assert!(!sources.is_empty());
+        for (name, (_, text)) in &sources {
+            assert!(!text.contains('#'), "rule `{name}` as written holds a comment: {text}");
+        }
     }
 }
