@@ -67,7 +67,7 @@ pub fn markdown(report: &Report) -> String {
 
     let _ = writeln!(s, "## 2. Provenance\n");
     let _ = writeln!(s, "| | |\n|---|---|");
-    let _ = writeln!(s, "| ailla | {} (commit {}) |", p.ailla_version, p.git_commit);
+    let _ = writeln!(s, "| ailla | {} {} |", p.ailla_version, commit_cell(&p.git_commit));
     let _ = writeln!(s, "| platform | {} |", p.platform);
     let _ = writeln!(s, "| threads | {} |", p.threads);
     if let Some(n) = &p.numerics {
@@ -413,4 +413,31 @@ pub fn domains_markdown(summary: &crate::recruit::domains::DomainsSummary) -> St
             writeln!(s, "| {} | {} | {:.1} % | {} |", r.domain, r.documents, 100.0 * r.accuracy, counts.join(" | "));
     }
     s
+}
+
+/// The commit the binary was built from, with a warning an auditor cannot miss when the code was not
+/// exactly that commit (uncommitted changes) or is not known at all.
+fn commit_cell(commit: &str) -> String {
+    if let Some(base) = commit.strip_suffix("+modified") {
+        format!(
+            "(commit {base}, **modified: built with uncommitted changes, so the code that produced these \
+             numbers is not exactly this commit**)"
+        )
+    } else if commit == "unknown" {
+        "(**commit unknown: built outside a git checkout**)".to_string()
+    } else {
+        format!("(commit {commit})")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_modified_or_unknown_commit_is_flagged() {
+        assert_eq!(commit_cell("abc123"), "(commit abc123)");
+        assert!(commit_cell("abc123+modified").contains("**modified: built with uncommitted changes"));
+        assert!(commit_cell("unknown").contains("**commit unknown"));
+    }
 }
