@@ -412,16 +412,16 @@ pub fn evaluate_at(model: &Model<f32>, ids: &[u32], lambda: f64, eval: &DialEval
     let conditions = Conditions::Rules(rules);
     let lm = score(model, ids, eval.batch_size, &conditions, eval.certificate_batches, |scored| {
         let Some((batch_targets, hook, copy)) = scored.rules else { return };
-        let loss = scored.loss;
+        let loss = &scored.loss;
         if let (Some(caches), Some(mixed)) = (copy, loss.copy.as_ref()) {
             let softmax_nll: Vec<f64> = mixed.softmax_nll.iter().map(|&v| f64::from(v)).collect();
             let weights = mixed.weights.mapv(f64::from);
             copy_acc.add(caches, &softmax_nll, weights.view(), &mixed.log_w0, &scored.batch.targets, lambda);
         }
         if let (Some(dh), Some(dw)) = (loss.d_hidden.as_ref(), loss.d_weight_t.as_ref()) {
-            model.backward(scored.cache, dh.view(), dw.view(), hook);
+            model.backward(&scored.cache, dh.view(), dw.view(), hook);
         }
-        acc.add(scored.cache, eval.rules, batch_targets, hook, eval.epsilon);
+        acc.add(&scored.cache, eval.rules, batch_targets, hook, eval.epsilon);
     });
     let mut metrics = acc.finish(eval.rules, lambda, layer_lambdas, lm, eval.epsilon, eval.settings.penalty);
     metrics.copy_paths = copy_acc.finish(&config.copy_paths);

@@ -74,8 +74,9 @@ pub struct Scored<'s> {
     /// The batch's place in the pass, from 0.
     pub index: usize,
     pub batch: &'s EvalBatch,
-    pub cache: &'s ForwardCache<f32>,
-    pub loss: &'s OutputLoss<f32>,
+    /// The forward pass, the visitor's to keep (a frozen trial keeps its hidden states).
+    pub cache: ForwardCache<f32>,
+    pub loss: OutputLoss<f32>,
     /// The hook the forward pass ran with; a backward pass must run with the same one.
     pub hook: &'s dyn AttentionHook<f32>,
     /// Under rules: the batch's target sets, its hook and its copy caches.
@@ -97,7 +98,7 @@ pub fn score_batch<R>(
         Conditions::Plain => {
             let cache = model.forward(inputs, windows, seq_len, &NoHook);
             let loss = model.output_loss(&cache, &batch.targets, with_grad, None);
-            visit(Scored { index, batch, cache: &cache, loss: &loss, hook: &NoHook, rules: None })
+            visit(Scored { index, batch, cache, loss, hook: &NoHook, rules: None })
         }
         Conditions::Rules(rules) => {
             let targets = rules.targets(model, inputs, windows, seq_len);
@@ -105,14 +106,7 @@ pub fn score_batch<R>(
             let cache = model.forward(inputs, windows, seq_len, &hook);
             let copy = rules.copy_caches(model, inputs, windows, seq_len);
             let loss = model.output_loss(&cache, &batch.targets, with_grad, copy.as_ref().map(|c| (c, rules.lambda)));
-            visit(Scored {
-                index,
-                batch,
-                cache: &cache,
-                loss: &loss,
-                hook: &hook,
-                rules: Some((&targets, &hook, copy.as_ref())),
-            })
+            visit(Scored { index, batch, cache, loss, hook: &hook, rules: Some((&targets, &hook, copy.as_ref())) })
         }
     }
 }

@@ -39,7 +39,7 @@ pub fn frozen_batch(
             None => vec![0.0; ln_p.len()],
         };
         FrozenBatch {
-            hidden: scored.cache.hidden.clone(),
+            hidden: scored.cache.hidden,
             ln_p,
             ln_denominator,
             inputs: batch.inputs.clone(),
