@@ -2,11 +2,15 @@
 //! validator so that both suggest alike.
 
 /// Up to `limit` candidates closest to `word` by edit distance, nearest first (ties in text order),
-/// among those differing by at most half the longer length (at least one edit) and not equal to it.
+/// among those differing by at most half the longer length (at least one edit) and not equal to it,
+/// and keeping at least one of its characters (an emoji is not "one edit" from an apostrophe).
 pub fn closest<'a>(word: &str, candidates: impl Iterator<Item = &'a str>, limit: usize) -> Vec<&'a str> {
     let mut scored: Vec<(usize, &str)> = candidates
         .map(|c| (strsim::levenshtein(word, c), c))
-        .filter(|&(d, c)| d > 0 && d <= (word.chars().count().max(c.chars().count()) / 2).max(1))
+        .filter(|&(d, c)| {
+            let length = word.chars().count();
+            d > 0 && d < length && d <= (length.max(c.chars().count()) / 2).max(1)
+        })
         .collect();
     scored.sort();
     scored.dedup();

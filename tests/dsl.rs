@@ -370,7 +370,7 @@ fn comments_are_ignored_by_the_parser_and_kept_by_fmt() {
     let text = "# drugs we track\nblock drugs: metformin # trailing note\n\n# the end\n";
     assert_eq!(syntax::parse(text).unwrap().len(), 1);
     let formatted = format::format(text).unwrap();
-    assert_eq!(formatted, "# drugs we track\nblock drugs: metformin\n\n# the end\n");
+    assert_eq!(formatted, "# drugs we track\nblock drugs: metformin  # trailing note\n\n# the end\n");
 }
 
 // ---- includes -----------------------------------------------------------------------------------
@@ -526,6 +526,10 @@ mod mutations {
 
     fn seeds() -> Vec<String> {
         let mut seeds: Vec<String> = shipped_rules().iter().map(|p| std::fs::read_to_string(p).unwrap()).collect();
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rules");
+        let mut fixture_files: Vec<PathBuf> = std::fs::read_dir(fixtures).unwrap().map(|e| e.unwrap().path()).collect();
+        fixture_files.sort();
+        seeds.extend(fixture_files.iter().map(|p| std::fs::read_to_string(p).unwrap()));
         seeds.push(format!(
             "{DRUGS}block units: mg\nrule \"u\": units attend to anchors of drugs within 4 in layers 0\n"
         ));
@@ -546,7 +550,33 @@ mod mutations {
         DuplicateLine(usize),
         SwapLines(usize, usize),
         Insert(usize, char),
+        /// A piece of the language (or of a common mistake) dropped in anywhere.
+        InsertText(usize, &'static str),
     }
+
+    const SNIPPETS: &[&str] = &[
+        " within 0",
+        " within 99999999999999999999",
+        " in layers 5, 18446744073709551616",
+        " in heads 1.5",
+        " priority -2147483649",
+        " strength 1e9",
+        " from step 100000000000000000000",
+        " until step 3",
+        "  # note",
+        "#endif",
+        ",",
+        "\u{feff}",
+        "\nrule \"new\": copy from drugs within 4\n",
+        "\nrule \"ind\": any token copies continuation of previous occurrence\n",
+        "\nblock token: x\n",
+        "\nrecruitable block symptoms seeded by fever\n",
+        " anchors ",
+        "\"a b\"",
+        "withn",
+        " pattern \"[\"",
+        "\ninclude \"missing.rules\"\n",
+    ];
 
     fn mutation() -> impl Strategy<Value = Mutation> {
         prop_oneof![
@@ -558,6 +588,7 @@ mod mutations {
             (any::<usize>(), any::<usize>()).prop_map(|(a, b)| Mutation::SwapLines(a, b)),
             (any::<usize>(), prop::sample::select(vec!['"', ',', ':', '#', '\\', '\n', ' ', 'x', '9', '-', '(']))
                 .prop_map(|(a, c)| Mutation::Insert(a, c)),
+            (any::<usize>(), prop::sample::select(SNIPPETS.to_vec())).prop_map(|(a, t)| Mutation::InsertText(a, t)),
         ]
     }
 
@@ -580,6 +611,10 @@ mod mutations {
                 chars.swap(a % len, b % len);
             }
             Mutation::Insert(a, c) => chars.insert(a % (chars.len() + 1), c),
+            Mutation::InsertText(a, text) => {
+                let at = a % (chars.len() + 1);
+                chars.splice(at..at, text.chars());
+            }
             Mutation::DeleteLine(a) if !lines.is_empty() => {
                 let len = lines.len();
                 lines.remove(a % len);
@@ -604,7 +639,7 @@ mod mutations {
     proptest! {
         // PROPTEST_CASES=100000 runs the full campaign the README reports; CI runs the default 256.
         #[test]
-        fn mutated_files_never_panic_or_hang(seed in 0usize..16, mutations in prop::collection::vec(mutation(), 1..6)) {
+        fn mutated_files_never_panic_or_hang(seed in 0usize..32, mutations in prop::collection::vec(mutation(), 1..6)) {
             let seeds = seeds();
             let mut text = seeds[seed % seeds.len()].clone();
             for m in &mutations {
@@ -616,8 +651,16 @@ mod mutations {
             let compiled = compile(&loaded, Some(&vocabulary));
             let _ = loaded.render(&compiled.diagnostics);
             if let Ok(formatted) = format::format(&text) {
-                // what fmt prints parses back
+                // what fmt prints parses back, to the same rules, with every comment, and is a fixed point
                 prop_assert!(syntax::parse(&formatted).is_ok(), "fmt output does not parse:\n{formatted}");
+                let comments = |t: &str| -> Vec<String> {
+                    ailla::dsl::recovery::comment_ranges(t).into_iter().map(|r| t[r].trim_end().to_string()).collect()
+                };
+                prop_assert_eq!(comments(&formatted), comments(&text), "fmt lost a comment:\n{}", formatted);
+                let again = format::format(&formatted);
+                prop_assert_eq!(again.as_ref().ok(), Some(&formatted), "fmt is not idempotent");
+                let spec = |t: &str| compile(&load_source(Path::new("m.rules"), t.to_string()).unwrap(), None).spec;
+                prop_assert_eq!(spec(&formatted), spec(&text), "fmt changed the rules");
             }
             prop_assert!(started.elapsed().as_secs_f64() < 2.0, "took {:?}", started.elapsed());
         }

@@ -460,7 +460,9 @@ fn ailla_trial_weighs_an_experts_block_in_bits_without_touching_the_run() {
     std::fs::write(&rules, "block allergens: latex,\n").unwrap();
     let refused = ailla(&["trial", run.to_str().unwrap(), "--rules", rules.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&refused.stderr);
-    assert!(!refused.status.success() && stderr.contains("candidates.rules:2:1"), "{stderr}");
+    // the trailing comma itself is blamed, not the start of the next line
+    assert!(!refused.status.success() && stderr.contains("candidates.rules:1:23"), "{stderr}");
+    assert!(stderr.contains("nothing follows this comma"), "{stderr}");
 
     let refused = ailla(&["trial", run.to_str().unwrap(), "--block", "latex", "--steps", "0"]);
     assert_eq!(refused.status.code(), Some(2));

@@ -224,9 +224,13 @@ pub struct CheckArgs {
     /// How `--corpus` is tokenized.
     #[arg(long, value_enum, default_value = "word")]
     pub tokenizer: TokenizerArg,
-    /// Compile against the vocabulary of this checkpoint.
+    /// Compile against the vocabulary of this checkpoint, and check `in layers` / `in heads`
+    /// against its layers and heads.
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
+    /// Print every warning in full (by default the first few of a kind, then a count).
+    #[arg(long)]
+    pub all: bool,
     /// Print JSON instead of the tables (shape: `src/cli/schemas/check.schema.json`).
     #[arg(long)]
     pub json: bool,
@@ -465,6 +469,11 @@ pub struct BenchArgs {
     /// settings) against the training steps between two of its checks.
     #[arg(long, value_name = "PIPELINE", conflicts_with_all = ["configs", "compare_torch", "scaling", "single"])]
     pub check_cost: Option<PathBuf>,
+    /// Measure instead what `ailla check` costs on a generated rules file of this many megabytes (a
+    /// gazetteer whose words are mostly missing from the vocabulary); JSON shape:
+    /// `src/cli/schemas/bench-rules-check.schema.json`.
+    #[arg(long, value_name = "MEGABYTES", conflicts_with = "check_cost")]
+    pub rules_check: Option<f64>,
     /// With `--check-cost`: the corpus directory in place of the pipeline's `data.corpus`.
     #[arg(long, value_name = "DIR", requires = "check_cost")]
     pub data: Option<PathBuf>,

@@ -31,6 +31,31 @@ fn check_cost_text(cost: &bench::FrozenCheckCost) -> String {
 }
 
 pub(super) fn run_bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
+    if let Some(megabytes) = args.rules_check {
+        if !(megabytes > 0.0 && megabytes <= 1024.0) {
+            return Err(Error::invalid("--rules-check", "must be a size in megabytes above 0 and at most 1024"));
+        }
+        let cost = crate::dsl::cost::rules_check_cost((megabytes * 1e6) as usize)?;
+        let text = if args.json {
+            serde_json::to_string_pretty(&cost).map_err(|e| Error::Numeric(e.to_string()))? + "\n"
+        } else {
+            format!(
+                "{}\nailla check on a generated rules file of {:.1} MB ({} blocks, {} words, most not in the \
+                 vocabulary): {:.2} s (target < 2 s), {} diagnostics in {} characters; building a word vocabulary \
+                 from the same bytes takes {:.2} s: {:.1}× that\n",
+                crate::engine::environment::current().cpu,
+                cost.bytes as f64 / 1e6,
+                cost.blocks,
+                cost.words,
+                cost.check_seconds,
+                cost.diagnostics,
+                cost.rendered_chars,
+                cost.reference_seconds,
+                cost.ratio
+            )
+        };
+        return write_out(out, &text);
+    }
     if let Some(pipeline) = &args.check_cost {
         let cost = bench::frozen_check_cost(pipeline, args.data.clone())?;
         let text = if args.json {

@@ -208,6 +208,7 @@ pub fn schemas() -> Vec<(&'static str, String)> {
         ("anchors.schema.json", pretty(schemars::schema_for!(Vec<crate::dsl::anchors::BlockAnchors>))),
         ("bench.schema.json", pretty(schemars::schema_for!(BenchOutput))),
         ("bench-check-cost.schema.json", pretty(schemars::schema_for!(crate::bench::FrozenCheckCost))),
+        ("bench-rules-check.schema.json", pretty(schemars::schema_for!(crate::dsl::cost::RulesCheckCost))),
         ("check.schema.json", pretty(schemars::schema_for!(CheckOutput))),
         ("env.schema.json", pretty(schemars::schema_for!(crate::engine::environment::NumericalEnvironment))),
         ("eval.schema.json", pretty(schemars::schema_for!(EvalOutput))),

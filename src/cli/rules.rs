@@ -16,6 +16,7 @@ pub(super) fn loaded_rules(path: &Path) -> Result<crate::dsl::Loaded> {
 
 pub(super) fn run_check(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
     let loaded = loaded_rules(&args.rules)?;
+    let mut layout = None;
     let (vocabulary, corpus_ids) = match (&args.corpus, &args.checkpoint) {
         (Some(corpus), _) => {
             let text = corpus_text(corpus)?;
@@ -23,10 +24,16 @@ pub(super) fn run_check(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
             let ids = vocabulary.encode(&text);
             (Some(vocabulary), Some(ids))
         }
-        (None, Some(ckpt)) => (Some(checkpoint::load(ckpt)?.vocabulary), None),
+        (None, Some(ckpt)) => {
+            let ckpt = checkpoint::load(ckpt)?;
+            layout =
+                Some(crate::dsl::ModelLayout { layers: ckpt.model.config.n_layers, heads: ckpt.model.config.n_heads });
+            (Some(ckpt.vocabulary), None)
+        }
         (None, None) => (None, None),
     };
-    let checked = crate::dsl::Checked::new(loaded, vocabulary.as_ref());
+    let options = crate::dsl::CompileOptions { all_warnings: args.all, layout };
+    let checked = crate::dsl::Checked::with_options(loaded, vocabulary.as_ref(), options);
     if !checked.diagnostics.is_empty() {
         crate::eprint_lossy!("{}", checked.render());
     }
@@ -111,7 +118,9 @@ pub(super) fn run_check(args: CheckArgs, out: &mut dyn Write) -> Result<()> {
 }
 
 pub(super) fn run_fmt(args: FmtArgs, out: &mut dyn Write) -> Result<()> {
-    let source = std::fs::read_to_string(&args.rules).map_err(|e| Error::io(&args.rules, e))?;
+    let bytes = std::fs::read(&args.rules).map_err(|e| Error::io(&args.rules, e))?;
+    let source =
+        crate::dsl::rules_text(bytes).map_err(|message| Error::Config { path: args.rules.clone(), message })?;
     match crate::dsl::format::format(&source) {
         Ok(formatted) if args.write => checkpoint::atomic_write(&args.rules, formatted.as_bytes()),
         Ok(formatted) => write_out(out, &formatted),

@@ -218,7 +218,8 @@ pub(super) fn run_dial_eval(
     ids: &[u32],
     out: &mut dyn Write,
 ) -> Result<()> {
-    let extra = args.rules.as_deref().map(|r| RulesSource::parse(r).load()).transpose()?;
+    let layout = crate::dsl::ModelLayout { layers: ckpt.model.config.n_layers, heads: ckpt.model.config.n_heads };
+    let extra = args.rules.as_deref().map(|r| RulesSource::parse(r).load_for(Some(layout))).transpose()?;
     let spec = match (&ckpt.locality, extra) {
         (Some(stored), Some(extra)) => stored.rules.with(&extra),
         (Some(stored), None) => stored.rules.clone(),

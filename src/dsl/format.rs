@@ -1,5 +1,7 @@
-//! `ailla fmt`: one canonical layout for a `.rules` file. Comments on lines of their own stay with
-//! the statement below them; formatting then parsing gives the same rules.
+//! `ailla fmt`: one canonical layout for a `.rules` file. No comment is lost: comments on lines of
+//! their own stay with the statement below them (or, inside a block's lists, with the word below
+//! them); a comment at the end of a line stays at the end of the line of the word or clause it
+//! follows. Formatting then parsing gives the same rules.
 
 use super::syntax::{self, BlockDecl, Member, ParseFailure, Query, RuleBody, RuleDecl, Statement, Target, KEYWORDS};
 
@@ -34,26 +36,75 @@ pub fn quote(text: &str) -> String {
     out
 }
 
-/// `head` followed by comma-separated items, wrapped at [`WIDTH`] with continuation lines indented.
-fn list(head: &str, items: &[String], indent: &str) -> String {
-    let mut out = head.to_string();
-    let mut line_len = out.chars().count();
-    for (index, item) in items.iter().enumerate() {
-        let piece = if index + 1 < items.len() { format!("{item},") } else { item.clone() };
-        let needed = piece.chars().count() + 1;
-        if index > 0 && line_len + needed > WIDTH {
+/// One entry of a list, with the comments that go with it: on lines of their own before it, and at
+/// the end of its line after it.
+#[derive(Clone, Debug, Default)]
+struct Item {
+    text: String,
+    before: Vec<String>,
+    after: Vec<String>,
+}
+
+impl Item {
+    fn plain(text: String) -> Self {
+        Item { text, ..Item::default() }
+    }
+}
+
+/// End-of-line comments: the first at the end of the line, any others on lines of their own below
+/// it (indented by `indent`), never merged, so that each stays one comment.
+fn trailing(comments: &[String], indent: &str) -> String {
+    let mut out = String::new();
+    for (index, comment) in comments.iter().enumerate() {
+        if index == 0 {
+            out.push_str("  ");
+        } else {
             out.push('\n');
             out.push_str(indent);
-            out.push_str(INDENT);
-            line_len = indent.len() + INDENT.len();
+        }
+        out.push_str(comment);
+    }
+    out
+}
+
+/// `head` followed by comma-separated items, wrapped at [`WIDTH`] with continuation lines indented;
+/// a comment forces the line break it needs.
+fn list_with_comments(head: &str, head_after: &[String], items: &[Item], indent: &str) -> String {
+    let continuation = format!("{indent}{INDENT}");
+    let mut out = head.to_string();
+    let mut line_len = out.chars().count();
+    let mut must_break = !head_after.is_empty();
+    out.push_str(&trailing(head_after, &continuation));
+    for (index, item) in items.iter().enumerate() {
+        let piece = if index + 1 < items.len() { format!("{},", item.text) } else { item.text.clone() };
+        let needed = piece.chars().count() + 1;
+        if !item.before.is_empty() {
+            for comment in &item.before {
+                out.push('\n');
+                out.push_str(&continuation);
+                out.push_str(comment);
+            }
+            must_break = true;
+        }
+        if must_break || (index > 0 && line_len + needed > WIDTH) {
+            out.push('\n');
+            out.push_str(&continuation);
+            line_len = continuation.chars().count();
         } else {
             out.push(' ');
             line_len += 1;
         }
         out.push_str(&piece);
         line_len += piece.chars().count();
+        must_break = !item.after.is_empty();
+        out.push_str(&trailing(&item.after, &continuation));
     }
     out
+}
+
+fn list(head: &str, items: &[String], indent: &str) -> String {
+    let items: Vec<Item> = items.iter().cloned().map(Item::plain).collect();
+    list_with_comments(head, &[], &items, indent)
 }
 
 /// A block statement from its parts, already rendered as words.
@@ -76,17 +127,63 @@ pub fn render_block(
     out
 }
 
-fn block(b: &BlockDecl) -> String {
-    let members: Vec<String> = b
+/// Where a comment inside a statement goes: after the last part that ends before it (at the end of
+/// that part's line, or on a line of its own before the next part), or after the head.
+struct Attach<'s> {
+    source: &'s str,
+    comments: Vec<std::ops::Range<usize>>,
+}
+
+impl Attach<'_> {
+    fn own_line(&self, comment: &std::ops::Range<usize>) -> bool {
+        self.source[..comment.start].rsplit('\n').next().is_some_and(|before| before.trim().is_empty())
+    }
+
+    fn text(&self, comment: &std::ops::Range<usize>) -> String {
+        self.source[comment.clone()].trim_end().to_string()
+    }
+}
+
+fn block(b: &BlockDecl, attach: &Attach) -> String {
+    let mut items: Vec<(usize, Item)> = b
         .members
         .iter()
         .map(|m| match m {
-            Member::Word(w) => word(&w.value),
-            Member::Pattern(p) => format!("pattern {}", quote(&p.value)),
+            Member::Word(w) => (w.span.end, Item::plain(word(&w.value))),
+            Member::Pattern(p) => (p.span.end, Item::plain(format!("pattern {}", quote(&p.value)))),
         })
         .collect();
-    let anchors: Vec<String> = b.anchors.iter().map(|a| word(&a.value)).collect();
-    render_block(&b.name.value, b.ignore_case, b.recruitable, &members, &anchors)
+    let member_count = items.len();
+    items.extend(b.anchors.iter().map(|a| (a.span.end, Item::plain(word(&a.value)))));
+    let mut head_after = Vec::new();
+    for comment in &attach.comments {
+        let following = items.iter().position(|(end, _)| *end > comment.start);
+        match (attach.own_line(comment), following) {
+            // a comment line inside a list stays above the word it precedes
+            (true, Some(next)) if next > 0 && next != member_count => items[next].1.before.push(attach.text(comment)),
+            _ => match following.unwrap_or(items.len()).checked_sub(1) {
+                Some(previous) => items[previous].1.after.push(attach.text(comment)),
+                None => head_after.push(attach.text(comment)),
+            },
+        }
+    }
+    let anchors: Vec<Item> = items.split_off(member_count).into_iter().map(|(_, item)| item).collect();
+    let members: Vec<Item> = items.into_iter().map(|(_, item)| item).collect();
+    let case = if b.ignore_case { " ignoring case" } else { "" };
+    if b.recruitable {
+        return list_with_comments(
+            &format!("recruitable block {}{case} seeded by", b.name.value),
+            &head_after,
+            &anchors,
+            INDENT,
+        );
+    }
+    let mut out = list_with_comments(&format!("block {}{case}:", b.name.value), &head_after, &members, INDENT);
+    if !anchors.is_empty() {
+        out.push('\n');
+        out.push_str(&list_with_comments(&format!("{INDENT}anchors"), &[], &anchors, INDENT));
+    }
+    out
 }
 
 /// A compiled block written back as a statement (what `ailla anchors --snippet` prints).
@@ -101,7 +198,7 @@ fn numbers(values: &[usize]) -> String {
     values.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
 }
 
-fn rule(r: &RuleDecl) -> String {
+fn rule(r: &RuleDecl, attach: &Attach) -> String {
     let body = match &r.body {
         RuleBody::Pair { open, close } => format!("pair {} and {}", word(&open.value), word(&close.value)),
         RuleBody::Attend { query, target } => {
@@ -158,31 +255,83 @@ fn rule(r: &RuleDecl) -> String {
     if let Some(until) = &o.until_step {
         options.push(format!("until step {}", until.value));
     }
-    let mut out = format!("rule {}:\n{INDENT}{body}", quote(&r.name.value));
+    // the head, the body and the options each take the comments that follow them
+    let body_start = match &r.body {
+        RuleBody::Pair { open, .. } => open.span.start,
+        RuleBody::Attend { query, .. } | RuleBody::Copy { query, .. } => match query {
+            Query::Any(span) => span.start,
+            Query::Block(name) => name.span.start,
+        },
+    };
+    let options_start = [
+        o.within.as_ref().map(|l| l.span.start),
+        o.layers.as_ref().map(|l| l.span.start),
+        o.heads.as_ref().map(|l| l.span.start),
+        o.strength.as_ref().map(|l| l.span.start),
+        o.priority.as_ref().map(|l| l.span.start),
+        o.from_step.as_ref().map(|l| l.span.start),
+        o.until_step.as_ref().map(|l| l.span.start),
+    ]
+    .into_iter()
+    .flatten()
+    .min()
+    .unwrap_or(usize::MAX);
+    let (mut after_head, mut after_body, mut after_options) = (Vec::new(), Vec::new(), Vec::new());
+    for comment in &attach.comments {
+        let text = attach.text(comment);
+        if comment.start < body_start {
+            after_head.push(text);
+        } else if comment.start < options_start || options.is_empty() {
+            after_body.push(text);
+        } else {
+            after_options.push(text);
+        }
+    }
+    let (head, body_comments) = (trailing(&after_head, INDENT), trailing(&after_body, INDENT));
+    let mut out = format!("rule {}:{head}\n{INDENT}{body}{body_comments}", quote(&r.name.value));
     if !options.is_empty() {
-        out.push_str(&format!("\n{INDENT}{}", options.join(" ")));
+        out.push_str(&format!("\n{INDENT}{}{}", options.join(" "), trailing(&after_options, INDENT)));
     }
     out
 }
 
-/// Full-line comments with the byte offsets where their lines start and end.
-fn comments(source: &str) -> Vec<(usize, usize, &str)> {
-    let mut offset = 0;
-    let mut found = Vec::new();
-    for line in source.split_inclusive('\n') {
-        let trimmed = line.trim();
-        if trimmed.starts_with('#') {
-            found.push((offset, offset + line.len(), trimmed));
+/// The end of a statement's last word: where the comments inside it stop.
+fn content_end(statement: &Statement) -> usize {
+    match statement {
+        Statement::Include(path) => path.span.end,
+        Statement::Block(b) => {
+            let members = b.members.iter().map(|m| match m {
+                Member::Word(w) | Member::Pattern(w) => w.span.end,
+            });
+            members.chain(b.anchors.iter().map(|a| a.span.end)).chain([b.name.span.end]).max().unwrap_or(b.span.end)
         }
-        offset += line.len();
+        Statement::Rule(r) => {
+            let o = &r.options;
+            let ends = [
+                o.within.as_ref().map(|l| l.span.end),
+                o.layers.as_ref().map(|l| l.span.end),
+                o.heads.as_ref().map(|l| l.span.end),
+                o.strength.as_ref().map(|l| l.span.end),
+                o.priority.as_ref().map(|l| l.span.end),
+                o.from_step.as_ref().map(|l| l.span.end),
+                o.until_step.as_ref().map(|l| l.span.end),
+            ];
+            let body_end = match &r.body {
+                RuleBody::Pair { close, .. } => close.span.end,
+                RuleBody::Attend { target, .. } | RuleBody::Copy { source: target, .. } => match target {
+                    Target::Block(name) | Target::AnchorsOf(name) => name.span.end,
+                    Target::OwnBlock(span) | Target::Previous(span) | Target::Continuation(span) => span.end,
+                },
+            };
+            ends.into_iter().flatten().chain([body_end, r.name.span.end]).max().unwrap_or(r.span.end)
+        }
     }
-    found
 }
 
 /// The canonical text of a rules file.
 pub fn format(source: &str) -> Result<String, ParseFailure> {
     let statements = syntax::parse(source)?;
-    let comments = comments(source);
+    let all_comments = super::recovery::comment_ranges(source);
     let mut next_comment = 0;
     let mut out = String::new();
     let mut previous_kind: Option<std::mem::Discriminant<Statement>> = None;
@@ -193,13 +342,37 @@ pub fn format(source: &str) -> Result<String, ParseFailure> {
         };
         let mut leading = Vec::new();
         let mut leading_end = 0;
-        while next_comment < comments.len() && comments[next_comment].0 < start {
-            leading.push(comments[next_comment].2);
-            leading_end = comments[next_comment].1;
+        while next_comment < all_comments.len() && all_comments[next_comment].start < start {
+            let comment = &all_comments[next_comment];
+            leading.push(source[comment.clone()].trim_end());
+            leading_end = source[comment.end..].find('\n').map_or(source.len(), |i| comment.end + i + 1);
             next_comment += 1;
         }
+        // the statement's own comments: inside it, and at the end of its last line
+        let end = content_end(statement);
+        let line_end = source[end..].find('\n').map_or(source.len(), |i| end + i);
+        let mut inner = Vec::new();
+        while next_comment < all_comments.len() && all_comments[next_comment].start < line_end.max(end + 1) {
+            inner.push(all_comments[next_comment].clone());
+            next_comment += 1;
+        }
+        // indented comment lines right below the statement, with no blank line between, are still
+        // its own (fmt writes a part's second comment so); a comment at column 0 starts the next one
+        let mut reached = line_end;
+        while let Some(comment) = all_comments.get(next_comment) {
+            let gap = &source[reached.min(comment.start)..comment.start];
+            let indented = gap.ends_with([' ', '\t']);
+            if gap.chars().all(char::is_whitespace) && gap.matches('\n').count() == 1 && indented {
+                inner.push(comment.clone());
+                reached = comment.end;
+                next_comment += 1;
+            } else {
+                break;
+            }
+        }
+        let attach = Attach { source, comments: inner };
         // a comment block set off by a blank line (a file header) stays set off
-        let set_off = !leading.is_empty() && source[leading_end..start].lines().any(|l| l.trim().is_empty());
+        let set_off = !leading.is_empty() && source[leading_end.min(start)..start].lines().any(|l| l.trim().is_empty());
         let kind = std::mem::discriminant(statement);
         // consecutive includes stay together; everything else is separated by a blank line
         let tight = previous_kind == Some(kind) && matches!(statement, Statement::Include(_)) && leading.is_empty();
@@ -214,18 +387,22 @@ pub fn format(source: &str) -> Result<String, ParseFailure> {
             out.push('\n');
         }
         out.push_str(&match statement {
-            Statement::Include(path) => format!("include {}", quote(&path.value)),
-            Statement::Block(b) => block(b),
-            Statement::Rule(r) => rule(r),
+            Statement::Include(path) => {
+                let comments: Vec<String> = attach.comments.iter().map(|c| attach.text(c)).collect();
+                format!("include {}{}", quote(&path.value), trailing(&comments, ""))
+            }
+            Statement::Block(b) => block(b, &attach),
+            Statement::Rule(r) => rule(r, &attach),
         });
         previous_kind = Some(kind);
     }
-    let trailing: Vec<&str> = comments[next_comment..].iter().map(|(_, _, c)| *c).collect();
-    if !trailing.is_empty() {
+    let trailing_comments: Vec<&str> =
+        all_comments[next_comment..].iter().map(|c| source[c.clone()].trim_end()).collect();
+    if !trailing_comments.is_empty() {
         if !out.is_empty() {
             out.push_str("\n\n");
         }
-        out.push_str(&trailing.join("\n"));
+        out.push_str(&trailing_comments.join("\n"));
     }
     out.push('\n');
     Ok(out)

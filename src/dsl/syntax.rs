@@ -9,7 +9,7 @@ pub type Span = Range<usize>;
 
 #[derive(pest_derive::Parser)]
 #[grammar = "../grammar/rules.pest"]
-struct RulesParser;
+pub(super) struct RulesParser;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Located<T> {
@@ -104,15 +104,38 @@ pub struct RuleDecl {
     pub span: Span,
 }
 
-/// A parse error in the language's own words.
+/// A parse error in the language's own words: a heading, the label at the blamed spot and hints.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ParseFailure {
+    pub heading: String,
     pub span: Span,
     pub message: String,
+    pub notes: Vec<String>,
+}
+
+impl ParseFailure {
+    pub fn syntax(span: Span, message: impl Into<String>) -> Self {
+        ParseFailure { heading: "syntax error".into(), span, message: message.into(), notes: Vec::new() }
+    }
+
+    pub fn with_note(mut self, note: impl Into<String>) -> Self {
+        self.notes.push(note.into());
+        self
+    }
+}
+
+/// What a file's text parsed to: every statement that could be read, and every failure, so that one
+/// run reports every independent mistake.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Parsed {
+    pub statements: Vec<Statement>,
+    pub failures: Vec<ParseFailure>,
+    /// Blocks whose declaration did not parse: known to exist, so naming them is not a second error.
+    pub unreadable_blocks: Vec<String>,
 }
 
 /// What each grammar rule is called when the parser says what it expected.
-fn describe(grammar_rule: Rule) -> &'static str {
+pub(super) fn describe(grammar_rule: Rule) -> &'static str {
     match grammar_rule {
         Rule::include | Rule::kw_include => "`include`",
         Rule::block | Rule::kw_block => "`block`",
@@ -139,7 +162,8 @@ fn describe(grammar_rule: Rule) -> &'static str {
         Rule::kw_token => "`token`",
         Rule::anchors_of | Rule::kw_of => "`anchors of`",
         Rule::own_block | Rule::kw_own => "`own block`",
-        Rule::previous | Rule::kw_previous | Rule::kw_occurrence => "`previous occurrence`",
+        Rule::previous | Rule::kw_previous => "`previous occurrence`",
+        Rule::kw_occurrence => "`occurrence`",
         Rule::continuation | Rule::kw_continuation => "`continuation of previous occurrence`",
         Rule::within | Rule::kw_within => "`within`",
         Rule::layers | Rule::kw_layers => "`in layers`",
@@ -159,42 +183,6 @@ fn describe(grammar_rule: Rule) -> &'static str {
         Rule::copy_source => "`from`, `previous occurrence` or `continuation of previous occurrence`",
         Rule::keyword | Rule::name_char | Rule::WHITESPACE | Rule::COMMENT => "more text",
     }
-}
-
-fn expected_list(rules: &[Rule]) -> String {
-    let mut phrases: Vec<&str> = Vec::new();
-    for &grammar_rule in rules {
-        let phrase = describe(grammar_rule);
-        if !phrases.contains(&phrase) {
-            phrases.push(phrase);
-        }
-    }
-    match phrases.len() {
-        0 => "something else".into(),
-        1 => phrases[0].into(),
-        n => format!("{} or {}", phrases[..n - 1].join(", "), phrases[n - 1]),
-    }
-}
-
-fn failure(error: pest::error::Error<Rule>, source: &str) -> ParseFailure {
-    let span = match error.location {
-        pest::error::InputLocation::Pos(p) => p..p,
-        pest::error::InputLocation::Span((a, b)) => a..b,
-    };
-    let found = source[span.start..].split_whitespace().next().map(|w| w.chars().take(24).collect::<String>());
-    let message = match &error.variant {
-        pest::error::ErrorVariant::ParsingError { positives, .. } => {
-            let expected = expected_list(positives);
-            match &found {
-                Some(found) => format!("expected {expected}, found `{found}`"),
-                None => format!("expected {expected}, found the end of the file"),
-            }
-        }
-        pest::error::ErrorVariant::CustomError { message } => message.clone(),
-    };
-    // point at the offending word, not just its first character
-    let end = found.as_ref().map_or(span.start, |f| span.start + f.len());
-    ParseFailure { span: span.start..end.max(span.end), message }
 }
 
 /// The span of a pair up to the end of its last word: a repetition may take in the whitespace and
@@ -238,8 +226,100 @@ fn word(pair: Pair<Rule>) -> Located<String> {
     located(&pair, value)
 }
 
-fn numbers(pair: Pair<Rule>) -> Vec<usize> {
-    pair.into_inner().filter(|p| p.as_rule() == Rule::count).filter_map(|p| p.as_str().parse().ok()).collect()
+/// The whole numbers a clause may hold, inclusive, and what the message calls the clause.
+struct NumberRange {
+    clause: &'static str,
+    min: i128,
+    max: i128,
+}
+
+const WITHIN: NumberRange = NumberRange { clause: "`within`", min: 0, max: MAX_WINDOW as i128 };
+const LAYER: NumberRange = NumberRange { clause: "`in layers`", min: 0, max: MAX_INDEX as i128 };
+const HEAD: NumberRange = NumberRange { clause: "`in heads`", min: 0, max: MAX_INDEX as i128 };
+const PRIORITY: NumberRange =
+    NumberRange { clause: "`priority`", min: -MAX_PRIORITY as i128, max: MAX_PRIORITY as i128 };
+const STEP: NumberRange = NumberRange { clause: "a step", min: 0, max: MAX_STEP as i128 };
+
+/// The widest window a rule may name: far beyond any context a model trained here has.
+pub const MAX_WINDOW: usize = 1_000_000;
+/// The highest layer or head index the language accepts; the model's shape bounds it further.
+pub const MAX_INDEX: usize = 1023;
+/// Priorities run from −MAX_PRIORITY to MAX_PRIORITY; the implicit own-block rules sit below them all.
+pub const MAX_PRIORITY: i32 = 1_000_000;
+/// The latest step a rule may switch on or off at.
+pub const MAX_STEP: usize = 1_000_000_000_000;
+/// The strongest rule: a strength multiplies the rule's margin bias.
+pub const MAX_STRENGTH: f64 = 1000.0;
+
+/// `1,000,000` for 1000000: numbers in messages read at a glance.
+pub fn thousands(value: i128) -> String {
+    let digits = value.unsigned_abs().to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if value < 0 {
+        format!("−{out}")
+    } else {
+        out
+    }
+}
+
+/// A number token checked against its clause's range; out of range, it becomes a failure at its
+/// own span, so `fmt` can never drop it and no rule silently loses it.
+fn ranged(pair: &Pair<Rule>, range: &NumberRange, failures: &mut Vec<ParseFailure>) -> Option<i128> {
+    let text = pair.as_str();
+    let span = pair.as_span().start()..pair.as_span().end();
+    match text.parse::<i128>().ok().filter(|v| (range.min..=range.max).contains(v)) {
+        Some(value) => Some(value),
+        None => {
+            let shown: String = if text.chars().count() > 24 {
+                format!("{}…", text.chars().take(24).collect::<String>())
+            } else {
+                text.to_string()
+            };
+            let message = if text.starts_with('-') && range.min >= 0 {
+                format!("`{shown}` is negative")
+            } else if text.parse::<i128>().is_ok_and(|v| v < range.min) {
+                format!("`{shown}` is too small")
+            } else {
+                format!("`{shown}` is too large")
+            };
+            failures.push(ParseFailure {
+                heading: "number out of range".into(),
+                span,
+                message,
+                notes: vec![format!(
+                    "{} takes a whole number from {} to {}",
+                    range.clause,
+                    thousands(range.min),
+                    thousands(range.max)
+                )],
+            });
+            None
+        }
+    }
+}
+
+/// The single number of a clause like `within N`.
+fn one_number(pair: Pair<Rule>, range: &NumberRange, failures: &mut Vec<ParseFailure>) -> Option<i128> {
+    let number = pair.into_inner().find(|p| matches!(p.as_rule(), Rule::count | Rule::signed))?;
+    ranged(&number, range, failures)
+}
+
+/// The numbers of `in layers …` / `in heads …`; one out of range fails the clause.
+fn index_list(pair: Pair<Rule>, range: &NumberRange, failures: &mut Vec<ParseFailure>) -> Option<Vec<usize>> {
+    let counts = pair.into_inner().find(|p| p.as_rule() == Rule::counts)?;
+    let before = failures.len();
+    let values: Vec<usize> = counts
+        .into_inner()
+        .filter(|p| p.as_rule() == Rule::count)
+        .filter_map(|p| ranged(&p, range, failures).map(|v| v as usize))
+        .collect();
+    (failures.len() == before).then_some(values)
 }
 
 fn block(pair: Pair<Rule>, recruitable: bool) -> BlockDecl {
@@ -320,7 +400,7 @@ fn query_and_target(part: Pair<Rule>, part_span: Span) -> (Query, Target) {
     (query, target)
 }
 
-fn rule(pair: Pair<Rule>) -> RuleDecl {
+fn rule(pair: Pair<Rule>, failures: &mut Vec<ParseFailure>) -> RuleDecl {
     let span = pair.as_span().start()..pair.as_span().end();
     let mut name = Located { value: String::new(), span: 0..0 };
     let mut body = RuleBody::Attend { query: Query::Any(0..0), target: Target::Previous(0..0) };
@@ -352,37 +432,42 @@ fn rule(pair: Pair<Rule>) -> RuleDecl {
                 let (query, source) = query_and_target(part, part_span);
                 body = RuleBody::Copy { query, source };
             }
-            Rule::within => options.within = numbers(part).first().map(|&value| Located { value, span: part_span }),
+            Rule::within => {
+                options.within =
+                    one_number(part, &WITHIN, failures).map(|value| Located { value: value as usize, span: part_span })
+            }
             Rule::layers => {
-                options.layers = part
-                    .into_inner()
-                    .find(|p| p.as_rule() == Rule::counts)
-                    .map(|c| Located { value: numbers(c), span: part_span })
+                options.layers = index_list(part, &LAYER, failures).map(|value| Located { value, span: part_span })
             }
             Rule::heads => {
-                options.heads = part
-                    .into_inner()
-                    .find(|p| p.as_rule() == Rule::counts)
-                    .map(|c| Located { value: numbers(c), span: part_span })
+                options.heads = index_list(part, &HEAD, failures).map(|value| Located { value, span: part_span })
             }
             Rule::strength => {
                 if let Some(n) = part.into_inner().find(|p| p.as_rule() == Rule::number) {
-                    let value = n.as_str().parse().unwrap_or(f64::NAN);
-                    options.strength = Some(Located { value, span: part_span });
+                    let value: f64 = n.as_str().parse().unwrap_or(f64::NAN);
+                    if value > MAX_STRENGTH {
+                        failures.push(ParseFailure {
+                            heading: "number out of range".into(),
+                            span: n.as_span().start()..n.as_span().end(),
+                            message: format!("`{}` is too large", n.as_str().chars().take(24).collect::<String>()),
+                            notes: vec![format!("`strength` takes a number above 0 and at most {MAX_STRENGTH}")],
+                        });
+                    } else {
+                        options.strength = Some(Located { value, span: part_span });
+                    }
                 }
             }
             Rule::priority => {
-                options.priority = part
-                    .into_inner()
-                    .find(|p| p.as_rule() == Rule::signed)
-                    .and_then(|p| p.as_str().parse().ok())
-                    .map(|value| Located { value, span: part_span })
+                options.priority =
+                    one_number(part, &PRIORITY, failures).map(|value| Located { value: value as i32, span: part_span })
             }
             Rule::from_step => {
-                options.from_step = numbers(part).first().map(|&value| Located { value, span: part_span })
+                options.from_step =
+                    one_number(part, &STEP, failures).map(|value| Located { value: value as usize, span: part_span })
             }
             Rule::until_step => {
-                options.until_step = numbers(part).first().map(|&value| Located { value, span: part_span })
+                options.until_step =
+                    one_number(part, &STEP, failures).map(|value| Located { value: value as usize, span: part_span })
             }
             _ => {}
         }
@@ -390,26 +475,71 @@ fn rule(pair: Pair<Rule>) -> RuleDecl {
     RuleDecl { name, body, options, span }
 }
 
-/// Parses one file's text.
-pub fn parse(source: &str) -> Result<Vec<Statement>, ParseFailure> {
-    pest::set_error_detail(true);
-    let mut pairs = RulesParser::parse(Rule::file, source).map_err(|e| failure(e, source))?;
-    let Some(file) = pairs.next() else { return Ok(Vec::new()) };
-    let mut statements = Vec::new();
+/// The statements of a successful parse of `text`, with their spans moved by `offset` (the place of
+/// `text` in the file), and the range failures found while building them.
+fn statements(file: Pair<Rule>, offset: usize, out: &mut Parsed) {
+    let mut failures = Vec::new();
     for pair in file.into_inner() {
-        match pair.as_rule() {
-            Rule::include => {
-                if let Some(text) = pair.into_inner().find(|p| p.as_rule() == Rule::text) {
-                    statements.push(Statement::Include(located(&text, unquote(text.as_str()))));
+        let statement = match pair.as_rule() {
+            Rule::include => match pair.into_inner().find(|p| p.as_rule() == Rule::text) {
+                Some(text) => Statement::Include(located(&text, unquote(text.as_str()))),
+                None => continue,
+            },
+            Rule::block => Statement::Block(block(pair, false)),
+            Rule::recruitable_block => Statement::Block(block(pair, true)),
+            Rule::rule => Statement::Rule(Box::new(rule(pair, &mut failures))),
+            _ => continue,
+        };
+        out.statements.push(super::recovery::shifted(statement, offset));
+    }
+    out.failures.extend(failures.into_iter().map(|mut f| {
+        f.span = f.span.start + offset..f.span.end + offset;
+        f
+    }));
+}
+
+/// Parses one file's text, reading past syntax errors: when the whole text does not parse, each
+/// statement (from one line starting with `block`, `rule`, `include` or `recruitable` to the next)
+/// is parsed on its own, so every independent mistake is found in one run, each blamed where it is.
+pub fn parse_all(source: &str) -> Parsed {
+    // the detail of what was tried costs time on every parse and is needed only to explain a failure
+    pest::set_error_detail(false);
+    let mut parsed = Parsed::default();
+    match RulesParser::parse(Rule::file, source) {
+        Ok(mut pairs) => {
+            if let Some(file) = pairs.next() {
+                statements(file, 0, &mut parsed);
+            }
+        }
+        Err(_) => {
+            pest::set_error_detail(true);
+            for chunk in super::recovery::statement_chunks(source) {
+                let text = &source[chunk.clone()];
+                match RulesParser::parse(Rule::file, text) {
+                    Ok(mut pairs) => {
+                        if let Some(file) = pairs.next() {
+                            statements(file, chunk.start, &mut parsed);
+                        }
+                    }
+                    Err(error) => {
+                        parsed.failures.push(super::recovery::explain(error, text, chunk.start));
+                        parsed.unreadable_blocks.extend(super::recovery::declared_block_name(text));
+                    }
                 }
             }
-            Rule::block => statements.push(Statement::Block(block(pair, false))),
-            Rule::recruitable_block => statements.push(Statement::Block(block(pair, true))),
-            Rule::rule => statements.push(Statement::Rule(Box::new(rule(pair)))),
-            _ => {}
         }
     }
-    Ok(statements)
+    parsed
+}
+
+/// Parses one file's text; the first failure, if there is one, is the error.
+pub fn parse(source: &str) -> Result<Vec<Statement>, ParseFailure> {
+    let mut parsed = parse_all(source);
+    if parsed.failures.is_empty() {
+        Ok(parsed.statements)
+    } else {
+        Err(parsed.failures.remove(0))
+    }
 }
 
 /// Words that the grammar reads as keywords, and so must be quoted to be words.

@@ -362,8 +362,9 @@ impl RuleSet {
         let mut warnings = Vec::new();
         let mut blocks = Vec::new();
         let resolver = MemberResolver::new(vocabulary);
-        for (index, block) in spec.blocks.iter().enumerate() {
-            if spec.blocks[..index].iter().any(|b| b.name == block.name) {
+        let mut names = std::collections::HashSet::new();
+        for block in &spec.blocks {
+            if !names.insert(block.name.as_str()) {
                 return Err(Error::invalid("rules.blocks", format!("block `{}` is declared twice", block.name)));
             }
             let mut ids = |words: &[String], what: &str| -> Vec<u32> {
@@ -395,11 +396,12 @@ impl RuleSet {
             anchors.dedup();
             blocks.push(Block { name: block.name.clone(), members, anchors, recruitable: block.recruitable });
         }
+        let numbers: std::collections::HashMap<&str, usize> =
+            blocks.iter().enumerate().map(|(i, b)| (b.name.as_str(), i + 1)).collect();
         let block_number = |name: &str| -> Result<usize> {
-            blocks
-                .iter()
-                .position(|b| b.name == name)
-                .map(|p| p + 1)
+            numbers
+                .get(name)
+                .copied()
                 .ok_or_else(|| Error::invalid("rules.rules", format!("`{name}` is not a declared block")))
         };
         let condition = |from: &Option<String>| -> Result<Condition> {
@@ -450,11 +452,11 @@ impl RuleSet {
                     _ => None,
                 })
                 .collect();
-            let copy_only = |name: &str| spec.blocks.iter().any(|b| b.name == name && b.copy_only);
+            // `blocks[i]` was compiled from `spec.blocks[i]`
             for (index, block) in blocks
                 .iter()
                 .enumerate()
-                .filter(|(index, block)| !explicit.contains(&(index + 1)) && !copy_only(&block.name))
+                .filter(|(index, _)| !explicit.contains(&(index + 1)) && !spec.blocks[*index].copy_only)
             {
                 rules.push(Rule {
                     name: format!("{} (own block, default)", block.name),

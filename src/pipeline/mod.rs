@@ -357,7 +357,8 @@ fn validate_static(p: &Pipeline, text: &str, base: &Path, problems: &mut Vec<Pro
                     return;
                 }
             }
-            if let Err(e) = source.load() {
+            let layout = crate::dsl::ModelLayout { layers: p.model.n_layers, heads: p.model.n_heads };
+            if let Err(e) = source.load_for(Some(layout)) {
                 problems.push(problem(text, field, format!("the rules do not compile:\n{e}")));
             }
         };
