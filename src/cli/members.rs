@@ -90,10 +90,12 @@ pub(super) fn run_one_member(args: &RunArgs, key: &str, threads: Option<usize>, 
     let (mut plan, text) = named_plan(args)?;
     require_members(&plan, "--member")?;
     let index = crate::pipeline::run::member_index(&plan, key)?;
-    let cores = settle_threads(&mut plan, threads)?;
     if let (Some(text), Some(path)) = (&text, &args.pipeline) {
+        // the plan as resolved, not as this process runs it: the threads are the command line's
+        let cores = settle_threads(&mut plan.clone(), threads)?;
         share_run_dir(&plan, text, path, cores)?;
     }
+    settle_threads(&mut plan, threads)?;
     let total = plan.members.len();
     let member = plan.members[index].clone();
     plan.members = vec![member];
