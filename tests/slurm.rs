@@ -140,4 +140,30 @@ fn a_sweep_submitted_to_slurm_matches_the_local_run_bit_for_bit() {
 
     let (stdout, jobs) = slurm.submit(dir.path(), &pipeline);
     assert!(jobs.is_empty() && stdout.contains("nothing was submitted"), "{stdout}");
+
+    // a member that diverges: the report job still runs, lists it as failed and names it
+    let diverging = dir.path().join("diverging.yaml");
+    let optim = "{ min_lr_ratio: 1.0, warmup_steps: 1, beta1: 0.9, beta2: 0.95, eps: 1.0e-8, weight_decay: 0.0, \
+                 grad_clip: 0.0";
+    std::fs::write(
+        &diverging,
+        format!(
+            "name: diverging\nmodel: {{ ctx_len: 16, d_model: 16, n_heads: 2, n_layers: 1, d_ff: 32 }}\n\
+             train:\n  steps: 20\n  batch_size: 4\n  eval_every: 0\n\
+             sweep:\n  train.optim:\n    - {optim}, learning_rate: 0.003 }}\n    - {optim}, learning_rate: 1.0e+30 }}\n\
+             outputs:\n  dir: {}\n",
+            runs.join("diverging").display()
+        ),
+    )
+    .unwrap();
+    let (_, jobs) = slurm.submit(dir.path(), &diverging);
+    slurm.wait(&jobs);
+    let logs = runs.join("diverging/slurm/logs");
+    let report_log = std::fs::read_to_string(logs.join("report.log")).unwrap_or_default();
+    assert!(report_log.contains("1 of 2 members did not finish: `optim-2` (index 1"), "{report_log}");
+    let member_log = std::fs::read_to_string(logs.join("member-1.log")).unwrap_or_default();
+    assert!(member_log.contains("training loss became NaN"), "{member_log}");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(runs.join("diverging/report.json")).unwrap()).unwrap();
+    assert_eq!(report["failed_members"], serde_json::json!(["optim-2"]));
 }
