@@ -137,15 +137,8 @@ fn submit_slurm(args: SlurmArgs, out: &mut dyn Write) -> Result<()> {
             ),
         );
     }
-    // found before anything is written: without sbatch there is nothing to submit to
-    if let Err(e) = std::process::Command::new("sbatch").arg("--version").output() {
-        return Err(Error::invalid(
-            "sbatch",
-            format!(
-                "cannot run sbatch ({e}): submit from a machine with Slurm's client, or see the scripts with --dry-run"
-            ),
-        ));
-    }
+    // Slurm judges the array (its controller, partition, time, account) before anything is written
+    check_with_slurm(&members_script)?;
     submission.share(&args.common)?;
     std::fs::create_dir_all(slurm::logs_dir(&submission.run_dir))
         .map_err(|e| Error::io(slurm::logs_dir(&submission.run_dir), e))?;
@@ -178,6 +171,37 @@ fn submit_slurm(args: SlurmArgs, out: &mut dyn Write) -> Result<()> {
             submission.run_dir.join("report.html").display(),
         ),
     )
+}
+
+/// `sbatch --test-only` on the script: whether Slurm would accept it, submitting nothing.
+fn check_with_slurm(script: &str) -> Result<()> {
+    use std::io::Write as _;
+    let mut child = std::process::Command::new("sbatch")
+        .arg("--test-only")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| {
+            Error::invalid(
+                "sbatch",
+                format!("cannot run sbatch ({e}): submit from a machine with Slurm's client, or see the scripts with --dry-run"),
+            )
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        stdin.write_all(script.as_bytes()).map_err(|e| Error::io("sbatch --test-only", e))?;
+    }
+    let output = child.wait_with_output().map_err(|e| Error::io("sbatch --test-only", e))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(Error::invalid(
+        "sbatch",
+        format!(
+            "Slurm would refuse the job array (sbatch --test-only said: {}); nothing was written or submitted",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ),
+    ))
 }
 
 /// Runs `sbatch --parsable EXTRA SCRIPT` and returns the job id.
