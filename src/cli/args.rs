@@ -350,7 +350,7 @@ pub struct ClusterArgs {
     /// The pipeline file.
     pub pipeline: PathBuf,
     /// CPUs per member, and so each member's worker threads (passed to it as `--threads`) [default:
-    /// the pipeline's `train.threads`, else 1]. Results are bit-identical to a local run whose members
+    /// `ailla --threads N`, else the pipeline's `train.threads`, else 1]. Results are bit-identical to a local run whose members
     /// get the same thread count.
     #[arg(long, value_name = "C")]
     pub cpus_per_task: Option<usize>,

@@ -5,7 +5,13 @@ use crate::cluster::kubernetes::{self, KubernetesOptions};
 use crate::cluster::slurm::{self, SlurmOptions};
 use crate::cluster::{check_line, check_path, Job};
 
-pub(super) fn run_submit(args: SubmitArgs, out: &mut dyn Write) -> Result<()> {
+/// `threads` is the global `--threads`: the members' threads when `--cpus-per-task` is not given.
+pub(super) fn run_submit(mut args: SubmitArgs, threads: Option<usize>, out: &mut dyn Write) -> Result<()> {
+    let common = match &mut args.scheduler {
+        Scheduler::Slurm(args) => &mut args.common,
+        Scheduler::Kubernetes(args) => &mut args.common,
+    };
+    common.cpus_per_task = common.cpus_per_task.or(threads);
     match args.scheduler {
         Scheduler::Slurm(args) => submit_slurm(args, out),
         Scheduler::Kubernetes(args) => write_kubernetes(args, out),

@@ -71,7 +71,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     });
     match cli.command {
         Command::Run(args) => run_pipeline(args, cli.threads, out),
-        Command::Submit(args) => run_submit(args, out),
+        Command::Submit(args) => run_submit(args, cli.threads, out),
         Command::Validate(args) => run_validate(args, out),
         Command::Report(args) => {
             crate::report::require_finished(&args.run_dir)?;

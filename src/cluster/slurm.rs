@@ -35,10 +35,12 @@ pub fn report_script_path(run_dir: &Path) -> PathBuf {
     scripts_dir(run_dir).join("report.sbatch")
 }
 
-fn shared_lines(job: &Job, options: &SlurmOptions, name: &str, cpus: usize) -> String {
+/// The `#SBATCH` lines both jobs share: each gets the members' CPUs.
+fn shared_lines(job: &Job, options: &SlurmOptions, name: &str) -> String {
     let mut s = format!(
-        "#SBATCH --job-name={name}\n#SBATCH --chdir={}\n#SBATCH --cpus-per-task={cpus}\n#SBATCH --ntasks=1\n",
-        job.working_dir.display()
+        "#SBATCH --job-name={name}\n#SBATCH --chdir={}\n#SBATCH --cpus-per-task={}\n#SBATCH --ntasks=1\n",
+        job.working_dir.display(),
+        job.threads
     );
     let optional = [
         ("partition", &options.partition),
@@ -69,7 +71,7 @@ pub fn members_script(job: &Job, options: &SlurmOptions) -> String {
         if job.threads == 1 { "" } else { "s" }
     );
     s += &format!("#SBATCH --array={}\n", index_ranges(&job.members));
-    s += &shared_lines(job, options, &name, job.threads);
+    s += &shared_lines(job, options, &name);
     s += &format!("#SBATCH --output={}/member-%a.log\n#SBATCH --open-mode=append\n", logs_dir(&job.run_dir).display());
     s += "set -euo pipefail\n";
     s += "echo \"member $SLURM_ARRAY_TASK_ID, job ${SLURM_ARRAY_JOB_ID}_$SLURM_ARRAY_TASK_ID on $(hostname)\"\n";
@@ -85,7 +87,9 @@ pub fn report_script(job: &Job, options: &SlurmOptions) -> String {
         "#!/bin/bash\n# Written by `ailla submit slurm`: the report of `{}`, once every member task has ended.\n",
         job.plan.name
     );
-    s += &shared_lines(job, options, &name, 1);
+    // the members' CPUs: it runs with their thread count (recorded in the provenance), which a node
+    // that confines it to fewer cores could refuse
+    s += &shared_lines(job, options, &name);
     s += &format!("#SBATCH --output={}/report.log\n#SBATCH --open-mode=append\n", logs_dir(&job.run_dir).display());
     s += "set -euo pipefail\n";
     s += &format!(
