@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{member_command, Job};
+use super::{member_command, safe_name, Job};
 use crate::{Error, Result};
 
 /// Where the manifest is written.
@@ -67,7 +67,7 @@ pub fn manifest(job: &Job, options: &KubernetesOptions) -> Result<String> {
          requests:\n{resources_requests}            limits:\n{resources}          volumeMounts:\n            \
          - name: work\n              mountPath: {working_dir}\n      volumes:\n        - name: work\n          \
          persistentVolumeClaim:\n            claimName: {claim}\n",
-        plan = job.plan.name,
+        plan = safe_name(&job.plan.name),
         threads = job.threads,
         run_dir = job.run_dir.display(),
         name = job_name(&job.plan.name),

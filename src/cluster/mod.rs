@@ -31,6 +31,12 @@ pub fn member_log(run_dir: &Path, index: usize) -> PathBuf {
     slurm::logs_dir(run_dir).join(format!("member-{index}.log"))
 }
 
+/// `name` as a scheduler's job name and a script's comment can carry it: letters, digits, `-`, `_`
+/// and `.` kept, anything else (spaces, newlines) a `-`, so that a pipeline's name cannot end a line.
+pub fn safe_name(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' }).collect()
+}
+
 /// `s` quoted for a POSIX shell: in single quotes, each `'` closed, escaped and reopened.
 pub fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -97,6 +103,7 @@ mod tests {
     #[test]
     fn indices_are_written_as_ranges_and_strings_are_quoted_for_the_shell() {
         assert_eq!(index_ranges(&[0, 1, 2, 3, 5, 7, 8]), "0-3,5,7-8");
+        assert_eq!(safe_name("my sweep\n#SBATCH x"), "my-sweep--SBATCH-x");
         assert_eq!(index_ranges(&[4]), "4");
         assert_eq!(index_ranges(&[]), "");
         assert_eq!(shell_quote("it's"), r"'it'\''s'");

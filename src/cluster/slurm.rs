@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use super::{index_ranges, member_command, shell_quote, Job};
+use super::{index_ranges, member_command, safe_name, shell_quote, Job};
 use crate::{Error, Result};
 
 /// Options written on the `#SBATCH` lines of both jobs, already checked to be one line each.
@@ -62,11 +62,11 @@ fn shared_lines(job: &Job, options: &SlurmOptions, name: &str) -> String {
 /// The array job: one task per member still to run, each `ailla run --resume RUN_DIR --member I`
 /// with the member's CPUs as its threads.
 pub fn members_script(job: &Job, options: &SlurmOptions) -> String {
-    let name = format!("ailla-{}", job.plan.name);
+    let name = format!("ailla-{}", safe_name(&job.plan.name));
     let mut s = format!(
         "#!/bin/bash\n# Written by `ailla submit slurm`: one task per member of `{}` still to run; task I runs member I\n\
          # (`ailla run --resume RUN_DIR --list-members` numbers them), with {} thread{} as on --cpus-per-task.\n",
-        job.plan.name,
+        safe_name(&job.plan.name),
         job.threads,
         if job.threads == 1 { "" } else { "s" }
     );
@@ -82,10 +82,10 @@ pub fn members_script(job: &Job, options: &SlurmOptions) -> String {
 /// The report job: `ailla run --resume RUN_DIR --report-only`, which names the members that did not
 /// finish and fails then.
 pub fn report_script(job: &Job, options: &SlurmOptions) -> String {
-    let name = format!("ailla-{}-report", job.plan.name);
+    let name = format!("ailla-{}-report", safe_name(&job.plan.name));
     let mut s = format!(
         "#!/bin/bash\n# Written by `ailla submit slurm`: the report of `{}`, once every member task has ended.\n",
-        job.plan.name
+        safe_name(&job.plan.name)
     );
     // the members' CPUs: it runs with their thread count (recorded in the provenance), which a node
     // that confines it to fewer cores could refuse
