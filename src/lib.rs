@@ -29,6 +29,7 @@ macro_rules! eprint_lossy {
 pub mod bench;
 pub mod checkpoint;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod data;
 pub mod digest;

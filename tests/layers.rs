@@ -29,6 +29,7 @@ const LAYERS: &[&str] = &[
     "train",
     "pipeline",
     "report",
+    "cluster",
     "bench",
     "cli",
 ];

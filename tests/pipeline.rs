@@ -227,3 +227,97 @@ fn a_sweep_too_large_to_run_is_refused_before_it_is_expanded() {
     // generous: expanding it would take minutes and gigabytes, refusing it takes microseconds
     assert!(started.elapsed().as_secs() < 5);
 }
+
+/// A run split across processes (`--member`, as a job array runs it) trains each member exactly as
+/// the whole run does: the same losses and weights for the same thread count, and, closed with
+/// `--report-only`, the same report apart from wall time and peak memory. Before every member is
+/// done, `--report-only` names the missing one and fails; `--list-members` says which finished.
+#[test]
+fn members_run_as_separate_processes_match_the_whole_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = common::split_runs::tiny_sweep(dir.path(), "split");
+    let path = pipeline.to_str().unwrap();
+    let runs = dir.path().join("runs");
+    let whole = ailla().args(["--threads", "1", "run", path]).output().unwrap();
+    assert!(whole.status.success(), "{}", String::from_utf8_lossy(&whole.stderr));
+    std::fs::rename(runs.join("split"), runs.join("whole")).unwrap();
+    let run = runs.join("split");
+    let run_dir = run.to_str().unwrap();
+
+    let unknown = ailla().args(["run", path, "--member", "seed-3"]).output().unwrap();
+    assert_eq!(unknown.status.code(), Some(2));
+    let message = String::from_utf8_lossy(&unknown.stderr);
+    assert!(message.contains("`seed-3` is neither") && message.contains("did you mean `seed-1`"), "{message}");
+    let past = ailla().args(["run", path, "--member", "2"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&past.stderr).contains("numbered 0 to 1"));
+    assert!(!run.exists(), "a refused --member wrote the run directory");
+
+    // the first member from the pipeline file (which shares the run directory), the second by index
+    let first = ailla().args(["--threads", "1", "run", path, "--member", "seed-1"]).output().unwrap();
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    let listed = ailla().args(["run", "--resume", run_dir, "--list-members"]).output().unwrap();
+    let listed = String::from_utf8_lossy(&listed.stdout).into_owned();
+    assert!(listed.contains("0  seed-1  finished") && listed.contains("1  seed-2  not started"), "{listed}");
+    let early = ailla().args(["run", "--resume", run_dir, "--report-only"]).output().unwrap();
+    assert_eq!(early.status.code(), Some(1));
+    let message = String::from_utf8_lossy(&early.stderr);
+    assert!(message.contains("1 of 2 members did not finish: `seed-2` (index 1, not started)"), "{message}");
+    assert!(String::from_utf8_lossy(&early.stdout).contains("seed-2  failed: not started"));
+
+    let second = ailla().args(["--threads", "1", "run", "--resume", run_dir, "--member", "1"]).output().unwrap();
+    assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
+    let closed = ailla().args(["--threads", "1", "run", "--resume", run_dir, "--report-only"]).output().unwrap();
+    assert!(closed.status.success(), "{}", String::from_utf8_lossy(&closed.stderr));
+    common::split_runs::assert_members_identical(&runs.join("whole"), &run, &["seed-1", "seed-2"]);
+    common::split_runs::assert_reports_equal(&runs.join("whole"), &run);
+
+    // another plan into the same directory is refused, not mixed in
+    let other = std::fs::read_to_string(&pipeline).unwrap().replace("steps: 30", "steps: 20");
+    std::fs::write(&pipeline, other).unwrap();
+    let mixed = ailla().args(["run", path, "--member", "0"]).output().unwrap();
+    assert_eq!(mixed.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&mixed.stderr).contains("holds a run of a different plan"));
+}
+
+/// `submit --dry-run` prints what would be submitted (one array task per member, each given its
+/// threads; an Indexed Job for Kubernetes) and writes nothing.
+#[test]
+fn a_dry_run_submission_prints_the_scripts_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = common::split_runs::tiny_sweep(dir.path(), "dry");
+    let path = pipeline.to_str().unwrap();
+    let slurm = ailla()
+        .args(["submit", "slurm", path, "--dry-run", "--cpus-per-task", "3", "--partition", "cpu", "--time", "10"])
+        .output()
+        .unwrap();
+    let script = String::from_utf8_lossy(&slurm.stdout).into_owned();
+    assert!(slurm.status.success(), "{}", String::from_utf8_lossy(&slurm.stderr));
+    for line in [
+        "#SBATCH --array=0-1",
+        "#SBATCH --cpus-per-task=3",
+        "#SBATCH --partition=cpu",
+        "#SBATCH --time=10",
+        "--threads 3 run --resume",
+        "--member \"$SLURM_ARRAY_TASK_ID\"",
+        "--report-only",
+        "--dependency=afterany:",
+    ] {
+        assert!(script.contains(line), "no `{line}` in\n{script}");
+    }
+    let injected =
+        ailla().args(["submit", "slurm", path, "--dry-run", "--partition", "cpu\n#SBATCH --x"]).output().unwrap();
+    assert_eq!(injected.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&injected.stderr).contains("--partition"));
+
+    let kubernetes = ailla()
+        .args(["submit", "kubernetes", path, "--dry-run", "--image", "ailla:test", "--volume-claim", "work"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let manifest = String::from_utf8_lossy(&kubernetes.stdout).into_owned();
+    assert!(kubernetes.status.success(), "{}", String::from_utf8_lossy(&kubernetes.stderr));
+    for line in ["completionMode: Indexed", "completions: 2", "$JOB_COMPLETION_INDEX", "claimName: \"work\""] {
+        assert!(manifest.contains(line), "no `{line}` in\n{manifest}");
+    }
+    assert!(!dir.path().join("runs").exists(), "a dry run wrote the run directory");
+}

@@ -46,8 +46,12 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run a pipeline: train every sweep member, evaluate it across the dial, print a summary.
-    #[command(after_help = concat!("Examples:\n  ailla run pipelines/quickstart.yaml\n  ailla run pipelines/recruit_blocks.yaml --data ../shared/data/wikitext-2 --jobs 2\n  ailla run --resume runs/quickstart", exit_status!()))]
+    #[command(after_help = concat!("Examples:\n  ailla run pipelines/quickstart.yaml\n  ailla run pipelines/recruit_blocks.yaml --data ../shared/data/wikitext-2 --jobs 2\n  ailla run --resume runs/quickstart\n  ailla run pipelines/sweep-lambda.yaml --list-members\n  ailla --threads 4 run --resume runs/sweep-lambda --member 3\n  ailla run --resume runs/sweep-lambda --report-only", exit_status!()))]
     Run(RunArgs),
+    /// Run a pipeline's members on a cluster: a Slurm job array and a report job after it, or a
+    /// Kubernetes Indexed Job manifest.
+    #[command(after_help = concat!("Examples:\n  ailla submit slurm pipelines/sweep-lambda.yaml --partition cpu --time 2:00:00 --cpus-per-task 4\n  ailla submit slurm pipelines/quickstart.yaml --dry-run\n  ailla submit kubernetes pipelines/sweep-lambda.yaml --image registry.example/ailla:0.1 --volume-claim runs", exit_status!()))]
+    Submit(SubmitArgs),
     /// Check a pipeline file and list its sweep members, without running anything.
     #[command(after_help = concat!("Example:\n  ailla validate pipelines/recruit_planted.yaml --quick", exit_status!()))]
     Validate(ValidateArgs),
@@ -282,13 +286,123 @@ pub struct RunArgs {
     pub force: bool,
     /// Sweep members to run at once (default: as many as there are cores); the cores are shared
     /// among them.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "member")]
     pub jobs: Option<usize>,
+    /// Run only this member of the plan, into its directory, exactly as the whole run would (the same
+    /// code, so the same bits for the same thread count; `--threads` gives it all its threads). It is
+    /// the member's index from 0, as `--list-members` prints it and job arrays number their tasks, or
+    /// its name. Other processes, here or on other machines, may run other members of the same run
+    /// directory at the same time; the report is written by `--report-only` once they are done. A new
+    /// run directory gets the resolved plan; one that holds the same plan already is shared.
+    #[arg(long, value_name = "INDEX|NAME", conflicts_with_all = ["json", "list_members", "report_only"])]
+    pub member: Option<String>,
+    /// Print the plan's members (index, name, and whether each finished) and run nothing.
+    #[arg(long, conflicts_with_all = ["json", "report_only", "force"])]
+    pub list_members: bool,
+    /// With `--resume`: train nothing; write the provenance and the report from what the members
+    /// stored, as the end of a whole run does. Members that have not finished are named, and the exit
+    /// status is then 1. This is how a run whose members ran as separate processes (`--member`, a job
+    /// array) is closed.
+    #[arg(long, requires = "resume")]
+    pub report_only: bool,
     /// Print the summary as JSON instead of a table (shape: `src/cli/schemas/run.schema.json`).
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
     pub changes: PlanChanges,
+}
+
+#[derive(Args, Debug)]
+pub struct SubmitArgs {
+    #[command(subcommand)]
+    pub scheduler: Scheduler,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Scheduler {
+    /// Submit the members as a Slurm job array (one task per member, each `ailla run --resume RUN_DIR
+    /// --member $SLURM_ARRAY_TASK_ID`), then the report as a job that waits for the array.
+    ///
+    /// The plan is resolved into the run directory first, which must be on a file system that the
+    /// compute nodes share (as must the data, the rules and this binary): the tasks run in this working
+    /// directory. The scripts are kept in RUN_DIR/slurm/, the logs in RUN_DIR/slurm/logs/ (one per
+    /// member index, appended to on resubmission). Submitting the same pipeline again resumes the
+    /// members that have not finished and leaves finished ones alone. The report job runs after the
+    /// whole array, however its tasks ended (`afterany`: with `afterok` a failed member would leave it
+    /// waiting forever), names any member that did not finish, and fails then.
+    #[command(after_help = concat!(
+        "Examples:\n  ailla submit slurm pipelines/sweep-lambda.yaml --partition cpu --time 2:00:00 --cpus-per-task 4 --mem 8G\n  \
+         ailla submit slurm pipelines/quickstart.yaml --dry-run",
+        exit_status!()
+    ))]
+    Slurm(SlurmArgs),
+    /// Write a Kubernetes Indexed Job manifest for the members (one pod per member, each `ailla run
+    /// --resume RUN_DIR --member $JOB_COMPLETION_INDEX`) into RUN_DIR/kubernetes/job.yaml; it is not
+    /// applied. The run directory must be on the volume the pods mount, at the same path.
+    #[command(after_help = concat!(
+        "Example:\n  ailla submit kubernetes pipelines/sweep-lambda.yaml --image registry.example/ailla:0.1 --volume-claim runs --cpus-per-task 4\n\n\
+Then:\n  kubectl apply -f runs/sweep-lambda/kubernetes/job.yaml\n  kubectl wait --for=condition=complete --timeout=24h job/ailla-sweep-lambda\n  \
+ailla run --resume runs/sweep-lambda --report-only",
+        exit_status!()
+    ))]
+    Kubernetes(KubernetesArgs),
+}
+
+/// What every scheduler needs: the pipeline, its changes, and each member's threads.
+#[derive(Args, Debug)]
+pub struct ClusterArgs {
+    /// The pipeline file.
+    pub pipeline: PathBuf,
+    /// CPUs per member, and so each member's worker threads (passed to it as `--threads`) [default:
+    /// `ailla --threads N`, else the pipeline's `train.threads`, else 1]. Results are bit-identical to a local run whose members
+    /// get the same thread count.
+    #[arg(long, value_name = "C")]
+    pub cpus_per_task: Option<usize>,
+    /// Memory per member, as the scheduler writes it (`8G`, `4000M`; Kubernetes `8Gi`).
+    #[arg(long, value_name = "M")]
+    pub mem: Option<String>,
+    /// The ailla that the members run [default: this program, by its absolute path].
+    #[arg(long, value_name = "PATH")]
+    pub ailla: Option<PathBuf>,
+    /// Print what would be written and submitted, and write or submit nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub changes: PlanChanges,
+}
+
+#[derive(Args, Debug)]
+pub struct SlurmArgs {
+    #[command(flatten)]
+    pub common: ClusterArgs,
+    /// The partition to run in [default: the cluster's].
+    #[arg(long, value_name = "P")]
+    pub partition: Option<String>,
+    /// Time limit per member, as sbatch reads it (`30`, `2:00:00`, `1-00:00:00`) [default: the
+    /// partition's].
+    #[arg(long, value_name = "T")]
+    pub time: Option<String>,
+    /// The account to charge.
+    #[arg(long, value_name = "A")]
+    pub account: Option<String>,
+    /// Another sbatch option for both jobs, as written after `#SBATCH` (`--qos=long`); may be repeated.
+    #[arg(long = "sbatch", value_name = "OPTION")]
+    pub sbatch_options: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct KubernetesArgs {
+    #[command(flatten)]
+    pub common: ClusterArgs,
+    /// The container image that holds ailla.
+    #[arg(long)]
+    pub image: String,
+    /// The PersistentVolumeClaim that holds the working directory, mounted at its path in every pod.
+    #[arg(long, value_name = "NAME")]
+    pub volume_claim: String,
+    /// The namespace of the Job [default: kubectl's].
+    #[arg(long)]
+    pub namespace: Option<String>,
 }
 
 /// Command-line changes to a pipeline, shared by `run` and `validate`.

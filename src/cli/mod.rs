@@ -15,6 +15,8 @@ use crate::{Error, Result};
 
 mod args;
 mod benchmark;
+mod cluster;
+mod members;
 mod pipeline;
 mod recruit;
 mod rules;
@@ -24,6 +26,8 @@ mod training;
 pub mod json;
 pub use args::*;
 use benchmark::*;
+use cluster::*;
+use members::*;
 use pipeline::*;
 use recruit::*;
 use rules::*;
@@ -67,6 +71,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     });
     match cli.command {
         Command::Run(args) => run_pipeline(args, cli.threads, out),
+        Command::Submit(args) => run_submit(args, cli.threads, out),
         Command::Validate(args) => run_validate(args, out),
         Command::Report(args) => {
             crate::report::require_finished(&args.run_dir)?;

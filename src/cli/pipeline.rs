@@ -65,13 +65,17 @@ pub(super) fn run_validate(args: ValidateArgs, out: &mut dyn Write) -> Result<()
 }
 
 pub(super) fn run_pipeline(args: RunArgs, threads: Option<usize>, out: &mut dyn Write) -> Result<()> {
+    if args.jobs == Some(0) {
+        return Err(Error::invalid("--jobs", "must be at least 1"));
+    }
+    if args.list_members {
+        return list_members(&args, out);
+    }
+    if let Some(key) = &args.member {
+        return run_one_member(&args, key, threads, out);
+    }
     let (mut plan, resume, pipeline_file, text) = match (&args.pipeline, &args.resume) {
-        (_, Some(dir)) => {
-            let mut plan = crate::pipeline::run::read_plan(dir)?;
-            // the run continues where it is, whatever directory the command is given from
-            plan.output_dir = dir.clone();
-            (plan, true, dir.join("pipeline.yaml"), None)
-        }
+        (_, Some(dir)) => (resumed_plan(dir)?, true, dir.join("pipeline.yaml"), None),
         (Some(path), None) => {
             let (plan, text) = load_plan(path, &args.changes)?;
             crate::pipeline::run::check_fresh_output(&plan.output_dir, args.force)?;
@@ -79,20 +83,15 @@ pub(super) fn run_pipeline(args: RunArgs, threads: Option<usize>, out: &mut dyn 
         }
         (None, None) => return Err(Error::invalid("pipeline", "give a pipeline file or --resume RUN_DIR")),
     };
-    if args.jobs == Some(0) {
-        return Err(Error::invalid("--jobs", "must be at least 1"));
-    }
     std::fs::create_dir_all(&plan.output_dir).map_err(|e| Error::io(&plan.output_dir, e))?;
     let _lock = crate::run_dir::RunLock::acquire(&plan.output_dir, &mut |note| crate::eprintln_lossy!("{note}"))?;
     if let Some(text) = &text {
         crate::pipeline::run::write_plan(&plan, text)?;
     }
-    if threads.is_some() {
-        plan.threads = threads;
-    } else if let Some(threads) = plan.threads {
-        check_threads("train.threads", threads)?;
+    let cores = settle_threads(&mut plan, threads)?;
+    if args.report_only {
+        return report_only(&plan, &pipeline_file, cores, args.json, out);
     }
-    let cores = plan.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let mut provenance = crate::report::provenance::collect(&plan, &pipeline_file, cores)?;
     let started = std::time::Instant::now();
     // a domains pipeline is one pool run; any other pipeline, its sweep members
@@ -109,14 +108,54 @@ pub(super) fn run_pipeline(args: RunArgs, threads: Option<usize>, out: &mut dyn 
     };
     provenance.wall_time_seconds = started.elapsed().as_secs_f64();
     provenance.peak_memory_mib = crate::bench::peak_memory_mib();
-    let json = serde_json::to_string_pretty(&provenance).map_err(|e| Error::Numeric(e.to_string()))?;
+    close_run(&plan, &outcomes, domains.as_ref(), &provenance, args.json, out)?;
+    let interrupted = outcomes.iter().any(|o| matches!(o.result, Err(Error::Interrupted(_))));
+    if interrupted {
+        return Err(Error::Interrupted(format!("continue with `ailla run --resume {}`", plan.output_dir.display())));
+    }
+    let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
+    if failed > 0 {
+        return Err(Error::Failed(format!("{failed} of {} runs failed (see the table above)", outcomes.len())));
+    }
+    Ok(())
+}
+
+/// The plan stored in a run directory, continued where it is whatever directory the command is given
+/// from.
+pub(super) fn resumed_plan(dir: &Path) -> Result<crate::pipeline::Plan> {
+    let mut plan = crate::pipeline::run::read_plan(dir)?;
+    plan.output_dir = dir.to_path_buf();
+    Ok(plan)
+}
+
+/// Sets the plan's cores from `--threads` (checking the pipeline's `train.threads` when it is used
+/// instead) and returns them: every core when neither says.
+pub(super) fn settle_threads(plan: &mut crate::pipeline::Plan, threads: Option<usize>) -> Result<usize> {
+    if threads.is_some() {
+        plan.threads = threads;
+    } else if let Some(threads) = plan.threads {
+        check_threads("train.threads", threads)?;
+    }
+    Ok(plan.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())))
+}
+
+/// Writes the provenance and the report of a run, and prints its table (or JSON) and closing line.
+pub(super) fn close_run(
+    plan: &crate::pipeline::Plan,
+    outcomes: &[crate::pipeline::run::MemberOutcome],
+    domains: Option<&crate::recruit::domains::DomainsSummary>,
+    provenance: &crate::report::provenance::Provenance,
+    json_output: bool,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let json = serde_json::to_string_pretty(provenance).map_err(|e| Error::Numeric(e.to_string()))?;
     checkpoint::atomic_write(&plan.output_dir.join(crate::report::PROVENANCE_FILE), json.as_bytes())?;
     let report = crate::report::build(&plan.output_dir)?;
     crate::report::write(&plan.output_dir, &report)?;
     let checked: usize = report.groups.iter().map(|g| g.certificates.len()).sum();
     let violations: usize = report.groups.iter().flat_map(|g| &g.certificates).map(|c| c.violations).sum();
-    let (mut s, pool) = match &domains {
-        _ if args.json => {
+    let (mut s, pool) = match domains {
+        _ if json_output => {
             let output = json::RunOutput {
                 run_dir: plan.output_dir.display().to_string(),
                 report: plan.output_dir.join("report.html").display().to_string(),
@@ -142,7 +181,7 @@ pub(super) fn run_pipeline(args: RunArgs, threads: Option<usize>, out: &mut dyn 
             crate::report::domains_markdown(summary),
             Some(format!("; pool: {}", plan.output_dir.join("pool").display())),
         ),
-        None => (crate::pipeline::run::summary_table(&outcomes), Some(String::new())),
+        None => (crate::pipeline::run::summary_table(outcomes), Some(String::new())),
     };
     // the closing line is the table's; JSON carries the same facts as fields
     if let Some(pool) = pool {
@@ -158,14 +197,5 @@ pub(super) fn run_pipeline(args: RunArgs, threads: Option<usize>, out: &mut dyn 
             plan.output_dir.join("report.html").display()
         );
     }
-    write_out(out, &s)?;
-    let interrupted = outcomes.iter().any(|o| matches!(o.result, Err(Error::Interrupted(_))));
-    if interrupted {
-        return Err(Error::Interrupted(format!("continue with `ailla run --resume {}`", plan.output_dir.display())));
-    }
-    let failed = outcomes.iter().filter(|o| o.result.is_err()).count();
-    if failed > 0 {
-        return Err(Error::Failed(format!("{failed} of {} runs failed (see the table above)", outcomes.len())));
-    }
-    Ok(())
+    write_out(out, &s)
 }

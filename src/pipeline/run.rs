@@ -193,3 +193,70 @@ pub fn summary_table(outcomes: &[MemberOutcome]) -> String {
     }
     s
 }
+
+/// Where a member of a plan stands, from what its directory holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemberState {
+    /// Its `summary.json` says every planned step is done.
+    Finished,
+    /// Its directory exists but holds no finished summary: running, stopped, or failed.
+    Unfinished,
+    /// Nothing of it is there yet.
+    NotStarted,
+}
+
+impl MemberState {
+    pub fn describe(self) -> &'static str {
+        match self {
+            MemberState::Finished => "finished",
+            MemberState::Unfinished => "not finished (running, stopped or failed)",
+            MemberState::NotStarted => "not started",
+        }
+    }
+}
+
+/// The state of `member` of the run in `run_dir`.
+pub fn member_state(run_dir: &Path, member: &super::Member) -> MemberState {
+    let dir = run_dir.join(&member.name);
+    let summary = std::fs::read_to_string(train::RunPaths::new(&dir).summary())
+        .ok()
+        .and_then(|text| serde_json::from_str::<TrainSummary>(&text).ok());
+    match summary {
+        Some(summary) if summary.steps_done >= summary.steps_planned => MemberState::Finished,
+        _ if dir.exists() => MemberState::Unfinished,
+        _ => MemberState::NotStarted,
+    }
+}
+
+/// The index in `plan` of the member that `key` names: a member's name, or its index from 0 (as a
+/// job array numbers its tasks). A name is looked up first, so a member named `3` is that member.
+pub fn member_index(plan: &Plan, key: &str) -> Result<usize> {
+    if let Some(index) = plan.members.iter().position(|m| m.name == key) {
+        return Ok(index);
+    }
+    let count = plan.members.len();
+    match key.parse::<usize>() {
+        Ok(index) if index < count => Ok(index),
+        Ok(index) => Err(Error::invalid(
+            "--member",
+            format!(
+                "index {index} is past the plan's last member ({count} member{}, numbered 0 to {})",
+                if count == 1 { "" } else { "s" },
+                count.saturating_sub(1)
+            ),
+        )),
+        Err(_) => {
+            let hint = crate::suggest::closest(key, plan.members.iter().map(|m| m.name.as_str()), 1)
+                .into_iter()
+                .next()
+                .map_or(String::new(), |best| format!("; did you mean `{best}`?"));
+            Err(Error::invalid(
+                "--member",
+                format!(
+                    "`{key}` is neither a member of `{}` nor an index{hint} (list them with --list-members)",
+                    plan.name
+                ),
+            ))
+        }
+    }
+}

@@ -13,3 +13,4 @@ pub fn train_losses(run: &Path) -> Vec<String> {
         .collect()
 }
 pub mod numbers;
+pub mod split_runs;
