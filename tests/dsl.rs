@@ -576,6 +576,16 @@ mod mutations {
         "withn",
         " pattern \"[\"",
         "\ninclude \"missing.rules\"\n",
+        "\u{a0}",
+        "\u{3000}",
+        "é",
+        "\n    rule,",
+        "\nblock.size, ",
+        " strength 2 strength 3",
+        " strength -1",
+        " strength .5",
+        "\"unclosed",
+        "\r\n",
     ];
 
     fn mutation() -> impl Strategy<Value = Mutation> {

@@ -371,3 +371,62 @@ fn one_overlap_of_a_pattern_with_a_word_list_is_one_error() {
     assert_eq!(errors, 1, "{rendered}");
     assert!(rendered.contains("4 tokens are in two blocks"), "{rendered}");
 }
+
+// ---- found in review -------------------------------------------------------------------------------
+
+#[test]
+fn a_no_break_space_inside_a_word_with_a_comma_is_a_syntax_error_not_a_panic() {
+    for space in ["\u{a0}", "\u{3000}"] {
+        let (rendered, errors) = check(&format!("block a: mg\nrule \"p\": pair x{space}a,b and c\n"));
+        assert_eq!(errors, 1, "{rendered}");
+        assert!(rendered.contains("must be quoted"), "{rendered}");
+    }
+}
+
+#[test]
+fn keywords_at_the_start_of_a_list_line_do_not_split_a_statement_after_an_error() {
+    let (rendered, errors) =
+        check("block a: mg,\n    rule,\n    block.size, ml\nrule \"r\": a attend to a within 2.5\n");
+    assert_eq!(errors, 1, "only the real mistake:\n{rendered}");
+    assert!(rendered.contains("`2.5` is not a whole number"), "{rendered}");
+}
+
+#[test]
+fn a_repeated_option_is_an_error_and_fmt_refuses_it() {
+    let text = "block a: mg\nrule \"t\": a attend to a strength 2 strength 3 within 4\n";
+    let (rendered, errors) = check(text);
+    assert_eq!(errors, 1, "{rendered}");
+    assert!(rendered.contains("`strength` is given twice in this rule"), "{rendered}");
+    assert!(format::format(text).is_err());
+}
+
+#[test]
+fn fmt_keeps_the_comments_of_a_recruitable_seed_list() {
+    let text = "recruitable block symptoms seeded by fever,  # f\n   cough,  # c\n   rash  # r\n";
+    let formatted = format::format(text).unwrap();
+    assert_eq!(comments(&formatted), comments(text), "{formatted}");
+    assert_eq!(format::format(&formatted).unwrap(), formatted);
+}
+
+#[test]
+fn negative_numbers_bare_fractions_and_open_quotes_are_explained() {
+    let (rendered, _) = check("block a: x\nrule \"t\": a attend to a strength -1\n");
+    assert!(rendered.contains("`strength` cannot be negative"), "{rendered}");
+    let (rendered, _) = check("block a: x\nrule \"t\": a attend to a strength .5\n");
+    assert!(rendered.contains("`0.5`"), "{rendered}");
+    let (rendered, _) = check("block b: \"x, y\n");
+    assert!(rendered.contains("this quote is never closed"), "{rendered}");
+}
+
+#[test]
+fn a_misspelt_block_is_offered_even_when_its_declaration_has_an_error() {
+    let (rendered, _) =
+        check("block authors: Madison, HAMILTON,\nblock units: mg\nrule \"r\": units attend to author\n");
+    assert!(rendered.contains("did you mean `authors`?"), "{rendered}");
+}
+
+#[test]
+fn casing_and_edit_distance_combine_in_suggestions() {
+    let (rendered, _) = check("block author: Publius\n");
+    assert!(rendered.contains("`PUBLIUS.`"), "{rendered}");
+}

@@ -162,7 +162,8 @@ pub fn compile_with(loaded: &Loaded, vocabulary: Option<&Vocabulary>, options: C
         if loaded.unreadable_blocks.contains(&name.value) {
             return true; // its declaration has a syntax error, reported already
         }
-        let suggestions = closest(&name.value, block_names.iter().copied(), 1);
+        let candidates = block_names.iter().copied().chain(loaded.unreadable_blocks.iter().map(String::as_str));
+        let suggestions = closest(&name.value, candidates, 1);
         let mut diagnostic = Diagnostic::error()
             .with_message(format!("`{}` is not a declared block", name.value))
             .with_labels(vec![Label::primary(file, name.span.clone()).with_message("no block has this name")]);

@@ -154,7 +154,10 @@ fn block(b: &BlockDecl, attach: &Attach) -> String {
         })
         .collect();
     let member_count = items.len();
-    items.extend(b.anchors.iter().map(|a| (a.span.end, Item::plain(word(&a.value)))));
+    // a recruitable block's seeds are its members and anchors at once: listed, and commented, once
+    if !b.recruitable {
+        items.extend(b.anchors.iter().map(|a| (a.span.end, Item::plain(word(&a.value)))));
+    }
     let mut head_after = Vec::new();
     for comment in &attach.comments {
         let following = items.iter().position(|(end, _)| *end > comment.start);
@@ -174,7 +177,7 @@ fn block(b: &BlockDecl, attach: &Attach) -> String {
         return list_with_comments(
             &format!("recruitable block {}{case} seeded by", b.name.value),
             &head_after,
-            &anchors,
+            &members,
             INDENT,
         );
     }

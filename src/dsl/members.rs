@@ -26,9 +26,17 @@ fn suggestions<'v>(word: &str, resolver: &MemberResolver, vocabulary: &'v Vocabu
     found.retain(|t| *t != word);
     found.truncate(3);
     if found.len() < 3 {
-        for candidate in closest(word, vocabulary.tokens.iter().map(String::as_str), 3) {
-            if found.len() < 3 && !found.contains(&candidate) {
-                found.push(candidate);
+        // then by edit distance with case ignored, so `Publius` still finds `PUBLIUS.`
+        let folded = word.to_lowercase();
+        let entries: std::collections::HashMap<&str, &[u32]> = resolver.lowercase_entries().collect();
+        let mut keys: Vec<&str> = entries.keys().copied().collect();
+        keys.sort_unstable(); // ties in a fixed order, not the hash map's
+        for candidate in closest(&folded, keys.into_iter(), 6) {
+            for &id in entries.get(candidate).copied().unwrap_or_default() {
+                let token = vocabulary.tokens[id as usize].as_str();
+                if found.len() < 3 && !found.contains(&token) && token != word {
+                    found.push(token);
+                }
             }
         }
     }

@@ -86,7 +86,12 @@ fn display(path: &Path) -> String {
 /// Reads a rules file and, recursively, the files it includes (relative to the including file).
 /// An unreadable root is an error; everything else becomes a diagnostic.
 pub fn load(path: &Path) -> crate::Result<Loaded> {
-    let bytes = std::fs::read(path).map_err(|e| crate::Error::io(path, e))?;
+    let bytes = std::fs::read(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            crate::Error::Config { path: path.to_path_buf(), message: "no such rules file".into() }
+        }
+        _ => crate::Error::io(path, e),
+    })?;
     let source = rules_text(bytes).map_err(|message| crate::Error::Config { path: path.to_path_buf(), message })?;
     load_source(path, source)
 }

@@ -50,7 +50,9 @@ pub fn comment_ranges(text: &str) -> Vec<Range<usize>> {
 }
 
 /// The statements of a file that does not parse as a whole: byte ranges that each start at a line
-/// whose first word is a statement keyword (the text before the first one is a range of its own).
+/// whose first word is a statement keyword followed by a space or a quote, as a statement's is (so
+/// that `rule,` or `block.size` inside a list of words does not split it; the text before the first
+/// one is a range of its own).
 pub fn statement_chunks(source: &str) -> Vec<Range<usize>> {
     let mut starts = vec![0];
     let mut offset = 0;
@@ -59,7 +61,7 @@ pub fn statement_chunks(source: &str) -> Vec<Range<usize>> {
         let indent = line.len() - trimmed.len();
         let starts_statement = STATEMENT_KEYWORDS
             .iter()
-            .any(|keyword| trimmed.strip_prefix(keyword).is_some_and(|rest| !rest.starts_with(is_name_char)));
+            .any(|keyword| trimmed.strip_prefix(keyword).is_some_and(|rest| rest.starts_with([' ', '\t', '"'])));
         if starts_statement && offset + indent > 0 {
             starts.push(offset + indent);
         }
@@ -306,6 +308,39 @@ pub fn explain(error: pest::error::Error<Rule>, chunk: &str, offset: usize) -> P
         }
     }
 
+    // a negative number, or a fraction without its leading 0, where a number belongs
+    let wants_number = positives.iter().any(|r| matches!(r, Rule::count | Rule::counts | Rule::number | Rule::signed));
+    if wants_number
+        && (rest.starts_with('-') || rest.starts_with('.'))
+        && rest[1..].starts_with(|c: char| c.is_ascii_digit())
+    {
+        let end = position + 1 + rest[1..].find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len() - 1);
+        let number = &chunk[position..end];
+        let (_, clause) = word_ending_at(chunk, chunk[..position].trim_end().len());
+        let note = if number.starts_with('.') {
+            format!("write it with its leading zero: `0{number}`")
+        } else if clause == "priority" {
+            "a priority may be negative, but not a fraction".to_string()
+        } else {
+            format!("`{clause}` cannot be negative; only `priority` can")
+        };
+        return ParseFailure::syntax(at(position..end), format!("`{number}` cannot stand here")).with_note(note);
+    }
+    // a quote that is never closed on its line
+    if rest.starts_with('"') {
+        let line = &rest[..rest.find('\n').unwrap_or(rest.len())];
+        let mut escaped = false;
+        let closed = line[1..].chars().any(|c| {
+            let close = c == '"' && !escaped;
+            escaped = c == '\\' && !escaped;
+            close
+        });
+        if !closed {
+            return ParseFailure::syntax(at(position..position + 1), "this quote is never closed")
+                .with_note("quoted text ends with a `\"` on the same line");
+        }
+    }
+
     // `#` where a word was expected: the rest of the line became a comment
     if let Some((separator, c)) = before {
         if c == ',' || c == ':' || wants_word {
@@ -351,8 +386,9 @@ pub fn explain(error: pest::error::Error<Rule>, chunk: &str, offset: usize) -> P
 
     // a comma inside what was meant as one word: `pair a,b and c`
     if rest.starts_with(',') && before.is_some_and(|(i, c)| i + c.len_utf8() == position && c != ',') {
-        let word_start = chunk[..position].rfind(char::is_whitespace).map_or(0, |i| i + 1);
-        let word_end = position + rest.find(char::is_whitespace).unwrap_or(rest.len());
+        // the grammar's whitespace is ASCII: a no-break space is part of a word
+        let word_start = chunk[..position].rfind([' ', '\t', '\r', '\n']).map_or(0, |i| i + 1);
+        let word_end = position + rest.find([' ', '\t', '\r', '\n']).unwrap_or(rest.len());
         if word_end > position + 1 {
             return ParseFailure::syntax(at(position..position + 1), format!("expected {expected}, found a comma"))
                 .with_note(format!(

@@ -405,8 +405,30 @@ fn rule(pair: Pair<Rule>, failures: &mut Vec<ParseFailure>) -> RuleDecl {
     let mut name = Located { value: String::new(), span: 0..0 };
     let mut body = RuleBody::Attend { query: Query::Any(0..0), target: Target::Previous(0..0) };
     let mut options = RuleOptions::default();
+    let mut seen_options: Vec<Rule> = Vec::new();
     for part in pair.into_inner() {
         let part_span = tight_span(&part);
+        let option = matches!(
+            part.as_rule(),
+            Rule::within
+                | Rule::layers
+                | Rule::heads
+                | Rule::strength
+                | Rule::priority
+                | Rule::from_step
+                | Rule::until_step
+        );
+        if option && seen_options.contains(&part.as_rule()) {
+            // the last would silently win, and fmt would print one of the two: refuse instead
+            failures.push(
+                ParseFailure::syntax(part_span, format!("{} is given twice in this rule", describe(part.as_rule())))
+                    .with_note("keep the one you mean"),
+            );
+            continue;
+        }
+        if option {
+            seen_options.push(part.as_rule());
+        }
         match part.as_rule() {
             Rule::text => name = located(&part, unquote(part.as_str())),
             Rule::pair => {

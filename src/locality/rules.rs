@@ -222,6 +222,11 @@ impl<'a> MemberResolver<'a> {
         }
     }
 
+    /// Every lowercased vocabulary entry, with the ids of its casings.
+    pub fn lowercase_entries(&self) -> impl Iterator<Item = (&str, &[u32])> {
+        self.lowercase.iter().map(|(key, ids)| (key.as_str(), ids.as_slice()))
+    }
+
     /// Vocabulary ids a pattern matches in full; an invalid pattern is an error message.
     pub fn pattern(&self, pattern: &str) -> std::result::Result<Vec<u32>, String> {
         let regex = regex::Regex::new(&format!("^(?:{pattern})$")).map_err(|e| e.to_string())?;
