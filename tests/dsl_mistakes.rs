@@ -430,3 +430,27 @@ fn casing_and_edit_distance_combine_in_suggestions() {
     let (rendered, _) = check("block author: Publius\n");
     assert!(rendered.contains("`PUBLIUS.`"), "{rendered}");
 }
+
+#[test]
+fn every_warning_kind_is_bounded_not_only_missing_words() {
+    let rules: String =
+        (0..12).map(|i| format!("rule \"r{i}\": units attend to units within 0\n")).collect::<Vec<_>>().concat();
+    let patterns: String = (0..9).map(|i| format!("block p{i}: pattern \"zz{i}.*\"\n")).collect::<Vec<_>>().concat();
+    let (rendered, _) = check(&format!("block units: mg\n{rules}{patterns}"));
+    assert_eq!(rendered.matches("a window of 0 holds no position").count(), 5, "{rendered}");
+    assert!(rendered.contains("and 7 more rules with `within 0`"), "{rendered}");
+    assert_eq!(rendered.matches("this pattern matches no vocabulary entry").count(), 5, "{rendered}");
+    assert!(rendered.contains("and 4 more patterns that match nothing"), "{rendered}");
+}
+
+#[test]
+fn block_names_rule_names_and_spaced_words_get_hints() {
+    let (rendered, _) = check("block café: mg\n");
+    assert!(rendered.contains("a block name is made of ASCII letters"), "{rendered}");
+    let (rendered, _) = check("block units: mg\nrule r: units attend to units\n");
+    assert!(rendered.contains("a rule's name is quoted: rule \"r\":"), "{rendered}");
+    let (rendered, _) = check("block units: mg ml, units\n");
+    assert!(rendered.contains("words are separated by commas"), "{rendered}");
+    let (rendered, _) = check("block token: mg\n");
+    assert!(rendered.contains("^^^^^ expected a block name"), "the keyword alone is underlined:\n{rendered}");
+}

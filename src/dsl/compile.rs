@@ -174,6 +174,7 @@ pub fn compile_with(loaded: &Loaded, vocabulary: Option<&Vocabulary>, options: C
         true
     };
     let mut spec_rules = Vec::new();
+    let mut empty_windows: super::members::Bounded<(usize, syntax::Span)> = super::members::Bounded::new();
     let mut rule_names: std::collections::HashMap<&str, (usize, &Located<String>)> = Default::default();
     for &(file, rule) in &rules {
         if let Some((first_file, first)) = rule_names.get(rule.name.value.as_str()) {
@@ -297,14 +298,7 @@ pub fn compile_with(loaded: &Loaded, vocabulary: Option<&Vocabulary>, options: C
         if copy {
             copy_rule_options(file, rule_options, &mut diagnostics);
         } else if let Some(within) = rule_options.within.as_ref().filter(|w| w.value == 0) {
-            diagnostics.push(
-                Diagnostic::warning()
-                    .with_message("a window of 0 holds no position, so this rule never acts")
-                    .with_labels(vec![Label::primary(file, within.span.clone()).with_message("covers nothing")])
-                    .with_notes(vec![
-                        "`within N` holds the positions j with i − j < N: write `within 1` or more".into()
-                    ]),
-            );
+            empty_windows.entries.push((file, within.span.clone()));
         }
         if let Some(layout) = options.layout {
             check_layout(file, rule_options, layout, &mut diagnostics);
@@ -367,6 +361,20 @@ pub fn compile_with(loaded: &Loaded, vocabulary: Option<&Vocabulary>, options: C
         rules: spec_rules,
         own_block_default: true,
     };
+    empty_windows.emit(
+        options.all_warnings,
+        &mut diagnostics,
+        |(file, span)| {
+            Diagnostic::warning()
+                .with_message("a window of 0 holds no position, so this rule never acts")
+                .with_labels(vec![Label::primary(*file, span.clone()).with_message("covers nothing")])
+                .with_notes(vec!["`within N` holds the positions j with i − j < N: write `within 1` or more".into()])
+        },
+        |hidden| {
+            let rules = super::members::count(hidden, "more rule", "more rules");
+            format!("and {rules} with `within 0`; `ailla check --all` lists them")
+        },
+    );
     if loaded.statements.is_empty() && !loaded.has_errors() {
         diagnostics.push(
             Diagnostic::warning()

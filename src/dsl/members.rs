@@ -45,16 +45,16 @@ fn suggestions<'v>(word: &str, resolver: &MemberResolver, vocabulary: &'v Vocabu
 
 /// Diagnostics of one kind, of which only the first [`SHOWN_PER_KIND`] are built in full (building
 /// one can cost a scan of the vocabulary); the rest are counted in one note.
-struct Bounded<T> {
-    entries: Vec<T>,
+pub(super) struct Bounded<T> {
+    pub(super) entries: Vec<T>,
 }
 
 impl<T> Bounded<T> {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Bounded { entries: Vec::new() }
     }
 
-    fn emit(
+    pub(super) fn emit(
         self,
         all: bool,
         diagnostics: &mut Vec<Diagnostic<usize>>,
@@ -72,7 +72,7 @@ impl<T> Bounded<T> {
     }
 }
 
-fn count(n: usize, one: &str, many: &str) -> String {
+pub(super) fn count(n: usize, one: &str, many: &str) -> String {
     let number = super::syntax::thousands(n as i128);
     format!("{number} {}", if n == 1 { one } else { many })
 }
@@ -139,6 +139,7 @@ pub(super) fn check_members<'a>(
     let mut missing: Bounded<(usize, Located<String>)> = Bounded::new();
     let mut case_only: Bounded<(usize, Located<String>, Vec<u32>)> = Bounded::new();
     let mut spaced: Bounded<(usize, Located<String>)> = Bounded::new();
+    let mut unmatched: Bounded<(usize, Span)> = Bounded::new();
     let mut anchorless = Vec::new();
 
     for &(file, block) in declared {
@@ -208,11 +209,9 @@ pub(super) fn check_members<'a>(
                                         .with_message(e.lines().last().unwrap_or("invalid").trim().to_string())]),
                             )
                         }
-                        Ok(ids) if ids.is_empty() && resolver.is_some() => diagnostics.push(
-                            Diagnostic::warning()
-                                .with_message("this pattern matches no vocabulary entry")
-                                .with_labels(vec![Label::primary(file, pattern.span.clone())]),
-                        ),
+                        Ok(ids) if ids.is_empty() && resolver.is_some() => {
+                            unmatched.entries.push((file, pattern.span.clone()))
+                        }
                         Ok(ids) => {
                             resolved_any |= !ids.is_empty();
                             let mut taken = Vec::new();
@@ -290,6 +289,21 @@ pub(super) fn check_members<'a>(
             },
         );
     }
+    unmatched.emit(
+        all,
+        diagnostics,
+        |(file, span)| {
+            Diagnostic::warning()
+                .with_message("this pattern matches no vocabulary entry")
+                .with_labels(vec![Label::primary(*file, span.clone())])
+        },
+        |hidden| {
+            format!(
+                "and {} that match nothing; `ailla check --all` lists them",
+                count(hidden, "more pattern", "more patterns")
+            )
+        },
+    );
     spaced.emit(
         all,
         diagnostics,

@@ -414,9 +414,26 @@ pub fn explain(error: pest::error::Error<Rule>, chunk: &str, offset: usize) -> P
 
     if !found_name.is_empty() && positives.contains(&Rule::block_name) && super::syntax::KEYWORDS.contains(&found_name)
     {
+        failure.span = at(position..position + found_name.len());
         return failure
             .with_note(format!("`{found_name}` is a keyword of the rules language, so it cannot name a block"))
             .with_note(format!("choose another name, such as `{found_name}s` or `{found_name}_block`"));
+    }
+    let previous_word = before.map(|(i, c)| word_ending_at(chunk, i + c.len_utf8()).1).unwrap_or("");
+    if positives.contains(&Rule::text) && previous_word == "rule" {
+        let name = if found_name.is_empty() { "its name" } else { found_name };
+        return failure.with_note(format!("a rule's name is quoted: rule \"{name}\":"));
+    }
+    let touching = before.is_some_and(|(i, c)| i + c.len_utf8() == position && is_name_char(c));
+    if touching && rest.starts_with(|c: char| !c.is_ascii()) {
+        return failure.with_note("a block name is made of ASCII letters, digits, `_` and `-`");
+    }
+    let spaced = before.is_some_and(|(i, c)| {
+        i + c.len_utf8() < position && !chunk[i..position].contains('\n') && c != ',' && c != ':'
+    });
+    if spaced && positives.contains(&Rule::comma) && !found_name.is_empty() {
+        return failure
+            .with_note("words are separated by commas; a quoted word with a space in it never matches a token");
     }
     let keywords: Vec<&str> = positives.iter().filter_map(|&r| keyword_of(r)).collect();
     if !found_name.is_empty() && !keywords.contains(&found_name) {
