@@ -173,6 +173,13 @@ pub fn compile_with(loaded: &Loaded, vocabulary: Option<&Vocabulary>, options: C
         diagnostics.push(diagnostic);
         true
     };
+    let query_block =
+        |file: usize, query: &Query, diagnostics: &mut Vec<Diagnostic<usize>>| -> Option<Option<String>> {
+            match query {
+                Query::Any(_) => Some(None),
+                Query::Block(name) => (!unknown(file, name, diagnostics)).then(|| Some(name.value.clone())),
+            }
+        };
     let mut spec_rules = Vec::new();
     let mut empty_windows: super::members::Bounded<(usize, syntax::Span)> = super::members::Bounded::new();
     let mut rule_names: std::collections::HashMap<&str, (usize, &Located<String>)> = Default::default();
@@ -191,15 +198,8 @@ pub fn compile_with(loaded: &Loaded, vocabulary: Option<&Vocabulary>, options: C
         let copy = matches!(rule.body, RuleBody::Copy { .. });
         let kind = match &rule.body {
             RuleBody::Copy { query, source } => {
-                let from = match query {
-                    Query::Any(_) => None,
-                    Query::Block(name) => {
-                        if unknown(file, name, &mut diagnostics) {
-                            continue;
-                        }
-                        Some(name.value.clone())
-                    }
-                };
+                // the query's block, or None for `any token`; an unknown block skips the rule
+                let Some(from) = query_block(file, query, &mut diagnostics) else { continue };
                 match source {
                     Target::Block(name) | Target::AnchorsOf(name) => {
                         if unknown(file, name, &mut diagnostics) {
@@ -234,15 +234,8 @@ pub fn compile_with(loaded: &Loaded, vocabulary: Option<&Vocabulary>, options: C
                     Query::Any(span) => span.clone(),
                     Query::Block(name) => name.span.clone(),
                 };
-                let from = match query {
-                    Query::Any(_) => None,
-                    Query::Block(name) => {
-                        if unknown(file, name, &mut diagnostics) {
-                            continue;
-                        }
-                        Some(name.value.clone())
-                    }
-                };
+                // the query's block, or None for `any token`; an unknown block skips the rule
+                let Some(from) = query_block(file, query, &mut diagnostics) else { continue };
                 match target {
                     Target::Block(name) | Target::AnchorsOf(name) => {
                         if unknown(file, name, &mut diagnostics) {

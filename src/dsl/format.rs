@@ -266,19 +266,7 @@ fn rule(r: &RuleDecl, attach: &Attach) -> String {
             Query::Block(name) => name.span.start,
         },
     };
-    let options_start = [
-        o.within.as_ref().map(|l| l.span.start),
-        o.layers.as_ref().map(|l| l.span.start),
-        o.heads.as_ref().map(|l| l.span.start),
-        o.strength.as_ref().map(|l| l.span.start),
-        o.priority.as_ref().map(|l| l.span.start),
-        o.from_step.as_ref().map(|l| l.span.start),
-        o.until_step.as_ref().map(|l| l.span.start),
-    ]
-    .into_iter()
-    .flatten()
-    .min()
-    .unwrap_or(usize::MAX);
+    let options_start = o.spans().iter().map(|span| span.start).min().unwrap_or(usize::MAX);
     let (mut after_head, mut after_body, mut after_options) = (Vec::new(), Vec::new(), Vec::new());
     for comment in &attach.comments {
         let text = attach.text(comment);
@@ -309,16 +297,6 @@ fn content_end(statement: &Statement) -> usize {
             members.chain(b.anchors.iter().map(|a| a.span.end)).chain([b.name.span.end]).max().unwrap_or(b.span.end)
         }
         Statement::Rule(r) => {
-            let o = &r.options;
-            let ends = [
-                o.within.as_ref().map(|l| l.span.end),
-                o.layers.as_ref().map(|l| l.span.end),
-                o.heads.as_ref().map(|l| l.span.end),
-                o.strength.as_ref().map(|l| l.span.end),
-                o.priority.as_ref().map(|l| l.span.end),
-                o.from_step.as_ref().map(|l| l.span.end),
-                o.until_step.as_ref().map(|l| l.span.end),
-            ];
             let body_end = match &r.body {
                 RuleBody::Pair { close, .. } => close.span.end,
                 RuleBody::Attend { target, .. } | RuleBody::Copy { source: target, .. } => match target {
@@ -326,7 +304,8 @@ fn content_end(statement: &Statement) -> usize {
                     Target::OwnBlock(span) | Target::Previous(span) | Target::Continuation(span) => span.end,
                 },
             };
-            ends.into_iter().flatten().chain([body_end, r.name.span.end]).max().unwrap_or(r.span.end)
+            let option_ends = r.options.spans().into_iter().map(|span| span.end);
+            option_ends.chain([body_end, r.name.span.end]).max().unwrap_or(r.span.end)
         }
     }
 }

@@ -20,19 +20,20 @@ fn quoted(words: &[&str]) -> String {
 
 /// Vocabulary entries a misspelt word may have meant: other casings first (`Publius.` → `PUBLIUS.`),
 /// then the closest by edit distance.
-fn suggestions<'v>(word: &str, resolver: &MemberResolver, vocabulary: &'v Vocabulary) -> Vec<&'v str> {
+fn suggestions<'v>(
+    word: &str,
+    resolver: &MemberResolver,
+    folded: &FoldedVocabulary,
+    vocabulary: &'v Vocabulary,
+) -> Vec<&'v str> {
     let mut found: Vec<&str> =
         resolver.word(word, true).into_iter().map(|id| vocabulary.tokens[id as usize].as_str()).collect();
     found.retain(|t| *t != word);
     found.truncate(3);
     if found.len() < 3 {
         // then by edit distance with case ignored, so `Publius` still finds `PUBLIUS.`
-        let folded = word.to_lowercase();
-        let entries: std::collections::HashMap<&str, &[u32]> = resolver.lowercase_entries().collect();
-        let mut keys: Vec<&str> = entries.keys().copied().collect();
-        keys.sort_unstable(); // ties in a fixed order, not the hash map's
-        for candidate in closest(&folded, keys.into_iter(), 6) {
-            for &id in entries.get(candidate).copied().unwrap_or_default() {
+        for candidate in closest(&word.to_lowercase(), folded.keys.iter().copied(), 6) {
+            for &id in folded.ids.get(candidate).copied().unwrap_or_default() {
                 let token = vocabulary.tokens[id as usize].as_str();
                 if found.len() < 3 && !found.contains(&token) && token != word {
                     found.push(token);
@@ -41,6 +42,22 @@ fn suggestions<'v>(word: &str, resolver: &MemberResolver, vocabulary: &'v Vocabu
         }
     }
     found
+}
+
+/// The vocabulary's lowercased entries, sorted (so that ties come in a fixed order), with the ids of
+/// their casings: built once per check, only when a missing word is shown.
+struct FoldedVocabulary<'r> {
+    keys: Vec<&'r str>,
+    ids: HashMap<&'r str, &'r [u32]>,
+}
+
+impl<'r> FoldedVocabulary<'r> {
+    fn new(resolver: &'r MemberResolver) -> Self {
+        let ids: HashMap<&str, &[u32]> = resolver.lowercase_entries().collect();
+        let mut keys: Vec<&str> = ids.keys().copied().collect();
+        keys.sort_unstable();
+        FoldedVocabulary { keys, ids }
+    }
 }
 
 /// Diagnostics of one kind, of which only the first [`SHOWN_PER_KIND`] are built in full (building
@@ -83,6 +100,21 @@ struct Claim<'a> {
     file: usize,
     block: &'a str,
     span: Span,
+}
+
+/// Claims `ids` for a member; returns those another block claimed first, with that block's claim.
+fn claim_tokens<'a>(ids: Vec<u32>, claim: Claim<'a>, owners: &mut HashMap<u32, Claim<'a>>) -> Vec<(u32, Claim<'a>)> {
+    let mut taken = Vec::new();
+    for id in ids {
+        match owners.get(&id) {
+            Some(first) if first.block != claim.block => taken.push((id, first.clone())),
+            Some(_) => {}
+            None => {
+                owners.insert(id, claim.clone());
+            }
+        }
+    }
+    taken
 }
 
 /// Tokens of one member already claimed by other blocks: one error per (member, other block), not
@@ -182,16 +214,8 @@ pub(super) fn check_members<'a>(
                         case_only.entries.push((file, word.clone(), ids.clone()));
                     }
                     resolved_any = true;
-                    let mut taken = Vec::new();
-                    for id in ids {
-                        match token_owner.get(&id) {
-                            Some(claim) if claim.block != name => taken.push((id, claim.clone())),
-                            Some(_) => {}
-                            None => {
-                                token_owner.insert(id, Claim { file, block: name, span: word.span.clone() });
-                            }
-                        }
-                    }
+                    let taken =
+                        claim_tokens(ids, Claim { file, block: name, span: word.span.clone() }, &mut token_owner);
                     report_taken(file, name, word, taken, "word", vocabulary, diagnostics);
                 }
                 Member::Pattern(pattern) => {
@@ -214,16 +238,8 @@ pub(super) fn check_members<'a>(
                         }
                         Ok(ids) => {
                             resolved_any |= !ids.is_empty();
-                            let mut taken = Vec::new();
-                            for id in ids {
-                                match token_owner.get(&id) {
-                                    Some(claim) if claim.block != name => taken.push((id, claim.clone())),
-                                    Some(_) => {}
-                                    None => {
-                                        token_owner.insert(id, Claim { file, block: name, span: pattern.span.clone() });
-                                    }
-                                }
-                            }
+                            let claim = Claim { file, block: name, span: pattern.span.clone() };
+                            let taken = claim_tokens(ids, claim, &mut token_owner);
                             report_taken(file, name, pattern, taken, "pattern", vocabulary, diagnostics);
                         }
                     }
@@ -246,6 +262,7 @@ pub(super) fn check_members<'a>(
     }
 
     if let (Some(resolver), Some(vocabulary)) = (&resolver, vocabulary) {
+        let folded = (!missing.entries.is_empty()).then(|| FoldedVocabulary::new(resolver));
         missing.emit(
             all,
             diagnostics,
@@ -254,7 +271,7 @@ pub(super) fn check_members<'a>(
                     .with_message(format!("`{}` is not in the vocabulary", word.value))
                     .with_labels(vec![Label::primary(*file, word.span.clone())
                         .with_message("this word never occurs, so it is left out of the block")]);
-                let near = suggestions(&word.value, resolver, vocabulary);
+                let near = folded.as_ref().map_or_else(Vec::new, |f| suggestions(&word.value, resolver, f, vocabulary));
                 if !near.is_empty() {
                     diagnostic = diagnostic.with_notes(vec![format!("closest entries: {}", quoted(&near))]);
                 }

@@ -123,14 +123,7 @@ pub fn shifted(mut statement: Statement, by: usize) -> Statement {
                     shift_located(close, by);
                 }
             }
-            let o = &mut rule.options;
-            o.within.iter_mut().for_each(|l| shift_located(l, by));
-            o.layers.iter_mut().for_each(|l| shift_located(l, by));
-            o.heads.iter_mut().for_each(|l| shift_located(l, by));
-            o.strength.iter_mut().for_each(|l| shift_located(l, by));
-            o.priority.iter_mut().for_each(|l| shift_located(l, by));
-            o.from_step.iter_mut().for_each(|l| shift_located(l, by));
-            o.until_step.iter_mut().for_each(|l| shift_located(l, by));
+            rule.options.shift(by);
         }
     }
     statement

@@ -96,6 +96,38 @@ pub struct RuleOptions {
     pub until_step: Option<Located<usize>>,
 }
 
+impl RuleOptions {
+    /// The spans of the options given, in no particular order.
+    pub fn spans(&self) -> Vec<Span> {
+        let spans = [
+            self.within.as_ref().map(|l| &l.span),
+            self.layers.as_ref().map(|l| &l.span),
+            self.heads.as_ref().map(|l| &l.span),
+            self.strength.as_ref().map(|l| &l.span),
+            self.priority.as_ref().map(|l| &l.span),
+            self.from_step.as_ref().map(|l| &l.span),
+            self.until_step.as_ref().map(|l| &l.span),
+        ];
+        spans.into_iter().flatten().cloned().collect()
+    }
+
+    /// Every option's span moved `by` bytes on.
+    pub fn shift(&mut self, by: usize) {
+        let spans = [
+            self.within.as_mut().map(|l| &mut l.span),
+            self.layers.as_mut().map(|l| &mut l.span),
+            self.heads.as_mut().map(|l| &mut l.span),
+            self.strength.as_mut().map(|l| &mut l.span),
+            self.priority.as_mut().map(|l| &mut l.span),
+            self.from_step.as_mut().map(|l| &mut l.span),
+            self.until_step.as_mut().map(|l| &mut l.span),
+        ];
+        for span in spans.into_iter().flatten() {
+            *span = span.start + by..span.end + by;
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct RuleDecl {
     pub name: Located<String>,
