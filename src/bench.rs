@@ -417,7 +417,17 @@ pub struct FrozenCheckCost {
     pub steps_seconds: f64,
     /// `check / steps`; the target is at most 0.15.
     pub ratio: f64,
+    /// What the pipeline's check scores on `D`; `check_seconds` is that check's time.
+    pub split_scoring: crate::config::SplitScoring,
+    /// The same check scoring every position of `D` (the default `split_scoring`).
+    pub every_position_seconds: f64,
+    /// The largest difference between the two checks' savings of one candidate, in bits: their
+    /// decisions agree when it is far below the margin.
+    pub largest_saving_difference_bits: f64,
 }
+
+/// Candidates of the priced check, as the target names them.
+const CHECK_CANDIDATES: usize = 8;
 
 /// Training steps timed to price the steps between two checks: every step has the same shapes, so a
 /// hundred of them give its cost to well under the check's own variation.
@@ -460,7 +470,9 @@ pub fn frozen_check_cost(path: &std::path::Path, data: Option<std::path::PathBuf
         split,
         step: 0,
     };
-    // 8 blocks of 16 tokens, drawn from the vocabulary past the special entries
+    // the candidates the run's first check proposes (its clusters, recurrent tokens and recruitable
+    // blocks), topped up to 8 with blocks of 16 tokens drawn from the vocabulary past the special
+    // entries: how often a candidate's cache holds the target is what a check's cost depends on
     let specials = match config.tokenizer {
         crate::data::TokenizerKind::Char => 1,
         crate::data::TokenizerKind::Word => 2,
@@ -469,18 +481,39 @@ pub fn frozen_check_cost(path: &std::path::Path, data: Option<std::path::PathBuf
         return Err(Error::Corpus { path: path.to_path_buf(), message: "its corpus has no ordinary tokens".into() });
     }
     let mut rng = crate::rng::Rng::new(8);
-    let candidates: Vec<crate::recruit::Candidate> = (0..8)
-        .map(|k| {
-            let mut members: Vec<u32> =
-                (0..16).map(|_| (specials + rng.below(vocabulary.len() - specials)) as u32).collect();
-            members.sort_unstable();
-            members.dedup();
-            crate::recruit::Candidate { name: format!("block-{k}"), origin: crate::recruit::Origin::Given, members }
-        })
-        .collect();
+    let mut candidates = crate::recruit::copy_check::propose(&context, &model);
+    candidates.truncate(CHECK_CANDIDATES);
+    for k in candidates.len()..CHECK_CANDIDATES {
+        let mut members: Vec<u32> =
+            (0..16).map(|_| (specials + rng.below(vocabulary.len() - specials)) as u32).collect();
+        members.sort_unstable();
+        members.dedup();
+        candidates.push(crate::recruit::Candidate {
+            name: format!("block-{k}"),
+            origin: crate::recruit::Origin::Given,
+            members,
+        });
+    }
     let started = Instant::now();
-    std::hint::black_box(crate::recruit::copy_check::check(&context, &model, &candidates)?);
+    let outcome = crate::recruit::copy_check::check(&context, &model, &candidates)?;
     let check_seconds = started.elapsed().as_secs_f64();
+    let every_position = crate::config::RecruitmentConfig {
+        split_scoring: crate::config::SplitScoring::EveryPosition,
+        ..recruitment.clone()
+    };
+    let started = Instant::now();
+    let reference = crate::recruit::copy_check::check(
+        &crate::recruit::CheckContext { recruitment: &every_position, ..context },
+        &model,
+        &candidates,
+    )?;
+    let every_position_seconds = started.elapsed().as_secs_f64();
+    let largest_saving_difference_bits = outcome
+        .decisions
+        .iter()
+        .zip(&reference.decisions)
+        .map(|(a, b)| (a.saving_bits() - b.saving_bits()).abs())
+        .fold(0.0, f64::max);
     let mut plain = model.clone();
     let mut optimizer = AdamW::new(&plain.params);
     let step_plan = crate::step::StepPlan::of(config, Some((locality, &set)), &train_ids);
@@ -501,6 +534,9 @@ pub fn frozen_check_cost(path: &std::path::Path, data: Option<std::path::PathBuf
         timed_steps,
         steps_seconds,
         ratio: check_seconds / steps_seconds,
+        split_scoring: recruitment.split_scoring,
+        every_position_seconds,
+        largest_saving_difference_bits,
     })
 }
 

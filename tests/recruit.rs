@@ -3,6 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use ailla::checkpoint;
+use ailla::config::SplitScoring;
 use ailla::data::generator::{planted_corpus, DEFAULT_SEED, PLANTED_ALLERGENS};
 use ailla::data::Vocabulary;
 use ailla::engine::optim::AdamW;
@@ -115,6 +116,31 @@ fn frozen_trials_admit_the_planted_block_and_reject_blocks_that_do_not_repeat() 
     let (accepted, name, _) = outcome.accepted.expect("one block accepted");
     assert_eq!(accepted.members, planted);
     assert!(name.starts_with("recruited_"), "{name}");
+
+    // scoring the saving alone runs the output layer only where a cache holds the target, and decides
+    // the same: each saving is the same sum of the same terms up to f64 summation order and the f32
+    // rounding of a smaller product's blocking (relative 1e-4 of the split's code length per saving)
+    let saving_only = RecruitmentConfig { split_scoring: SplitScoring::SavingOnly, ..recruitment.clone() };
+    let sparse = recruit::copy_check::check(
+        &recruit::CheckContext { recruitment: &saving_only, ..context },
+        &t.model,
+        &candidates,
+    )
+    .unwrap();
+    let total = outcome.decisions[0].bits_before.unwrap();
+    for (full, alone) in outcome.decisions.iter().zip(&sparse.decisions) {
+        assert_eq!((alone.bits_before, alone.bits_after, alone.description_length_before), (None, None, None));
+        assert_eq!((alone.accepted, alone.copied_positions), (full.accepted, full.copied_positions), "{alone:#?}");
+        assert!(
+            (alone.saving_bits() - full.saving_bits()).abs() < 1e-4 * total,
+            "{}: {} bits scored alone against {} at every position",
+            full.candidate,
+            alone.saving_bits(),
+            full.saving_bits()
+        );
+        assert!((alone.description_length_change() - full.description_length_change()).abs() < 1e-4 * total);
+    }
+    assert_eq!(sparse.accepted.map(|(c, ..)| c.members), Some(planted));
 }
 
 #[test]
@@ -296,7 +322,9 @@ fn clustering_proposes_the_planted_block_and_a_random_block_is_rejected_in_bits(
     assert!(verdict.saving_bits() < verdict.cost_bits + verdict.margin_bits);
     // every decision is written in bits, and the description length never rises because of one
     for d in &outcome.decisions {
-        assert!(d.bits_before.is_finite() && d.bits_after.is_finite() && d.cost_bits > 0.0);
+        assert!(
+            d.bits_before.is_some_and(f64::is_finite) && d.bits_after.is_some_and(f64::is_finite) && d.cost_bits > 0.0
+        );
         assert!(d.description_length_after <= d.description_length_before);
         assert!(d.noise_bits.is_finite() && d.noise_bits >= 0.0);
     }
@@ -517,7 +545,7 @@ fn an_accepted_block_is_named_joins_the_rules_and_lowers_the_description_length(
     assert_eq!(random_verdict.description_length_after, random_verdict.description_length_before);
     // named from its anchors, and the description length falls by what it saves beyond its cost
     assert!(given.candidate.starts_with("recruited_"), "{}", given.candidate);
-    let fall = given.description_length_before - given.description_length_after;
+    let fall = given.description_length_before.unwrap() - given.description_length_after.unwrap();
     assert!(fall > recruitment.margin_bits);
     assert!((fall - (given.saving_bits() - given.cost_bits)).abs() < 1e-6);
     let (trial, spec) = outcome.accepted.expect("the block that pays is accepted");

@@ -18,7 +18,9 @@ fn planted_pipeline() -> PathBuf {
 fn check_cost_text(cost: &bench::FrozenCheckCost) -> String {
     format!(
         "frozen-model recruitment check ({}): {} candidates over a split of {} tokens in {:.2} s; the {} \
-         training steps between two checks take {:.2} s (timed over {}): {:.1} % (target ≤ 15 %)\n",
+         training steps between two checks take {:.2} s (timed over {}): {:.1} % (target ≤ 15 %)\n\
+         split scoring {}; the same check scoring every position: {:.2} s ({:.1} %); largest difference \
+         of a candidate's saving between the two: {:.2e} bits\n",
         cost.pipeline,
         cost.candidates,
         cost.split_tokens,
@@ -26,7 +28,14 @@ fn check_cost_text(cost: &bench::FrozenCheckCost) -> String {
         cost.check_every,
         cost.steps_seconds,
         cost.timed_steps,
-        100.0 * cost.ratio
+        100.0 * cost.ratio,
+        match cost.split_scoring {
+            crate::config::SplitScoring::EveryPosition => "every_position",
+            crate::config::SplitScoring::SavingOnly => "saving_only",
+        },
+        cost.every_position_seconds,
+        100.0 * cost.every_position_seconds / cost.steps_seconds.max(f64::MIN_POSITIVE),
+        cost.largest_saving_difference_bits
     )
 }
 

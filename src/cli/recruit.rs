@@ -112,7 +112,7 @@ pub(super) fn run_trial(args: TrialArgs, out: &mut dyn Write) -> Result<()> {
             Some(within) => format!("within {within} positions"),
             None => "over the whole context".to_string(),
         },
-        first.decision.bits_before,
+        first.member_queries.bits_control + first.other_queries.bits_control,
         first.decision.noise_bits
     );
     for verdict in &probe.blocks {

@@ -151,7 +151,12 @@ pub(super) fn position_rows(
     let (first, second) = columns;
     let mut s = format!("{:<40} {first:>11} {second:>11} {:>9} {:>19}\n", "bits", "saved", "bits/token");
     let rows = [
-        (format!("all {} positions", d.split_tokens), d.bits_before, d.bits_after, d.split_tokens),
+        (
+            format!("all {} positions", d.split_tokens),
+            verdict.member_queries.bits_control + verdict.other_queries.bits_control,
+            verdict.member_queries.bits_with_block + verdict.other_queries.bits_with_block,
+            d.split_tokens,
+        ),
         (
             format!("  {place} ({})", verdict.member_queries.positions),
             verdict.member_queries.bits_control,

@@ -57,6 +57,22 @@ pub enum TrialKind {
     CoTrained,
 }
 
+/// What a frozen check computes on the recruitment split `D` (METHOD §7).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default, schemars::JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SplitScoring {
+    /// The model's prediction at every position of `D`: `L(D | M)` and `L(D | M + B)` themselves, for
+    /// the decision log and the description length over time.
+    #[default]
+    EveryPosition,
+    /// Only what the decision needs, `ΔL = L(D | M) − L(D | M + B)`, exactly: the output layer runs
+    /// only at the positions where some candidate's cache holds the target, because everywhere else a
+    /// path changes the code length by `ln B − ln(B + a)`, which needs no softmax. The same decisions
+    /// at a fraction of the cost where the output layer dominates (a word vocabulary); the absolute
+    /// code lengths are not known, so the decision log shows savings and costs only.
+    SavingOnly,
+}
+
 /// The recruitment priors of a pipeline (`recruitment:`), METHOD §7–§8.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -131,6 +147,9 @@ pub struct RecruitmentConfig {
     /// without recruitment, where a path that joins shut ends better (docs/recruitment.md §8).
     #[serde(default)]
     pub keep_trial_gate: bool,
+    /// What a frozen check scores on `D`: `every_position` (the default) or `saving_only`.
+    #[serde(default)]
+    pub split_scoring: SplitScoring,
 }
 
 impl RecruitmentConfig {
@@ -164,6 +183,7 @@ impl RecruitmentConfig {
             min_recurrence: default_min_recurrence(),
             min_count: default_min_count(),
             keep_trial_gate: false,
+            split_scoring: SplitScoring::default(),
         }
     }
 

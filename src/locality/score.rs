@@ -111,6 +111,21 @@ pub fn score_batch<R>(
     }
 }
 
+/// The forward pass of one batch under `rules` up to the final LayerNorm, and its copy caches: for a
+/// caller that needs the output distribution at a few rows only ([`score_batch`] runs it at all).
+pub fn hidden_states(
+    model: &Model<f32>,
+    batch: &EvalBatch,
+    rules: &RulesAt,
+) -> (ForwardCache<f32>, Option<CopyCaches>) {
+    let (inputs, windows, seq_len) = (&batch.inputs, batch.windows, batch.seq_len);
+    let targets = rules.targets(model, inputs, windows, seq_len);
+    let hook = rules.hook(&targets);
+    let cache = model.forward(inputs, windows, seq_len, &hook);
+    let copy = rules.copy_caches(model, inputs, windows, seq_len);
+    (cache, copy)
+}
+
 /// Scores every token of `ids` after the first, windowed by [`eval_batches`], `batch_size` windows
 /// at a time; the first `gradient_batches` batches also carry the output loss's gradients. `visit`
 /// sees every batch; the language-model figures of the whole pass are returned.

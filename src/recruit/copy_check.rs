@@ -19,7 +19,10 @@ use crate::locality::{Conditions, RuleSet, RulesAt};
 use crate::step::sample_batch;
 use crate::Result;
 
-use super::frozen::{trial_candidates, FrozenBatch, Gate, GateTraining};
+use crate::config::SplitScoring;
+use crate::engine::copy::{gate_forward, mixture_forward};
+
+use super::frozen::{rows_of, trial_candidates, CandidateRows, FrozenBatch, Gate, GateTraining, SplitRows};
 use super::{log2_binomial, Candidate, CheckContext, Decision, Origin};
 
 /// The frozen model's view of one batch: hidden states, `ln p_M(y)` and `ln B` of its own copy paths.
@@ -49,6 +52,56 @@ pub fn frozen_batch(
     })
 }
 
+/// The frozen model's view of one batch of `D` where only the `needed` rows' prediction matters: every
+/// row's hidden state and `ln B`, and `ln p_M(y)` at the needed rows (NaN elsewhere). The output layer
+/// runs on those rows alone; a row's softmax does not depend on the others.
+fn frozen_rows(
+    model: &Model<f32>,
+    set: &RuleSet,
+    ctx: &CheckContext,
+    lambda: f64,
+    batch: &EvalBatch,
+    needed: &[bool],
+) -> FrozenBatch {
+    let rules = RulesAt::new(set, lambda, model.config.n_layers, ctx.locality.progressive_beta, ctx.locality.dial);
+    let (cache, copy) = crate::locality::score::hidden_states(model, batch, &rules);
+    let rows: Vec<usize> = (0..needed.len()).filter(|&n| needed[n]).collect();
+    let row_targets: Vec<u32> = rows.iter().map(|&n| batch.targets[n]).collect();
+    // ln q(y) at the needed rows; the placeholder elsewhere reaches only ln p, which is replaced by NaN
+    let mut log_q = vec![0.0f64; needed.len()];
+    if !rows.is_empty() {
+        let row_hidden = cache.hidden.select(ndarray::Axis(0), &rows);
+        let softmax =
+            crate::engine::loss::output_loss(row_hidden.view(), model.output_weight(), &row_targets, false, None);
+        for (k, &n) in rows.iter().enumerate() {
+            log_q[n] = -f64::from(softmax.nll[k]);
+        }
+    }
+    let (mut ln_p, ln_denominator) = match copy.as_ref().filter(|c| c.n_rules() > 0 && lambda > 0.0) {
+        Some(caches) => {
+            // ln B = −ln w₀ depends on the gates alone, not on q
+            let params = &model.params;
+            let z = gate_forward(cache.hidden.view(), params.copy_gate_weight.view(), params.copy_gate_bias.view());
+            let mix = mixture_forward(&log_q, z.mapv(f64::from).view(), caches, &batch.targets, lambda);
+            (mix.nll.iter().map(|&v| -v).collect::<Vec<f64>>(), mix.log_w0.iter().map(|&l| -l).collect())
+        }
+        None => (log_q, vec![0.0; needed.len()]),
+    };
+    for (n, &is_needed) in needed.iter().enumerate() {
+        if !is_needed {
+            ln_p[n] = f64::NAN;
+        }
+    }
+    FrozenBatch {
+        hidden: cache.hidden,
+        ln_p,
+        ln_denominator,
+        inputs: batch.inputs.clone(),
+        targets: batch.targets.clone(),
+        seq_len: batch.seq_len,
+    }
+}
+
 /// `cost(B)` of METHOD §7 for a block that brings a copy path: membership, then its `d + 1` gate numbers.
 pub fn copy_block_cost(
     vocab_size: usize,
@@ -64,8 +117,9 @@ pub fn copy_block_cost(
 /// What a frozen-model check decided, and the accepted block's trained gate.
 pub struct CopyCheckOutcome {
     pub decisions: Vec<Decision>,
-    /// Each candidate's bits on `D` position by position, without and with its path.
-    pub scored: Vec<super::frozen::Scored>,
+    /// Each candidate's bits on `D` position by position, without and with its path, where `D` was
+    /// scored at every position.
+    pub scored: Vec<Option<super::frozen::Scored>>,
     /// The accepted candidate, its recruited name, and its trained gate.
     pub accepted: Option<(Candidate, String, Gate)>,
     pub seconds: f64,
@@ -89,9 +143,6 @@ pub fn check(ctx: &CheckContext, model: &Model<f32>, candidates: &[Candidate]) -
             frozen_batch(model, ctx.set, ctx, lambda, &batch)
         })
         .collect();
-    let split: Vec<EvalBatch> = eval_batches(ctx.split, seq_len, config.batch_size).collect();
-    let split_batches: Vec<FrozenBatch> =
-        split.par_iter().map(|b| frozen_batch(model, ctx.set, ctx, lambda, b)).collect();
     let vocab = ctx.vocabulary.len();
     let masks: Vec<Vec<bool>> = candidates
         .iter()
@@ -102,34 +153,58 @@ pub fn check(ctx: &CheckContext, model: &Model<f32>, candidates: &[Candidate]) -
         })
         .collect();
     let within = r.copy_within.unwrap_or(seq_len);
+    let split: Vec<EvalBatch> = eval_batches(ctx.split, seq_len, config.batch_size).collect();
+    // which rows of D each candidate's path applies to depends on the tokens alone
+    let rows: Vec<Vec<CandidateRows>> = masks
+        .par_iter()
+        .map(|mask| split.iter().map(|b| rows_of(&b.inputs, &b.targets, b.seq_len, mask, within)).collect())
+        .collect();
+    let every_position = r.split_scoring == SplitScoring::EveryPosition;
+    let split_batches: Vec<FrozenBatch> = if every_position {
+        split.par_iter().map(|b| frozen_batch(model, ctx.set, ctx, lambda, b)).collect()
+    } else {
+        split
+            .par_iter()
+            .enumerate()
+            .map(|(index, b)| {
+                let mut needed = vec![false; b.targets.len()];
+                for candidate in &rows {
+                    for &(n, ln_kappa) in &candidate[index] {
+                        needed[n as usize] |= ln_kappa > f32::NEG_INFINITY;
+                    }
+                }
+                frozen_rows(model, ctx.set, ctx, lambda, b, &needed)
+            })
+            .collect()
+    };
     let training = GateTraining { steps: r.trial_steps, learning_rate: r.trial_learning_rate };
-    let trials = trial_candidates(&trial_batches, &split_batches, &masks, within, lambda.ln(), &training);
+    let split_view = SplitRows { batches: &split_batches, rows: &rows, every_position };
+    let trials = trial_candidates(&trial_batches, &split_view, &masks, within, lambda.ln(), &training);
 
     let split_tokens = ctx.split.len().saturating_sub(1);
     let recruited_cost = recruited_cost_bits(ctx, model);
-    let bits_without: f64 = trials.first().map_or(0.0, |t| t.scored.bits_without.iter().sum());
-    crate::Error::require_finite(
-        "the recruitment split's code length under the model",
-        bits_without,
-        "the model gives the split non-finite probabilities; training has diverged",
-    )?;
-    let before = bits_without + recruited_cost;
+    let bits_without: Option<f64> = every_position
+        .then(|| trials.first().and_then(|t| t.scored.as_ref()).map_or(0.0, |s| s.bits_without.iter().sum()));
+    if let Some(bits) = bits_without {
+        crate::Error::require_finite(
+            "the recruitment split's code length under the model",
+            bits,
+            "the model gives the split non-finite probabilities; training has diverged",
+        )?;
+    }
+    let before = bits_without.map(|bits| bits + recruited_cost);
     let mut decisions = Vec::with_capacity(candidates.len());
     let mut best: Option<(usize, f64)> = None;
     for (index, (candidate, trial)) in candidates.iter().zip(&trials).enumerate() {
         let (membership, parameters) =
             copy_block_cost(vocab, candidate.members.len(), model.config.d_model, split_tokens, r.bits_per_parameter);
-        let bits_with: f64 = trial.scored.bits_with.iter().sum();
+        let bits_with = trial.scored.as_ref().map(|s| s.bits_with.iter().sum::<f64>());
         // a code length that is not finite decides nothing
         crate::Error::require_finite(
             &format!("the recruitment split's code length with candidate `{}`", candidate.name),
-            bits_with,
+            bits_with.unwrap_or(trial.saving.bits),
             "the model's weights or the gate's trial diverged; lower recruitment.trial_learning_rate",
         )?;
-        let saved_where_copied: f64 = (0..trial.scored.copied.len())
-            .filter(|&i| trial.scored.copied[i])
-            .map(|i| trial.scored.bits_without[i] - trial.scored.bits_with[i])
-            .sum();
         let decision = Decision {
             step: ctx.step,
             candidate: candidate.name.clone(),
@@ -137,6 +212,7 @@ pub fn check(ctx: &CheckContext, model: &Model<f32>, candidates: &[Candidate]) -
             members: candidate.members.iter().map(|&m| ctx.vocabulary.tokens[m as usize].clone()).collect(),
             bits_before: bits_without,
             bits_after: bits_with,
+            saving_bits: trial.saving.bits,
             cost_bits: membership + parameters,
             margin_bits: r.margin_bits,
             noise_bits: 0.0,
@@ -147,8 +223,8 @@ pub fn check(ctx: &CheckContext, model: &Model<f32>, candidates: &[Candidate]) -
             trial: super::TrialKind::Frozen,
             membership_bits: Some(membership),
             parameter_bits: Some(parameters),
-            copied_positions: Some(trial.scored.copied.iter().filter(|&&c| c).count()),
-            saved_where_copied_bits: Some(saved_where_copied),
+            copied_positions: Some(trial.saving.copied_positions),
+            saved_where_copied_bits: Some(trial.saving.where_copied_bits),
         };
         let net = decision.saving_bits() - decision.cost_bits;
         if decision.pays() && best.is_none_or(|(_, best_net)| net > best_net) {
@@ -162,7 +238,7 @@ pub fn check(ctx: &CheckContext, model: &Model<f32>, candidates: &[Candidate]) -
         let decision = &mut decisions[index];
         decision.candidate = name.clone();
         decision.accepted = true;
-        decision.description_length_after = decision.bits_after + recruited_cost + decision.cost_bits;
+        decision.description_length_after = decision.bits_after.map(|bits| bits + recruited_cost + decision.cost_bits);
         (candidate, name, trials[index].gate.clone())
     });
     let scored = trials.into_iter().map(|t| t.scored).collect();

@@ -57,10 +57,13 @@ pub struct Decision {
     pub candidate: String,
     pub origin: Origin,
     pub members: Vec<String>,
-    /// `L(D | control)`: the split's code length after the trial steps without the block.
-    pub bits_before: f64,
-    /// `L(D | with the block)` after the same steps.
-    pub bits_after: f64,
+    /// `L(D | M)` (co-trained trials: `L(D | control)`, the split's code length after the trial steps
+    /// without the block); absent when the check scored the saving alone (`split_scoring: saving_only`).
+    pub bits_before: Option<f64>,
+    /// `L(D | M + B)` (co-trained: with the block after the same steps); absent as `bits_before`.
+    pub bits_after: Option<f64>,
+    /// `bits_before − bits_after`, exact also where those two were not computed.
+    pub saving_bits: f64,
     pub cost_bits: f64,
     pub margin_bits: f64,
     /// `|L(D | control) − L(D | control on the reversed batches)|`: how far two equally informed trainings
@@ -70,9 +73,10 @@ pub struct Decision {
     pub split_tokens: usize,
     pub accepted: bool,
     /// `DL(M, D)` of the model the run continues with, before and after this decision: data bits of the
-    /// control plus the cost of every recruited block.
-    pub description_length_before: f64,
-    pub description_length_after: f64,
+    /// control plus the cost of every recruited block; absent where `bits_before` is. An admission
+    /// changes it by `cost_bits − saving_bits` either way.
+    pub description_length_before: Option<f64>,
+    pub description_length_after: Option<f64>,
     /// How the candidate was trialled (decisions recorded before frozen trials were co-trained).
     #[serde(default = "co_trained")]
     pub trial: TrialKind,
@@ -111,15 +115,16 @@ impl Decision {
             candidate: candidate.name.clone(),
             origin: candidate.origin,
             members: candidate.members.iter().map(|&m| ctx.vocabulary.tokens[m as usize].clone()).collect(),
-            bits_before: control_bits,
-            bits_after: trial_bits,
+            bits_before: Some(control_bits),
+            bits_after: Some(trial_bits),
+            saving_bits: control_bits - trial_bits,
             cost_bits,
             margin_bits: ctx.recruitment.margin_bits,
             noise_bits,
             split_tokens: ctx.split.len().saturating_sub(1),
             accepted: false,
-            description_length_before: description_length,
-            description_length_after: description_length,
+            description_length_before: Some(description_length),
+            description_length_after: Some(description_length),
             trial: TrialKind::CoTrained,
             membership_bits: None,
             parameter_bits: None,
@@ -129,7 +134,16 @@ impl Decision {
     }
 
     pub fn saving_bits(&self) -> f64 {
-        self.bits_before - self.bits_after
+        self.saving_bits
+    }
+
+    /// How this decision changed the description length: `cost − saving` for an admission, 0 else.
+    pub fn description_length_change(&self) -> f64 {
+        if self.accepted {
+            self.cost_bits - self.saving_bits
+        } else {
+            0.0
+        }
     }
 
     /// What the saving must exceed: cost, margin and the measured noise.
@@ -146,6 +160,6 @@ impl Decision {
     /// of every block, the already recruited ones (`recruited_cost`) and this one.
     pub(super) fn accept(&mut self, recruited_cost: f64) {
         self.accepted = true;
-        self.description_length_after = self.bits_after + recruited_cost + self.cost_bits;
+        self.description_length_after = self.bits_after.map(|bits| bits + recruited_cost + self.cost_bits);
     }
 }

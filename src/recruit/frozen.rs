@@ -26,10 +26,11 @@ use ndarray::{Array1, Array2, ArrayView1};
 use rayon::prelude::*;
 
 /// What the frozen model says about the targets of one batch.
+#[derive(Clone)]
 pub struct FrozenBatch {
     /// `[N, d]` final hidden states `h_i = LN_f(x^L_i)`, the gate's input.
     pub hidden: Array2<f32>,
-    /// `[N]` `ln p_M(y_i)`.
+    /// `[N]` `ln p_M(y_i)`; NaN at the rows a split scored for the saving alone does not need.
     pub ln_p: Vec<f64>,
     /// `[N]` `ln B_i = ln(1 + Σ_c λ s_c e^{z_c})` over the model's own copy paths (0 without any).
     pub ln_denominator: Vec<f64>,
@@ -47,11 +48,17 @@ pub type CandidateRows = Vec<(u32, f32)>;
 /// each with `ln κ_i(y_i)`: the share of the window's member positions `j ≤ i`, `i − j < within`, whose
 /// token is the target.
 pub fn candidate_rows(batch: &FrozenBatch, is_member: &[bool], within: usize) -> CandidateRows {
+    rows_of(&batch.inputs, &batch.targets, batch.seq_len, is_member, within)
+}
+
+/// [`candidate_rows`] from a batch's tokens alone, before any forward pass: which rows a check must
+/// score depends only on them.
+pub fn rows_of(inputs: &[u32], targets: &[u32], seq_len: usize, is_member: &[bool], within: usize) -> CandidateRows {
     let member = |t: u32| is_member.get(t as usize).copied().unwrap_or(false);
     let mut rows = Vec::new();
     let mut window: std::collections::VecDeque<usize> = std::collections::VecDeque::new();
-    for (n, &token) in batch.inputs.iter().enumerate() {
-        let i = n % batch.seq_len;
+    for (n, &token) in inputs.iter().enumerate() {
+        let i = n % seq_len;
         if i == 0 {
             window.clear();
         }
@@ -64,8 +71,8 @@ pub fn candidate_rows(batch: &FrozenBatch, is_member: &[bool], within: usize) ->
         if window.is_empty() {
             continue;
         }
-        let y = batch.targets[n];
-        let hits = if member(y) { window.iter().filter(|&&j| batch.inputs[j] == y).count() } else { 0 };
+        let y = targets[n];
+        let hits = if member(y) { window.iter().filter(|&&j| inputs[j] == y).count() } else { 0 };
         let ln_kappa = if hits == 0 { f32::NEG_INFINITY } else { (hits as f32 / window.len() as f32).ln() };
         rows.push((n as u32, ln_kappa));
     }
@@ -229,17 +236,84 @@ pub fn score(batches: &[FrozenBatch], rows: &[CandidateRows], gate: &Gate, ln_st
     scored
 }
 
-/// One candidate's trial on shared frozen passes: its rows, trained gate and scores.
+/// What a candidate's path saves on `D`, in bits: all that a check's decision needs.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Saving {
+    /// `L(D | M) − L(D | M + B)`.
+    pub bits: f64,
+    /// The part saved at the positions where the path's cache held the target.
+    pub where_copied_bits: f64,
+    /// How many positions those are.
+    pub copied_positions: usize,
+}
+
+impl Saving {
+    /// The saving of a pass scored at every position.
+    pub fn of_scored(scored: &Scored) -> Saving {
+        let without: f64 = scored.bits_without.iter().sum();
+        let with: f64 = scored.bits_with.iter().sum();
+        let copied = (0..scored.copied.len()).filter(|&i| scored.copied[i]);
+        Saving {
+            bits: without - with,
+            where_copied_bits: copied.clone().map(|i| scored.bits_without[i] - scored.bits_with[i]).sum(),
+            copied_positions: copied.count(),
+        }
+    }
+}
+
+/// The saving of the candidate's path alone, from batches whose `ln p_M(y)` is known only where some
+/// cache holds the target (NaN elsewhere). Where the path applies but its cache does not hold the
+/// target, `A` cancels from the difference of the two code lengths:
+///
+/// ```text
+/// CE_without − CE_with = (ln B − ln A) − (ln(B + a) − ln A) = ln B − ln(B + a)
+/// ```
+///
+/// so those rows need the gate and `B` but not the softmax.
+pub fn saving(batches: &[FrozenBatch], rows: &[CandidateRows], gate: &Gate, ln_strength: f64) -> Saving {
+    let ln2 = std::f64::consts::LN_2;
+    let mut saving = Saving { bits: 0.0, where_copied_bits: 0.0, copied_positions: 0 };
+    for (batch, rows) in batches.iter().zip(rows) {
+        for &(n, ln_kappa) in rows {
+            let n = n as usize;
+            let z = gate.logit(batch.hidden.row(n));
+            let ln_denominator = batch.ln_denominator[n];
+            if ln_kappa == f32::NEG_INFINITY {
+                saving.bits += (ln_denominator - log_add_exp(ln_denominator, ln_strength + z)) / ln2;
+            } else {
+                let (ce, _) = row_loss(batch.ln_p[n], ln_denominator, f64::from(ln_kappa), z, ln_strength);
+                let saved = (-batch.ln_p[n] - ce) / ln2;
+                saving.bits += saved;
+                saving.where_copied_bits += saved;
+                saving.copied_positions += 1;
+            }
+        }
+    }
+    saving
+}
+
+/// One candidate's trial on shared frozen passes: its trained gate, its saving on `D`, and its bits
+/// position by position where `D` was scored at every position.
 pub struct CopyTrial {
     pub gate: Gate,
-    pub scored: Scored,
+    pub saving: Saving,
+    pub scored: Option<Scored>,
+}
+
+/// The split `D` as a check scores it: the frozen batches, and each candidate's rows of each batch.
+pub struct SplitRows<'a> {
+    pub batches: &'a [FrozenBatch],
+    /// `rows[k][b]`: candidate `k`'s rows of batch `b`.
+    pub rows: &'a [Vec<CandidateRows>],
+    /// Whether every position of `D` was scored (else only where some cache holds the target).
+    pub every_position: bool,
 }
 
 /// Trials every candidate (`members[k]` as a membership mask) on the same frozen passes, in parallel;
 /// each trial is sequential, so results do not depend on the thread count.
 pub fn trial_candidates(
     trial_batches: &[FrozenBatch],
-    split_batches: &[FrozenBatch],
+    split: &SplitRows,
     members: &[Vec<bool>],
     within: usize,
     ln_strength: f64,
@@ -247,15 +321,19 @@ pub fn trial_candidates(
 ) -> Vec<CopyTrial> {
     members
         .par_iter()
-        .map(|is_member| {
-            let d = trial_batches.first().or(split_batches.first()).map_or(0, |b| b.hidden.ncols());
+        .zip(split.rows)
+        .map(|(is_member, split_rows)| {
+            let d = trial_batches.first().or(split.batches.first()).map_or(0, |b| b.hidden.ncols());
             let trial_rows: Vec<CandidateRows> =
                 trial_batches.iter().map(|b| candidate_rows(b, is_member, within)).collect();
             let gate = train_gate(trial_batches, &trial_rows, d, ln_strength, training);
-            let split_rows: Vec<CandidateRows> =
-                split_batches.iter().map(|b| candidate_rows(b, is_member, within)).collect();
-            let scored = score(split_batches, &split_rows, &gate, ln_strength);
-            CopyTrial { gate, scored }
+            if split.every_position {
+                let scored = score(split.batches, split_rows, &gate, ln_strength);
+                CopyTrial { gate, saving: Saving::of_scored(&scored), scored: Some(scored) }
+            } else {
+                let saving = saving(split.batches, split_rows, &gate, ln_strength);
+                CopyTrial { gate, saving, scored: None }
+            }
         })
         .collect()
 }
@@ -337,14 +415,53 @@ mod tests {
         assert_eq!(as_kappa, [(0, 0.0), (1, 0.5), (2, 0.0), (3, 0.0), (4, 1.0), (5, 0.0), (6, 0.0), (7, 0.0)]);
     }
 
+    /// Trials on `batches` as both trial batches and a split scored at every position.
+    fn trial_on_every_position(
+        batches: &[FrozenBatch],
+        members: &[Vec<bool>],
+        within: usize,
+        training: &GateTraining,
+    ) -> Vec<CopyTrial> {
+        let rows: Vec<Vec<CandidateRows>> =
+            members.iter().map(|m| batches.iter().map(|b| candidate_rows(b, m, within)).collect()).collect();
+        let split = SplitRows { batches, rows: &rows, every_position: true };
+        trial_candidates(batches, &split, members, within, 0.0, training)
+    }
+
+    #[test]
+    fn the_saving_alone_equals_the_difference_of_the_code_lengths() {
+        // a frozen path already present (B > 1 on some rows) and a window that sometimes misses
+        let mut batch = repeating_batch(30, 3);
+        batch.ln_denominator = (0..30).map(|n| if n % 4 == 0 { 0.7 } else { 0.0 }).collect();
+        batch.ln_p = (0..30).map(|n| -1.0 - 0.1 * (n % 5) as f64).collect();
+        let members = vec![true, true, false, false];
+        let rows = vec![candidate_rows(&batch, &members, 2)];
+        let gate = Gate { weight: Array1::from(vec![0.4, -0.3, 0.8]), bias: -0.5 };
+        let scored = score(std::slice::from_ref(&batch), &rows, &gate, (0.6f64).ln());
+        let full = Saving::of_scored(&scored);
+        // the rows where no cache holds the target must not need ln p: hide it there
+        let mut hidden_p = batch.clone();
+        for &(n, ln_kappa) in &rows[0] {
+            if ln_kappa == f32::NEG_INFINITY {
+                hidden_p.ln_p[n as usize] = f64::NAN;
+            }
+        }
+        let alone = saving(std::slice::from_ref(&hidden_p), &rows, &gate, (0.6f64).ln());
+        assert!(full.bits.abs() > 0.1 && full.where_copied_bits != full.bits, "{full:?}");
+        assert_eq!(alone.copied_positions, full.copied_positions);
+        // the same terms, summed in another order and with A cancelled in closed form
+        assert!((alone.bits - full.bits).abs() < 1e-9 * full.bits.abs().max(1.0), "{alone:?} vs {full:?}");
+        assert!((alone.where_copied_bits - full.where_copied_bits).abs() < 1e-9 * full.bits.abs().max(1.0));
+    }
+
     #[test]
     fn a_path_that_can_copy_learns_to_open_and_one_that_cannot_stays_shut() {
         let batches: Vec<FrozenBatch> = (0..4).map(|_| repeating_batch(24, 3)).collect();
         let training = GateTraining { steps: 200, learning_rate: 3e-2 };
         // tokens 0, 1, 2 repeat with period 3: a window of 3 always holds the target, κ = 1/3
-        let copying = trial_candidates(&batches, &batches, &[vec![true, true, true, false]], 3, 0.0, &training);
-        let saved: f64 =
-            copying[0].scored.bits_without.iter().sum::<f64>() - copying[0].scored.bits_with.iter().sum::<f64>();
+        let copying = trial_on_every_position(&batches, &[vec![true, true, true, false]], 3, &training);
+        let scored = copying[0].scored.as_ref().unwrap();
+        let saved: f64 = scored.bits_without.iter().sum::<f64>() - scored.bits_with.iter().sum::<f64>();
         assert!(saved > 5.0, "the path saved only {saved} bits");
         assert!(
             copying[0].gate.bias > crate::engine::copy::GATE_BIAS_INIT as f32,
@@ -352,8 +469,9 @@ mod tests {
             copying[0].gate
         );
         // token 3 never occurs: the path never applies and nothing changes
-        let never = trial_candidates(&batches, &batches, &[vec![false, false, false, true]], 3, 0.0, &training);
-        assert_eq!(never[0].scored.bits_with, never[0].scored.bits_without);
+        let never = trial_on_every_position(&batches, &[vec![false, false, false, true]], 3, &training);
+        let scored = never[0].scored.as_ref().unwrap();
+        assert_eq!(scored.bits_with, scored.bits_without);
         assert_eq!(never[0].gate, Gate::shut(3));
     }
 }

@@ -163,6 +163,8 @@ pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
         recruitment.margin_bits = margin;
     }
     recruitment.validate()?;
+    // a trial reports the bits of every position, where its cache held the target and elsewhere
+    recruitment.split_scoring = crate::config::SplitScoring::EveryPosition;
     // the run's recruited blocks keep the head the run gave them; the flags place only the new blocks
     let spec = match stored_rules {
         Some(stored) => stored,
@@ -207,12 +209,15 @@ pub fn probe(run_dir: &Path, request: &ProbeRequest) -> Result<Probe> {
                 // each block is judged on its own, as if it were the check's only candidate
                 decision.accepted = decision.pays();
                 if decision.accepted {
-                    decision.description_length_after =
-                        decision.description_length_before - decision.saving_bits() + decision.cost_bits;
+                    decision.description_length_after = decision
+                        .description_length_before
+                        .map(|before| before - decision.saving_bits() + decision.cost_bits);
                 }
                 let mut member_queries = PositionBits { positions: 0, bits_control: 0.0, bits_with_block: 0.0 };
                 let mut other_queries = member_queries.clone();
-                for (i, copied) in scored.copied.iter().enumerate() {
+                // `ailla trial` scores every position of D (set above), so every candidate has its bits
+                let positions = scored.iter().flat_map(|s| s.copied.iter().enumerate().map(move |(i, c)| (s, i, c)));
+                for (scored, i, copied) in positions {
                     let side = if *copied { &mut member_queries } else { &mut other_queries };
                     side.positions += 1;
                     side.bits_control += scored.bits_without[i];

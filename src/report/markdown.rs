@@ -233,10 +233,10 @@ pub fn markdown(report: &Report) -> String {
     if !report.block_recruitment.is_empty() {
         let _ = writeln!(
             s,
-            "Semantic blocks (METHOD §7), in bits on the recruitment split. A **frozen** trial adds the candidate's copy path to the model as it is and trains only the path's gate: bits without are `L(D | M)`, bits with are `L(D | M + B)`, and nothing else moves, so there is no noise term. A **co-trained** trial (the earlier design) trains a copy of the model with the block beside a control without it, and the noise is how far a second control, trained on the same batches in reverse order, lands from the first. A block is accepted iff its saving exceeds its cost (membership `log2 C(V, |B|)` plus its parameters at `½ log2 N` bits each) plus the margin plus the noise; at most one per check.\n"
+            "Semantic blocks (METHOD §7), in bits on the recruitment split. A **frozen** trial adds the candidate's copy path to the model as it is and trains only the path's gate: bits without are `L(D | M)`, bits with are `L(D | M + B)`, and nothing else moves, so there is no noise term (a check with `split_scoring: saving_only` computes the saving alone, exactly, and shows – for the code lengths it did not compute). A **co-trained** trial (the earlier design) trains a copy of the model with the block beside a control without it, and the noise is how far a second control, trained on the same batches in reverse order, lands from the first. A block is accepted iff its saving exceeds its cost (membership `log2 C(V, |B|)` plus its parameters at `½ log2 N` bits each) plus the margin plus the noise; at most one per check.\n"
         );
-        let _ = writeln!(s, "| run | step | source | candidate | members | trial | bits without | bits with | saving | saved where copied | cost (membership + parameters) | margin | noise | verdict | DL before | DL after |");
-        let _ = writeln!(s, "|---|---:|---|---|---|---|---:|---:|---:|---:|---|---:|---:|---|---:|---:|");
+        let _ = writeln!(s, "| run | step | source | candidate | members | trial | bits without | bits with | saving | saved where copied | cost (membership + parameters) | margin | noise | verdict | DL before | DL after | DL change |");
+        let _ = writeln!(s, "|---|---:|---|---|---|---|---:|---:|---:|---:|---|---:|---:|---|---:|---:|---:|");
         for entry in &report.block_recruitment {
             let d = &entry.decision;
             let members: Vec<String> =
@@ -248,7 +248,7 @@ pub fn markdown(report: &Report) -> String {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {}{} | {} | {:.1} | {:.1} | {:.1} | {} | {} | {:.1} | {:.1} | {} | {:.1} | {:.1} |",
+                "| {} | {} | {} | {} | {}{} | {} | {} | {} | {:.1} | {} | {} | {:.1} | {:.1} | {} | {} | {} | {:+.1} |",
                 entry.member,
                 d.step,
                 origin_text(d.origin),
@@ -259,16 +259,17 @@ pub fn markdown(report: &Report) -> String {
                     crate::recruit::TrialKind::Frozen => "frozen",
                     crate::recruit::TrialKind::CoTrained => "co-trained",
                 },
-                d.bits_before,
-                d.bits_after,
+                optional_bits(d.bits_before),
+                optional_bits(d.bits_after),
                 d.saving_bits(),
                 d.saved_where_copied_bits.map_or("–".to_string(), |b| format!("{b:.1}")),
                 split,
                 d.margin_bits,
                 d.noise_bits,
                 if d.accepted { "**accepted**" } else { "rejected" },
-                d.description_length_before,
-                d.description_length_after
+                optional_bits(d.description_length_before),
+                optional_bits(d.description_length_after),
+                d.description_length_change()
             );
         }
         let _ = writeln!(s);
@@ -287,6 +288,11 @@ pub fn markdown(report: &Report) -> String {
         published_markdown(&mut s, comparison);
     }
     s
+}
+
+/// A code length a check may not have computed (`split_scoring: saving_only`), to one decimal.
+fn optional_bits(bits: Option<f64>) -> String {
+    bits.map_or_else(|| "–".to_string(), |b| format!("{b:.1}"))
 }
 
 pub(super) fn published_markdown(s: &mut String, comparison: &published::PublishedComparison) {
