@@ -13,7 +13,7 @@ pub fn figures(report: &Report) -> Vec<(&'static str, &'static str, String)> {
             ("report-attention-1.svg", 1.0, &example.weights_lambda_1),
         ] {
             let caption = format!("{}: layer {} head {}, λ = {lambda}", example.member, example.layer, example.head);
-            if let Some(svg) = plots::heatmap(&caption, weights, &example.targets) {
+            if let Some(svg) = plots::heatmap(&caption, weights, &example.targets, &example.tokens) {
                 out.push((file, "4", svg));
             }
         }
@@ -24,9 +24,9 @@ pub fn figures(report: &Report) -> Vec<(&'static str, &'static str, String)> {
             .curves
             .iter()
             .zip(&names)
-            .map(|(c, name)| Series {
-                name,
-                points: c.points.iter().map(|p| (p.lambda, p.row.entropy_bits.mean)).collect(),
+            .map(|(c, name)| {
+                let estimates = c.points.iter().map(|p| (p.lambda, p.row.entropy_bits.mean, p.row.entropy_bits.ci95));
+                Series::with_intervals(name, estimates)
             })
             .collect();
         let published: Vec<(f64, f64)> = comparison
@@ -36,7 +36,7 @@ pub fn figures(report: &Report) -> Vec<(&'static str, &'static str, String)> {
             .map(|f| (f.lambda, f.published))
             .collect();
         if !published.is_empty() {
-            series.push(Series { name: "published", points: published });
+            series.push(Series::line("published", published));
         }
         if let Some(svg) =
             line_chart("Attention entropy: ours and published", "locality dial λ", "entropy (bits per row)", &series)
@@ -45,7 +45,9 @@ pub fn figures(report: &Report) -> Vec<(&'static str, &'static str, String)> {
         }
     }
     let Some(group) = report.groups.first() else { return out };
-    let along = |f: &dyn Fn(&DialRow) -> f64| group.dial.iter().map(|r| (r.lambda, f(r))).collect::<Vec<_>>();
+    let along = |name: &'static str, f: &dyn Fn(&DialRow) -> &Estimate| {
+        Series::with_intervals(name, group.dial.iter().map(|r| (r.lambda, f(r).mean, f(r).ci95)))
+    };
     let mut add = |file: &'static str, section: &'static str, svg: Option<String>| {
         if let Some(svg) = svg {
             out.push((file, section, svg));
@@ -58,10 +60,7 @@ pub fn figures(report: &Report) -> Vec<(&'static str, &'static str, String)> {
             "Attention entropy across the dial",
             "locality dial λ",
             "entropy (bits per row)",
-            &[
-                Series { name: "all rows", points: along(&|r| r.entropy_bits.mean) },
-                Series { name: "covered rows", points: along(&|r| r.covered_entropy_bits.mean) },
-            ],
+            &[along("all rows", &|r| &r.entropy_bits), along("covered rows", &|r| &r.covered_entropy_bits)],
         ),
     );
     add(
@@ -71,7 +70,7 @@ pub fn figures(report: &Report) -> Vec<(&'static str, &'static str, String)> {
             "Pointer fidelity across the dial",
             "locality dial λ",
             "mass on rule targets (share)",
-            &[Series { name: "pointer fidelity", points: along(&|r| r.pointer_fidelity.mean) }],
+            &[along("pointer fidelity", &|r| &r.pointer_fidelity)],
         ),
     );
     add(
@@ -81,7 +80,7 @@ pub fn figures(report: &Report) -> Vec<(&'static str, &'static str, String)> {
             "Test perplexity across the dial",
             "locality dial λ",
             "perplexity (per token)",
-            &[Series { name: "perplexity", points: along(&|r| r.perplexity.mean) }],
+            &[along("perplexity", &|r| &r.perplexity)],
         ),
     );
     add(
@@ -91,10 +90,7 @@ pub fn figures(report: &Report) -> Vec<(&'static str, &'static str, String)> {
             "Training loss",
             "training step",
             "cross-entropy (nats per token)",
-            &[Series {
-                name: "mean over seeds",
-                points: group.training_curve.iter().map(|&(s, l)| (s as f64, l)).collect(),
-            }],
+            &[Series::line("mean over seeds", group.training_curve.iter().map(|&(s, l)| (s as f64, l)).collect())],
         ),
     );
     out
