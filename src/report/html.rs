@@ -109,7 +109,7 @@ figure{display:inline-block;margin:.5em}h2{border-bottom:1px solid #ddd;padding-
 /// One self-contained HTML file: the Markdown report as HTML, inline CSS, and the figures inline as
 /// SVG under the sections they belong to. Nothing is fetched from anywhere.
 pub fn html(report: &Report) -> String {
-    let markdown = markdown(report);
+    let markdown = markdown_text(report);
     let mut body = String::new();
     let parser = pulldown_cmark::Parser::new_ext(&markdown, pulldown_cmark::Options::ENABLE_TABLES);
     pulldown_cmark::html::push_html(&mut body, parser);
