@@ -304,29 +304,94 @@ fn check_html(html: &str) {
     assert!(open.is_empty(), "never closed: {open:?}");
 }
 
-/// Opens the report in headless Chromium (Debian's package; `.ci/install-browser` installs it) and
-/// checks that it renders: the DOM comes back with the report's title and figures.
-fn render_in_chromium(path: &Path) {
-    let Some(browser) = ["chromium", "chromium-browser"]
+/// The browser of the Chromium tests: Debian's package (`.ci/install-browser` installs it).
+fn chromium() -> Option<&'static str> {
+    ["chromium", "chromium-browser"]
         .into_iter()
         .find(|b| Command::new(b).arg("--version").output().is_ok_and(|o| o.status.success()))
-    else {
-        eprintln!("skipped: no chromium on this machine (bash .ci/install-browser installs it)");
-        return;
-    };
+}
+
+/// Headless Chromium on `url` with `args`, each call with a profile of its own; its stdout.
+fn headless(browser: &str, args: &[&str], url: &str) -> String {
     let profile = tempfile::tempdir().unwrap();
     let output = Command::new(browser)
         .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run"])
         .args(["--disable-background-networking", "--disable-component-update", "--disable-sync"])
         .arg(format!("--user-data-dir={}", profile.path().display()))
-        .arg("--dump-dom")
-        .arg(format!("file://{}", path.canonicalize().unwrap().display()))
+        .args(args)
+        .arg(url)
         .output()
         .unwrap();
-    let dom = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "chromium failed: {}", String::from_utf8_lossy(&output.stderr));
-    assert!(dom.contains("ailla report: tiny") && dom.matches("<svg").count() >= 4, "the report did not render");
     assert!(!String::from_utf8_lossy(&output.stderr).contains("Uncaught"), "errors while rendering");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Measures the report's layout from inside it: with `#print=1` the report's print rules are made
+/// unconditional first (a page cannot be put in print media from the command line). It reports the
+/// page's width against the viewport's, the first elements (outside the tables' scrolling wrappers)
+/// that reach past the viewport, and where the audit card and its run-id row are; to its parent frame,
+/// which writes it into the DOM that `--dump-dom` prints.
+const LAYOUT_PROBE: &str = include_str!("fixtures/report-layout-probe.js");
+
+/// Opens the report in headless Chromium and checks that it renders (the DOM comes back with the
+/// report's title and figures), that nothing reaches past the viewport at 1,400 px, at 420 px (a
+/// phone) or on an A4 page (703 px between the margins), that the audit card and its run id are on
+/// the first screen, and that it prints to a PDF of several pages. Skipped, saying so, without Chromium.
+fn render_in_chromium(path: &Path) {
+    let Some(browser) = chromium() else {
+        eprintln!("skipped the Chromium checks: no chromium on this machine (bash .ci/install-browser installs it)");
+        return;
+    };
+    let url = |p: &Path| format!("file://{}", p.canonicalize().unwrap().display());
+    let dom = headless(browser, &["--dump-dom"], &url(path));
+    assert!(dom.contains("ailla report: tiny") && dom.matches("<svg").count() >= 4, "the report did not render");
+
+    let dir = tempfile::tempdir().unwrap();
+    let html = std::fs::read_to_string(path).unwrap();
+    let probe = html.replacen("</body>", &format!("<script>{LAYOUT_PROBE}</script></body>"), 1);
+    std::fs::write(dir.path().join("probe.html"), probe).unwrap();
+    // Chromium's headless window is at least 500 px wide, so the report is measured in a frame of the
+    // width wanted
+    for (width, height, print) in [(1400, 900, 0), (420, 800, 0), (703, 1000, 1)] {
+        let harness = format!(
+            "<!DOCTYPE html><html><body style=\"margin:0\"><iframe src=\"probe.html#print={print}\" \
+             style=\"border:0;width:{width}px;height:{height}px\"></iframe><script>addEventListener('message', \
+             function (e) {{ var p = document.createElement('pre'); p.id = 'layout-check'; p.textContent = e.data; \
+             document.body.appendChild(p); }});</script></body></html>"
+        );
+        let harness_path = dir.path().join("harness.html");
+        std::fs::write(&harness_path, harness).unwrap();
+        let dom = headless(
+            browser,
+            &["--window-size=1500,1100", "--virtual-time-budget=5000", "--dump-dom"],
+            &url(&harness_path),
+        );
+        let at = dom.find("<pre id=\"layout-check\">").unwrap_or_else(|| panic!("no layout measured at {width} px"));
+        let text = &dom[at + "<pre id=\"layout-check\">".len()..];
+        let text = text[..text.find("</pre>").unwrap()].replace("&amp;", "&");
+        let layout: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let view = if print == 1 { "print".to_string() } else { format!("{width} px") };
+        assert!(
+            layout["scroll_width"].as_f64() <= layout["client_width"].as_f64()
+                && layout["overflowing"].as_array().is_some_and(Vec::is_empty),
+            "the report overflows the viewport at {view}: {layout}"
+        );
+        let first_screen = f64::from(height);
+        assert!(
+            layout["card_top"].as_f64().is_some_and(|t| t < first_screen),
+            "no audit card on the first screen at {view}: {layout}"
+        );
+        assert!(
+            layout["run_id_bottom"].as_f64().is_some_and(|b| b < first_screen),
+            "the card's run id is not on the first screen at {view}: {layout}"
+        );
+    }
+    let pdf = dir.path().join("report.pdf");
+    headless(browser, &[&format!("--print-to-pdf={}", pdf.display()), "--no-pdf-header-footer"], &url(path));
+    let bytes = std::fs::read(&pdf).unwrap();
+    let pages = regex::bytes::Regex::new(r"/Type\s*/Page[^s]").unwrap().find_iter(&bytes).count();
+    assert!(pages >= 2, "the report printed to {pages} page(s)");
 }
 
 #[test]
