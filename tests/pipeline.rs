@@ -230,7 +230,8 @@ fn a_sweep_too_large_to_run_is_refused_before_it_is_expanded() {
 
 /// A run split across processes (`--member`, as a job array runs it) trains each member exactly as
 /// the whole run does: the same losses and weights for the same thread count, and, closed with
-/// `--report-only`, the same report apart from wall time and peak memory. Before every member is
+/// `--report-only`, the same report apart from its volatile fields (wall time, peak memory, invocation,
+/// its own hash: `tests/common/mod.rs`). Before every member is
 /// done, `--report-only` names the missing one and fails; `--list-members` says which finished.
 #[test]
 fn members_run_as_separate_processes_match_the_whole_run() {

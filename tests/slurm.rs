@@ -88,7 +88,8 @@ impl Drop for Slurm {
 
 /// The members run as a Slurm job array, one task each with one thread, and the report job after
 /// them: every member's losses and weights are those of the same pipeline run whole here with one
-/// thread per member, and the report is the same apart from wall time and peak memory. A resubmission
+/// thread per member, and the report is the same apart from its volatile fields (wall time, peak memory,
+/// invocation, its own hash: `tests/common/mod.rs`). A resubmission
 /// runs only the member that is missing and leaves the finished one as it is.
 #[test]
 fn a_sweep_submitted_to_slurm_matches_the_local_run_bit_for_bit() {

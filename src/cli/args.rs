@@ -308,6 +308,10 @@ pub struct RunArgs {
     /// Print the summary as JSON instead of a table (shape: `src/cli/schemas/run.schema.json`).
     #[arg(long)]
     pub json: bool,
+    /// Who runs it, for the report's audit card (default: `$AILLA_OPERATOR`, else the OS user,
+    /// `$USER`); the card says which of the three it came from.
+    #[arg(long, value_name = "NAME")]
+    pub operator: Option<String>,
     #[command(flatten)]
     pub changes: PlanChanges,
 }

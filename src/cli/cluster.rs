@@ -46,7 +46,7 @@ impl Submission {
 
     /// Shares the run directory with the tasks (the plan, the pipeline and the inputs' provenance).
     fn share(&self, common: &ClusterArgs) -> Result<()> {
-        share_run_dir(&self.plan, &self.text, &common.pipeline, self.threads).map(|_| ())
+        share_run_dir(&self.plan, &self.text, &common.pipeline, self.threads, None).map(|_| ())
     }
 }
 

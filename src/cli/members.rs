@@ -69,13 +69,20 @@ pub(super) fn check_shared_run_dir(plan: &Plan, pipeline_file: &Path) -> Result<
 /// Prepares `plan.output_dir` to be shared (see [`check_shared_run_dir`]): a directory that does not
 /// hold the plan yet gets it, the pipeline text and the provenance of the inputs (with `cores` as each
 /// member's threads). Returns whether it held the plan already.
-pub(super) fn share_run_dir(plan: &Plan, text: &str, pipeline_file: &Path, cores: usize) -> Result<bool> {
+pub(super) fn share_run_dir(
+    plan: &Plan,
+    text: &str,
+    pipeline_file: &Path,
+    cores: usize,
+    operator: Option<&str>,
+) -> Result<bool> {
     if check_shared_run_dir(plan, pipeline_file)? {
         return Ok(true);
     }
     let dir = &plan.output_dir;
     // hashed before anything is written, so that unreadable inputs leave no half-made directory
-    let provenance = crate::report::provenance::collect(plan, pipeline_file, cores)?;
+    let mut provenance = crate::report::provenance::collect(plan, pipeline_file, cores)?;
+    provenance.invocation = Some(crate::report::provenance::invocation(&plan.name, operator));
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     crate::pipeline::run::write_plan(plan, text)?;
     let json = serde_json::to_string_pretty(&provenance).map_err(|e| Error::Numeric(e.to_string()))?;
@@ -93,7 +100,7 @@ pub(super) fn run_one_member(args: &RunArgs, key: &str, threads: Option<usize>, 
     if let (Some(text), Some(path)) = (&text, &args.pipeline) {
         // the plan as resolved, not as this process runs it: the threads are the command line's
         let cores = settle_threads(&mut plan.clone(), threads)?;
-        share_run_dir(&plan, text, path, cores)?;
+        share_run_dir(&plan, text, path, cores, args.operator.as_deref())?;
     }
     settle_threads(&mut plan, threads)?;
     let total = plan.members.len();
@@ -136,6 +143,7 @@ pub(super) fn report_only(
     pipeline_file: &Path,
     cores: usize,
     json_output: bool,
+    operator: Option<&str>,
     out: &mut dyn Write,
 ) -> Result<()> {
     require_members(plan, "--report-only")?;
@@ -170,6 +178,9 @@ pub(super) fn report_only(
         }
         Err(e) => return Err(Error::io(&stored, e)),
     };
+    if provenance.invocation.is_none() {
+        provenance.invocation = Some(crate::report::provenance::invocation(&plan.name, operator));
+    }
     provenance.threads = cores;
     provenance.numerics = Some(crate::engine::environment::current());
     provenance.wall_time_seconds =

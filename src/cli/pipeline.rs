@@ -68,6 +68,7 @@ pub(super) fn run_pipeline(args: RunArgs, threads: Option<usize>, out: &mut dyn 
     if args.jobs == Some(0) {
         return Err(Error::invalid("--jobs", "must be at least 1"));
     }
+    check_operator(args.operator.as_deref())?;
     if args.list_members {
         return list_members(&args, out);
     }
@@ -90,9 +91,10 @@ pub(super) fn run_pipeline(args: RunArgs, threads: Option<usize>, out: &mut dyn 
     }
     let cores = settle_threads(&mut plan, threads)?;
     if args.report_only {
-        return report_only(&plan, &pipeline_file, cores, args.json, out);
+        return report_only(&plan, &pipeline_file, cores, args.json, args.operator.as_deref(), out);
     }
     let mut provenance = crate::report::provenance::collect(&plan, &pipeline_file, cores)?;
+    provenance.invocation = Some(crate::report::provenance::invocation(&plan.name, args.operator.as_deref()));
     let started = std::time::Instant::now();
     // a domains pipeline is one pool run; any other pipeline, its sweep members
     let (outcomes, domains) = match &plan.domains {
@@ -118,6 +120,19 @@ pub(super) fn run_pipeline(args: RunArgs, threads: Option<usize>, out: &mut dyn 
         return Err(Error::Failed(format!("{failed} of {} runs failed (see the table above)", outcomes.len())));
     }
     Ok(())
+}
+
+/// `--operator` names a person or team on the audit card: refused empty, over 200 characters, or with
+/// a control character (which would break the card's table).
+pub(super) fn check_operator(operator: Option<&str>) -> Result<()> {
+    match operator {
+        Some(name) if name.trim().is_empty() => Err(Error::invalid("--operator", "is empty: give a name")),
+        Some(name) if name.chars().count() > 200 => Err(Error::invalid("--operator", "is longer than 200 characters")),
+        Some(name) if name.chars().any(char::is_control) => {
+            Err(Error::invalid("--operator", "holds a control character"))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// The plan stored in a run directory, continued where it is whatever directory the command is given
@@ -185,10 +200,16 @@ pub(super) fn close_run(
     };
     // the closing line is the table's; JSON carries the same facts as fields
     if let Some(pool) = pool {
+        // the rules' verdict first: a bound that holds is the engine's arithmetic, not a rule met
+        let met = report
+            .card
+            .rules_met
+            .last()
+            .map_or(String::new(), |m| format!("rules met at λ = {}: {} of {}; ", m.lambda, m.met, m.rules));
         let bounds = match (checked, violations) {
             (0, _) => String::new(),
-            (_, 0) => "every certified bound held (0 violations); ".to_string(),
-            (_, v) => format!("{v} certified-bound violations (see the report's certificates); "),
+            (_, 0) => format!("{met}certificate checks: 0 violations; "),
+            (_, v) => format!("{met}{v} certified-bound violations (see the report's certificates); "),
         };
         s += &format!(
             "\nrun directory: {}  ({:.1} s){pool}; {bounds}report: {} (also report.md, report.json)\n",

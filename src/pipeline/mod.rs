@@ -75,6 +75,9 @@ pub struct Plan {
     /// A domain-recruitment run (METHOD §8) instead of sweep members.
     #[serde(default)]
     pub domains: Option<crate::recruit::domains::DomainsPlan>,
+    /// The pipeline's `card` statement (intended use, limitations, owner), for the report.
+    #[serde(default)]
+    pub card: Option<CardSection>,
 }
 
 /// The closest of `candidates` to `word`, for "did you mean".
@@ -185,6 +188,7 @@ pub fn plan_with(text: &str, path: &Path, options: &PlanOptions) -> Result<Plan,
         published: pipeline.published.clone(),
         quick: options.quick,
         domains: None,
+        card: pipeline.card.clone(),
     })
 }
 
@@ -251,6 +255,7 @@ fn plan_domains(
             seed: pipeline.train.seed,
             vocab_cap: pipeline.data.vocab_cap,
         }),
+        card: pipeline.card.clone(),
     })
 }
 
@@ -338,6 +343,22 @@ fn validate_static(p: &Pipeline, text: &str, base: &Path, problems: &mut Vec<Pro
         let dir = if dir.is_relative() { base.join(dir) } else { dir.clone() };
         if !dir.is_dir() {
             problems.push(problem(text, "data.corpus.directory", format!("{} is not a directory", dir.display())));
+        }
+    }
+    for (field, value) in p.card.iter().flat_map(CardSection::fields) {
+        match value {
+            Some(v) if v.trim().is_empty() => problems.push(problem(
+                text,
+                field,
+                "is empty: state it, or leave the field out (the card then says \"not stated\")",
+            )),
+            Some(v) if v.chars().count() > 4000 => {
+                problems.push(problem(text, field, "is longer than 4000 characters: point to a document instead"))
+            }
+            Some(v) if v.chars().any(|c| c.is_control() && c != '\n' && c != '\t') => {
+                problems.push(problem(text, field, "holds a control character"))
+            }
+            _ => {}
         }
     }
     if p.train.threads == Some(0) {

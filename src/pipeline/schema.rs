@@ -192,6 +192,36 @@ pub struct Pipeline {
     /// own, in the base and in every sweep member: a smoke-test variant of the same pipeline.
     #[serde(default)]
     pub quick: BTreeMap<String, serde_json::Value>,
+    /// What the report's audit card states about the model beyond what the run measures.
+    #[serde(default)]
+    pub card: Option<CardSection>,
+}
+
+/// The pipeline's own statement for the report's audit card: each field optional, and the card
+/// says "not stated" for a missing one rather than inventing a default.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CardSection {
+    /// What the model is for (and so what its figures were meant to support).
+    #[serde(default)]
+    pub intended_use: Option<String>,
+    /// What the model must not be relied on for, and known weaknesses.
+    #[serde(default)]
+    pub limitations: Option<String>,
+    /// Who answers for the model (a person, a team, a contact address).
+    #[serde(default)]
+    pub owner: Option<String>,
+}
+
+impl CardSection {
+    /// `(field, value)` of every stated field, for validation.
+    pub fn fields(&self) -> [(&'static str, Option<&str>); 3] {
+        [
+            ("card.intended_use", self.intended_use.as_deref()),
+            ("card.limitations", self.limitations.as_deref()),
+            ("card.owner", self.owner.as_deref()),
+        ]
+    }
 }
 
 /// A metric the report can set beside a published figure.

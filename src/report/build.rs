@@ -110,12 +110,41 @@ pub fn build(run_dir: &Path) -> Result<Report> {
     let attention_example = inputs.first().and_then(|i| i.attention.clone());
     let configs: Vec<&crate::train::TrainConfig> = groups.iter().map(|(_, runs)| &runs[0].0.config).collect();
     let test_tokens: Vec<usize> = groups.iter().map(|(_, runs)| runs[0].1.test.tokens).collect();
-    let groups: Vec<Group> = groups.iter().zip(inputs).map(|((_, runs), stored)| build_group(runs, stored)).collect();
+    let blocks = inputs.first().map_or(Vec::new(), |i| card::block_cards(&i.blocks));
+    let seedless: Vec<serde_json::Value> = configs
+        .iter()
+        .map(|c| {
+            let mut c = (*c).clone();
+            c.seed = 0;
+            serde_json::to_value(c).unwrap_or_default()
+        })
+        .collect();
+    let labels = card::group_labels(&seedless);
+    let models: Vec<card::ModelCard> = groups
+        .iter()
+        .zip(&labels)
+        .map(|((_, runs), label)| card::model_card(label, &runs[0].0.config, &runs[0].1))
+        .collect();
+    let groups: Vec<Group> = groups
+        .iter()
+        .zip(inputs)
+        .zip(labels)
+        .map(|(((_, runs), stored), label)| Group { label, ..build_group(runs, stored) })
+        .collect();
     let published =
         plan.published.as_ref().map(|p| published::compare(p, published::curves(&configs, &groups, &test_tokens)));
-    Ok(Report {
+    let card = card::AuditCard {
+        statement: plan.card.clone().unwrap_or_default(),
+        models,
+        checkpoints: card::checkpoint_hashes(run_dir, &plan.members)?,
+        blocks,
+        rules_met: groups.first().map_or(Vec::new(), card::rules_met),
+    };
+    let mut report = Report {
         schema_version: SCHEMA_VERSION,
+        report_sha256: String::new(),
         name: plan.name.clone(),
+        card,
         provenance,
         resolved_pipeline,
         failed_members,
@@ -124,7 +153,9 @@ pub fn build(run_dir: &Path) -> Result<Report> {
         published,
         block_recruitment,
         domain_recruitment,
-    })
+    };
+    report.report_sha256 = card::content_sha256(&report)?;
+    Ok(report)
 }
 
 pub(super) fn build_group(runs: &[StoredRun], stored: crate::train::stored::ReportInputs) -> Group {
@@ -155,6 +186,8 @@ pub(super) fn build_group(runs: &[StoredRun], stored: crate::train::stored::Repo
         });
     }
     let (sources, injected) = (stored.rule_sources, stored.schedules);
+    let epsilon = runs[0].0.config.locality.as_ref().map(|l| l.epsilon);
+    let target = 1.0 - epsilon.unwrap_or(0.0);
     let first = &runs[0].1;
     let rules = first
         .dial
@@ -183,6 +216,12 @@ pub(super) fn build_group(runs: &[StoredRun], stored: crate::train::stored::Repo
                         .map(|x| x.fidelity_by_site.iter().map(|&f| f.is_finite().then_some(f)).collect())
                         .unwrap_or_default(),
                     injected: injected.get(&rule.name).cloned(),
+                    met_by_lambda: Vec::new(),
+                })
+                .map(|row| RuleRow {
+                    // NaN (no covered rows) compares false: not met
+                    met_by_lambda: row.fidelity_by_lambda.iter().map(|&(_, f)| f >= target).collect(),
+                    ..row
                 })
                 .collect()
         })
@@ -248,5 +287,5 @@ pub(super) fn build_group(runs: &[StoredRun], stored: crate::train::stored::Repo
                 .collect()
         })
         .unwrap_or_default();
-    Group { members, dial, rules, certificates, training_curve, site_fidelity }
+    Group { label: String::new(), epsilon, members, dial, rules, certificates, training_curve, site_fidelity }
 }

@@ -96,16 +96,109 @@ pub fn figures(report: &Report) -> Vec<(&'static str, &'static str, String)> {
     out
 }
 
-pub(super) const STYLE: &str =
-    "body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222;line-height:1.45}\
-table{border-collapse:collapse;margin:1em 0;font-size:.9em}th,td{border:1px solid #ccc;padding:.25em .6em}\
-td{text-align:right}td:first-child{text-align:left}th{background:#f3f3f3}code{font-size:.85em}\
-figure{display:inline-block;margin:.5em}h2{border-bottom:1px solid #ddd;padding-bottom:.2em}";
+/// Screen: a readable column that fits a phone (420 px) without sideways scrolling of the page; wide
+/// tables scroll inside their own wrapper and figures shrink to the column. Print: A4 with a running
+/// header (report and run id) and page numbers in `@page` margin boxes (Chromium 131 and later
+/// print them; older browsers print the pages without), headings kept with what follows them, and
+/// rows, figures and the card never split across pages.
+pub(super) const STYLE: &str = "\
+*,*::before,*::after{box-sizing:border-box}\
+html{-webkit-text-size-adjust:100%}\
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:1em auto;padding:0 1em;color:#222;line-height:1.45;overflow-wrap:anywhere}\
+.table-wrap{max-width:100%;overflow-x:auto;margin:1em 0}\
+table{border-collapse:collapse;font-size:.9em}th,td{border:1px solid #ccc;padding:.25em .6em;overflow-wrap:normal}\
+td{text-align:right}td:first-child{text-align:left}th{background:#f3f3f3}code{font-size:.85em;overflow-wrap:anywhere}\
+figure{display:inline-block;margin:.5em;max-width:100%}figure svg{max-width:100%;height:auto}\
+h2{border-bottom:1px solid #ddd;padding-bottom:.2em}\
+nav.contents{font-size:.9em;border:1px solid #ddd;background:#fafafa;padding:.4em .8em;margin:.5em 0}\
+#audit-card{scroll-margin-top:1em}\
+@media (max-width:600px){body{padding:0 .5em;font-size:15px}h1{font-size:1.4em}}\
+@media print{\
+body{max-width:none;margin:0;padding:0;font-size:10pt}\
+.table-wrap{overflow:visible}table{font-size:7pt;width:100%}th,td{padding:.1em .25em;overflow-wrap:anywhere}\
+h1,h2,h3{break-after:avoid;page-break-after:avoid}\
+tr,figure,li{break-inside:avoid;page-break-inside:avoid}\
+h2{break-before:page;page-break-before:always}\
+h2#audit-card{break-before:auto;page-break-before:auto}\
+nav.contents{display:none}a{color:inherit;text-decoration:none}\
+}";
+
+/// The print layout's page furniture: the running header and the page numbers, with `run` (the run
+/// id, or the report's name without one) as a CSS string.
+fn page_style(report: &Report) -> String {
+    let run = report.provenance.invocation.as_ref().map_or(String::new(), |i| format!(" — run {}", i.run_id));
+    let header = css_string(&format!("ailla report: {}{run}", report.name));
+    format!(
+        "@page{{size:A4;margin:16mm 12mm 14mm;\
+         @top-left{{content:{header};font:8pt system-ui,sans-serif;color:#555}}\
+         @bottom-right{{content:\"page \" counter(page) \" of \" counter(pages);font:8pt system-ui,sans-serif;color:#555}}}}"
+    )
+}
+
+/// `text` as a quoted CSS string: everything but plain letters, digits and a few marks written as a
+/// hex escape, so no text can end the string or the style element.
+fn css_string(text: &str) -> String {
+    let mut out = String::from("\"");
+    for c in text.chars() {
+        if c.is_ascii_alphanumeric() || " -_.:,=()".contains(c) {
+            out.push(c);
+        } else {
+            out.push_str(&format!("\\{:x} ", c as u32));
+        }
+    }
+    out.push('"');
+    out
+}
+
+fn html_escaped(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// HTML text back to plain text: tags dropped, the entities pulldown-cmark writes decoded.
+fn plain_text(html: &str) -> String {
+    let mut out = String::new();
+    let mut in_tag = false;
+    for c in html.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+    }
+    out.replace("&lt;", "<").replace("&gt;", ">").replace("&quot;", "\"").replace("&#39;", "'").replace("&amp;", "&")
+}
+
+/// Gives every `<h2>` and `<h3>` the id the Markdown's links use ([`card::slug`] of its text), so
+/// that the contents, the cross-group table and `report.html#section` links land.
+fn with_heading_ids(body: &str) -> String {
+    let mut out = String::with_capacity(body.len() + 1024);
+    let mut rest = body;
+    while let Some(at) = rest.find("<h") {
+        let level = rest[at + 2..].chars().next();
+        let opening = matches!(level, Some('2') | Some('3')) && rest[at + 3..].starts_with('>');
+        if !opening {
+            out.push_str(&rest[..at + 2]);
+            rest = &rest[at + 2..];
+            continue;
+        }
+        let close = format!("</h{}>", level.unwrap_or('2'));
+        let Some(end) = rest[at..].find(&close) else { break };
+        let inner = &rest[at + 4..at + end];
+        out.push_str(&rest[..at + 3]);
+        out.push_str(&format!(" id=\"{}\">", card::slug(&plain_text(inner)).replace('"', "")));
+        out.push_str(inner);
+        out.push_str(&close);
+        rest = &rest[at + end + close.len()..];
+    }
+    out.push_str(rest);
+    out
+}
 
 /// One self-contained HTML file: the Markdown report as HTML, inline CSS, and the figures inline as
 /// SVG under the sections they belong to. Nothing is fetched from anywhere.
 pub fn html(report: &Report) -> String {
-    let markdown = markdown(report);
+    let markdown = markdown_text(report);
     let mut body = String::new();
     let parser = pulldown_cmark::Parser::new_ext(&markdown, pulldown_cmark::Options::ENABLE_TABLES);
     pulldown_cmark::html::push_html(&mut body, parser);
@@ -118,8 +211,24 @@ pub fn html(report: &Report) -> String {
             }
         }
     }
+    let body = with_heading_ids(&body)
+        .replace("<table>", "<div class=\"table-wrap\"><table>")
+        .replace("</table>", "</table></div>")
+        .replacen("<p>Contents:", "<nav class=\"contents\" aria-label=\"contents\"><p>Contents:", 1);
+    // the contents paragraph is the first one that starts so; close its nav after it
+    let body = match body.find("<nav class=\"contents\"") {
+        Some(at) => match body[at..].find("</p>") {
+            Some(end) => {
+                let at = at + end + "</p>".len();
+                format!("{}</nav>{}", &body[..at], &body[at..])
+            }
+            None => body,
+        },
+        None => body,
+    };
     format!(
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>ailla report: {}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}</body>\n</html>\n",
-        report.name
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n<title>ailla report: {}</title>\n<style>{STYLE}{}</style>\n</head>\n<body>\n{body}</body>\n</html>\n",
+        html_escaped(&report.name),
+        page_style(report)
     )
 }

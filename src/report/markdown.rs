@@ -2,11 +2,104 @@
 
 use super::*;
 
+/// A mean and its 95 % half-width at the precision the interval supports: the half-width to one
+/// significant digit (two when that digit is 1, so that 0.013 does not become 0.01) and the mean to
+/// the same decimal place, never more than `decimals` places nor fewer than one (`3.14 ± 0.05`, not
+/// `3.141 ± 0.052`). A single seed has no interval, so it keeps `decimals`.
 pub(super) fn est(e: &Estimate, decimals: usize) -> String {
     match e.ci95 {
-        Some(ci) => format!("{:.*} ± {:.*}", decimals, e.mean, decimals, ci),
+        Some(ci) => {
+            let places = interval_places(ci, decimals);
+            format!("{:.*} ± {:.*}", places, e.mean, places, ci)
+        }
         None => format!("{:.*}", decimals, e.mean),
     }
+}
+
+/// Decimal places that show `half_width` to one significant digit (two when it starts with 1),
+/// within `[1, most]`.
+pub(super) fn interval_places(half_width: f64, most: usize) -> usize {
+    if !(half_width.is_finite() && half_width > 0.0) {
+        return most;
+    }
+    let exponent = half_width.log10().floor();
+    let leading = (half_width / 10f64.powf(exponent)).floor();
+    let places = -exponent + if leading < 2.0 { 1.0 } else { 0.0 };
+    (places.max(1.0) as usize).min(most.max(1))
+}
+
+/// Every group side by side at the smallest and the largest λ: the comparison a sweep is run for.
+fn cross_group_table(s: &mut String, report: &Report) {
+    fn at(g: &Group, last: bool) -> Option<&DialRow> {
+        if last {
+            g.dial.last()
+        } else {
+            g.dial.first()
+        }
+    }
+    let Some((low, high)) = report.groups.first().and_then(|g| Some((at(g, false)?.lambda, at(g, true)?.lambda)))
+    else {
+        return;
+    };
+    let _ = writeln!(
+        s,
+        "Every group at λ = {low:.2} and λ = {high:.2} (means over seeds):\n\n\
+         | group | runs | perplexity λ = {low:.2} | perplexity λ = {high:.2} | fidelity λ = {low:.2} | fidelity λ = {high:.2} | rules met λ = {low:.2} | rules met λ = {high:.2} |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|"
+    );
+    for g in &report.groups {
+        let met = |last: bool| {
+            let i = if last { g.dial.len().saturating_sub(1) } else { 0 };
+            let met = g.rules.iter().filter(|r| r.met_by_lambda.get(i).copied().unwrap_or(false)).count();
+            format!("{met} of {}", g.rules.len())
+        };
+        let value = |last: bool, f: &dyn Fn(&DialRow) -> String| at(g, last).map_or("–".to_string(), f);
+        let _ = writeln!(
+            s,
+            "| [{}](#{}) | {} | {} | {} | {} | {} | {} | {} |",
+            card::cell(&g.label),
+            card::slug(&group_heading(g)),
+            g.members.len(),
+            value(false, &|r| est(&r.perplexity, 3)),
+            value(true, &|r| est(&r.perplexity, 3)),
+            value(false, &|r| est(&r.pointer_fidelity, 4)),
+            value(true, &|r| est(&r.pointer_fidelity, 4)),
+            met(false),
+            met(true)
+        );
+    }
+    let _ = writeln!(s);
+}
+
+/// One paragraph of links to every section (and, in a sweep, to every group's dial table).
+fn contents(s: &mut String, report: &Report) {
+    let links = ["Audit card", "1. Summary", "2. Provenance", "3. Locality across the dial"];
+    let groups: Vec<String> =
+        if report.groups.len() > 1 { report.groups.iter().map(group_heading).collect() } else { Vec::new() };
+    let rest = ["4. Rules", "5. Certificates", "6. Recruitment", "7. Training curves"];
+    let mut out: Vec<String> = links.iter().map(|l| format!("[{}](#{})", card::cell(l), card::slug(l))).collect();
+    if !groups.is_empty() {
+        let inner: Vec<String> = groups.iter().map(|g| format!("[{}](#{})", card::cell(g), card::slug(g))).collect();
+        if let Some(last) = out.last_mut() {
+            *last = format!("{last} ({})", inner.join(", "));
+        }
+    }
+    out.extend(rest.iter().map(|l| format!("[{l}](#{})", card::slug(l))));
+    if report.published.is_some() {
+        let l = "8. Published figures beside ours";
+        out.push(format!("[{l}](#{})", card::slug(l)));
+    }
+    let _ = writeln!(s, "Contents: {}\n", out.join(" · "));
+}
+
+/// What a section without sweep groups says in a domains run, in place of an empty table.
+const DOMAINS_ONLY: &str =
+    "This is a domains run (METHOD §8): its models are trained without the locality dial, so it has \
+     no dial table, rules, certificates or sweep training curves; its results are section 6's.";
+
+/// A group's heading in section 3, which the contents and the cross-group table link to.
+pub(super) fn group_heading(group: &Group) -> String {
+    format!("Group {}", group.label)
 }
 
 pub(super) fn origin_text(origin: crate::recruit::Origin) -> &'static str {
@@ -24,26 +117,77 @@ pub(super) fn p_value(p: Option<f64>) -> String {
 
 /// The report as Markdown: readable on a code-hosting site and in a terminal.
 pub fn markdown(report: &Report) -> String {
+    with_figure_links(&markdown_text(report), report)
+}
+
+/// `text` with a relative link to each figure the run wrote, under its section's heading: the SVG
+/// files beside `report.md`, so a code-hosting site or a Markdown viewer shows them in place.
+fn with_figure_links(text: &str, report: &Report) -> String {
+    let mut out = text.to_string();
+    for (file, section, _) in figures(report).iter().rev() {
+        let heading = format!("\n## {section}. ");
+        let Some(start) = out.find(&heading) else { continue };
+        let Some(end) = out[start + 1..].find('\n') else { continue };
+        let at = start + 1 + end + 1;
+        out.insert_str(at, &format!("\n![figure {file}]({file})\n"));
+    }
+    out
+}
+
+/// The report as Markdown without the figure links (`report.html` puts the figures inline instead).
+pub(super) fn markdown_text(report: &Report) -> String {
     let mut s = String::new();
     let p = &report.provenance;
-    let _ = writeln!(s, "# ailla report: {}\n", report.name);
+    let _ = writeln!(s, "# ailla report: {}\n", card::cell(&report.name));
+    contents(&mut s, report);
+    s.push_str(&card::card_markdown(report));
     let _ = writeln!(s, "## 1. Summary\n");
     let runs: usize = report.groups.iter().map(|g| g.members.len()).sum();
     let violations: usize = report.groups.iter().flat_map(|g| &g.certificates).map(|c| c.violations).sum();
+    let checked: usize = report.groups.iter().map(|g| g.certificates.len()).sum();
     let _ = writeln!(
         s,
-        "{runs} run{} in {} group{} (runs in a group differ only in their seed); {} failed.",
+        "{runs} run{} in {} group{} (runs in a group differ only in their seed); {} failed.\n",
         if runs == 1 { "" } else { "s" },
         report.groups.len(),
         if report.groups.len() == 1 { "" } else { "s" },
         report.failed_members.len()
     );
-    let _ = writeln!(
-        s,
-        "Certified bounds: {} (violations: {violations}, METHOD §6; any violation would be an engine bug).\n",
-        if violations == 0 { "all held" } else { "VIOLATED" }
-    );
+    if let Some(domains) = &report.domain_recruitment {
+        let recruited = domains.decisions.iter().filter(|d| d.recruited).count();
+        let _ = writeln!(
+            s,
+            "Recruitment of specialised models (METHOD §8) over {} domain{} ({}): {recruited} specialist{} recruited of {} tried; the pool holds {} model{} ({}). The decisions, bits and routing are in section 6.\n",
+            domains.domains.len(),
+            if domains.domains.len() == 1 { "" } else { "s" },
+            card::cell(&domains.domains.join(", ")),
+            if recruited == 1 { "" } else { "s" },
+            domains.decisions.len(),
+            domains.pool.len(),
+            if domains.pool.len() == 1 { "" } else { "s" },
+            card::cell(&domains.pool.join(", "))
+        );
+    }
+    let _ = writeln!(s, "{}\n", card::verdict_line(report));
+    if checked > 0 {
+        let _ = writeln!(
+            s,
+            "Certificate checks (METHOD §6): the exact relations and bounds were checked on every covered row at every λ \
+             ({violations} violation{}{}). A bound that holds says the certificate's arithmetic is sound, not that a rule is \
+             met: that is the rules' verdict above, against 1 − ε.\n",
+            if violations == 1 { "" } else { "s" },
+            if violations == 0 { "" } else { ": **VIOLATED**, an engine bug" }
+        );
+    }
     if let Some(group) = report.groups.first() {
+        if report.groups.len() > 1 {
+            let _ = writeln!(
+                s,
+                "The table shows group `{}`, the first of {}; section 3 has every group, and the table after this one sets them side by side.\n",
+                card::cell(&group.label),
+                report.groups.len()
+            );
+        }
         let _ = writeln!(
             s,
             "| λ | entropy (bits) | pointer fidelity | perplexity | accuracy |\n|---:|---:|---:|---:|---:|"
@@ -60,6 +204,9 @@ pub fn markdown(report: &Report) -> String {
             );
         }
         let _ = writeln!(s);
+    }
+    if report.groups.len() > 1 {
+        cross_group_table(&mut s, report);
     }
     if !report.failed_members.is_empty() {
         let _ = writeln!(s, "Failed runs (no summary): {}.\n", report.failed_members.join(", "));
@@ -97,8 +244,17 @@ pub fn markdown(report: &Report) -> String {
     );
 
     let _ = writeln!(s, "## 3. Locality across the dial\n");
-    for (index, group) in report.groups.iter().enumerate() {
-        let _ = writeln!(s, "### Group {}: {}\n", index + 1, group.members.join(", "));
+    let domains_only = report.groups.is_empty() && report.domain_recruitment.is_some();
+    if domains_only {
+        let _ = writeln!(s, "{DOMAINS_ONLY}\n");
+    }
+    for group in &report.groups {
+        let _ = writeln!(
+            s,
+            "### {}\n\nRuns: {}.\n",
+            card::cell(&group_heading(group)),
+            card::cell(&group.members.join(", "))
+        );
         let _ = writeln!(
             s,
             "| λ | entropy (bits) | covered entropy | fidelity | hit rate | block conc. | perplexity | bits/token | accuracy | PR | p(entropy) | p(fidelity) |"
@@ -139,6 +295,9 @@ pub fn markdown(report: &Report) -> String {
     }
 
     let _ = writeln!(s, "## 4. Rules\n");
+    if domains_only {
+        let _ = writeln!(s, "{DOMAINS_ONLY}\n");
+    }
     if let Some(example) = &report.attention_example {
         let _ = writeln!(
             s,
@@ -150,8 +309,8 @@ pub fn markdown(report: &Report) -> String {
             example.tokens.iter().map(|t| format!("`{t}`")).collect::<Vec<_>>().join(" ")
         );
     }
-    for (index, group) in report.groups.iter().enumerate() {
-        let _ = writeln!(s, "### Group {}\n", index + 1);
+    for group in &report.groups {
+        let _ = writeln!(s, "### Rules of group {}\n", card::cell(&group.label));
         let lambdas: Vec<String> = group
             .rules
             .first()
@@ -170,7 +329,14 @@ pub fn markdown(report: &Report) -> String {
                 Some(text) => format!("`{}`", text.replace('|', "\\|")),
                 None => rule.name.clone(),
             };
-            let _ = writeln!(s, "| {} | {} | {} | {} |", name, source, rule.covered_rows, values.join(" | "));
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} |",
+                name,
+                source,
+                card::thousands(rule.covered_rows),
+                values.join(" | ")
+            );
         }
         let _ = writeln!(s, "\nF@λ: pointer fidelity of the rule's own targets at λ; covered rows counted over every layer and head the rule acts on, on the test split.\n");
         if let (Some(last), Some(member)) = (group.dial.last(), group.members.first()) {
@@ -203,8 +369,11 @@ pub fn markdown(report: &Report) -> String {
     }
 
     let _ = writeln!(s, "## 5. Certificates\n");
-    for (index, group) in report.groups.iter().enumerate() {
-        let _ = writeln!(s, "### Group {}\n", index + 1);
+    if domains_only {
+        let _ = writeln!(s, "{DOMAINS_ONLY}\n");
+    }
+    for group in &report.groups {
+        let _ = writeln!(s, "### Certificates of group {}\n", card::cell(&group.label));
         let _ = writeln!(s, "| λ | λ* p50 | λ* p90 | λ* max | certified | weight-only λ | entropy | entropy bound | violations | past ρ threshold |");
         let _ = writeln!(s, "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         for c in &group.certificates {
@@ -279,10 +448,18 @@ pub fn markdown(report: &Report) -> String {
         let _ = writeln!(s);
     }
     let _ = writeln!(s, "## 7. Training curves\n");
-    for (index, group) in report.groups.iter().enumerate() {
+    if domains_only {
+        let _ = writeln!(s, "{DOMAINS_ONLY}\n");
+    }
+    for group in &report.groups {
         let points: Vec<String> =
             group.training_curve.iter().map(|(step, loss)| format!("{step}: {loss:.4}")).collect();
-        let _ = writeln!(s, "Group {} (mean training loss in nats by step): {}\n", index + 1, points.join(", "));
+        let _ = writeln!(
+            s,
+            "Group `{}` (mean training loss in nats by step): {}\n",
+            card::cell(&group.label),
+            points.join(", ")
+        );
     }
     if let Some(comparison) = &report.published {
         published_markdown(&mut s, comparison);
@@ -383,14 +560,14 @@ pub fn domains_markdown(summary: &crate::recruit::domains::DomainsSummary) -> St
     for d in &summary.decisions {
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             d.domain,
             d.best_model,
-            d.domain_tokens,
-            d.bits_before,
-            d.bits_after,
-            d.bits_before - d.bits_after,
-            d.cost_bits,
+            card::thousands(d.domain_tokens),
+            whole(d.bits_before),
+            whole(d.bits_after),
+            whole(d.bits_before - d.bits_after),
+            whole(d.cost_bits),
             if d.recruited { "**recruited**" } else { "not recruited" },
             d.assigned_model
         );
@@ -404,7 +581,13 @@ pub fn domains_markdown(summary: &crate::recruit::domains::DomainsSummary) -> St
     let _ = writeln!(s, "\nDescription length of the pool (bits) as domains arrive:\n");
     let _ = writeln!(s, "| after | total | without that recruitment |\n|---|---:|---:|");
     for dl in &summary.description_length {
-        let _ = writeln!(s, "| {} | {:.0} | {:.0} |", dl.after_domain, dl.total_bits, dl.without_this_recruitment_bits);
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} |",
+            dl.after_domain,
+            whole(dl.total_bits),
+            whole(dl.without_this_recruitment_bits)
+        );
     }
     let _ = writeln!(
         s,
@@ -421,9 +604,18 @@ pub fn domains_markdown(summary: &crate::recruit::domains::DomainsSummary) -> St
     s
 }
 
+/// `x` rounded to a whole number, with thousands separators: `-1,234`.
+fn whole(x: f64) -> String {
+    if !x.is_finite() {
+        return format!("{x}");
+    }
+    let sign = if x.round() < 0.0 { "-" } else { "" };
+    format!("{sign}{}", card::thousands(x.round().abs() as usize))
+}
+
 /// The commit the binary was built from, with a warning an auditor cannot miss when the code was not
 /// exactly that commit (uncommitted changes) or is not known at all.
-fn commit_cell(commit: &str) -> String {
+pub(super) fn commit_cell(commit: &str) -> String {
     if let Some(base) = commit.strip_suffix("+modified") {
         format!(
             "(commit {base}, **modified: built with uncommitted changes, so the code that produced these \
@@ -439,6 +631,16 @@ fn commit_cell(commit: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn intervals_print_at_the_precision_they_support() {
+        let e = |mean, ci| Estimate { mean, ci95: Some(ci), n: 2 };
+        assert_eq!(est(&e(3.14159, 0.052), 3), "3.14 ± 0.05");
+        assert_eq!(est(&e(3.14159, 0.013), 3), "3.142 ± 0.013");
+        assert_eq!(est(&e(157.7, 12.0), 3), "157.7 ± 12.0");
+        assert_eq!(est(&e(0.99731, 0.00002), 4), "0.9973 ± 0.0000");
+        assert_eq!(est(&Estimate { mean: 2.5, ci95: None, n: 1 }, 3), "2.500");
+    }
 
     #[test]
     fn a_modified_or_unknown_commit_is_flagged() {

@@ -19,6 +19,7 @@ use provenance::Provenance;
 use stats::{estimate, welch_p, Estimate};
 
 mod build;
+pub mod card;
 mod html;
 mod markdown;
 mod types;
@@ -41,7 +42,7 @@ pub fn json_schema() -> String {
 
 /// Writes `report.json`, `report.md`, `report.html` and the figures into the run directory.
 pub fn write(run_dir: &Path, report: &Report) -> Result<()> {
-    let json = serde_json::to_string_pretty(report).map_err(|e| Error::Numeric(e.to_string()))? + "\n";
+    let json = card::to_json(report)?;
     crate::checkpoint::atomic_write(&run_dir.join("report.json"), json.as_bytes())?;
     crate::checkpoint::atomic_write(&run_dir.join("report.md"), markdown(report).as_bytes())?;
     crate::checkpoint::atomic_write(&run_dir.join("report.html"), html(report).as_bytes())?;

@@ -35,6 +35,11 @@ pub struct RuleRow {
     /// the rule does not act.
     pub fidelity_by_site_at_max_lambda: Vec<Option<f64>>,
     pub injected: Option<String>,
+    /// At each λ of `fidelity_by_lambda`: whether the rule is met, its mean pointer fidelity at or
+    /// above `1 − ε` (the certificates' target, METHOD §6). A rule with no covered rows is not met:
+    /// there is no evidence that it holds.
+    #[serde(default)]
+    pub met_by_lambda: Vec<bool>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
@@ -54,6 +59,13 @@ pub struct CertificateRow {
 /// Runs that share everything but the seed.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct Group {
+    /// What sets the group apart from the others: the settings that differ between groups, as
+    /// `field = value` (`recruitment.margin_bits = 16`); `all runs` when there is one group.
+    #[serde(default)]
+    pub label: String,
+    /// The certificates' `ε` (fidelity target `1 − ε`); absent without rules.
+    #[serde(default)]
+    pub epsilon: Option<f64>,
     pub members: Vec<String>,
     pub dial: Vec<DialRow>,
     pub rules: Vec<RuleRow>,
@@ -78,7 +90,17 @@ pub use crate::train::stored::AttentionSample as AttentionExample;
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct Report {
     pub schema_version: u32,
+    /// SHA-256 of this report's own content: of the bytes of `report.json` as written, with this
+    /// field's 64 hex digits removed (the line then reads `  "report_sha256": "",`). `ailla verify`
+    /// (or `sed 's/^  "report_sha256": "[0-9a-f]*"/  "report_sha256": ""/' report.json | sha256sum`)
+    /// checks it; `report.md` and `report.html` print the same value.
+    #[serde(default)]
+    pub report_sha256: String,
     pub name: String,
+    /// What an auditor needs first: the model, its data, its rules and whether each is met, the
+    /// checkpoints' hashes and the pipeline's statement of intended use.
+    #[serde(default)]
+    pub card: card::AuditCard,
     pub provenance: Provenance,
     pub resolved_pipeline: serde_json::Value,
     pub failed_members: Vec<String>,

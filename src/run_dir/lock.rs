@@ -18,7 +18,8 @@ pub struct RunLock {
     path: PathBuf,
 }
 
-fn host_name() -> String {
+/// This machine's host name, as the kernel reports it.
+pub fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .or_else(|_| std::env::var("HOSTNAME"))

@@ -26,6 +26,21 @@ pub struct ReportInputs {
     pub schedules: BTreeMap<String, String>,
     /// The final model's attention on the start of the test split, last layer, head 0.
     pub attention: Option<AttentionSample>,
+    /// The blocks in force at the last step, with their members as vocabulary entries (absent in runs
+    /// stored before blocks were recorded).
+    #[serde(default)]
+    pub blocks: Vec<StoredBlock>,
+}
+
+/// A block as compiled against the run's vocabulary: what its words and patterns matched.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct StoredBlock {
+    pub name: String,
+    /// Every member, in token-id order.
+    pub members: Vec<String>,
+    pub anchors: Vec<String>,
+    pub recruitable: bool,
 }
 
 /// The attention of one example sequence at λ = 0 and λ = 1, with the rule targets of each row.
@@ -154,6 +169,21 @@ pub fn collect(
         rule_sources: rule_sources(locality),
         schedules: schedules(spec),
         attention: attention(member, model, vocabulary, locality, final_rules, test_ids),
+        blocks: final_rules
+            .blocks
+            .iter()
+            .map(|b| {
+                let names = |ids: &[u32]| -> Vec<String> {
+                    ids.iter().filter_map(|&t| vocabulary.tokens.get(t as usize).cloned()).collect()
+                };
+                StoredBlock {
+                    name: b.name.clone(),
+                    members: names(&b.members),
+                    anchors: names(&b.anchors),
+                    recruitable: b.recruitable,
+                }
+            })
+            .collect(),
     }
 }
 

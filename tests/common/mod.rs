@@ -12,5 +12,36 @@ pub fn train_losses(run: &Path) -> Vec<String> {
         .map(String::from)
         .collect()
 }
+/// Rows of `report.md` that differ between identical runs by design: the run's invocation (who, where,
+/// when, how: `provenance.invocation`), the report's hash of itself (which covers them), and the wall
+/// time and peak memory.
+pub const VOLATILE_MARKDOWN_ROWS: [&str; 8] = [
+    "| run id |",
+    "| started (UTC) |",
+    "| host |",
+    "| operator |",
+    "| command |",
+    "| report SHA-256 |",
+    "| wall time |",
+    "| peak memory |",
+];
+
+/// Whether `line` of `report.md` is one of [`VOLATILE_MARKDOWN_ROWS`].
+pub fn volatile_markdown_row(line: &str) -> bool {
+    VOLATILE_MARKDOWN_ROWS.iter().any(|row| line.starts_with(row))
+}
+
+/// Blanks the fields of `report.json` that differ between identical runs by design (those of
+/// [`VOLATILE_MARKDOWN_ROWS`]), asserting that each is there.
+pub fn blank_volatile_json(report: &mut serde_json::Value) {
+    assert!(report.get("report_sha256").is_some(), "the report has no report_sha256");
+    report["report_sha256"] = serde_json::Value::Null;
+    let provenance = report.get_mut("provenance").unwrap();
+    for field in ["wall_time_seconds", "peak_memory_mib", "invocation"] {
+        assert!(provenance.get(field).is_some(), "the report has no provenance.{field}");
+        provenance[field] = serde_json::Value::Null;
+    }
+}
+
 pub mod numbers;
 pub mod split_runs;

@@ -36,24 +36,21 @@ pub fn assert_members_identical(whole: &Path, split: &Path, members: &[&str]) {
 }
 
 /// `report.json` with the fields that differ between identical runs (wall time, peak memory: each
-/// member of a split run measured in a process of its own) blanked.
+/// member of a split run measured in a process of its own; the invocation and the report's hash of
+/// itself) blanked.
 fn comparable_report(run_dir: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(run_dir.join("report.json")).unwrap();
     let mut report: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let provenance = report.get_mut("provenance").unwrap();
-    for field in ["wall_time_seconds", "peak_memory_mib"] {
-        assert!(provenance.get(field).is_some(), "the report has no provenance.{field}");
-        provenance[field] = serde_json::Value::Null;
-    }
+    super::blank_volatile_json(&mut report);
     report
 }
 
-/// `report.md` without its wall-time and peak-memory rows.
+/// `report.md` without the rows of [`super::VOLATILE_MARKDOWN_ROWS`].
 fn comparable_markdown(run_dir: &Path) -> String {
     std::fs::read_to_string(run_dir.join("report.md"))
         .unwrap()
         .lines()
-        .filter(|l| !l.starts_with("| wall time |") && !l.starts_with("| peak memory |"))
+        .filter(|l| !super::volatile_markdown_row(l))
         .map(|l| format!("{l}\n"))
         .collect()
 }
@@ -71,7 +68,8 @@ fn differing_lines(a: &str, b: &str) -> String {
     out
 }
 
-/// Asserts that the reports of the two runs are the same apart from wall time and peak memory.
+/// Asserts that the reports of the two runs are the same apart from their volatile fields (wall time,
+/// peak memory, invocation, the report's own hash).
 pub fn assert_reports_equal(whole: &Path, split: &Path) {
     let json = |dir: &Path| serde_json::to_string_pretty(&comparable_report(dir)).unwrap();
     let (a, b) = (json(whole), json(split));
