@@ -166,7 +166,13 @@ pub fn verify(run_dir: &Path, replay_dir: Option<&Path>) -> Result<Verification>
     let stored = Tree::read(run_dir)?;
     let threads = recorded.threads.max(1);
     if let Some(dir) = replay_dir {
-        crate::pipeline::run::check_fresh_output(dir, false)?;
+        let holds_something = std::fs::read_dir(dir).map(|mut entries| entries.next().is_some()).unwrap_or(false);
+        if holds_something || dir.is_file() {
+            return Err(Error::Config {
+                path: dir.to_path_buf(),
+                message: "is not empty: --replay-dir must be missing or empty, since the replay is written there".into(),
+            });
+        }
     }
 
     let replay = match replay_dir {
