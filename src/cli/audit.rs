@@ -1,7 +1,7 @@
 //! `ailla verify` and `ailla diff`: what an auditor reads.
 
 use super::*;
-use crate::report::compare::{Difference, Tolerance};
+use crate::report::compare::{Difference, Tolerance, ValueKind};
 use crate::report::diff::RunDiff;
 use crate::report::stats::Estimate;
 use crate::report::verify::{Verdict, Verification};
@@ -126,13 +126,13 @@ fn verify_text(v: &Verification) -> String {
     }
     if within > 0 {
         // every one is in --json; here, how many per file and kind
-        let mut counts: std::collections::BTreeMap<(&str, String), usize> = Default::default();
+        let mut counts: std::collections::BTreeMap<(&str, ValueKind), usize> = Default::default();
         for d in v.differences.iter().filter(|d| d.within_tolerance) {
-            *counts.entry((d.file.as_str(), format!("{:?}", d.kind))).or_default() += 1;
+            *counts.entry((d.file.as_str(), d.kind)).or_default() += 1;
         }
         s += "within tolerance, by file (--json lists each):\n";
         for ((file, kind), count) in counts {
-            s += &format!("  {file}: {count} {}\n", kind_words(&kind));
+            s += &format!("  {file}: {count} {}\n", kind_words(kind));
         }
     }
     let verdict = match v.verdict {
@@ -143,14 +143,15 @@ fn verify_text(v: &Verification) -> String {
     s + &format!("\nverdict: {verdict}\n")
 }
 
-fn kind_words(debug_name: &str) -> &'static str {
-    match debug_name {
-        "TrainingLoss" => "training losses",
-        "Interval" => "interval half-widths or p-values",
-        "Figure" => "figures",
-        "Weights" => "tensors",
-        "WeightsHash" => "weights hashes",
-        _ => "values",
+/// What `count` values of `kind` are called in the within-tolerance summary.
+fn kind_words(kind: ValueKind) -> &'static str {
+    match kind {
+        ValueKind::TrainingLoss => "training losses",
+        ValueKind::Interval => "interval half-widths or p-values",
+        ValueKind::Figure => "figures",
+        ValueKind::Weights => "tensors",
+        ValueKind::WeightsHash => "weights hashes",
+        ValueKind::Exact => "values",
     }
 }
 

@@ -143,7 +143,9 @@ pub struct Difference {
 enum Content {
     Json(Value),
     Lines(Vec<Value>),
-    Tensors(Vec<u8>),
+    /// Checked when read, and read again when compared, so that at most two weights files are held
+    /// at once.
+    Tensors(PathBuf),
 }
 
 /// The comparable files of a run directory (JSON documents, metrics logs, safetensors), by path
@@ -194,7 +196,7 @@ impl Tree {
             let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
             let content = if relative.ends_with(".safetensors") {
                 safetensors::SafeTensors::deserialize(&bytes).map_err(|e| corrupt(&path, format!("{e:?}")))?;
-                Content::Tensors(bytes)
+                Content::Tensors(path)
             } else {
                 let text = String::from_utf8(bytes).map_err(|e| corrupt(&path, e))?;
                 if relative.ends_with(".jsonl") {
@@ -301,7 +303,14 @@ impl Comparison {
                     self.json(file, &label, "", x, y, Scope::Plain);
                 }
             }
-            (Content::Tensors(a), Content::Tensors(b)) => self.tensors(file, a, b),
+            (Content::Tensors(a), Content::Tensors(b)) => match (std::fs::read(a), std::fs::read(b)) {
+                (Ok(a), Ok(b)) => self.tensors(file, &a, &b),
+                (a, b) => {
+                    let show =
+                        |r: std::io::Result<Vec<u8>>| r.map_or_else(|e| format!("unreadable: {e}"), |_| "read".into());
+                    self.record(file, "", show(a), show(b), ValueKind::Exact, false)
+                }
+            },
             _ => self.record(file, "", "one kind of file".into(), "another".into(), ValueKind::Exact, false),
         }
     }

@@ -170,7 +170,8 @@ pub fn verify(run_dir: &Path, replay_dir: Option<&Path>) -> Result<Verification>
         if holds_something || dir.is_file() {
             return Err(Error::Config {
                 path: dir.to_path_buf(),
-                message: "is not empty: --replay-dir must be missing or empty, since the replay is written there".into(),
+                message: "is not empty: --replay-dir must be missing or empty, since the replay is written there"
+                    .into(),
             });
         }
     }
