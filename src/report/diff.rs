@@ -99,8 +99,11 @@ pub struct RunDiff {
     pub recruitment: Vec<DecisionRow>,
 }
 
+/// Reads one headline figure of a dial row.
+pub type MetricOf = fn(&DialRow) -> &Estimate;
+
 /// The headline numbers of a dial row, in the order the report's table prints them.
-pub const METRICS: [(&str, fn(&DialRow) -> &Estimate); 9] = [
+pub const METRICS: [(&str, MetricOf); 9] = [
     ("perplexity", |r| &r.perplexity),
     ("bits_per_token", |r| &r.bits_per_token),
     ("accuracy", |r| &r.accuracy),

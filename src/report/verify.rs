@@ -115,7 +115,8 @@ fn environment(recorded: &Provenance, here: &Provenance) -> (Vec<EnvironmentRow>
         row("ailla", version(recorded), version(here), true),
         row("platform", recorded.platform.clone(), here.platform.clone(), true),
     ];
-    let fields: [(&str, bool, fn(&crate::engine::environment::NumericalEnvironment) -> String); 7] = [
+    type Fact = fn(&crate::engine::environment::NumericalEnvironment) -> String;
+    let fields: [(&str, bool, Fact); 7] = [
         ("cpu", false, |n| n.cpu.clone()),
         ("simd_path", false, |n| n.simd_path.clone()),
         ("blas", true, |n| n.blas.clone()),
