@@ -30,6 +30,10 @@ pub enum Error {
     /// Work that was started failed (a sweep member diverged); the details were already printed.
     #[error("{0}")]
     Failed(String),
+    /// A check held only within its stated tolerances, not bit for bit (`ailla verify` in another
+    /// numerical environment); the details were already printed.
+    #[error("{0}")]
+    WithinTolerance(String),
     /// A result came out NaN or infinite: it is not printed as a result, nor used in a decision.
     #[error("{what} is {value}, not a number ailla reports: {hint}")]
     NotFinite { what: String, value: f64, hint: String },
@@ -63,11 +67,13 @@ impl Error {
     }
 
     /// Exit code convention shared by every verb: 1 for a failure of the work, 2 for unusable input
-    /// (a rules file with errors included), 3 for a result that is not a finite number.
+    /// (a rules file with errors included), 3 for a result that is not a finite number, 4 for a
+    /// verification that held within tolerance but not bit for bit.
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Numeric(_) | Error::Interrupted(_) | Error::Failed(_) => 1,
             Error::NotFinite { .. } => 3,
+            Error::WithinTolerance(_) => 4,
             _ => 2,
         }
     }

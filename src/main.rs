@@ -10,7 +10,9 @@ fn main() {
                 std::process::exit(0);
             }
         }
-        ailla::eprintln_lossy!("error: {error}");
+        // a verification within tolerance is an outcome with its own exit status, not a failure
+        let label = if matches!(error, ailla::Error::WithinTolerance(_)) { "note" } else { "error" };
+        ailla::eprintln_lossy!("{label}: {error}");
         std::process::exit(error.exit_code());
     }
 }

@@ -59,6 +59,21 @@ pub enum Command {
     /// what the run stored, byte for byte.
     #[command(after_help = concat!("Example:\n  ailla report runs/quickstart", exit_status!()))]
     Report(ReportArgs),
+    /// Replay a pipeline run from what it stored (its plan, seeds and thread count) and compare every
+    /// stored number, log line and weight with the replay's: bit for bit on the recorded numerical
+    /// environment, within stated tolerances elsewhere.
+    #[command(after_help = "Examples:\n  ailla verify runs/quickstart\n  ailla verify runs/quickstart --json\n  \
+        ailla verify runs/quickstart --replay-dir runs/quickstart-replay\n\n\
+        Exit status: 0 identical: every compared number, hash and tensor bit for bit; 1 verification failed: a \
+        difference beyond tolerance (any difference on the recorded environment), an input that is not the one \
+        the run read, or a member that failed on replay; 2 unusable input (a missing or damaged run directory or \
+        input file, named); 3 a result that is not a finite number; 4 reproduced within the stated tolerances \
+        in another numerical environment, not bit for bit.")]
+    Verify(VerifyArgs),
+    /// Compare two pipeline runs: configuration field by field, inputs by SHA-256, environment, and
+    /// every headline number of their reports with the difference, its 95 % interval and Welch's p.
+    #[command(after_help = concat!("Examples:\n  ailla diff runs/quickstart runs/quickstart-lr\n  ailla diff runs/a runs/b --json", exit_status!()))]
+    Diff(DiffArgs),
     /// Train a model and write a run directory (model, optimizer state, metrics, summary).
     #[command(after_help = concat!("Examples:\n  ailla train --corpus bundled --steps 200 --out runs/small\n  ailla train --resume --out runs/small", exit_status!()))]
     Train(TrainArgs),
@@ -441,6 +456,31 @@ pub struct ValidateArgs {
 pub struct ReportArgs {
     /// A run directory written by `ailla run`.
     pub run_dir: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct VerifyArgs {
+    /// A finished run directory written by `ailla run`; run verify from the directory the run was
+    /// started in, so that its rules and data paths resolve as they did.
+    pub run_dir: PathBuf,
+    /// Replay into this directory (missing or empty) and keep it; default: a temporary directory,
+    /// removed afterwards.
+    #[arg(long, value_name = "DIR")]
+    pub replay_dir: Option<PathBuf>,
+    /// Print JSON instead of text (shape: `src/cli/schemas/verify.schema.json`).
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct DiffArgs {
+    /// The first run directory (A).
+    pub run_a: PathBuf,
+    /// The second run directory (B); differences are B − A.
+    pub run_b: PathBuf,
+    /// Print JSON instead of text (shape: `src/cli/schemas/diff.schema.json`).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

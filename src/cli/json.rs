@@ -210,6 +210,7 @@ pub fn schemas() -> Vec<(&'static str, String)> {
         ("bench-check-cost.schema.json", pretty(schemars::schema_for!(crate::bench::FrozenCheckCost))),
         ("bench-rules-check.schema.json", pretty(schemars::schema_for!(crate::dsl::cost::RulesCheckCost))),
         ("check.schema.json", pretty(schemars::schema_for!(CheckOutput))),
+        ("diff.schema.json", pretty(schemars::schema_for!(crate::report::diff::RunDiff))),
         ("env.schema.json", pretty(schemars::schema_for!(crate::engine::environment::NumericalEnvironment))),
         ("eval.schema.json", pretty(schemars::schema_for!(EvalOutput))),
         ("route.schema.json", pretty(schemars::schema_for!(RouteOutput))),
@@ -217,5 +218,6 @@ pub fn schemas() -> Vec<(&'static str, String)> {
         ("train.schema.json", pretty(schemars::schema_for!(TrainOutput))),
         ("trial.schema.json", pretty(schemars::schema_for!(crate::recruit::probe::Probe))),
         ("validate.schema.json", pretty(schemars::schema_for!(ValidateOutput))),
+        ("verify.schema.json", pretty(schemars::schema_for!(crate::report::verify::Verification))),
     ]
 }

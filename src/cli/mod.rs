@@ -14,6 +14,7 @@ use crate::train::{self, CorpusSource, EvalResult, Progress, TrainConfig};
 use crate::{Error, Result};
 
 mod args;
+mod audit;
 mod benchmark;
 mod cluster;
 mod members;
@@ -25,6 +26,7 @@ mod training;
 
 pub mod json;
 pub use args::*;
+use audit::*;
 use benchmark::*;
 use cluster::*;
 use members::*;
@@ -82,6 +84,8 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
                 &format!("wrote {0}/report.html, report.md, report.json and the figures\n", args.run_dir.display()),
             )
         }
+        Command::Verify(args) => run_verify(args, out),
+        Command::Diff(args) => run_diff(args, out),
         Command::Train(args) => run_train(args, out),
         Command::Eval(args) => run_eval(args, out),
         Command::Bench(args) => run_bench(args, out),

@@ -2,10 +2,13 @@
 //! provenance and every member's summary and metrics. `ailla report RUN_DIR` rebuilds them byte for
 //! byte without retraining.
 
+pub mod compare;
+pub mod diff;
 pub mod plots;
 pub mod provenance;
 pub mod published;
 pub mod stats;
+pub mod verify;
 
 use std::fmt::Write as _;
 use std::path::Path;

@@ -34,14 +34,51 @@ pub fn welch_p(a: &[f64], b: &[f64]) -> Option<f64> {
         return None;
     }
     let ((ma, va), (mb, vb)) = (mean_var(a), mean_var(b));
-    let (sa, sb) = (va / a.len() as f64, vb / b.len() as f64);
-    if sa + sb == 0.0 {
+    welch(ma - mb, va / a.len() as f64, a.len(), vb / b.len() as f64, b.len()).map(|w| w.p)
+}
+
+/// Welch's test of a difference of means from the squared standard errors `sa`, `sb` of each side.
+struct Welch {
+    /// Welch–Satterthwaite degrees of freedom.
+    df: f64,
+    p: f64,
+}
+
+fn welch(difference: f64, sa: f64, na: usize, sb: f64, nb: usize) -> Option<Welch> {
+    if na < 2 || nb < 2 || sa + sb == 0.0 || !(sa + sb).is_finite() {
         return None;
     }
-    let t = (ma - mb) / (sa + sb).sqrt();
-    let df = (sa + sb).powi(2) / (sa * sa / (a.len() - 1) as f64 + sb * sb / (b.len() - 1) as f64);
+    let t = difference / (sa + sb).sqrt();
+    let df = (sa + sb).powi(2) / (sa * sa / (na - 1) as f64 + sb * sb / (nb - 1) as f64);
     let dist = StudentsT::new(0.0, 1.0, df).ok()?;
-    Some(2.0 * (1.0 - dist.cdf(t.abs())))
+    Some(Welch { df, p: 2.0 * (1.0 - dist.cdf(t.abs())) })
+}
+
+/// `b − a` of two estimates, with its 95 % interval and Welch's two-sided p where both have two
+/// seeds or more.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, schemars::JsonSchema)]
+pub struct Contrast {
+    pub difference: f64,
+    /// Half-width of the 95 % interval of the difference (Welch–Satterthwaite degrees of freedom).
+    pub ci95: Option<f64>,
+    pub welch_p: Option<f64>,
+}
+
+/// [`Contrast`] of two estimates from their means and intervals alone (a report keeps no more): each
+/// side's squared standard error is `(ci95 / t₀.₉₇₅(n − 1))²`.
+pub fn contrast(a: &Estimate, b: &Estimate) -> Contrast {
+    let squared_error = |e: &Estimate| {
+        let t = StudentsT::new(0.0, 1.0, e.n.saturating_sub(1) as f64).ok()?.inverse_cdf(0.975);
+        e.ci95.map(|half| (half / t).powi(2))
+    };
+    let difference = b.mean - a.mean;
+    let tested = match (squared_error(a), squared_error(b)) {
+        (Some(sa), Some(sb)) => welch(difference, sa, a.n, sb, b.n).map(|w| (w, sa + sb)),
+        _ => None,
+    };
+    let ci95 =
+        tested.as_ref().and_then(|(w, s)| StudentsT::new(0.0, 1.0, w.df).ok().map(|d| d.inverse_cdf(0.975) * s.sqrt()));
+    Contrast { difference, ci95, welch_p: tested.map(|(w, _)| w.p) }
 }
 
 #[cfg(test)]
@@ -59,5 +96,12 @@ mod tests {
         let p = welch_p(&[1.0, 2.0, 3.0, 4.0], &[3.0, 4.0, 5.0, 6.0, 7.0]).unwrap();
         assert!((p - 0.034938782).abs() < 1e-6, "{p}");
         assert_eq!(welch_p(&[1.0], &[2.0, 3.0]), None);
+        // from the estimates alone, the same test
+        let (a, b) = (estimate(&[1.0, 2.0, 3.0, 4.0]), estimate(&[3.0, 4.0, 5.0, 6.0, 7.0]));
+        let c = contrast(&a, &b);
+        assert!((c.difference - 2.5).abs() < 1e-12, "means 2.5 and 5");
+        assert!((c.welch_p.unwrap() - 0.034938782).abs() < 1e-6, "{c:?}");
+        assert!(c.ci95.unwrap() > 0.0 && c.ci95.unwrap() < c.difference, "p < 0.05, so 0 lies outside the interval");
+        assert_eq!(contrast(&estimate(&[1.0]), &b).welch_p, None);
     }
 }
