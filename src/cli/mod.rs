@@ -16,6 +16,7 @@ use crate::{Error, Result};
 mod args;
 mod benchmark;
 mod cluster;
+mod explain;
 mod members;
 mod pipeline;
 mod recruit;
@@ -27,6 +28,7 @@ pub mod json;
 pub use args::*;
 use benchmark::*;
 use cluster::*;
+use explain::*;
 use members::*;
 use pipeline::*;
 use recruit::*;
@@ -84,6 +86,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         }
         Command::Train(args) => run_train(args, out),
         Command::Eval(args) => run_eval(args, out),
+        Command::Explain(args) => run_explain(args, out),
         Command::Bench(args) => run_bench(args, out),
         Command::Generate(args) => run_generate(args, out),
         Command::Check(args) => run_check(args, out),
