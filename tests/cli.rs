@@ -848,8 +848,8 @@ fn redact_numbers(text: &str) -> String {
         .join("\n")
 }
 
-/// Every number of a JSON value replaced by 0, and the tokens of ranked lists (`top`, `attended`) by
-/// `…`: the shape, the keys, the lengths and the words of the explanation remain.
+/// Every number of a JSON value replaced by 0, the tokens of ranked lists (`top`, `attended`) by `…`
+/// and the temporary checkpoint path by a placeholder: the shape, the keys, the lengths and the words of the explanation remain.
 fn redact_json(value: &mut serde_json::Value, ranked: bool) {
     use serde_json::Value;
     match value {
@@ -858,7 +858,11 @@ fn redact_json(value: &mut serde_json::Value, ranked: bool) {
         Value::Array(items) => items.iter_mut().for_each(|v| redact_json(v, ranked)),
         Value::Object(map) => {
             for (key, v) in map.iter_mut() {
-                redact_json(v, ranked || key == "top" || key == "attended");
+                if key == "checkpoint" {
+                    *v = Value::from("<a temporary directory>");
+                } else {
+                    redact_json(v, ranked || key == "top" || key == "attended");
+                }
             }
         }
         _ => {}

@@ -56,7 +56,7 @@ fn the_shares_add_up_to_the_probability_and_p_sums_to_one() {
             let weights = a.network.weight + a.copy_paths.iter().map(|c| c.weight).sum::<f64>();
             assert!((weights - 1.0).abs() <= 1e-9, "the mixture's weights sum to 1: {weights}");
             for c in &a.copy_paths {
-                assert_eq!(c.sources.len() > 0, c.cache_probability > 0.0, "{c:?}");
+                assert_eq!(!c.sources.is_empty(), c.cache_probability > 0.0, "{c:?}");
                 assert!(c.sources.iter().all(|s| s.position <= position && s.token == a.token), "{c:?}");
             }
             if lambda == 0.0 {
