@@ -942,4 +942,14 @@ fn explain_refuses_bad_input_clearly_and_reads_unknown_words_as_unk() {
         stdout(&out)
     );
     assert!(stderr(&out).contains("read as <unk>"), "{}", stderr(&out));
+    // a checkpoint trained without rules is explained with none: every row uncovered, no copy path
+    let plain = dir.path().join("plain");
+    assert!(train_tiny(&["-q"], "2", &plain, &[]).status.success());
+    let plain = plain.join("model.safetensors");
+    let out = ailla(&["explain", plain.to_str().unwrap(), "--text", text, "--at", "12"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("No rule covers this row")
+            && stdout(&out).contains("100.0 % of that came from the network")
+    );
 }
