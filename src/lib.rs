@@ -36,6 +36,7 @@ pub mod digest;
 pub mod dsl;
 pub mod engine;
 pub mod error;
+pub mod explain;
 pub mod export;
 pub mod faults;
 pub mod json_float;

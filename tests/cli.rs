@@ -802,3 +802,154 @@ fn json_output_has_one_documented_shape_per_verb() {
     let environment: ailla::engine::environment::NumericalEnvironment = strict(&ailla(&["env", "--json"]));
     assert!(environment.worker_threads >= 1);
 }
+
+/// The order record of `data/pharmacy-sample.txt`: `pedro` at position 36 repeats the patient's name,
+/// so the induction copy path copies `chen` from position 6 and the rule "first name repeats" covers
+/// the row.
+const EXPLAIN_TEXT: &str =
+    "<order> id 879\npatient pedro chen ward surgical\ngive amoxicillin 500 mg oral every 12 hours\n\
+note ( allergy to penicillin recorded )\nmaximum single dose 500 mg\nsigned dr for pedro chen\n</order>\n";
+
+/// A one-layer model trained for a few steps with the copy rules of `rules/copy-examples.rules`, and
+/// the text above; returns (checkpoint, text file).
+fn explain_fixture(dir: &Path) -> (PathBuf, PathBuf) {
+    let rules = Path::new(env!("CARGO_MANIFEST_DIR")).join("rules/copy-examples.rules");
+    let config = format!(
+        "corpus: {{ bundled: {{ seed: 2024 }} }}\ntokenizer: word\n\
+         model: {{ ctx_len: 64, d_model: 16, n_heads: 2, n_layers: 1, d_ff: 32 }}\n\
+         steps: 8\nbatch_size: 2\nseed: 3\neval_every: 0\ncheckpoint_every: 0\n\
+         locality:\n  rules: {{ file: {} }}\n  schedule: {{ constant: {{ lambda: 1.0 }} }}\n  eval_lambdas: []\n  \
+         certificate_batches: 0\n",
+        rules.display()
+    );
+    let config_path = dir.join("explain.yaml");
+    std::fs::write(&config_path, config).unwrap();
+    let run = dir.join("run");
+    train(&config_path, &run, &["-q"]);
+    let text = dir.join("order.txt");
+    std::fs::write(&text, EXPLAIN_TEXT).unwrap();
+    (run.join("model.safetensors"), text)
+}
+
+/// Numbers out, so a snapshot holds the form; and the tokens of ranked lists, whose order near-ties
+/// may change on another machine's kernels.
+fn redact_numbers(text: &str) -> String {
+    let number = regex::Regex::new(r"-?[0-9]+(\.[0-9]+)?(e-?[0-9]+)?").unwrap();
+    let ranked = regex::Regex::new(r"'[^']*'").unwrap();
+    text.lines()
+        .map(|line| {
+            let trimmed = line.trim_start();
+            let is_ranked =
+                trimmed.starts_with("Layer ") || trimmed.split('.').next().is_some_and(|n| n.parse::<u32>().is_ok());
+            let line = if is_ranked { ranked.replace_all(line, "'…'").into_owned() } else { line.to_string() };
+            number.replace_all(&line, "#").into_owned()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Every number of a JSON value replaced by 0, the tokens of ranked lists (`top`, `attended`) by `…`
+/// and the temporary checkpoint path by a placeholder: the shape, the keys, the lengths and the words of the explanation remain.
+fn redact_json(value: &mut serde_json::Value, ranked: bool) {
+    use serde_json::Value;
+    match value {
+        Value::Number(_) => *value = Value::from(0),
+        Value::String(s) if ranked => *s = "…".into(),
+        Value::Array(items) => items.iter_mut().for_each(|v| redact_json(v, ranked)),
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if key == "checkpoint" {
+                    *v = Value::from("<a temporary directory>");
+                } else {
+                    redact_json(v, ranked || key == "top" || key == "attended");
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn explain_decomposes_the_prediction_in_sentences_and_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, text) = explain_fixture(dir.path());
+    let (model, text) = (model.to_str().unwrap(), text.to_str().unwrap());
+    let json: ailla::explain::Explanation = strict(&ailla(&["explain", model, "--text", text, "--at", "36", "--json"]));
+    let a = &json.actual;
+    assert_eq!((json.position, a.token.as_str()), (36, "chen"));
+    let shares = a.network.share + a.copy_paths.iter().map(|c| c.share).sum::<f64>();
+    assert!((shares - a.probability).abs() <= 1e-6 && (json.probability_sum - 1.0).abs() <= 1e-6);
+    let induction = a.copy_paths.iter().find(|c| c.name == "induction").expect("the induction path");
+    assert!(induction.share > 0.0 && induction.sources.iter().map(|s| s.position).collect::<Vec<_>>() == [6]);
+    assert!(json.attention.iter().any(|row| row
+        .coverage
+        .as_ref()
+        .is_some_and(|c| c.rules.iter().any(|r| r.name == "first name repeats" && r.targets == [5]))));
+    // the explained probability is the evaluation's, to the f32 softmax's rounding
+    let ckpt = ailla::checkpoint::load(Path::new(model)).unwrap();
+    let prepared = ailla::explain::Prepared::new(&ckpt, None).unwrap();
+    let ids = ckpt.vocabulary.encode(EXPLAIN_TEXT);
+    let dial = ailla::locality::DialSettings { penalty: 0.0, ..prepared.dial };
+    let rules = ailla::locality::RulesAt::new(&prepared.rules, 1.0, 1, None, dial);
+    let bits =
+        ailla::locality::score::code_lengths(&prepared.model, &ids, 16, &ailla::locality::Conditions::Rules(rules));
+    assert!((a.bits - bits[36]).abs() < 1e-4, "explained {} bits, scored {}", a.bits, bits[36]);
+
+    let sentences = ailla(&["explain", model, "--text", text, "--at", "36"]);
+    assert!(sentences.status.success(), "{}", stderr(&sentences));
+    let sentences = stdout(&sentences);
+    // the sentences carry the JSON's numbers, rounded
+    assert!(sentences.contains(&format!("with probability {}", ailla::explain::render::probability(a.probability))));
+    insta::assert_snapshot!("explain_text", redact_numbers(&sentences));
+    let mut value = serde_json::to_value(&json).unwrap();
+    redact_json(&mut value, false);
+    insta::assert_snapshot!("explain_json", serde_json::to_string_pretty(&value).unwrap());
+
+    let page = stdout(&ailla(&["explain", model, "--text", text, "--at", "36", "--html"]));
+    assert!(page.starts_with("<!DOCTYPE html>") && page.contains("<table>") && page.contains("first name repeats"));
+    // position 0 reads `<order>`: a token is shown as written, never taken for a tag
+    let page = stdout(&ailla(&["explain", model, "--text", text, "--at", "0", "--html"]));
+    assert!(page.contains("&lt;order&gt;") && !page.contains("<order>"), "{page}");
+
+    // λ = 0: the copy paths are shut and the network holds the whole probability
+    let shut: ailla::explain::Explanation =
+        strict(&ailla(&["explain", model, "--text", text, "--at", "36", "--lambda", "0", "--json"]));
+    assert!(shut.actual.copy_paths.iter().all(|c| c.share == 0.0));
+    assert!((shut.actual.network.share - shut.actual.probability).abs() <= 1e-12);
+}
+
+#[test]
+fn explain_refuses_bad_input_clearly_and_reads_unknown_words_as_unk() {
+    let dir = tempfile::tempdir().unwrap();
+    let (model, text) = explain_fixture(dir.path());
+    let (model, text) = (model.to_str().unwrap(), text.to_str().unwrap());
+    let missing = dir.path().join("nothing.safetensors");
+    let out = ailla(&["explain", missing.to_str().unwrap(), "--text", text, "--at", "3"]);
+    assert_clean_failure(&out, 2, &["nothing.safetensors"]);
+    let out = ailla(&["explain", model, "--text", text, "--at", "41"]);
+    assert_clean_failure(&out, 2, &["--at", "41 tokens long", "at most 39"]);
+    for lambda in ["--lambda=1.5", "--lambda=-0.1", "--lambda=NaN"] {
+        let out = ailla(&["explain", model, "--text", text, "--at", "3", lambda]);
+        assert_clean_failure(&out, 2, &["--lambda", "outside [0, 1]"]);
+    }
+    let odd = dir.path().join("odd.txt");
+    std::fs::write(&odd, "patient zyxwv chen\n").unwrap();
+    let out = ailla(&["explain", model, "--text", odd.to_str().unwrap(), "--at", "1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("'zyxwv' (position 1)") && stdout(&out).contains("read as '<unk>'"),
+        "{}",
+        stdout(&out)
+    );
+    assert!(stderr(&out).contains("read as <unk>"), "{}", stderr(&out));
+    // a checkpoint trained without rules is explained with none: every row uncovered, no copy path
+    let plain = dir.path().join("plain");
+    assert!(train_tiny(&["-q"], "2", &plain, &[]).status.success());
+    let plain = plain.join("model.safetensors");
+    let out = ailla(&["explain", plain.to_str().unwrap(), "--text", text, "--at", "12"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("No rule covers this row")
+            && stdout(&out).contains("100.0 % of that came from the network")
+    );
+}

@@ -21,6 +21,7 @@ const LAYERS: &[&str] = &[
     "dsl",
     "config",
     "checkpoint",
+    "explain",
     "export",
     "run_dir",
     "progress",

@@ -80,6 +80,11 @@ pub enum Command {
     /// Score a text or a stream of token ids with a checkpoint.
     #[command(after_help = concat!("Examples:\n  ailla eval runs/small/model.safetensors --text notes.txt\n  ailla eval runs/small/model.safetensors --text notes.txt --lambda 0,0.5,1 --rules rules/default.rules", exit_status!()))]
     Eval(EvalArgs),
+    /// Take one prediction apart: the top tokens, how much of the actual next token's probability came
+    /// from the network and from each copy path (and from which positions), and where every head
+    /// attended, under which rule, with its fidelity and certificate.
+    #[command(after_help = concat!("Examples:\n  ailla explain runs/small/model.safetensors --text notes.txt --at 41\n  ailla explain runs/small/model.safetensors --text notes.txt --at 41 --lambda 0 --rules rules/copy-examples.rules\n  ailla explain runs/small/model.safetensors --text notes.txt --at 41 --html > why.html", exit_status!()))]
+    Explain(ExplainArgs),
     /// Measure training and evaluation throughput against this machine's sgemm (and PyTorch).
     #[command(after_help = concat!("Examples:\n  ailla --threads 2 bench --config char-small --scaling\n  ailla bench --check-cost pipelines/recruit_planted.yaml", exit_status!()))]
     Bench(BenchArgs),
@@ -596,6 +601,36 @@ pub struct EvalArgs {
     /// Print JSON instead of a table (shape: `src/cli/schemas/eval.schema.json`, with or without the dial).
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    /// A checkpoint written by `ailla train`.
+    pub checkpoint: PathBuf,
+    /// A text file, tokenized with the checkpoint's vocabulary (words it lacks are read as `<unk>`,
+    /// and the explanation says which).
+    #[arg(long)]
+    pub text: PathBuf,
+    /// The token position N (0-based, in the tokenized text) whose next token, at N + 1, is
+    /// predicted: the model reads up to N within its evaluation window, as `ailla eval` scores it.
+    #[arg(long, value_name = "N")]
+    pub at: usize,
+    /// The dial value λ in [0, 1] of the attention bias and the copy paths.
+    #[arg(long, default_value_t = 1.0, value_name = "λ")]
+    pub lambda: f64,
+    /// Rules to explain with (`bundled` or a rule spec file); added to the checkpoint's own rules
+    /// without retraining, as `ailla eval --rules`.
+    #[arg(long)]
+    pub rules: Option<String>,
+    /// Fidelity target 1 − ε of the certificates.
+    #[arg(long, default_value_t = 0.05)]
+    pub epsilon: f64,
+    /// Print JSON instead of sentences (shape: `src/cli/schemas/explain.schema.json`).
+    #[arg(long, conflicts_with = "html")]
+    pub json: bool,
+    /// Print a self-contained HTML page instead of sentences.
+    #[arg(long)]
+    pub html: bool,
 }
 
 #[derive(Args, Debug)]

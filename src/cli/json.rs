@@ -213,6 +213,7 @@ pub fn schemas() -> Vec<(&'static str, String)> {
         ("diff.schema.json", pretty(schemars::schema_for!(crate::report::diff::RunDiff))),
         ("env.schema.json", pretty(schemars::schema_for!(crate::engine::environment::NumericalEnvironment))),
         ("eval.schema.json", pretty(schemars::schema_for!(EvalOutput))),
+        ("explain.schema.json", pretty(schemars::schema_for!(crate::explain::Explanation))),
         ("route.schema.json", pretty(schemars::schema_for!(RouteOutput))),
         ("run.schema.json", pretty(schemars::schema_for!(RunOutput))),
         ("train.schema.json", pretty(schemars::schema_for!(TrainOutput))),

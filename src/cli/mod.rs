@@ -17,6 +17,7 @@ mod args;
 mod audit;
 mod benchmark;
 mod cluster;
+mod explain;
 mod members;
 mod pipeline;
 mod recruit;
@@ -29,6 +30,7 @@ pub use args::*;
 use audit::*;
 use benchmark::*;
 use cluster::*;
+use explain::*;
 use members::*;
 use pipeline::*;
 use recruit::*;
@@ -88,6 +90,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         Command::Diff(args) => run_diff(args, out),
         Command::Train(args) => run_train(args, out),
         Command::Eval(args) => run_eval(args, out),
+        Command::Explain(args) => run_explain(args, out),
         Command::Bench(args) => run_bench(args, out),
         Command::Generate(args) => run_generate(args, out),
         Command::Check(args) => run_check(args, out),

@@ -102,22 +102,41 @@ impl Vocabulary {
     }
 
     pub fn encode(&self, text: &str) -> Vec<u32> {
+        self.encode_noting_unknown(text, |_, _| {})
+    }
+
+    /// [`encode`](Self::encode), calling `unknown(position, piece)` for every piece of the text that is
+    /// not in the vocabulary and so became `<unk>` (a literal `<unk>` in the text is not reported):
+    /// an explanation must say that the model read something other than what was written.
+    pub fn encode_noting_unknown(&self, text: &str, mut unknown: impl FnMut(usize, &str)) -> Vec<u32> {
         let unk = self.unk();
+        let capacity = if self.kind == TokenizerKind::Char { text.len() } else { text.len() / 5 };
+        let mut ids = Vec::with_capacity(capacity);
+        let mut push = |ids: &mut Vec<u32>, piece: &str| {
+            let id = self.id(piece).unwrap_or_else(|| {
+                unknown(ids.len(), piece);
+                unk
+            });
+            ids.push(id);
+        };
         match self.kind {
             TokenizerKind::Char => {
                 let mut buf = [0u8; 4];
-                text.chars().map(|c| self.id(c.encode_utf8(&mut buf)).unwrap_or(unk)).collect()
+                for c in text.chars() {
+                    push(&mut ids, c.encode_utf8(&mut buf));
+                }
             }
             TokenizerKind::Word => {
                 let eos = self.id(EOS).unwrap_or(unk);
-                let mut ids = Vec::with_capacity(text.len() / 5);
                 for line in text.lines() {
-                    ids.extend(line.split_whitespace().map(|w| self.id(w).unwrap_or(unk)));
+                    for word in line.split_whitespace() {
+                        push(&mut ids, word);
+                    }
                     ids.push(eos);
                 }
-                ids
             }
         }
+        ids
     }
 
     pub fn decode(&self, ids: &[u32]) -> String {

@@ -197,6 +197,56 @@ pub fn block_spec(b: &crate::locality::rules::BlockSpec) -> String {
     render_block(&b.name, b.ignore_case, b.recruitable, &members, &anchors)
 }
 
+/// A compiled rule written back as a statement in the canonical layout that `ailla fmt` gives it (what
+/// `ailla explain` quotes: a checkpoint stores its rules compiled, not their source).
+pub fn rule_spec(r: &crate::locality::rules::RuleEntrySpec) -> String {
+    use crate::locality::rules::RuleKindSpec as Kind;
+    let query = |from: &Option<String>| from.clone().unwrap_or_else(|| "any token".into());
+    let verb = |from: &Option<String>| if from.is_some() { "attend to" } else { "attends to" };
+    let body = match (&r.kind, r.copy) {
+        (Kind::AnyToBlock { to }, true) => format!("copy from {to}"),
+        (Kind::BlockToBlock { from, to }, true) => format!("{from} copies from {to}"),
+        (Kind::PreviousOccurrence { from }, true) => format!("{} copies previous occurrence", query(from)),
+        (Kind::Induction { from }, true) => format!("{} copies continuation of previous occurrence", query(from)),
+        (Kind::BlockToBlock { from, to }, _) => format!("{from} attend to {to}"),
+        (Kind::BlockToAnchors { from, to }, _) => format!("{from} attend to anchors of {to}"),
+        (Kind::OwnBlock { block }, _) => format!("{block} attend to own block"),
+        (Kind::PreviousOccurrence { from }, _) => format!("{} {} previous occurrence", query(from), verb(from)),
+        (Kind::Induction { from }, _) => {
+            format!("{} {} continuation of previous occurrence", query(from), verb(from))
+        }
+        (Kind::MatchingPair { open, close }, _) => format!("pair {} and {}", word(open), word(close)),
+        (Kind::AnyToBlock { to }, _) => format!("any token attends to {to}"),
+    };
+    let mut options = Vec::new();
+    if let Some(n) = r.within {
+        options.push(format!("within {n}"));
+    }
+    if let Some(layers) = &r.layers {
+        options.push(format!("in layers {}", numbers(layers)));
+    }
+    if let Some(heads) = &r.heads {
+        options.push(format!("in heads {}", numbers(heads)));
+    }
+    if r.strength != 1.0 {
+        options.push(format!("strength {}", r.strength));
+    }
+    if r.priority != 0 {
+        options.push(format!("priority {}", r.priority));
+    }
+    if let Some(from) = r.from_step {
+        options.push(format!("from step {from}"));
+    }
+    if let Some(until) = r.until_step {
+        options.push(format!("until step {until}"));
+    }
+    let mut out = format!("rule {}:\n{INDENT}{body}", quote(&r.name));
+    if !options.is_empty() {
+        out.push_str(&format!("\n{INDENT}{}", options.join(" ")));
+    }
+    out
+}
+
 fn numbers(values: &[usize]) -> String {
     values.iter().map(usize::to_string).collect::<Vec<_>>().join(", ")
 }

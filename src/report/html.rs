@@ -232,3 +232,15 @@ pub fn html(report: &Report) -> String {
         page_style(report)
     )
 }
+
+/// A self-contained page in the report's style: `markdown` rendered as HTML (raw HTML in it is
+/// passed through, so callers escape what they did not write), titled `title`.
+pub fn markdown_page(title: &str, markdown: &str) -> String {
+    let mut body = String::new();
+    let parser = pulldown_cmark::Parser::new_ext(markdown, pulldown_cmark::Options::ENABLE_TABLES);
+    pulldown_cmark::html::push_html(&mut body, parser);
+    let title = title.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n<title>{title}</title>\n<style>{STYLE}</style>\n</head>\n<body>\n{body}</body>\n</html>\n"
+    )
+}
