@@ -9,6 +9,8 @@
 //! Status: the probe, the device choice, the row-major → column-major product mapping ([`gemm`]) and the
 //! kernel sources ([`kernels`]) are here and tested without a GPU; nothing here has run on hardware yet.
 
+#[cfg(feature = "cuda")]
+pub mod device;
 pub mod gemm;
 pub mod kernels;
 
@@ -195,7 +197,7 @@ mod tests {
             assert!(probe.missing().is_empty());
             assert_eq!(resolve(DeviceChoice::Cuda, &probe), Ok(true));
         } else {
-            assert!(gpu_required() == false, "AILLA_REQUIRE_GPU=1 but the probe found: {}", probe.summary());
+            assert!(!gpu_required(), "AILLA_REQUIRE_GPU=1 but the probe found: {}", probe.summary());
             eprintln!("GPU tests skipped: {}", probe.summary());
             assert!(!probe.missing().is_empty());
             assert_eq!(resolve(DeviceChoice::Auto, &probe), Ok(false));
