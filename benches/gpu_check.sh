@@ -61,7 +61,8 @@ run() {
         report FAIL "probe" "$(grep '^CUDA' "$work/env.txt")"
     fi
 
-    # 2. the engine's CUDA unit tests with skips turned into failures: product mapping, NVRTC compile of
+    # 2. the engine's CUDA unit tests with skips turned into failures: product mapping, cuBLAS products
+    #    against the CPU engine (all four transpose cases, 1e-5), NVRTC compile of
     #    every kernel for sm_90 and sm_80, probe
     if timeout 120 "$CARRY/ailla-lib-tests" engine::cuda > "$work/unit.txt" 2>&1; then
         report PASS "unit tests (engine::cuda)" "$(grep 'test result' "$work/unit.txt")"
