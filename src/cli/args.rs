@@ -39,6 +39,10 @@ pub struct Cli {
     /// Print a progress line for every training step, on a terminal too.
     #[arg(long, short, global = true)]
     pub verbose: bool,
+    /// Where training runs: `cpu`, `cuda` (an error without a usable GPU), or `auto` (the GPU when the
+    /// probe finds one). A pipeline's `train.device` is checked the same way; `ailla env` shows the probe.
+    #[arg(long, global = true, value_enum)]
+    pub device: Option<crate::engine::cuda::DeviceChoice>,
     #[command(subcommand)]
     pub command: Command,
 }

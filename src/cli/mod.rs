@@ -73,6 +73,10 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         (_, true) => crate::progress::Verbosity::Verbose,
         _ => crate::progress::Verbosity::Normal,
     });
+    if let Some(choice) = cli.device {
+        // decided before any work starts, so that `--device cuda` on a machine without a GPU fails at once
+        crate::engine::cuda::select(choice).map_err(|message| Error::invalid("--device", message))?;
+    }
     match cli.command {
         Command::Run(args) => run_pipeline(args, cli.threads, out),
         Command::Submit(args) => run_submit(args, cli.threads, out),
@@ -119,6 +123,7 @@ fn run_env(args: EnvArgs, out: &mut dyn Write) -> Result<()> {
         ("BLAS build", environment.blas_config.clone()),
         ("BLAS threads", environment.blas_threads.to_string()),
         ("worker threads", format!("{} (of {} cores)", environment.worker_threads, environment.cores)),
+        ("CUDA", crate::engine::cuda::probe().summary()),
     ];
     let text: String = rows.iter().map(|(k, v)| format!("{k:<15} {v}\n")).collect();
     write_out(out, &text)

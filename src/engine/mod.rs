@@ -27,6 +27,7 @@
 pub mod attention;
 pub mod block_embedding;
 pub mod copy;
+pub mod cuda;
 pub mod embedding;
 pub mod environment;
 pub mod eval;

@@ -364,6 +364,9 @@ fn validate_static(p: &Pipeline, text: &str, base: &Path, problems: &mut Vec<Pro
     if p.train.threads == Some(0) {
         problems.push(problem(text, "train.threads", "must be at least 1"));
     }
+    if let Err(message) = crate::engine::cuda::select(p.train.device) {
+        problems.push(problem(text, "train.device", message));
+    }
     for &lambda in &p.evaluation.lambdas {
         if !(0.0..=1.0).contains(&lambda) {
             problems.push(problem(text, "evaluation.lambdas", format!("λ = {lambda} is outside [0, 1]")));

@@ -1,6 +1,7 @@
 //! The pipeline file's schema: every section, field and default, as YAML spells them.
 
 use super::*;
+use crate::engine::cuda::DeviceChoice;
 
 pub(super) fn default_vocab_cap() -> usize {
     50_000
@@ -41,6 +42,13 @@ pub struct TrainSection {
     pub threads: Option<usize>,
     pub eval_every: usize,
     pub eval_tokens: usize,
+    /// `cpu`, `cuda` or `auto`, checked as `--device` is.
+    #[serde(skip_serializing_if = "is_cpu")]
+    pub device: DeviceChoice,
+}
+
+fn is_cpu(device: &DeviceChoice) -> bool {
+    *device == DeviceChoice::Cpu
 }
 
 impl Default for TrainSection {
@@ -55,6 +63,7 @@ impl Default for TrainSection {
             threads: None,
             eval_every: base.eval_every,
             eval_tokens: base.eval_tokens,
+            device: DeviceChoice::Cpu,
         }
     }
 }

@@ -1,0 +1,125 @@
+#!/usr/bin/env bash
+# The CUDA path's checks on a machine with an NVIDIA GPU (issue 24). Nothing here has run on hardware yet.
+#
+# Two halves, because the GPU machine has CUDA and PyTorch but no Rust toolchain:
+#
+#   benches/gpu_check.sh prepare   on the build machine: builds the release binary and the engine's test
+#                                  binary and copies them, with every shared library `ldd` names outside
+#                                  the C library, into gpu-carry/ (git-ignored; carry it to the GPU machine)
+#   benches/gpu_check.sh run       on the GPU machine, from the repository root, within a few minutes
+#
+# `run` prints one PASS / FAIL / PENDING line per check and exits 1 if any check failed. PENDING marks a
+# check whose code is not built yet (the kernel-parity subcommand and the device training step); it is
+# reported, not hidden, and does not count as a pass.
+set -u
+CARRY=gpu-carry
+
+prepare() {
+    set -e
+    export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target}
+    cargo build --release --bin ailla
+    # the lib's unit tests, as one binary: the probe, the product mapping and the NVRTC compile check
+    local tests
+    tests=$(cargo test --release --lib --no-run --message-format=json 2>/dev/null |
+        python3 -c 'import json,sys
+for l in sys.stdin:
+    m = json.loads(l)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["kind"] == ["lib"]:
+        print(m["executable"])' | tail -1)
+    rm -rf "$CARRY" && mkdir -p "$CARRY/lib"
+    cp "$CARGO_TARGET_DIR/release/ailla" "$CARRY/ailla"
+    cp "$tests" "$CARRY/ailla-lib-tests"
+    # OpenBLAS, gfortran and friends; the C library and the loader come from the GPU machine itself
+    ldd "$CARRY/ailla" "$CARRY/ailla-lib-tests" | awk '/=> \// {print $3}' | sort -u |
+        grep -Ev '/(libc|libm|libpthread|libdl|librt|ld-linux[^/]*)\.so' | xargs -r cp -L -t "$CARRY/lib"
+    cp -r benches/torch_reference.py "$CARRY/"
+    echo "prepared $CARRY/: $(ls "$CARRY" | tr '\n' ' ')"
+}
+
+FAILED=0
+report() { # STATUS NAME DETAIL
+    printf '%-8s %-42s %s\n' "$1" "$2" "$3"
+    [ "$1" = FAIL ] && FAILED=1
+    return 0
+}
+
+run() {
+    [ -x "$CARRY/ailla" ] || { echo "no $CARRY/ailla: run 'benches/gpu_check.sh prepare' on the build machine"; exit 2; }
+    # the carried libraries first, then the machine's CUDA (libcuda from the driver, libcublas and
+    # libnvrtc from the toolkit or PyTorch's nvidia-* wheels)
+    local torch_libs
+    torch_libs=$(python3 -c 'import glob, os, nvidia; print(":".join(sorted({os.path.dirname(p) for d in nvidia.__path__ for p in glob.glob(d + "/*/lib/lib*.so*")})))' 2>/dev/null || true)
+    export LD_LIBRARY_PATH="$PWD/$CARRY/lib:${torch_libs}:/usr/local/cuda/lib64:${LD_LIBRARY_PATH:-}"
+    export AILLA_REQUIRE_GPU=1
+    local ailla="$PWD/$CARRY/ailla" work
+    work=$(mktemp -d)
+
+    # 1. the probe finds the driver, cuBLAS, NVRTC and a device
+    if "$ailla" env | tee "$work/env.txt" | grep -q '^CUDA .*device(s); driver, cuBLAS and NVRTC found'; then
+        report PASS "probe" "$(grep '^CUDA' "$work/env.txt")"
+    else
+        report FAIL "probe" "$(grep '^CUDA' "$work/env.txt")"
+    fi
+
+    # 2. the engine's CUDA unit tests with skips turned into failures: product mapping, cuBLAS products
+    #    against the CPU engine (all four transpose cases, 1e-5), NVRTC compile of
+    #    every kernel for sm_90 and sm_80, probe
+    if timeout 120 "$CARRY/ailla-lib-tests" engine::cuda > "$work/unit.txt" 2>&1; then
+        report PASS "unit tests (engine::cuda)" "$(grep 'test result' "$work/unit.txt")"
+    else
+        report FAIL "unit tests (engine::cuda)" "see $work/unit.txt"
+    fi
+
+    # 3. every kernel against the CPU engine on random inputs, forward and backward, relative error ≤ 1e-5
+    if "$ailla" cuda-check --help > /dev/null 2>&1; then
+        if timeout 180 "$ailla" cuda-check --tolerance 1e-5 > "$work/kernels.txt" 2>&1; then
+            report PASS "kernels vs CPU (rel. err. <= 1e-5)" "$(tail -1 "$work/kernels.txt")"
+        else
+            report FAIL "kernels vs CPU (rel. err. <= 1e-5)" "see $work/kernels.txt"
+        fi
+    else
+        report PENDING "kernels vs CPU (rel. err. <= 1e-5)" "no 'ailla cuda-check' in this build"
+    fi
+
+    # 4. the training loss after 50 steps on the GPU within 1e-4 of the CPU run (same seed and batches)
+    local args=(train --corpus bundled --tokenizer char --steps 50 --batch-size 8 --ctx-len 64 --seed 1)
+    timeout 120 "$ailla" --quiet --device cpu "${args[@]}" --out "$work/cpu" > /dev/null 2>&1
+    if timeout 120 "$ailla" --quiet --device cuda "${args[@]}" --out "$work/gpu" > "$work/gpu.txt" 2>&1; then
+        local verdict
+        verdict=$(python3 - "$work/cpu/metrics.jsonl" "$work/gpu/metrics.jsonl" <<'PY'
+import json, sys
+def last(path):
+    rows = [json.loads(l) for l in open(path) if '"train"' in l]
+    return [r for r in rows if r.get("kind") == "train"][-1]
+cpu, gpu = last(sys.argv[1]), last(sys.argv[2])
+diff = abs(cpu["loss"] - gpu["loss"])
+print(("PASS" if diff <= 1e-4 and cpu["step"] == gpu["step"] else "FAIL"),
+      f"step {gpu['step']}: cpu {cpu['loss']:.6f} gpu {gpu['loss']:.6f} |diff| {diff:.2e}")
+PY
+        )
+        report "${verdict%% *}" "50-step loss, cuda vs cpu (<= 1e-4)" "${verdict#* }"
+    elif grep -q "no device training step" "$work/gpu.txt"; then
+        report PENDING "50-step loss, cuda vs cpu (<= 1e-4)" "this build has no device training step"
+    else
+        report FAIL "50-step loss, cuda vs cpu (<= 1e-4)" "$(tail -3 "$work/gpu.txt")"
+    fi
+
+    # 5. throughput on the GPU against PyTorch (CUDA) on the three bench configurations
+    if timeout 300 "$ailla" --device cuda bench --compare-torch --python python3 \
+        --config char-small --config word-wt2 --config aila > "$work/bench.txt" 2>&1; then
+        report PASS "bench --device cuda --compare-torch" "see $work/bench.txt"
+        cat "$work/bench.txt"
+    elif grep -q "no device training step" "$work/bench.txt"; then
+        report PENDING "bench --device cuda --compare-torch" "this build has no device training step"
+    else
+        report FAIL "bench --device cuda --compare-torch" "$(tail -3 "$work/bench.txt")"
+    fi
+    echo "outputs in $work"
+    exit "$FAILED"
+}
+
+case "${1:-}" in
+    prepare) prepare ;;
+    run) run ;;
+    *) echo "usage: benches/gpu_check.sh prepare|run"; exit 2 ;;
+esac
