@@ -316,7 +316,7 @@ fn decisions(a: &Report, b: &Report) -> Vec<DecisionRow> {
         r.block_recruitment
             .iter()
             .map(|d| {
-                let saving = d.decision.bits_before - d.decision.bits_after - d.decision.cost_bits;
+                let saving = d.decision.saving_bits() - d.decision.cost_bits;
                 ((d.member.clone(), d.decision.step, d.decision.candidate.clone()), (d.decision.accepted, saving))
             })
             .collect()
