@@ -111,6 +111,16 @@ pub fn excluded_fields() -> Vec<ExcludedField> {
             "the environment: compared on its own, it decides whether bit identity is promised",
         ),
         row(
+            "invocation",
+            "provenance.json, report.json",
+            "run id, UTC start, host, operator and command line: who ran it and when, not what it computed",
+        ),
+        row(
+            "report_sha256",
+            "report.json",
+            "covers the invocation; checked on its own against the stored report's content",
+        ),
+        row(
             "pipeline.path, rules[].path, data[].path",
             "provenance.json, report.json",
             "where an input was named from; its SHA-256 is compared",
@@ -118,8 +128,8 @@ pub fn excluded_fields() -> Vec<ExcludedField> {
     ]
 }
 
-/// Keys of a provenance object that describe the environment, not the run.
-const ENVIRONMENT_KEYS: [&str; 4] = ["ailla_version", "git_commit", "platform", "numerics"];
+/// Keys of a provenance object that describe the environment or the invocation, not the run.
+const ENVIRONMENT_KEYS: [&str; 5] = ["ailla_version", "git_commit", "platform", "numerics", "invocation"];
 /// Keys that hold wall time or memory wherever they appear.
 const VARYING_KEYS: [&str; 3] = ["wall_time_seconds", "peak_memory_mib", "seconds"];
 
@@ -256,6 +266,12 @@ impl Comparison {
         Comparison { same_environment, differences: Vec::new(), numbers: 0, tensors: 0, files: 0 }
     }
 
+    /// A stored value that contradicts what its own file says (a report's hash of its own content):
+    /// never within any tolerance.
+    pub fn contradiction(&mut self, file: &str, field: &str, stored: String, found: String) {
+        self.record(file, field, stored, found, ValueKind::Exact, false);
+    }
+
     fn record(&mut self, file: &str, field: &str, stored: String, replayed: String, kind: ValueKind, within: bool) {
         let tolerance = if self.same_environment { None } else { kind.tolerance() };
         let within_tolerance = !self.same_environment && within;
@@ -327,6 +343,7 @@ impl Comparison {
                 let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
                 for name in keys {
                     if VARYING_KEYS.contains(&name.as_str())
+                        || (path.is_empty() && name == "report_sha256" && file == super::REPORT_FILE)
                         || (scope == Scope::Provenance && ENVIRONMENT_KEYS.contains(&name.as_str()))
                         || (scope == Scope::InputFile && name == "path")
                     {
@@ -460,7 +477,8 @@ fn number_kind(file: &str, key: &str) -> ValueKind {
 
 /// Whether `path` in `file` is the hash of a weights file in a checkpoint manifest.
 fn is_weights_hash(file: &str, path: &str) -> bool {
-    file.ends_with(".manifest.json") && (path == "model.sha256" || path == "optimizer.sha256")
+    (file.ends_with(".manifest.json") && (path == "model.sha256" || path == "optimizer.sha256"))
+        || (file == super::REPORT_FILE && path.starts_with("card.checkpoints["))
 }
 
 fn join(path: &str, key: &str) -> String {

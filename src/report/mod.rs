@@ -35,6 +35,8 @@ pub use types::*;
 pub const SCHEMA_VERSION: u32 = 1;
 
 pub const PROVENANCE_FILE: &str = "provenance.json";
+/// The machine-readable report in a run directory.
+pub const REPORT_FILE: &str = "report.json";
 
 /// The JSON Schema of `report.json`, generated from the types above; `src/report/report.schema.json`
 /// is this text, kept in the repository for readers and other tools (a test checks they agree).

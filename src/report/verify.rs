@@ -248,6 +248,25 @@ pub fn verify(run_dir: &Path, replay_dir: Option<&Path>) -> Result<Verification>
 
     let mut comparison = Comparison::new(same_environment);
     comparison.trees(&stored, &Tree::read(out)?);
+    // the stored report's hash of its own content: an edit anywhere in report.json shows here, even
+    // in a field the replay leaves out (the invocation)
+    let report_path = run_dir.join(super::REPORT_FILE);
+    if let Ok(text) = std::fs::read_to_string(&report_path) {
+        let recorded = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("report_sha256")?.as_str().map(str::to_string))
+            .filter(|h| !h.is_empty());
+        if let (Some(recorded), Some(content)) = (recorded, super::card::content_sha256_of_text(&text)) {
+            if recorded != content {
+                comparison.contradiction(
+                    super::REPORT_FILE,
+                    "report_sha256",
+                    recorded,
+                    format!("content hashes to {content}"),
+                );
+            }
+        }
+    }
     verification.files_compared = comparison.files;
     verification.numbers_compared = comparison.numbers;
     verification.tensors_compared = comparison.tensors;
