@@ -266,6 +266,35 @@ pub(super) fn build_group(runs: &[StoredRun], stored: crate::train::stored::Repo
             training_curve.push((step, losses.iter().sum::<f64>() / losses.len() as f64));
         }
     }
+    // the schedule is the pipeline's, the same for every seed: the first run's steps at the same marks
+    let learning_rate_curve: Vec<(usize, f64)> = runs
+        .first()
+        .map(|(_, _, records)| {
+            records
+                .iter()
+                .filter_map(|r| match r {
+                    MetricsRecord::Train { step, learning_rate, .. } if marks.contains(step) => {
+                        Some((*step, *learning_rate))
+                    }
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    // the validation loss wherever the runs evaluated it (`eval_every`, and at the end), mean over
+    // the runs that did at that step
+    let mut validation: std::collections::BTreeMap<usize, Vec<f64>> = std::collections::BTreeMap::new();
+    for (_, _, records) in runs {
+        for r in records.iter() {
+            if let MetricsRecord::Eval { step, split, result } = r {
+                if split == "valid" && result.mean_ce_nats.is_finite() {
+                    validation.entry(*step).or_default().push(result.mean_ce_nats);
+                }
+            }
+        }
+    }
+    let validation_curve: Vec<(usize, f64)> =
+        validation.into_iter().map(|(step, v)| (step, v.iter().sum::<f64>() / v.len() as f64)).collect();
     let site_fidelity = first
         .dial
         .first()
@@ -287,5 +316,16 @@ pub(super) fn build_group(runs: &[StoredRun], stored: crate::train::stored::Repo
                 .collect()
         })
         .unwrap_or_default();
-    Group { label: String::new(), epsilon, members, dial, rules, certificates, training_curve, site_fidelity }
+    Group {
+        label: String::new(),
+        epsilon,
+        members,
+        dial,
+        rules,
+        certificates,
+        training_curve,
+        validation_curve,
+        learning_rate_curve,
+        site_fidelity,
+    }
 }

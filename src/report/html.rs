@@ -90,7 +90,23 @@ pub fn figures(report: &Report) -> Vec<(&'static str, &'static str, String)> {
             "Training loss",
             "training step",
             "cross-entropy (nats per token)",
-            &[Series::line("mean over seeds", group.training_curve.iter().map(|&(s, l)| (s as f64, l)).collect())],
+            &[
+                Series::line(
+                    "training, mean over seeds",
+                    group.training_curve.iter().map(|&(s, l)| (s as f64, l)).collect(),
+                ),
+                Series::line("validation", group.validation_curve.iter().map(|&(s, l)| (s as f64, l)).collect()),
+            ],
+        ),
+    );
+    add(
+        "report-learning-rate.svg",
+        "7",
+        line_chart(
+            "Learning rate",
+            "training step",
+            "learning rate",
+            &[Series::line("schedule", group.learning_rate_curve.iter().map(|&(s, r)| (s as f64, r)).collect())],
         ),
     );
     out

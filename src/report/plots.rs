@@ -76,6 +76,11 @@ fn tick_label(value: f64, whole: bool) -> String {
         }
         return thousands(rounded as i64);
     }
+    if value != 0.0 && value.abs() < 0.01 {
+        // learning rates and other small quantities: 3e-4, not a rounded 0
+        let text = format!("{value:.1e}");
+        return text.replace(".0e", "e");
+    }
     let text = format!("{value:.3}");
     let text = text.trim_end_matches('0').trim_end_matches('.');
     if text == "-0" {
@@ -312,7 +317,9 @@ mod tests {
         assert_eq!(tick_label(2500.0, true), "2,500");
         assert_eq!(tick_label(2.5, true), "");
         assert_eq!(tick_label(0.25, false), "0.25");
-        assert_eq!(tick_label(-0.0001, false), "0");
+        assert_eq!(tick_label(0.0003, false), "3e-4");
+        assert_eq!(tick_label(0.00025, false), "2.5e-4");
+        assert_eq!(tick_label(-0.0, false), "0");
         assert_eq!(thousands(-1_234_567), "-1,234,567");
         // a whole axis: steps 0..3 and counts 10..40, so no tick may read as a fraction
         let svg =

@@ -72,6 +72,12 @@ pub struct Group {
     pub certificates: Vec<CertificateRow>,
     /// `(step, mean training loss)` at up to 20 evenly spaced steps.
     pub training_curve: Vec<(usize, f64)>,
+    /// `(step, mean validation loss in nats)` wherever the runs evaluated it.
+    #[serde(default)]
+    pub validation_curve: Vec<(usize, f64)>,
+    /// `(step, learning rate)` at the training curve's steps.
+    #[serde(default)]
+    pub learning_rate_curve: Vec<(usize, f64)>,
     /// Pointer fidelity of every (layer, head) where rules act, by λ (mean over the group's runs).
     pub site_fidelity: Vec<SiteFidelity>,
 }
