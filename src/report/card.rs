@@ -363,6 +363,12 @@ pub fn card_markdown(report: &Report) -> String {
     let _ = writeln!(s, "| owner | {} |\n", stated(&card.statement.owner));
 
     let _ = writeln!(s, "### Model\n");
+    if card.models.is_empty() && report.domain_recruitment.is_some() {
+        let _ = writeln!(
+            s,
+            "A pool of specialised models (METHOD §8): their checkpoints are below, their decisions in section 6."
+        );
+    }
     for m in &card.models {
         let _ = writeln!(
             s,
@@ -410,6 +416,9 @@ pub fn card_markdown(report: &Report) -> String {
     }
     files(&mut s, "checkpoint", &card.checkpoints);
     let _ = writeln!(s, "\n### Blocks and rules");
+    if p.rules.is_empty() && card.blocks.is_empty() {
+        let _ = writeln!(s, "\nNo rules: no model of this report was trained with a rules file.");
+    }
     files(&mut s, "rules file", &p.rules);
     if !card.blocks.is_empty() {
         let _ = writeln!(s, "\n| block | members | anchors |\n|---|---|---|");

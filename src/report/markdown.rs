@@ -145,14 +145,17 @@ pub(super) fn markdown_text(report: &Report) -> String {
     let runs: usize = report.groups.iter().map(|g| g.members.len()).sum();
     let violations: usize = report.groups.iter().flat_map(|g| &g.certificates).map(|c| c.violations).sum();
     let checked: usize = report.groups.iter().map(|g| g.certificates.len()).sum();
-    let _ = writeln!(
-        s,
-        "{runs} run{} in {} group{} (runs in a group differ only in their seed); {} failed.\n",
-        if runs == 1 { "" } else { "s" },
-        report.groups.len(),
-        if report.groups.len() == 1 { "" } else { "s" },
-        report.failed_members.len()
-    );
+    // a domains run has no sweep groups: its summary is the domains' alone
+    if !(report.groups.is_empty() && report.domain_recruitment.is_some()) {
+        let _ = writeln!(
+            s,
+            "{runs} run{} in {} group{} (runs in a group differ only in their seed); {} failed.\n",
+            if runs == 1 { "" } else { "s" },
+            report.groups.len(),
+            if report.groups.len() == 1 { "" } else { "s" },
+            report.failed_members.len()
+        );
+    }
     if let Some(domains) = &report.domain_recruitment {
         let recruited = domains.decisions.iter().filter(|d| d.recruited).count();
         let _ = writeln!(
