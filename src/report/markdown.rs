@@ -638,8 +638,8 @@ mod tests {
     #[test]
     fn intervals_print_at_the_precision_they_support() {
         let e = |mean, ci| Estimate { mean, ci95: Some(ci), n: 2 };
-        assert_eq!(est(&e(3.14159, 0.052), 3), "3.14 ± 0.05");
-        assert_eq!(est(&e(3.14159, 0.013), 3), "3.142 ± 0.013");
+        assert_eq!(est(&e(3.24159, 0.052), 3), "3.24 ± 0.05");
+        assert_eq!(est(&e(3.24159, 0.013), 3), "3.242 ± 0.013");
         assert_eq!(est(&e(157.7, 12.0), 3), "157.7 ± 12.0");
         assert_eq!(est(&e(0.99731, 0.00002), 4), "0.9973 ± 0.0000");
         assert_eq!(est(&Estimate { mean: 2.5, ci95: None, n: 1 }, 3), "2.500");
