@@ -222,15 +222,7 @@ pub(super) fn group_labels(configs: &[serde_json::Value]) -> Vec<String> {
 
 /// `n` with a comma every three digits: `1,234,567`.
 pub fn thousands(n: usize) -> String {
-    let digits = n.to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
+    crate::dsl::syntax::thousands(n as i128)
 }
 
 /// The anchor GitHub and the HTML report give a heading: lower case, spaces to hyphens, punctuation

@@ -74,7 +74,7 @@ fn tick_label(value: f64, whole: bool) -> String {
         if (value - rounded).abs() > 1e-9 * value.abs().max(1.0) {
             return String::new();
         }
-        return thousands(rounded as i64);
+        return crate::dsl::syntax::thousands(rounded as i128);
     }
     if value != 0.0 && value.abs() < 0.01 {
         // learning rates and other small quantities: 3e-4, not a rounded 0
@@ -87,22 +87,6 @@ fn tick_label(value: f64, whole: bool) -> String {
         "0".to_string()
     } else {
         text.to_string()
-    }
-}
-
-fn thousands(value: i64) -> String {
-    let digits = value.unsigned_abs().to_string();
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if value < 0 {
-        format!("-{out}")
-    } else {
-        out
     }
 }
 
@@ -320,7 +304,7 @@ mod tests {
         assert_eq!(tick_label(0.0003, false), "3e-4");
         assert_eq!(tick_label(0.00025, false), "2.5e-4");
         assert_eq!(tick_label(-0.0, false), "0");
-        assert_eq!(thousands(-1_234_567), "-1,234,567");
+        assert_eq!(tick_label(-1_234_567.0, true), "−1,234,567");
         // a whole axis: steps 0..3 and counts 10..40, so no tick may read as a fraction
         let svg =
             line_chart("loss", "training step", "count", &[Series::line("a", vec![(0.0, 10.0), (3.0, 40.0)])]).unwrap();
