@@ -157,16 +157,22 @@ pub fn run_config(config: &BenchConfig, steps: usize) -> Result<BenchResult> {
         let (_, _, grads) = model.loss_and_grads(&tokens, &targets, config.batch_size, config.ctx_len, &NoHook, None);
         optimizer.update(&mut model.params, &grads, &optim, 1e-4);
     };
-    train_step(&mut model);
-    let train_seconds = median_seconds(steps, || train_step(&mut model));
+    // Inside the pool, as `ailla run` trains: from outside it every parallel region would first hand
+    // its work to a pool thread and wait for it.
+    let train_seconds = rayon::scope(|_| {
+        train_step(&mut model);
+        median_seconds(steps, || train_step(&mut model))
+    });
 
     let eval_step = |model: &Model<f32>| {
         let cache = model.forward(&tokens, config.batch_size, config.ctx_len, &NoHook);
         model.output_loss(&cache, &targets, false, None).mean_nll
     };
-    eval_step(&model);
-    let eval_seconds = median_seconds(steps, || {
-        std::hint::black_box(eval_step(&model));
+    let eval_seconds = rayon::scope(|_| {
+        eval_step(&model);
+        median_seconds(steps, || {
+            std::hint::black_box(eval_step(&model));
+        })
     });
 
     let train_tokens_per_s = n as f64 / train_seconds;

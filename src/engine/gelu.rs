@@ -67,6 +67,30 @@ mod tests {
         });
     }
 
+    /// The form the blocks run: the forward keeps `tanh u` and the backward reads it instead of
+    /// recomputing it.
+    #[test]
+    fn gelu_from_its_kept_tanh_matches_finite_differences() {
+        use crate::engine::kernels::{gelu_backward_from_tanh_slice, gelu_keeping_tanh_slice};
+        let mut x = random(&[4, 6], 2.0, 3).into_dimensionality::<Ix2>().unwrap();
+        let upstream = probe(&[4, 6], 5).into_dimensionality::<Ix2>().unwrap();
+        let forward = |x: &[f64]| {
+            let (mut y, mut t) = (vec![0.0; x.len()], vec![0.0; x.len()]);
+            gelu_keeping_tanh_slice(x, &mut y, &mut t);
+            (y, t)
+        };
+        let flat = x.as_slice().unwrap().to_vec();
+        let (y, t) = forward(&flat);
+        assert_eq!(y, gelu_forward(x.view()).into_raw_vec_and_offset().0, "the same GELU");
+        let mut dx = vec![0.0; flat.len()];
+        gelu_backward_from_tanh_slice(upstream.as_slice().unwrap(), &flat, &t, &mut dx);
+        let dx = Array2::from_shape_vec(x.raw_dim(), dx).unwrap();
+        assert_gradient("x", &mut x.view_mut().into_dyn(), &dx.into_dyn(), |x| {
+            let (y, _) = forward(x.as_slice().unwrap());
+            y.iter().zip(upstream.iter()).map(|(a, b)| a * b).sum()
+        });
+    }
+
     #[test]
     fn gelu_matches_reference_values() {
         // the tanh-form definition evaluated in double precision (what PyTorch computes with approximate="tanh")

@@ -16,14 +16,17 @@ use super::Scalar;
 macro_rules! dispatch {
     ($(#[$doc:meta])* pub fn $name:ident<F: Scalar>($($arg:ident: $ty:ty),*) -> $ret:ty = $body:ident;) => {
         $(#[$doc])*
+        #[allow(clippy::too_many_arguments)]
         pub fn $name<F: Scalar>($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
+                #[allow(clippy::too_many_arguments)]
                 unsafe fn widest<F: Scalar>($($arg: $ty),*) -> $ret {
                     $body($($arg),*)
                 }
                 #[target_feature(enable = "avx2")]
+                #[allow(clippy::too_many_arguments)]
                 unsafe fn wide<F: Scalar>($($arg: $ty),*) -> $ret {
                     $body($($arg),*)
                 }
@@ -207,6 +210,113 @@ fn dot_body<F: Scalar>(a: &[F], b: &[F]) -> F {
         total += x * y;
     }
     total
+}
+
+dispatch! {
+    /// The softmax's chain rule on one row: `g_j ← α_j·(g_j − Σ_l α_l·g_l)`, where `α` is the row of
+    /// weights and `g` holds `∂J/∂α` on entry and `∂J/∂s` on return.
+    pub fn softmax_backward_row<F: Scalar>(alpha: &[F], grad: &mut [F]) -> () = softmax_backward_body;
+}
+
+#[inline(always)]
+fn softmax_backward_body<F: Scalar>(alpha: &[F], grad: &mut [F]) {
+    let weighted = dot_body(alpha, grad);
+    grad.iter_mut().zip(alpha).for_each(|(g, &a)| *g = a * (*g - weighted));
+}
+
+dispatch! {
+    /// GELU of a slice that also keeps `tanh u`, `u = √(2/π)(x + 0.044715x³)`, for the backward pass:
+    /// `out_i = ½x_i(1 + t_i)`, `tanh_out_i = t_i`.
+    pub fn gelu_keeping_tanh_slice<F: Scalar>(x: &[F], out: &mut [F], tanh_out: &mut [F]) -> () = gelu_keeping_tanh_body;
+}
+
+#[inline(always)]
+fn gelu_keeping_tanh_body<F: Scalar>(x: &[F], out: &mut [F], tanh_out: &mut [F]) {
+    let (c, a, half) = (F::lit(0.797_884_560_802_865_4), F::lit(0.044_715), F::lit(0.5));
+    for ((o, t), &x) in out.iter_mut().zip(tanh_out.iter_mut()).zip(x) {
+        *t = (c * (x + a * x * x * x)).tanh_kernel();
+        *o = half * x * (F::one() + *t);
+    }
+}
+
+dispatch! {
+    /// `dx_i = dy_i · GELU'(x_i)` from the forward pass's `t_i = tanh u_i`: no exponential to recompute.
+    pub fn gelu_backward_from_tanh_slice<F: Scalar>(dy: &[F], x: &[F], tanh: &[F], dx: &mut [F]) -> () = gelu_backward_from_tanh_body;
+}
+
+#[inline(always)]
+fn gelu_backward_from_tanh_body<F: Scalar>(dy: &[F], x: &[F], tanh: &[F], dx: &mut [F]) {
+    let (c, a, half) = (F::lit(0.797_884_560_802_865_4), F::lit(0.044_715), F::lit(0.5));
+    for ((d, &g), (&x, &t)) in dx.iter_mut().zip(dy).zip(x.iter().zip(tanh)) {
+        let derivative =
+            half * (F::one() + t) + half * x * (F::one() - t * t) * c * (F::one() + F::lit(3.0) * a * x * x);
+        *d = g * derivative;
+    }
+}
+
+dispatch! {
+    /// LayerNorm of one row: `normalized = (x − mean)/σ` with `σ = √(var + eps)` and
+    /// `y = normalized·weight + bias`. Returns `1/σ`.
+    pub fn layernorm_row<F: Scalar>(x: &[F], weight: &[F], bias: &[F], eps: F, normalized: &mut [F], y: &mut [F]) -> F = layernorm_row_body;
+}
+
+#[inline(always)]
+fn layernorm_row_body<F: Scalar>(x: &[F], weight: &[F], bias: &[F], eps: F, normalized: &mut [F], y: &mut [F]) -> F {
+    let width = F::lit(x.len() as f64);
+    let mean = sum_body(x) / width;
+    normalized.iter_mut().zip(x).for_each(|(n, &v)| *n = v - mean);
+    let variance = dot_body(normalized, normalized) / width;
+    let rstd = F::one() / (variance + eps).sqrt();
+    for ((out, n), (&w, &b)) in y.iter_mut().zip(normalized.iter_mut()).zip(weight.iter().zip(bias)) {
+        *n *= rstd;
+        *out = *n * w + b;
+    }
+    rstd
+}
+
+dispatch! {
+    /// LayerNorm's chain rule on one row, plus a residual gradient that joins it:
+    /// `dx = rstd·(g − mean g − x̂·mean(g·x̂)) + residual` with `g = dy·weight`; accumulates
+    /// `dweight += dy·x̂` and `dbias += dy`.
+    pub fn layernorm_backward_row<F: Scalar>(dy: &[F], normalized: &[F], weight: &[F], rstd: F, residual: &[F], dx: &mut [F], dweight: &mut [F], dbias: &mut [F]) -> () = layernorm_backward_row_body;
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn layernorm_backward_row_body<F: Scalar>(
+    dy: &[F],
+    normalized: &[F],
+    weight: &[F],
+    rstd: F,
+    residual: &[F],
+    dx: &mut [F],
+    dweight: &mut [F],
+    dbias: &mut [F],
+) {
+    let width = F::lit(dy.len() as f64);
+    // g = dy·weight, kept in dx until the means are known
+    dx.iter_mut().zip(dy.iter().zip(weight)).for_each(|(g, (&d, &w))| *g = d * w);
+    let mean_g = sum_body(dx) / width;
+    let mean_g_xhat = dot_body(dx, normalized) / width;
+    for (g, (&xhat, &r)) in dx.iter_mut().zip(normalized.iter().zip(residual)) {
+        *g = rstd * (*g - mean_g - xhat * mean_g_xhat) + r;
+    }
+    for ((dw, db), (&d, &xhat)) in dweight.iter_mut().zip(dbias.iter_mut()).zip(dy.iter().zip(normalized)) {
+        *dw += d * xhat;
+        *db += d;
+    }
+}
+
+dispatch! {
+    /// `total_j += Σ_i rows[i·width + j]`, the rows in order: a bias gradient's column sums.
+    pub fn add_column_sums<F: Scalar>(rows: &[F], total: &mut [F]) -> () = add_column_sums_body;
+}
+
+#[inline(always)]
+fn add_column_sums_body<F: Scalar>(rows: &[F], total: &mut [F]) {
+    for row in rows.chunks_exact(total.len()) {
+        total.iter_mut().zip(row).for_each(|(t, &v)| *t += v);
+    }
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! Layer normalisation over the feature axis: `y = (x − mean) / √(var + eps) · w + b`.
 
-use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, Axis, Zip};
+use ndarray::{Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
+use rayon::prelude::*;
 
-use super::Scalar;
+use super::{kernels, Scalar};
 
 /// What the backward needs: the normalised input and each row's reciprocal standard deviation.
 pub struct LayerNormCache<F> {
@@ -10,6 +11,20 @@ pub struct LayerNormCache<F> {
     pub normalized: Array2<F>,
     /// `[N]` `1/√(var + eps)`.
     pub rstd: Array1<F>,
+}
+
+/// Rows per parallel task of the whole-batch passes; the tasks' partial weight gradients are added in
+/// task order, so the split (fixed by the shape) fixes the result.
+const ROWS_PER_TASK: usize = 64;
+
+fn contiguous<'a, F>(view: &'a ArrayView1<F>) -> std::borrow::Cow<'a, [F]>
+where
+    F: Clone,
+{
+    match view.as_slice() {
+        Some(slice) => std::borrow::Cow::Borrowed(slice),
+        None => std::borrow::Cow::Owned(view.to_vec()),
+    }
 }
 
 /// `x [N, d]`, `weight [d]`, `bias [d]` → `(y [N, d], cache)`; statistics are per row.
@@ -20,25 +35,43 @@ pub fn layernorm_forward<F: Scalar>(
     eps: F,
 ) -> (Array2<F>, LayerNormCache<F>) {
     let (n, d) = x.dim();
-    let d_f = F::lit(d as f64);
+    let x = x.as_standard_layout();
+    let (weight, bias) = (contiguous(&weight), contiguous(&bias));
+    let mut y = Array2::zeros((n, d));
     let mut normalized = Array2::zeros((n, d));
     let mut rstd = Array1::zeros(n);
-    Zip::from(normalized.rows_mut()).and(x.rows()).and(&mut rstd).par_for_each(|mut out, row, rstd_row| {
-        let mean = row.sum() / d_f;
-        let var = row.iter().map(|&v| (v - mean) * (v - mean)).sum::<F>() / d_f;
-        let r = F::one() / (var + eps).sqrt();
-        Zip::from(&mut out).and(&row).for_each(|o, &v| *o = (v - mean) * r);
-        *rstd_row = r;
-    });
-    let mut y = normalized.clone();
-    Zip::from(y.rows_mut()).par_for_each(|mut row| {
-        Zip::from(&mut row).and(&weight).and(&bias).for_each(|o, &w, &b| *o = *o * w + b);
-    });
+    y.axis_chunks_iter_mut(Axis(0), ROWS_PER_TASK)
+        .into_par_iter()
+        .zip(normalized.axis_chunks_iter_mut(Axis(0), ROWS_PER_TASK))
+        .zip(rstd.axis_chunks_iter_mut(Axis(0), ROWS_PER_TASK))
+        .zip(x.axis_chunks_iter(Axis(0), ROWS_PER_TASK))
+        .for_each(|(((mut y, mut normalized), mut rstd), x)| {
+            layernorm_rows(x, &weight, &bias, eps, normalized.view_mut(), rstd.view_mut(), y.view_mut())
+        });
     (y, LayerNormCache { normalized, rstd })
 }
 
-/// `dy [N, d]`, the forward's cache, `weight [d]`; returns `dx [N, d]` and accumulates
-/// `dweight [d] += Σ_rows dy·x̂` and `dbias [d] += Σ_rows dy`.
+/// [`layernorm_forward`] on a block of rows, in one thread: `y` and the cache's rows are written in place.
+pub(crate) fn layernorm_rows<F: Scalar>(
+    x: ArrayView2<F>,
+    weight: &[F],
+    bias: &[F],
+    eps: F,
+    mut normalized: ArrayViewMut2<F>,
+    mut rstd: ArrayViewMut1<F>,
+    mut y: ArrayViewMut2<F>,
+) {
+    for (((x, mut normalized), r), mut y) in
+        x.rows().into_iter().zip(normalized.rows_mut()).zip(rstd.iter_mut()).zip(y.rows_mut())
+    {
+        let (Some(x), Some(normalized), Some(y)) = (x.as_slice(), normalized.as_slice_mut(), y.as_slice_mut()) else {
+            unreachable!("rows of standard-layout matrices are contiguous")
+        };
+        *r = kernels::layernorm_row(x, weight, bias, eps, normalized, y);
+    }
+}
+
+/// `dy [N, d]` and the forward's cache → `dx [N, d]`; accumulates `∂weight [d]` and `∂bias [d]`.
 pub fn layernorm_backward<F: Scalar>(
     dy: ArrayView2<F>,
     cache: &LayerNormCache<F>,
@@ -47,30 +80,34 @@ pub fn layernorm_backward<F: Scalar>(
     mut dbias: ArrayViewMut1<F>,
 ) -> Array2<F> {
     let (n, d) = dy.dim();
-    let d_f = F::lit(d as f64);
+    let dy = dy.as_standard_layout();
+    let weight = contiguous(&weight);
     let mut dx = Array2::zeros((n, d));
-    Zip::from(dx.rows_mut()).and(dy.rows()).and(cache.normalized.rows()).and(&cache.rstd).par_for_each(
-        |mut dx_row, dy_row, xhat, &rstd| {
-            // y = xhat·w + b, so dxhat = dy·w; then through xhat = (x − mean)·rstd:
-            // dx = rstd · (dxhat − mean(dxhat) − xhat · mean(dxhat · xhat))
-            let mut mean_dxhat = F::zero();
-            let mut mean_dxhat_xhat = F::zero();
-            for k in 0..d {
-                let g = dy_row[k] * weight[k];
-                mean_dxhat += g;
-                mean_dxhat_xhat += g * xhat[k];
+    let zeros = vec![F::zero(); d];
+    let partials: Vec<(Vec<F>, Vec<F>)> = dx
+        .axis_chunks_iter_mut(Axis(0), ROWS_PER_TASK)
+        .into_par_iter()
+        .zip(dy.axis_chunks_iter(Axis(0), ROWS_PER_TASK))
+        .zip(cache.normalized.axis_chunks_iter(Axis(0), ROWS_PER_TASK))
+        .zip(cache.rstd.axis_chunks_iter(Axis(0), ROWS_PER_TASK))
+        .map(|(((mut dx, dy), normalized), rstd)| {
+            let (mut dw, mut db) = (vec![F::zero(); d], vec![F::zero(); d]);
+            for (((mut dx, dy), normalized), &r) in
+                dx.rows_mut().into_iter().zip(dy.rows()).zip(normalized.rows()).zip(rstd.iter())
+            {
+                let (Some(dx), Some(dy), Some(normalized)) = (dx.as_slice_mut(), dy.as_slice(), normalized.as_slice())
+                else {
+                    unreachable!("rows of standard-layout matrices are contiguous")
+                };
+                kernels::layernorm_backward_row(dy, normalized, &weight, r, &zeros, dx, &mut dw, &mut db);
             }
-            mean_dxhat /= d_f;
-            mean_dxhat_xhat /= d_f;
-            for k in 0..d {
-                let g = dy_row[k] * weight[k];
-                dx_row[k] = rstd * (g - mean_dxhat - xhat[k] * mean_dxhat_xhat);
-            }
-        },
-    );
-    // column sums in a fixed row order keep the parameter gradients reproducible
-    dweight += &(&dy * &cache.normalized).sum_axis(Axis(0));
-    dbias += &dy.sum_axis(Axis(0));
+            (dw, db)
+        })
+        .collect();
+    for (dw, db) in partials {
+        dweight.iter_mut().zip(&dw).for_each(|(total, &v)| *total += v);
+        dbias.iter_mut().zip(&db).for_each(|(total, &v)| *total += v);
+    }
     dx
 }
 

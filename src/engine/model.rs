@@ -6,21 +6,21 @@
 use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewD, ArrayViewMutD, Axis};
 use serde::{Deserialize, Serialize};
 
-use super::attention::{attention_backward, attention_forward, AttentionCache, AttentionHook, AttentionShape};
+use super::attention::{AttentionCache, AttentionHook};
 use super::block_embedding::{block_embedding_backward, block_embedding_forward};
 use super::copy::{gate_loss_and_grads, CopyCaches, GateLoss, GATE_BIAS_INIT};
 use super::embedding::{embedding_backward, embedding_forward};
-use super::gelu::{gelu_backward, gelu_forward};
 use super::layernorm::{layernorm_backward, layernorm_forward, LayerNormCache};
-use super::linear::{linear_backward, linear_forward};
 use super::loss::{output_loss, CopyInput, OutputLoss};
 use super::Scalar;
 use crate::rng::Rng;
 
 mod config;
+mod layer;
 mod params;
 
 pub use config::*;
+pub use layer::LayerSplit;
 pub use params::*;
 
 pub type Grads<F> = Params<F>;
@@ -43,6 +43,8 @@ pub struct LayerCache<F> {
     z2: Array2<F>,
     /// `[N, F]` the MLP's pre-activation.
     a1: Array2<F>,
+    /// `[N, F]` `tanh u` inside the GELU of `a₁`, kept so that the backward need not recompute it.
+    gelu_tanh: Array2<F>,
     /// `[N, F]` `GELU(a₁)`.
     g: Array2<F>,
     /// `[N, d]` the block's output `x'`, the residual stream after this layer (for representation metrics).
@@ -136,25 +138,10 @@ impl<F: Scalar> Model<F> {
         for (layer, w) in p.layers.iter().enumerate() {
             // the residual stream [N, d]: the previous block's output, kept in its cache rather than copied
             let x = layers.last().map_or(&embedded, |previous| &previous.output);
-            // h = x + Attn(LN₁(x))
-            let (z1, ln1) = layernorm_forward(x.view(), w.ln1_weight.view(), w.ln1_bias.view(), eps);
-            // q, k, v in one product: [q | k | v] = z₁·[W_Q | W_K | W_V] + [b_Q | b_K | b_V]
-            let (w_qkv, b_qkv) = fused_qkv(w);
-            let qkv = linear_forward(z1.view(), w_qkv.view(), b_qkv.view()); // [N, 3d]
-            let d = c.d_model;
-            let (q, k, v) = (qkv.slice(s![.., ..d]), qkv.slice(s![.., d..2 * d]), qkv.slice(s![.., 2 * d..]));
-            let shape = AttentionShape { batch, seq_len, heads: c.n_heads, layer };
-            let (y_att, attention, layer_penalty) = attention_forward(q.view(), k.view(), v.view(), shape, hook);
+            let split = LayerSplit::new(batch, seq_len, c.n_heads, layer);
+            let (cache, layer_penalty) = layer::layer_forward(x.view(), w, eps, split, hook);
             penalty += layer_penalty;
-            let mut h = linear_forward(y_att.view(), w.wo.view(), w.bo.view());
-            h += x;
-            // x' = h + W₂·GELU(W₁·LN₂(h) + b₁) + b₂
-            let (z2, ln2) = layernorm_forward(h.view(), w.ln2_weight.view(), w.ln2_bias.view(), eps);
-            let a1 = linear_forward(z2.view(), w.w1.view(), w.b1.view()); // [N, F]
-            let g = gelu_forward(a1.view()); // [N, F]
-            let mut output = linear_forward(g.view(), w.w2.view(), w.b2.view());
-            output += &h;
-            layers.push(LayerCache { ln1, z1, qkv, w_qkv, attention, y_att, ln2, z2, a1, g, output });
+            layers.push(cache);
         }
         let x = layers.last().map_or(&embedded, |last| &last.output);
         let (hidden, ln_f) = layernorm_forward(x.view(), p.ln_f_weight.view(), p.ln_f_bias.view(), eps);
@@ -245,51 +232,8 @@ impl<F: Scalar> Model<F> {
             grads.ln_f_bias.view_mut(),
         );
         for (layer, (w, lc)) in p.layers.iter().zip(&cache.layers).enumerate().rev() {
-            let gw = &mut grads.layers[layer];
-            // x' = h + W₂·g + b₂
-            let dg = linear_backward(dx.view(), lc.g.view(), w.w2.view(), gw.w2.view_mut(), gw.b2.view_mut());
-            // g = GELU(a₁)
-            let da1 = gelu_backward(dg.view(), lc.a1.view());
-            // a₁ = W₁·z₂ + b₁
-            let dz2 = linear_backward(da1.view(), lc.z2.view(), w.w1.view(), gw.w1.view_mut(), gw.b1.view_mut());
-            // z₂ = LN₂(h); h also flows straight to x'
-            let mut dh = layernorm_backward(
-                dz2.view(),
-                &lc.ln2,
-                w.ln2_weight.view(),
-                gw.ln2_weight.view_mut(),
-                gw.ln2_bias.view_mut(),
-            );
-            dh += &dx;
-            // h = x + W_O·y_att + b_O
-            let dy_att = linear_backward(dh.view(), lc.y_att.view(), w.wo.view(), gw.wo.view_mut(), gw.bo.view_mut());
-            let shape = AttentionShape { batch: cache.batch, seq_len: cache.seq_len, heads: c.n_heads, layer };
-            let d = c.d_model;
-            let qkv = &lc.qkv;
-            let (q, k, v) = (qkv.slice(s![.., ..d]), qkv.slice(s![.., d..2 * d]), qkv.slice(s![.., 2 * d..]));
-            // d_qkv: [N, 3d]
-            let d_qkv = attention_backward(dy_att.view(), q, k, v, &lc.attention, shape, hook);
-            // [q | k | v] = z₁·W_QKV + b_QKV
-            let w_qkv = &lc.w_qkv;
-            let mut dw_qkv = Array2::zeros(w_qkv.raw_dim());
-            let mut db_qkv = Array1::zeros(3 * d);
-            let dz1 = linear_backward(d_qkv.view(), lc.z1.view(), w_qkv.view(), dw_qkv.view_mut(), db_qkv.view_mut());
-            for (index, (dw, db)) in
-                [(&mut gw.wq, &mut gw.bq), (&mut gw.wk, &mut gw.bk), (&mut gw.wv, &mut gw.bv)].into_iter().enumerate()
-            {
-                *dw += &dw_qkv.slice(s![.., index * d..(index + 1) * d]);
-                *db += &db_qkv.slice(s![index * d..(index + 1) * d]);
-            }
-            // z₁ = LN₁(x); x also flows straight to h
-            let mut dx_in = layernorm_backward(
-                dz1.view(),
-                &lc.ln1,
-                w.ln1_weight.view(),
-                gw.ln1_weight.view_mut(),
-                gw.ln1_bias.view_mut(),
-            );
-            dx_in += &dh;
-            dx = dx_in;
+            let split = LayerSplit::new(cache.batch, cache.seq_len, c.n_heads, layer);
+            dx = layer::layer_backward(dx.view(), lc, w, &mut grads.layers[layer], split, hook);
         }
         embedding_backward(dx.view(), &cache.tokens, cache.seq_len, grads.tok_emb.view_mut(), grads.pos_emb.view_mut());
         if !cache.block_lookup.is_empty() {

@@ -1,0 +1,519 @@
+//! One transformer block, forward and backward, as one parallel task per group of whole sequences.
+//!
+//! Everything in a block is local to a row except attention, which is local to a sequence. A task that
+//! owns whole sequences therefore runs both LayerNorms, the projections, attention, GELU and the
+//! residual adds for its rows without meeting another task; splitting each product in turn had the
+//! threads meet a dozen times per block, and on small models the waiting cost more than the products.
+//! The groups are fixed by the shapes (never by the thread count), so results are the same with any
+//! number of threads. Weight gradients need every row: each is one product over the whole batch
+//! ([`backward_weights`]), so every element of a weight gradient still comes from one BLAS call.
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
+use rayon::prelude::*;
+
+use super::{fused_qkv, LayerCache, LayerParams};
+use crate::engine::attention::{attend, attend_backward, AttentionCache, AttentionHook, AttentionSite, CAUSAL_BLOCK};
+use crate::engine::kernels;
+use crate::engine::layernorm::{layernorm_rows, LayerNormCache};
+use crate::engine::linalg::{gemm, init_blas};
+use crate::engine::Scalar;
+
+/// Rows a task aims for: enough that its products run near BLAS's full speed, few enough that a batch
+/// gives every core work. A task holds at least one whole sequence.
+const ROWS_PER_TASK: usize = 256;
+
+/// How a pass splits `batch` sequences of `seq_len` positions into tasks.
+#[derive(Debug, Clone, Copy)]
+pub struct LayerSplit {
+    pub batch: usize,
+    pub seq_len: usize,
+    pub heads: usize,
+    pub layer: usize,
+    /// Whole sequences per task (the last task may have fewer).
+    pub sequences_per_task: usize,
+}
+
+impl LayerSplit {
+    pub fn new(batch: usize, seq_len: usize, heads: usize, layer: usize) -> Self {
+        let sequences_per_task = (ROWS_PER_TASK / seq_len.max(1)).max(1);
+        LayerSplit { batch, seq_len, heads, layer, sequences_per_task }
+    }
+
+    fn rows_per_task(&self) -> usize {
+        self.sequences_per_task * self.seq_len
+    }
+}
+
+fn row_chunks<F>(a: &mut Array2<F>, rows: usize) -> std::vec::IntoIter<ArrayViewMut2<'_, F>> {
+    a.axis_chunks_iter_mut(Axis(0), rows).collect::<Vec<_>>().into_iter()
+}
+
+fn next<T>(chunks: &mut impl Iterator<Item = T>) -> T {
+    chunks.next().unwrap_or_else(|| unreachable!("every array has one chunk per task"))
+}
+
+fn as_slice<'a, F>(view: &'a ArrayView1<F>) -> &'a [F] {
+    view.as_slice().unwrap_or_else(|| unreachable!("parameter vectors are contiguous"))
+}
+
+/// `rows ← broadcast(bias)` (and `+ base` when given): the `C` of a `C ← A·B + C` product.
+fn fill_rows<F: Scalar>(mut out: ArrayViewMut2<F>, bias: &[F], base: Option<ArrayView2<F>>) {
+    for (i, mut row) in out.rows_mut().into_iter().enumerate() {
+        match &base {
+            Some(base) => row.iter_mut().zip(base.row(i)).zip(bias).for_each(|((o, &x), &b)| *o = x + b),
+            None => row.iter_mut().zip(bias).for_each(|(o, &b)| *o = b),
+        }
+    }
+}
+
+/// The rows of one task in every activation the block keeps.
+struct ForwardRows<'a, F> {
+    ln1_normalized: ArrayViewMut2<'a, F>,
+    ln1_rstd: ArrayViewMut1<'a, F>,
+    z1: ArrayViewMut2<'a, F>,
+    qkv: ArrayViewMut2<'a, F>,
+    y_att: ArrayViewMut2<'a, F>,
+    ln2_normalized: ArrayViewMut2<'a, F>,
+    ln2_rstd: ArrayViewMut1<'a, F>,
+    z2: ArrayViewMut2<'a, F>,
+    a1: ArrayViewMut2<'a, F>,
+    gelu_tanh: ArrayViewMut2<'a, F>,
+    g: ArrayViewMut2<'a, F>,
+    output: ArrayViewMut2<'a, F>,
+}
+
+/// `x [N, d]` → the block's cache, whose `output` is `x'`; returns the hook's penalty beside it.
+pub fn layer_forward<F: Scalar>(
+    x: ArrayView2<F>,
+    w: &LayerParams<F>,
+    eps: F,
+    split: LayerSplit,
+    hook: &dyn AttentionHook<F>,
+) -> (LayerCache<F>, F) {
+    init_blas();
+    let (n, d) = x.dim();
+    let ff = w.w1.ncols();
+    let x = x.as_standard_layout();
+    let (w_qkv, b_qkv) = fused_qkv(w);
+    let rows = split.rows_per_task();
+    let zeros = |width: usize| Array2::<F>::zeros((n, width));
+    let (mut ln1_normalized, mut z1, mut qkv, mut y_att) = (zeros(d), zeros(d), zeros(3 * d), zeros(d));
+    let (mut ln2_normalized, mut z2, mut output) = (zeros(d), zeros(d), zeros(d));
+    let (mut a1, mut gelu_tanh, mut g) = (zeros(ff), zeros(ff), zeros(ff));
+    let (mut ln1_rstd, mut ln2_rstd) = (Array1::<F>::zeros(n), Array1::<F>::zeros(n));
+    let tasks: Vec<ForwardRows<F>> = {
+        let mut chunks = [
+            row_chunks(&mut ln1_normalized, rows),
+            row_chunks(&mut z1, rows),
+            row_chunks(&mut qkv, rows),
+            row_chunks(&mut y_att, rows),
+            row_chunks(&mut ln2_normalized, rows),
+            row_chunks(&mut z2, rows),
+            row_chunks(&mut a1, rows),
+            row_chunks(&mut gelu_tanh, rows),
+            row_chunks(&mut g, rows),
+            row_chunks(&mut output, rows),
+        ];
+        let mut rstd1 = ln1_rstd.axis_chunks_iter_mut(Axis(0), rows);
+        let mut rstd2 = ln2_rstd.axis_chunks_iter_mut(Axis(0), rows);
+        (0..n.div_ceil(rows))
+            .map(|_| {
+                let [c0, c1, c2, c3, c4, c5, c6, c7, c8, c9] = &mut chunks;
+                ForwardRows {
+                    ln1_normalized: next(c0),
+                    ln1_rstd: next(&mut rstd1),
+                    z1: next(c1),
+                    qkv: next(c2),
+                    y_att: next(c3),
+                    ln2_normalized: next(c4),
+                    ln2_rstd: next(&mut rstd2),
+                    z2: next(c5),
+                    a1: next(c6),
+                    gelu_tanh: next(c7),
+                    g: next(c8),
+                    output: next(c9),
+                }
+            })
+            .collect()
+    };
+    let per_task: Vec<(Vec<Array2<F>>, F)> = tasks
+        .into_par_iter()
+        .enumerate()
+        .map(|(task, out)| {
+            let x = x.slice(s![task * rows..(task * rows + rows).min(n), ..]);
+            forward_rows(x, w, w_qkv.view(), b_qkv.view(), eps, out, task * split.sequences_per_task, split, hook)
+        })
+        .collect();
+    let mut weights = Vec::with_capacity(split.batch * split.heads);
+    let mut penalty = F::zero();
+    for (task_weights, task_penalty) in per_task {
+        weights.extend(task_weights);
+        penalty += task_penalty;
+    }
+    let cache = LayerCache {
+        ln1: LayerNormCache { normalized: ln1_normalized, rstd: ln1_rstd },
+        z1,
+        qkv,
+        w_qkv,
+        attention: AttentionCache { weights },
+        y_att,
+        ln2: LayerNormCache { normalized: ln2_normalized, rstd: ln2_rstd },
+        z2,
+        a1,
+        gelu_tanh,
+        g,
+        output,
+    };
+    (cache, penalty)
+}
+
+/// The block on one task's rows, `first_sequence` being the batch index of its first sequence.
+#[allow(clippy::too_many_arguments)]
+fn forward_rows<F: Scalar>(
+    x: ArrayView2<F>,
+    w: &LayerParams<F>,
+    w_qkv: ArrayView2<F>,
+    b_qkv: ArrayView1<F>,
+    eps: F,
+    mut out: ForwardRows<F>,
+    first_sequence: usize,
+    split: LayerSplit,
+    hook: &dyn AttentionHook<F>,
+) -> (Vec<Array2<F>>, F) {
+    let (rows, d) = x.dim();
+    let (t_len, hs) = (split.seq_len, d / split.heads);
+    // z₁ = LN₁(x); [q | k | v] = z₁·W_QKV + b_QKV
+    let (ln1_w, ln1_b) = (w.ln1_weight.view(), w.ln1_bias.view());
+    layernorm_rows(x, as_slice(&ln1_w), as_slice(&ln1_b), eps, out.ln1_normalized, out.ln1_rstd, out.z1.view_mut());
+    fill_rows(out.qkv.view_mut(), as_slice(&b_qkv), None);
+    general_mat_mul(F::one(), &out.z1, &w_qkv, F::one(), &mut out.qkv);
+    // attention, one (sequence, head) at a time
+    let mut weights = Vec::with_capacity(rows / t_len * split.heads);
+    let mut penalty = F::zero();
+    for local in 0..rows / t_len {
+        let sequence_rows = local * t_len..(local + 1) * t_len;
+        for head in 0..split.heads {
+            let site = AttentionSite { layer: split.layer, head, sequence: first_sequence + local };
+            let columns = |part: usize| part * d + head * hs..part * d + (head + 1) * hs;
+            let (q, k, v) = (
+                out.qkv.slice(s![sequence_rows.clone(), columns(0)]),
+                out.qkv.slice(s![sequence_rows.clone(), columns(1)]),
+                out.qkv.slice(s![sequence_rows.clone(), columns(2)]),
+            );
+            let y = out.y_att.slice_mut(s![sequence_rows.clone(), head * hs..(head + 1) * hs]);
+            let (alpha, head_penalty) = attend(q, k, v, y, site, hook, CAUSAL_BLOCK);
+            weights.push(alpha);
+            penalty += head_penalty;
+        }
+    }
+    // h = x + y_att·W_O + b_O
+    let mut h = Array2::zeros((rows, d));
+    fill_rows(h.view_mut(), as_slice(&w.bo.view()), Some(x));
+    general_mat_mul(F::one(), &out.y_att, &w.wo, F::one(), &mut h);
+    // z₂ = LN₂(h); a₁ = z₂·W₁ + b₁; g = GELU(a₁); x' = h + g·W₂ + b₂
+    let (ln2_w, ln2_b) = (w.ln2_weight.view(), w.ln2_bias.view());
+    layernorm_rows(
+        h.view(),
+        as_slice(&ln2_w),
+        as_slice(&ln2_b),
+        eps,
+        out.ln2_normalized,
+        out.ln2_rstd,
+        out.z2.view_mut(),
+    );
+    fill_rows(out.a1.view_mut(), as_slice(&w.b1.view()), None);
+    general_mat_mul(F::one(), &out.z2, &w.w1, F::one(), &mut out.a1);
+    for ((a1, mut g), mut t) in out.a1.rows().into_iter().zip(out.g.rows_mut()).zip(out.gelu_tanh.rows_mut()) {
+        let (Some(a1), Some(g), Some(t)) = (a1.as_slice(), g.as_slice_mut(), t.as_slice_mut()) else {
+            unreachable!("rows of standard-layout matrices are contiguous")
+        };
+        kernels::gelu_keeping_tanh_slice(a1, g, t);
+    }
+    fill_rows(out.output.view_mut(), as_slice(&w.b2.view()), Some(h.view()));
+    general_mat_mul(F::one(), &out.g, &w.w2, F::one(), &mut out.output);
+    (weights, penalty)
+}
+
+/// The rows of one task in the gradients the block's backward produces.
+struct BackwardRows<'a, F> {
+    /// `[R, d]` `∂J/∂x`, the gradient passed to the block below.
+    dx_in: ArrayViewMut2<'a, F>,
+    /// `[R, F]` `∂J/∂a₁`.
+    da1: ArrayViewMut2<'a, F>,
+    /// `[R, d]` `∂J/∂h`.
+    dh: ArrayViewMut2<'a, F>,
+    /// `[R, 3d]` `[∂q | ∂k | ∂v]`, zero on entry.
+    d_qkv: ArrayViewMut2<'a, F>,
+}
+
+/// A task's share of the small gradients that sum over rows: biases and LayerNorm gains.
+struct RowSums<F> {
+    b2: Vec<F>,
+    b1: Vec<F>,
+    bo: Vec<F>,
+    b_qkv: Vec<F>,
+    ln1_weight: Vec<F>,
+    ln1_bias: Vec<F>,
+    ln2_weight: Vec<F>,
+    ln2_bias: Vec<F>,
+}
+
+fn add_into<F: Scalar>(mut total: ArrayViewMut1<F>, part: &[F]) {
+    total.iter_mut().zip(part).for_each(|(t, &p)| *t += p);
+}
+
+/// `dx [N, d]` (`∂J/∂x'`) and the block's cache → `∂J/∂x [N, d]`, accumulating the block's gradients
+/// into `grads`.
+pub fn layer_backward<F: Scalar>(
+    dx: ArrayView2<F>,
+    cache: &LayerCache<F>,
+    w: &LayerParams<F>,
+    grads: &mut LayerParams<F>,
+    split: LayerSplit,
+    hook: &dyn AttentionHook<F>,
+) -> Array2<F> {
+    init_blas();
+    let (n, d) = dx.dim();
+    let ff = w.w1.ncols();
+    let dx = dx.as_standard_layout();
+    let rows = split.rows_per_task();
+    let (mut dx_in, mut da1, mut dh, mut d_qkv) =
+        (Array2::zeros((n, d)), Array2::zeros((n, ff)), Array2::zeros((n, d)), Array2::zeros((n, 3 * d)));
+    let tasks: Vec<BackwardRows<F>> = {
+        let (mut c_dx, mut c_da1) = (row_chunks(&mut dx_in, rows), row_chunks(&mut da1, rows));
+        let (mut c_dh, mut c_qkv) = (row_chunks(&mut dh, rows), row_chunks(&mut d_qkv, rows));
+        (0..n.div_ceil(rows))
+            .map(|_| BackwardRows {
+                dx_in: next(&mut c_dx),
+                da1: next(&mut c_da1),
+                dh: next(&mut c_dh),
+                d_qkv: next(&mut c_qkv),
+            })
+            .collect()
+    };
+    let sums: Vec<RowSums<F>> = tasks
+        .into_par_iter()
+        .enumerate()
+        .map(|(task, out)| {
+            let range = task * rows..(task * rows + rows).min(n);
+            backward_rows(
+                dx.slice(s![range.clone(), ..]),
+                cache,
+                range,
+                w,
+                out,
+                task * split.sequences_per_task,
+                split,
+                hook,
+            )
+        })
+        .collect();
+    for part in sums {
+        add_into(grads.b2.view_mut(), &part.b2);
+        add_into(grads.b1.view_mut(), &part.b1);
+        add_into(grads.bo.view_mut(), &part.bo);
+        add_into(grads.bq.view_mut(), &part.b_qkv[..d]);
+        add_into(grads.bk.view_mut(), &part.b_qkv[d..2 * d]);
+        add_into(grads.bv.view_mut(), &part.b_qkv[2 * d..]);
+        add_into(grads.ln1_weight.view_mut(), &part.ln1_weight);
+        add_into(grads.ln1_bias.view_mut(), &part.ln1_bias);
+        add_into(grads.ln2_weight.view_mut(), &part.ln2_weight);
+        add_into(grads.ln2_bias.view_mut(), &part.ln2_bias);
+    }
+    backward_weights(dx.view(), da1.view(), dh.view(), d_qkv.view(), cache, grads);
+    dx_in
+}
+
+/// Column sums of a block of rows, in row order.
+fn column_sums<F: Scalar>(rows: ArrayView2<F>) -> Vec<F> {
+    let mut total = vec![F::zero(); rows.ncols()];
+    match rows.as_slice() {
+        Some(flat) => kernels::add_column_sums(flat, &mut total),
+        None => rows.rows().into_iter().for_each(|row| total.iter_mut().zip(row).for_each(|(t, &v)| *t += v)),
+    }
+    total
+}
+
+fn rows_of<'a, F>(a: &'a Array2<F>, range: &std::ops::Range<usize>) -> ArrayView2<'a, F> {
+    a.slice(s![range.clone(), ..])
+}
+
+/// The chain rule through one task's rows; `range` locates them in the cache.
+#[allow(clippy::too_many_arguments)]
+fn backward_rows<'c, F: Scalar>(
+    dx: ArrayView2<F>,
+    cache: &'c LayerCache<F>,
+    range: std::ops::Range<usize>,
+    w: &LayerParams<F>,
+    mut out: BackwardRows<F>,
+    first_sequence: usize,
+    split: LayerSplit,
+    hook: &dyn AttentionHook<F>,
+) -> RowSums<F> {
+    let (rows, d) = dx.dim();
+    let ff = w.w1.ncols();
+    let (t_len, hs) = (split.seq_len, d / split.heads);
+    let at = |a: &'c Array2<F>| rows_of(a, &range);
+    let zero_d = vec![F::zero(); d];
+    let (mut ln1_weight, mut ln1_bias, mut ln2_weight, mut ln2_bias) =
+        (zero_d.clone(), zero_d.clone(), zero_d.clone(), zero_d.clone());
+    // x' = h + g·W₂ + b₂  →  ∂g = ∂x'·W₂ᵀ; g = GELU(a₁)
+    let mut dg = Array2::zeros((rows, ff));
+    general_mat_mul(F::one(), &dx, &w.w2.t(), F::zero(), &mut dg);
+    let (a1, gelu_tanh) = (at(&cache.a1), at(&cache.gelu_tanh));
+    for (((dg, a1), t), mut da1) in dg.rows().into_iter().zip(a1.rows()).zip(gelu_tanh.rows()).zip(out.da1.rows_mut()) {
+        let (Some(dg), Some(a1), Some(t), Some(da1)) = (dg.as_slice(), a1.as_slice(), t.as_slice(), da1.as_slice_mut())
+        else {
+            unreachable!("rows of standard-layout matrices are contiguous")
+        };
+        kernels::gelu_backward_from_tanh_slice(dg, a1, t, da1);
+    }
+    // a₁ = z₂·W₁ + b₁  →  ∂z₂ = ∂a₁·W₁ᵀ; z₂ = LN₂(h), and h flows straight to x'
+    let mut dz2 = Array2::zeros((rows, d));
+    general_mat_mul(F::one(), &out.da1, &w.w1.t(), F::zero(), &mut dz2);
+    let (weight2, normalized2, rstd2) = (w.ln2_weight.view(), at(&cache.ln2.normalized), &cache.ln2.rstd);
+    for (i, mut dh) in out.dh.rows_mut().into_iter().enumerate() {
+        let (Some(dz2), Some(xhat), Some(residual), Some(dh)) =
+            (dz2.row(i).to_slice(), normalized2.row(i).to_slice(), dx.row(i).to_slice(), dh.as_slice_mut())
+        else {
+            unreachable!("rows of standard-layout matrices are contiguous")
+        };
+        let r = rstd2[range.start + i];
+        kernels::layernorm_backward_row(dz2, xhat, as_slice(&weight2), r, residual, dh, &mut ln2_weight, &mut ln2_bias);
+    }
+    // h = x + y_att·W_O + b_O  →  ∂y_att = ∂h·W_Oᵀ
+    let mut dy_att = Array2::zeros((rows, d));
+    general_mat_mul(F::one(), &out.dh, &w.wo.t(), F::zero(), &mut dy_att);
+    // attention, one (sequence, head) at a time, into [∂q | ∂k | ∂v]
+    let qkv = at(&cache.qkv);
+    for local in 0..rows / t_len {
+        let sequence_rows = local * t_len..(local + 1) * t_len;
+        let sequence = first_sequence + local;
+        for head in 0..split.heads {
+            let site = AttentionSite { layer: split.layer, head, sequence };
+            let columns = |part: usize| part * d + head * hs..part * d + (head + 1) * hs;
+            let part = |p: usize| qkv.slice(s![sequence_rows.clone(), columns(p)]);
+            let dys = dy_att.slice(s![sequence_rows.clone(), head * hs..(head + 1) * hs]);
+            let (dq, rest) = out.d_qkv.view_mut().split_at(Axis(1), d);
+            let (dk, dv) = rest.split_at(Axis(1), d);
+            let block = s![sequence_rows.clone(), head * hs..(head + 1) * hs];
+            let grads = [dq.slice_move(block), dk.slice_move(block), dv.slice_move(block)];
+            let alpha = &cache.attention.weights[sequence * split.heads + head];
+            attend_backward(dys, part(0), part(1), part(2), alpha, grads, site, hook, CAUSAL_BLOCK);
+        }
+    }
+    // [q | k | v] = z₁·W_QKV + b_QKV  →  ∂z₁ = ∂qkv·W_QKVᵀ; z₁ = LN₁(x), and x flows straight to h
+    let mut dz1 = Array2::zeros((rows, d));
+    general_mat_mul(F::one(), &out.d_qkv, &cache.w_qkv.t(), F::zero(), &mut dz1);
+    let (weight1, normalized1, rstd1) = (w.ln1_weight.view(), at(&cache.ln1.normalized), &cache.ln1.rstd);
+    for (i, mut dx_in) in out.dx_in.rows_mut().into_iter().enumerate() {
+        let (Some(dz1), Some(xhat), Some(residual), Some(dx_in)) =
+            (dz1.row(i).to_slice(), normalized1.row(i).to_slice(), out.dh.row(i).to_slice(), dx_in.as_slice_mut())
+        else {
+            unreachable!("rows of standard-layout matrices are contiguous")
+        };
+        let r = rstd1[range.start + i];
+        kernels::layernorm_backward_row(
+            dz1,
+            xhat,
+            as_slice(&weight1),
+            r,
+            residual,
+            dx_in,
+            &mut ln1_weight,
+            &mut ln1_bias,
+        );
+    }
+    RowSums {
+        b2: column_sums(dx),
+        b1: column_sums(out.da1.view()),
+        bo: column_sums(out.dh.view()),
+        b_qkv: column_sums(out.d_qkv.view()),
+        ln1_weight,
+        ln1_bias,
+        ln2_weight,
+        ln2_bias,
+    }
+}
+
+/// `∂W = inputᵀ·∂output` for the block's four products, each over the whole batch.
+fn backward_weights<F: Scalar>(
+    dx: ArrayView2<F>,
+    da1: ArrayView2<F>,
+    dh: ArrayView2<F>,
+    d_qkv: ArrayView2<F>,
+    cache: &LayerCache<F>,
+    grads: &mut LayerParams<F>,
+) {
+    let d = dx.ncols();
+    gemm(F::one(), cache.g.t(), dx, F::one(), grads.w2.view_mut());
+    gemm(F::one(), cache.z2.t(), da1, F::one(), grads.w1.view_mut());
+    gemm(F::one(), cache.y_att.t(), dh, F::one(), grads.wo.view_mut());
+    let mut dw_qkv = Array2::zeros((d, 3 * d));
+    gemm(F::one(), cache.z1.t(), d_qkv, F::zero(), dw_qkv.view_mut());
+    for (index, dw) in [&mut grads.wq, &mut grads.wk, &mut grads.wv].into_iter().enumerate() {
+        *dw += &dw_qkv.slice(s![.., index * d..(index + 1) * d]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::attention::tests::TestHook;
+    use crate::engine::model::tests::tiny_config;
+    use crate::engine::Model;
+    use crate::rng::Rng;
+
+    /// One task per sequence and one task for the whole batch give the same block to rounding, forward
+    /// and backward, with a hook whose bias depends on the sequence: a task that mislabelled its
+    /// sequences, or wrote another task's rows, would differ.
+    #[test]
+    fn any_split_into_whole_sequences_gives_the_same_block() {
+        let mut model = Model::<f64>::init(tiny_config(true), 5).unwrap();
+        let mut rng = Rng::new(3);
+        for (_, mut t) in model.params.named_mut() {
+            t.mapv_inplace(|v| v + 0.4 * rng.normal());
+        }
+        let (batch, seq_len, d) = (3, 5, 8);
+        let x = Array2::from_shape_fn((batch * seq_len, d), |_| rng.normal());
+        let dx = Array2::from_shape_fn((batch * seq_len, d), |_| rng.normal());
+        let hook = TestHook { temperature: 0.7 };
+        let w = &model.params.layers[1];
+        let run = |sequences_per_task: usize| {
+            let split = LayerSplit { sequences_per_task, ..LayerSplit::new(batch, seq_len, 2, 1) };
+            let (cache, penalty) = layer_forward(x.view(), w, 1e-5, split, &hook);
+            let mut grads = model.params.layers[0].clone();
+            grads.ln1_weight.fill(0.0);
+            grads.ln1_bias.fill(0.0);
+            grads.ln2_weight.fill(0.0);
+            grads.ln2_bias.fill(0.0);
+            for m in [&mut grads.wq, &mut grads.wk, &mut grads.wv, &mut grads.wo, &mut grads.w1, &mut grads.w2] {
+                m.fill(0.0);
+            }
+            for b in [&mut grads.bq, &mut grads.bk, &mut grads.bv, &mut grads.bo, &mut grads.b1, &mut grads.b2] {
+                b.fill(0.0);
+            }
+            let d_in = layer_backward(dx.view(), &cache, w, &mut grads, split, &hook);
+            (cache.output, penalty, d_in, grads)
+        };
+        let (one, two) = (run(batch), run(1));
+        let close = |a: &Array2<f64>, b: &Array2<f64>| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12);
+        assert!(close(&one.0, &two.0), "outputs differ");
+        assert!((one.1 - two.1).abs() < 1e-12 && one.1 != 0.0, "penalties {} {}", one.1, two.1);
+        assert!(close(&one.2, &two.2), "input gradients differ");
+        let tensors = |g: &LayerParams<f64>| -> Vec<Vec<f64>> {
+            let vectors =
+                [&g.ln1_weight, &g.ln1_bias, &g.ln2_weight, &g.ln2_bias, &g.bq, &g.bk, &g.bv, &g.bo, &g.b1, &g.b2];
+            let matrices = [&g.wq, &g.wk, &g.wv, &g.wo, &g.w1, &g.w2];
+            vectors.iter().map(|v| v.to_vec()).chain(matrices.iter().map(|m| m.iter().copied().collect())).collect()
+        };
+        for (a, b) in tensors(&one.3).into_iter().zip(tensors(&two.3)) {
+            assert!(a.iter().zip(b.iter()).all(|(x, y)| (x - y).abs() < 1e-12), "weight gradients differ");
+            assert!(a.iter().any(|&v| v != 0.0), "a gradient is all zeros");
+        }
+        // two sequences per task leave a short last task
+        let three = run(2);
+        assert!(close(&one.0, &three.0) && close(&one.2, &three.2));
+    }
+}
