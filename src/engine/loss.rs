@@ -48,6 +48,9 @@ pub const LOGIT_CACHE_BYTES: usize = 512 << 20;
 /// shapes tried between 512 × 256 and 2048 × 1024.
 pub const DEFAULT_TILING: Tiling = Tiling { rows: 2048, vocab: 256, groups: 8, cache_bytes: LOGIT_CACHE_BYTES };
 
+/// Below this many vocabulary blocks, pass 1 tiles rows by at most 256.
+const SMALL_VOCABULARY_BLOCKS: usize = 8;
+
 /// What [`output_loss`] returns. The layer has no separate backward: when gradients are requested it
 /// returns `∂h` and `∂Wᵀ` itself, ready for [`Model::backward`](super::model::Model::backward).
 pub struct OutputLoss<F> {
@@ -182,8 +185,11 @@ pub fn output_loss_tiled<F: Scalar>(
     let vocab = weight.ncols();
     assert_eq!(targets.len(), n, "one target per row");
     let inv_n = F::one() / F::lit(n.max(1) as f64);
-    let row_tiles = ranges(n, tiling.rows);
     let blocks = ranges(vocab, tiling.vocab);
+    // A small vocabulary gives pass 1 too few tiles to share between cores: cut the rows finer then.
+    // (The split still depends on the shapes alone.)
+    let rows_per_tile = if blocks.len() < SMALL_VOCABULARY_BLOCKS { tiling.rows.min(256) } else { tiling.rows };
+    let row_tiles = ranges(n, rows_per_tile);
     let keep_tiles = with_grad && n * vocab * std::mem::size_of::<F>() <= tiling.cache_bytes;
 
     // pass 1, tiles in (vocabulary block, row tile) order

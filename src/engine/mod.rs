@@ -26,6 +26,7 @@
 
 pub mod attention;
 pub mod block_embedding;
+pub mod buffers;
 pub mod copy;
 pub mod cuda;
 pub mod embedding;
@@ -69,7 +70,12 @@ pub trait Scalar:
     fn exp_kernel(self) -> Self;
     /// `tanh x`, with the same split as [`exp_kernel`](Self::exp_kernel).
     fn tanh_kernel(self) -> Self;
+    /// The free activation buffers of this type ([`buffers`]).
+    fn buffers() -> &'static buffers::BufferPool<Self>;
 }
+
+static F32_BUFFERS: buffers::BufferPool<f32> = buffers::BufferPool::new();
+static F64_BUFFERS: buffers::BufferPool<f64> = buffers::BufferPool::new();
 
 impl Scalar for f32 {
     fn lit(value: f64) -> Self {
@@ -85,6 +91,9 @@ impl Scalar for f32 {
     #[inline(always)]
     fn tanh_kernel(self) -> Self {
         kernels::tanh_f32(self)
+    }
+    fn buffers() -> &'static buffers::BufferPool<Self> {
+        &F32_BUFFERS
     }
 }
 
@@ -102,6 +111,9 @@ impl Scalar for f64 {
     #[inline(always)]
     fn tanh_kernel(self) -> Self {
         self.tanh()
+    }
+    fn buffers() -> &'static buffers::BufferPool<Self> {
+        &F64_BUFFERS
     }
 }
 

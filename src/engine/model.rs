@@ -26,7 +26,7 @@ pub use params::*;
 pub type Grads<F> = Params<F>;
 
 /// One transformer block's saved activations, as the backward pass needs them.
-pub struct LayerCache<F> {
+pub struct LayerCache<F: Scalar> {
     ln1: LayerNormCache<F>,
     /// `[N, d]` `LN₁(x)`.
     z1: Array2<F>,
@@ -51,8 +51,29 @@ pub struct LayerCache<F> {
     pub output: Array2<F>,
 }
 
+/// The large arrays go back to the buffer pool for the next pass.
+impl<F: Scalar> Drop for LayerCache<F> {
+    fn drop(&mut self) {
+        use std::mem::take;
+        for array in [
+            take(&mut self.ln1.normalized),
+            take(&mut self.z1),
+            take(&mut self.qkv),
+            take(&mut self.y_att),
+            take(&mut self.ln2.normalized),
+            take(&mut self.z2),
+            take(&mut self.a1),
+            take(&mut self.gelu_tanh),
+            take(&mut self.g),
+            take(&mut self.output),
+        ] {
+            super::buffers::recycle(array);
+        }
+    }
+}
+
 /// Everything `forward` saved for `backward`.
-pub struct ForwardCache<F> {
+pub struct ForwardCache<F: Scalar> {
     /// `[N]` the input ids.
     pub tokens: Vec<u32>,
     /// `[V]` [`Config::block_lookup`], empty without recruited blocks.
@@ -233,7 +254,8 @@ impl<F: Scalar> Model<F> {
         );
         for (layer, (w, lc)) in p.layers.iter().zip(&cache.layers).enumerate().rev() {
             let split = LayerSplit::new(cache.batch, cache.seq_len, c.n_heads, layer);
-            dx = layer::layer_backward(dx.view(), lc, w, &mut grads.layers[layer], split, hook);
+            let below = layer::layer_backward(dx.view(), lc, w, &mut grads.layers[layer], split, hook);
+            super::buffers::recycle(std::mem::replace(&mut dx, below));
         }
         embedding_backward(dx.view(), &cache.tokens, cache.seq_len, grads.tok_emb.view_mut(), grads.pos_emb.view_mut());
         if !cache.block_lookup.is_empty() {

@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use super::{fused_qkv, LayerCache, LayerParams};
 use crate::engine::attention::{attend, attend_backward, AttentionCache, AttentionHook, AttentionSite, CAUSAL_BLOCK};
+use crate::engine::buffers::{recycle, scratch};
 use crate::engine::kernels;
 use crate::engine::layernorm::{layernorm_rows, LayerNormCache};
 use crate::engine::linalg::{gemm, init_blas};
@@ -60,9 +61,11 @@ fn as_slice<'a, F>(view: &'a ArrayView1<F>) -> &'a [F] {
 /// `rows ← broadcast(bias)` (and `+ base` when given): the `C` of a `C ← A·B + C` product.
 fn fill_rows<F: Scalar>(mut out: ArrayViewMut2<F>, bias: &[F], base: Option<ArrayView2<F>>) {
     for (i, mut row) in out.rows_mut().into_iter().enumerate() {
-        match &base {
-            Some(base) => row.iter_mut().zip(base.row(i)).zip(bias).for_each(|((o, &x), &b)| *o = x + b),
-            None => row.iter_mut().zip(bias).for_each(|(o, &b)| *o = b),
+        let row = row.as_slice_mut().unwrap_or_else(|| unreachable!("activation rows are contiguous"));
+        match base.as_ref().and_then(|base| base.row(i).to_slice()) {
+            Some(base) => row.iter_mut().zip(base.iter().zip(bias)).for_each(|(o, (&x, &b))| *o = x + b),
+            None if base.is_some() => unreachable!("activation rows are contiguous"),
+            None => row.copy_from_slice(bias),
         }
     }
 }
@@ -97,10 +100,11 @@ pub fn layer_forward<F: Scalar>(
     let x = x.as_standard_layout();
     let (w_qkv, b_qkv) = fused_qkv(w);
     let rows = split.rows_per_task();
-    let zeros = |width: usize| Array2::<F>::zeros((n, width));
-    let (mut ln1_normalized, mut z1, mut qkv, mut y_att) = (zeros(d), zeros(d), zeros(3 * d), zeros(d));
-    let (mut ln2_normalized, mut z2, mut output) = (zeros(d), zeros(d), zeros(d));
-    let (mut a1, mut gelu_tanh, mut g) = (zeros(ff), zeros(ff), zeros(ff));
+    // every element of these is written by the tasks below before anything reads it
+    let scratch = |width: usize| scratch::<F>(n, width);
+    let (mut ln1_normalized, mut z1, mut qkv, mut y_att) = (scratch(d), scratch(d), scratch(3 * d), scratch(d));
+    let (mut ln2_normalized, mut z2, mut output) = (scratch(d), scratch(d), scratch(d));
+    let (mut a1, mut gelu_tanh, mut g) = (scratch(ff), scratch(ff), scratch(ff));
     let (mut ln1_rstd, mut ln2_rstd) = (Array1::<F>::zeros(n), Array1::<F>::zeros(n));
     let tasks: Vec<ForwardRows<F>> = {
         let mut chunks = [
@@ -208,7 +212,7 @@ fn forward_rows<F: Scalar>(
         }
     }
     // h = x + y_att·W_O + b_O
-    let mut h = Array2::zeros((rows, d));
+    let mut h = scratch(rows, d);
     fill_rows(h.view_mut(), as_slice(&w.bo.view()), Some(x));
     general_mat_mul(F::one(), &out.y_att, &w.wo, F::one(), &mut h);
     // z₂ = LN₂(h); a₁ = z₂·W₁ + b₁; g = GELU(a₁); x' = h + g·W₂ + b₂
@@ -232,6 +236,7 @@ fn forward_rows<F: Scalar>(
     }
     fill_rows(out.output.view_mut(), as_slice(&w.b2.view()), Some(h.view()));
     general_mat_mul(F::one(), &out.g, &w.w2, F::one(), &mut out.output);
+    recycle(h);
     (weights, penalty)
 }
 
@@ -243,7 +248,7 @@ struct BackwardRows<'a, F> {
     da1: ArrayViewMut2<'a, F>,
     /// `[R, d]` `∂J/∂h`.
     dh: ArrayViewMut2<'a, F>,
-    /// `[R, 3d]` `[∂q | ∂k | ∂v]`, zero on entry.
+    /// `[R, 3d]` `[∂q | ∂k | ∂v]`.
     d_qkv: ArrayViewMut2<'a, F>,
 }
 
@@ -278,8 +283,8 @@ pub fn layer_backward<F: Scalar>(
     let ff = w.w1.ncols();
     let dx = dx.as_standard_layout();
     let rows = split.rows_per_task();
-    let (mut dx_in, mut da1, mut dh, mut d_qkv) =
-        (Array2::zeros((n, d)), Array2::zeros((n, ff)), Array2::zeros((n, d)), Array2::zeros((n, 3 * d)));
+    // the tasks write every element of these (∂qkv accumulates: each task zeroes its rows first)
+    let (mut dx_in, mut da1, mut dh, mut d_qkv) = (scratch(n, d), scratch(n, ff), scratch(n, d), scratch(n, 3 * d));
     let tasks: Vec<BackwardRows<F>> = {
         let (mut c_dx, mut c_da1) = (row_chunks(&mut dx_in, rows), row_chunks(&mut da1, rows));
         let (mut c_dh, mut c_qkv) = (row_chunks(&mut dh, rows), row_chunks(&mut d_qkv, rows));
@@ -322,6 +327,9 @@ pub fn layer_backward<F: Scalar>(
         add_into(grads.ln2_bias.view_mut(), &part.ln2_bias);
     }
     backward_weights(dx.view(), da1.view(), dh.view(), d_qkv.view(), cache, grads);
+    for array in [da1, dh, d_qkv] {
+        recycle(array);
+    }
     dx_in
 }
 
@@ -359,7 +367,7 @@ fn backward_rows<'c, F: Scalar>(
     let (mut ln1_weight, mut ln1_bias, mut ln2_weight, mut ln2_bias) =
         (zero_d.clone(), zero_d.clone(), zero_d.clone(), zero_d.clone());
     // x' = h + g·W₂ + b₂  →  ∂g = ∂x'·W₂ᵀ; g = GELU(a₁)
-    let mut dg = Array2::zeros((rows, ff));
+    let mut dg = scratch(rows, ff);
     general_mat_mul(F::one(), &dx, &w.w2.t(), F::zero(), &mut dg);
     let (a1, gelu_tanh) = (at(&cache.a1), at(&cache.gelu_tanh));
     for (((dg, a1), t), mut da1) in dg.rows().into_iter().zip(a1.rows()).zip(gelu_tanh.rows()).zip(out.da1.rows_mut()) {
@@ -370,7 +378,7 @@ fn backward_rows<'c, F: Scalar>(
         kernels::gelu_backward_from_tanh_slice(dg, a1, t, da1);
     }
     // a₁ = z₂·W₁ + b₁  →  ∂z₂ = ∂a₁·W₁ᵀ; z₂ = LN₂(h), and h flows straight to x'
-    let mut dz2 = Array2::zeros((rows, d));
+    let mut dz2 = scratch(rows, d);
     general_mat_mul(F::one(), &out.da1, &w.w1.t(), F::zero(), &mut dz2);
     let (weight2, normalized2, rstd2) = (w.ln2_weight.view(), at(&cache.ln2.normalized), &cache.ln2.rstd);
     for (i, mut dh) in out.dh.rows_mut().into_iter().enumerate() {
@@ -383,9 +391,10 @@ fn backward_rows<'c, F: Scalar>(
         kernels::layernorm_backward_row(dz2, xhat, as_slice(&weight2), r, residual, dh, &mut ln2_weight, &mut ln2_bias);
     }
     // h = x + y_att·W_O + b_O  →  ∂y_att = ∂h·W_Oᵀ
-    let mut dy_att = Array2::zeros((rows, d));
+    let mut dy_att = scratch(rows, d);
     general_mat_mul(F::one(), &out.dh, &w.wo.t(), F::zero(), &mut dy_att);
     // attention, one (sequence, head) at a time, into [∂q | ∂k | ∂v]
+    out.d_qkv.fill(F::zero());
     let qkv = at(&cache.qkv);
     for local in 0..rows / t_len {
         let sequence_rows = local * t_len..(local + 1) * t_len;
@@ -404,7 +413,7 @@ fn backward_rows<'c, F: Scalar>(
         }
     }
     // [q | k | v] = z₁·W_QKV + b_QKV  →  ∂z₁ = ∂qkv·W_QKVᵀ; z₁ = LN₁(x), and x flows straight to h
-    let mut dz1 = Array2::zeros((rows, d));
+    let mut dz1 = scratch(rows, d);
     general_mat_mul(F::one(), &out.d_qkv, &cache.w_qkv.t(), F::zero(), &mut dz1);
     let (weight1, normalized1, rstd1) = (w.ln1_weight.view(), at(&cache.ln1.normalized), &cache.ln1.rstd);
     for (i, mut dx_in) in out.dx_in.rows_mut().into_iter().enumerate() {
@@ -424,6 +433,9 @@ fn backward_rows<'c, F: Scalar>(
             &mut ln1_weight,
             &mut ln1_bias,
         );
+    }
+    for array in [dg, dz2, dy_att, dz1] {
+        recycle(array);
     }
     RowSums {
         b2: column_sums(dx),
@@ -495,7 +507,7 @@ mod tests {
                 b.fill(0.0);
             }
             let d_in = layer_backward(dx.view(), &cache, w, &mut grads, split, &hook);
-            (cache.output, penalty, d_in, grads)
+            (cache.output.clone(), penalty, d_in, grads)
         };
         let (one, two) = (run(batch), run(1));
         let close = |a: &Array2<f64>, b: &Array2<f64>| a.iter().zip(b).all(|(x, y)| (x - y).abs() < 1e-12);
@@ -515,5 +527,47 @@ mod tests {
         // two sequences per task leave a short last task
         let three = run(2);
         assert!(close(&one.0, &three.0) && close(&one.2, &three.2));
+    }
+
+    /// Recycled buffers hold stale numbers; a pass must overwrite every element it reads. Poison the pool
+    /// with NaN buffers of every size a block takes and check that nothing changes, bit for bit.
+    #[test]
+    fn recycled_buffers_never_leak_into_a_block() {
+        let mut config = tiny_config(true);
+        (config.d_model, config.n_heads, config.d_ff, config.ctx_len) = (64, 4, 128, 64);
+        let mut model = Model::<f64>::init(config, 2).unwrap();
+        let mut rng = Rng::new(4);
+        for (_, mut t) in model.params.named_mut() {
+            t.mapv_inplace(|v| v + 0.2 * rng.normal());
+        }
+        let (batch, seq_len, d) = (4, 64, 64);
+        let x = Array2::from_shape_fn((batch * seq_len, d), |_| rng.normal());
+        let dx = Array2::from_shape_fn((batch * seq_len, d), |_| rng.normal());
+        let hook = TestHook { temperature: 0.8 };
+        let w = &model.params.layers[0];
+        let split = LayerSplit { sequences_per_task: 1, ..LayerSplit::new(batch, seq_len, 4, 0) };
+        let run = || {
+            let (cache, _) = layer_forward(x.view(), w, 1e-5, split, &hook);
+            let mut grads = model.params.layers[1].clone();
+            grads.w1.fill(0.0);
+            grads.b1.fill(0.0);
+            let d_in = layer_backward(dx.view(), &cache, w, &mut grads, split, &hook);
+            (cache.output.clone(), d_in, grads.w1, grads.b1)
+        };
+        let clean = run();
+        let n = batch * seq_len;
+        for len in [n * d, n * 3 * d, n * 128, seq_len * 128] {
+            for _ in 0..12 {
+                f64::buffers().give(vec![f64::NAN; len]);
+            }
+        }
+        let poisoned = run();
+        let bits = |a: &Array2<f64>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert!(clean.0.iter().all(|v| v.is_finite()));
+        assert_eq!(bits(&clean.0), bits(&poisoned.0), "block output");
+        assert_eq!(bits(&clean.1), bits(&poisoned.1), "input gradient");
+        assert_eq!(bits(&clean.2), bits(&poisoned.2), "weight gradient");
+        assert_eq!(clean.3.to_vec(), poisoned.3.to_vec(), "bias gradient");
+        f64::buffers().clear();
     }
 }
