@@ -168,9 +168,14 @@ impl<F: Scalar> AttentionHook<F> for LocalityHook<'_> {
         for i in (0..rows.seq_len).filter(|&i| rows.covered(i)) {
             // s'_ij = s_ij/τ − λ·μ·s_r·1[j ∉ T_i]
             let bias = F::lit(lambda * self.settings.margin * rows.strength[i] as f64);
-            for j in 0..=i {
-                let value = scores[[i, j]] * inv_tau;
-                scores[[i, j]] = if rows.contains(i, j) { value } else { value - bias };
+            let mut row = scores.row_mut(i);
+            let Some(row) = row.as_slice_mut() else { unreachable!("score rows are contiguous") };
+            // 64 keys per word of the row's target set: a select per key, no index arithmetic
+            for (keys, &word) in row[..=i].chunks_mut(64).zip(rows.row(i)) {
+                for (j, value) in keys.iter_mut().enumerate() {
+                    let off_target = F::lit(((word >> j) & 1 ^ 1) as f64);
+                    *value = *value * inv_tau - off_target * bias;
+                }
             }
         }
     }
@@ -184,7 +189,9 @@ impl<F: Scalar> AttentionHook<F> for LocalityHook<'_> {
         // the bias is constant; only the temperature scales the gradient
         let inv_tau = F::lit(1.0 / self.temperature(site.layer));
         for i in (0..rows.seq_len).filter(|&i| rows.covered(i)) {
-            grad.row_mut(i).iter_mut().take(i + 1).for_each(|g| *g *= inv_tau);
+            let mut row = grad.row_mut(i);
+            let Some(row) = row.as_slice_mut() else { unreachable!("gradient rows are contiguous") };
+            row[..=i].iter_mut().for_each(|g| *g *= inv_tau);
         }
     }
 
