@@ -102,6 +102,7 @@ mod tests {
         pool.give(vec![1.0; MIN_POOLED_ELEMENTS]);
         pool.give(vec![2.0; 10]); // too small to keep
         assert!(pool.take(10).is_none());
+        assert_eq!(pool.census(), vec![(MIN_POOLED_ELEMENTS, 1)]);
         assert_eq!(pool.take(MIN_POOLED_ELEMENTS).map(|b| b[0]), Some(1.0));
         assert!(pool.take(MIN_POOLED_ELEMENTS).is_none());
         let large = MAX_POOLED_BYTES / 4 / 2 + 1;
