@@ -842,7 +842,10 @@ fn redact_numbers(text: &str) -> String {
             let is_ranked =
                 trimmed.starts_with("Layer ") || trimmed.split('.').next().is_some_and(|n| n.parse::<u32>().is_ok());
             let line = if is_ranked { ranked.replace_all(line, "'…'").into_owned() } else { line.to_string() };
-            number.replace_all(&line, "#").into_owned()
+            // padding follows the widths of the redacted tokens and numbers: one space stands for any run
+            let line = number.replace_all(&line, "#");
+            let indent = line.len() - line.trim_start().len();
+            format!("{}{}", &line[..indent], line.split_whitespace().collect::<Vec<_>>().join(" "))
         })
         .collect::<Vec<_>>()
         .join("\n")
@@ -894,6 +897,12 @@ fn explain_decomposes_the_prediction_in_sentences_and_json() {
     let bits =
         ailla::locality::score::code_lengths(&prepared.model, &ids, 16, &ailla::locality::Conditions::Rules(rules));
     assert!((a.bits - bits[36]).abs() < 1e-4, "explained {} bits, scored {}", a.bits, bits[36]);
+    // the snapshot keeps each certificate's verdict as words; none may sit within rounding of 1 − ε
+    for coverage in json.attention.iter().filter_map(|row| row.coverage.as_ref()) {
+        assert!(coverage.lambda_star.is_some(), "a finite λ* on every covered row");
+        let margin = coverage.fidelity - (1.0 - json.epsilon);
+        assert!(margin.abs() > 1e-3 && coverage.certified == (margin > 0.0), "fidelity {}", coverage.fidelity);
+    }
 
     let sentences = ailla(&["explain", model, "--text", text, "--at", "36"]);
     assert!(sentences.status.success(), "{}", stderr(&sentences));
