@@ -183,15 +183,27 @@ fn scale_body<F: Scalar>(values: &mut [F], factor: F) {
 /// `½x(1 + tanh(√(2/π)(x + 0.044715x³)))`, GELU in its tanh form (see `gelu.rs`).
 #[inline(always)]
 pub fn gelu_scalar<F: Scalar>(x: F) -> F {
-    let c = F::lit(0.797_884_560_802_865_4);
-    F::lit(0.5) * x * (F::one() + (c * (x + F::lit(0.044_715) * x * x * x)).tanh_kernel())
+    F::lit(0.5) * x * (F::one() + gelu_tanh(x))
+}
+
+/// `tanh u` with `u = c(x + a x³)`, `c = √(2/π)`, `a = 0.044715`: the one place the GELU's inner
+/// argument is written.
+#[inline(always)]
+fn gelu_tanh<F: Scalar>(x: F) -> F {
+    let (c, a) = (F::lit(0.797_884_560_802_865_4), F::lit(0.044_715));
+    (c * (x + a * x * x * x)).tanh_kernel()
 }
 
 /// `dGELU/dx`: `½(1 + tanh u) + ½x(1 − tanh² u)·c(1 + 3a x²)` with `u = c(x + a x³)`.
 #[inline(always)]
 pub fn gelu_derivative_scalar<F: Scalar>(x: F) -> F {
+    gelu_derivative_from_tanh(x, gelu_tanh(x))
+}
+
+/// [`gelu_derivative_scalar`] given `t = tanh u`.
+#[inline(always)]
+fn gelu_derivative_from_tanh<F: Scalar>(x: F, t: F) -> F {
     let (c, a, half) = (F::lit(0.797_884_560_802_865_4), F::lit(0.044_715), F::lit(0.5));
-    let t = (c * (x + a * x * x * x)).tanh_kernel();
     half * (F::one() + t) + half * x * (F::one() - t * t) * c * (F::one() + F::lit(3.0) * a * x * x)
 }
 
@@ -257,10 +269,9 @@ dispatch! {
 
 #[inline(always)]
 fn gelu_keeping_tanh_body<F: Scalar>(x: &[F], out: &mut [F], tanh_out: &mut [F]) {
-    let (c, a, half) = (F::lit(0.797_884_560_802_865_4), F::lit(0.044_715), F::lit(0.5));
     for ((o, t), &x) in out.iter_mut().zip(tanh_out.iter_mut()).zip(x) {
-        *t = (c * (x + a * x * x * x)).tanh_kernel();
-        *o = half * x * (F::one() + *t);
+        *t = gelu_tanh(x);
+        *o = F::lit(0.5) * x * (F::one() + *t);
     }
 }
 
@@ -271,11 +282,8 @@ dispatch! {
 
 #[inline(always)]
 fn gelu_backward_from_tanh_body<F: Scalar>(dy: &[F], x: &[F], tanh: &[F], dx: &mut [F]) {
-    let (c, a, half) = (F::lit(0.797_884_560_802_865_4), F::lit(0.044_715), F::lit(0.5));
     for ((d, &g), (&x, &t)) in dx.iter_mut().zip(dy).zip(x.iter().zip(tanh)) {
-        let derivative =
-            half * (F::one() + t) + half * x * (F::one() - t * t) * c * (F::one() + F::lit(3.0) * a * x * x);
-        *d = g * derivative;
+        *d = g * gelu_derivative_from_tanh(x, t);
     }
 }
 

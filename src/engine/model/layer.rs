@@ -474,7 +474,7 @@ mod tests {
     use super::*;
     use crate::engine::attention::tests::TestHook;
     use crate::engine::model::tests::tiny_config;
-    use crate::engine::Model;
+    use crate::engine::{Model, Params};
     use crate::rng::Rng;
 
     /// One task per sequence and one task for the whole batch give the same block to rounding, forward
@@ -495,17 +495,7 @@ mod tests {
         let run = |sequences_per_task: usize| {
             let split = LayerSplit { sequences_per_task, ..LayerSplit::new(batch, seq_len, 2, 1) };
             let (cache, penalty) = layer_forward(x.view(), w, 1e-5, split, &hook);
-            let mut grads = model.params.layers[0].clone();
-            grads.ln1_weight.fill(0.0);
-            grads.ln1_bias.fill(0.0);
-            grads.ln2_weight.fill(0.0);
-            grads.ln2_bias.fill(0.0);
-            for m in [&mut grads.wq, &mut grads.wk, &mut grads.wv, &mut grads.wo, &mut grads.w1, &mut grads.w2] {
-                m.fill(0.0);
-            }
-            for b in [&mut grads.bq, &mut grads.bk, &mut grads.bv, &mut grads.bo, &mut grads.b1, &mut grads.b2] {
-                b.fill(0.0);
-            }
+            let mut grads = Params::<f64>::zeros(&model.config).layers.remove(0);
             let d_in = layer_backward(dx.view(), &cache, w, &mut grads, split, &hook);
             (cache.output.clone(), penalty, d_in, grads)
         };
@@ -548,9 +538,7 @@ mod tests {
         let split = LayerSplit { sequences_per_task: 1, ..LayerSplit::new(batch, seq_len, 4, 0) };
         let run = || {
             let (cache, _) = layer_forward(x.view(), w, 1e-5, split, &hook);
-            let mut grads = model.params.layers[1].clone();
-            grads.w1.fill(0.0);
-            grads.b1.fill(0.0);
+            let mut grads = Params::<f64>::zeros(&model.config).layers.remove(0);
             let d_in = layer_backward(dx.view(), &cache, w, &mut grads, split, &hook);
             (cache.output.clone(), d_in, grads.w1, grads.b1)
         };
