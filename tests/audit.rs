@@ -10,27 +10,7 @@ use std::process::{Command, Output};
 
 mod common;
 use common::numbers::{assert_numbers, split_json, split_text, Number, Tolerance};
-
-/// A small run with two seeds (about two seconds), as `tests/report.rs` uses, so that intervals and
-/// Welch's test appear in `diff`.
-const PIPELINE: &str = "\
-name: tiny
-model: { ctx_len: 32, d_model: 32, n_heads: 4, n_layers: 2, d_ff: 64 }
-train:
-  steps: 40
-  batch_size: 8
-  seeds: [1, 2]
-  eval_every: 0
-locality:
-  rules: default.rules
-  lambda:
-    schedule: { uniform: { low: 0.0, high: 1.0 } }
-evaluation:
-  lambdas: [0.0, 0.5, 1.0]
-outputs:
-  dir: run
-  checkpoint_every: 40
-";
+use common::TINY_PIPELINE as PIPELINE;
 
 /// ailla run in `dir`, so that the pipeline names its files by relative paths.
 fn ailla(dir: &Path, args: &[&str]) -> Output {

@@ -14,24 +14,8 @@ fn ailla(dir: &Path, args: &[&str]) -> std::process::Output {
     output
 }
 
-/// A small run with two seeds, so that intervals and Welch's test appear.
-const PIPELINE: &str = "\
-name: tiny
-model: { ctx_len: 32, d_model: 32, n_heads: 4, n_layers: 2, d_ff: 64 }
-train:
-  steps: 40
-  batch_size: 8
-  seeds: [1, 2]
-  eval_every: 0
-locality:
-  rules: default.rules
-  lambda:
-    schedule: { uniform: { low: 0.0, high: 1.0 } }
-evaluation:
-  lambdas: [0.0, 0.5, 1.0]
-outputs:
-  dir: run
-  checkpoint_every: 40
+/// The report's card for [`common::TINY_PIPELINE`], appended to it.
+const CARD: &str = "\
 card:
   intended_use: a test of the report's form; not for any decision
   owner: ailla's tests
@@ -41,7 +25,7 @@ card:
 const OPERATOR: &str = "A. Auditor";
 
 fn write_pipeline(dir: &Path) {
-    std::fs::write(dir.join("tiny.yaml"), PIPELINE).unwrap();
+    std::fs::write(dir.join("tiny.yaml"), format!("{}{CARD}", common::TINY_PIPELINE)).unwrap();
 }
 
 fn run(dir: &Path) -> (String, String) {

@@ -43,5 +43,26 @@ pub fn blank_volatile_json(report: &mut serde_json::Value) {
     }
 }
 
+/// A small run with two seeds (about two seconds), so that intervals and Welch's test appear in its
+/// report and in `diff`; `tests/report.rs` appends a card to it.
+pub const TINY_PIPELINE: &str = "\
+name: tiny
+model: { ctx_len: 32, d_model: 32, n_heads: 4, n_layers: 2, d_ff: 64 }
+train:
+  steps: 40
+  batch_size: 8
+  seeds: [1, 2]
+  eval_every: 0
+locality:
+  rules: default.rules
+  lambda:
+    schedule: { uniform: { low: 0.0, high: 1.0 } }
+evaluation:
+  lambdas: [0.0, 0.5, 1.0]
+outputs:
+  dir: run
+  checkpoint_every: 40
+";
+
 pub mod numbers;
 pub mod split_runs;
