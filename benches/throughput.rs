@@ -8,6 +8,8 @@ use ailla::engine::Model;
 use ailla::rng::Rng;
 
 fn main() {
+    // SAFETY: the first statement of main, before divan starts any thread or product.
+    unsafe { ailla::engine::environment::select_blas_kernel() };
     divan::main();
 }
 

@@ -1,6 +1,8 @@
 use clap::Parser;
 
 fn main() {
+    // SAFETY: the first statement of main, before any thread or BLAS call exists.
+    unsafe { ailla::engine::environment::select_blas_kernel() };
     let cli = ailla::cli::Cli::parse();
     let mut stdout = std::io::stdout().lock();
     if let Err(error) = ailla::cli::run(cli, &mut stdout) {

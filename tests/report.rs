@@ -153,7 +153,7 @@ fn reports_keep_their_form_rebuild_identically_and_hash_their_inputs() {
     check_audit_card(&markdown, &json, &report, &run_dir);
     // the numerical environment is named: CPU, kernel path, BLAS library, version and kernel
     let numerics = &report["provenance"]["numerics"];
-    for key in ["cpu", "simd_path", "blas", "blas_version", "blas_core", "blas_config"] {
+    for key in ["cpu", "simd_path", "blas", "blas_version", "blas_core", "blas_core_detected", "blas_config"] {
         let value = numerics[key].as_str().unwrap_or_default();
         assert!(!value.is_empty() && value != "unknown", "provenance.numerics.{key} is {value:?}");
     }

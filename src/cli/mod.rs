@@ -119,7 +119,16 @@ fn run_env(args: EnvArgs, out: &mut dyn Write) -> Result<()> {
         ("ailla", LONG_VERSION.to_string()),
         ("CPU", environment.cpu.clone()),
         ("kernels", format!("{} (ailla's element-wise kernels; the same bits on every path)", environment.simd_path)),
-        ("BLAS", format!("{} {}, kernel {}", environment.blas, environment.blas_version, environment.blas_core)),
+        (
+            "BLAS",
+            format!(
+                "{} {}, kernel {}{}",
+                environment.blas,
+                environment.blas_version,
+                environment.blas_core,
+                crate::engine::environment::replaced_kernel_note(&environment)
+            ),
+        ),
         ("BLAS build", environment.blas_config.clone()),
         ("BLAS threads", environment.blas_threads.to_string()),
         ("worker threads", format!("{} (of {} cores)", environment.worker_threads, environment.cores)),

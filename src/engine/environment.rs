@@ -27,9 +27,13 @@ pub struct NumericalEnvironment {
     pub blas_version: String,
     /// OpenBLAS's build configuration, as `openblas_get_config` says it.
     pub blas_config: String,
-    /// The kernel family OpenBLAS chose for this CPU (`openblas_get_corename`), which decides how
-    /// products round.
+    /// The kernel family products run on (`openblas_get_corename`), which decides how they round.
     pub blas_core: String,
+    /// The family OpenBLAS picked for this CPU on its own. It differs from `blas_core` where OpenBLAS
+    /// did not recognise a CPU newer than itself and fell back to a generic SSE kernel, and ailla
+    /// replaced that by the family the CPU's instruction set supports.
+    #[serde(default)]
+    pub blas_core_detected: String,
     /// OpenBLAS's own threads (ailla keeps it at one and splits products itself).
     pub blas_threads: usize,
     /// ailla's worker threads.
@@ -73,6 +77,111 @@ pub fn simd_path() -> &'static str {
     "baseline"
 }
 
+/// Set on replacing OpenBLAS's own kernel choice, so that child processes (which inherit
+/// `OPENBLAS_CORETYPE` and so load the chosen kernel directly) still know what OpenBLAS had picked.
+const DETECTED_CORE_VARIABLE: &str = "AILLA_OPENBLAS_DETECTED_CORE";
+
+static DETECTED_CORE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// The family OpenBLAS picked on its own, where ailla replaced it in this process or a parent.
+fn detected_core() -> Option<String> {
+    DETECTED_CORE.get().cloned().or_else(|| std::env::var(DETECTED_CORE_VARIABLE).ok())
+}
+
+/// How well an OpenBLAS kernel family uses the CPU: 3 for the AVX-512 families, 2 for the AVX2 ones,
+/// 0 for everything older (OpenBLAS's fallback for a CPU it does not recognise is `Prescott`, SSE3).
+fn kernel_rank(core: &str) -> u8 {
+    let core = core.to_ascii_lowercase();
+    match core.as_str() {
+        "skylakex" | "cooperlake" | "sapphirerapids" => 3,
+        "haswell" | "zen" | "excavator" => 2,
+        _ => 0,
+    }
+}
+
+/// The best kernel family of OpenBLAS's `DYNAMIC_ARCH` list this CPU can run, and its rank.
+fn supported_kernel() -> Option<(&'static str, u8)> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let avx512 = std::is_x86_feature_detected!("avx512f")
+            && std::is_x86_feature_detected!("avx512cd")
+            && std::is_x86_feature_detected!("avx512bw")
+            && std::is_x86_feature_detected!("avx512dq")
+            && std::is_x86_feature_detected!("avx512vl");
+        if avx512 {
+            // Cooperlake and SapphireRapids run SkylakeX's sgemm and add bf16 products ailla never calls
+            return Some(("SkylakeX", 3));
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return Some(("Haswell", 2));
+        }
+    }
+    None
+}
+
+fn current_core() -> String {
+    // SAFETY: a plain getter of the OpenBLAS C API with no preconditions.
+    c_string(unsafe { openblas_get_corename() })
+}
+
+/// Looks up an OpenBLAS function that only `DYNAMIC_ARCH` builds export.
+fn dynamic_arch_function(name: &std::ffi::CStr) -> Option<unsafe extern "C" fn()> {
+    // SAFETY: dlsym with RTLD_DEFAULT searches the loaded objects for a symbol; it has no other effect.
+    let symbol = unsafe { libc::dlsym(libc::RTLD_DEFAULT, name.as_ptr()) };
+    // SAFETY: both looked-up functions are `void f(void)` in OpenBLAS's driver/others/dynamic.c.
+    (!symbol.is_null()).then(|| unsafe { std::mem::transmute::<*mut libc::c_void, unsafe extern "C" fn()>(symbol) })
+}
+
+/// Replaces OpenBLAS's kernel when it fell back to a generic one on a CPU it did not recognise.
+///
+/// A `DYNAMIC_ARCH` OpenBLAS picks its kernels by CPU model number, so a release older than the CPU
+/// takes it for an SSE3 machine: Debian 12's OpenBLAS 0.3.21 runs `Prescott` kernels on Emerald
+/// Rapids Xeons, at a third of the sgemm rate of the `SkylakeX` ones the CPU runs. Where the CPU's
+/// instruction set supports a better family of OpenBLAS's own list, this selects it, as
+/// `OPENBLAS_CORETYPE` would have at load, and exports that variable so that child processes load it
+/// directly. A user's own `OPENBLAS_CORETYPE` is never overridden. Returns the family chosen, if any.
+///
+/// # Safety
+///
+/// Call it first thing in `main`, before any other thread exists and before any BLAS call: it sets an
+/// environment variable and swaps OpenBLAS's kernel table, neither of which may race with anything.
+pub unsafe fn select_blas_kernel() -> Option<&'static str> {
+    if std::env::var_os("OPENBLAS_CORETYPE").is_some() {
+        return None;
+    }
+    let detected = current_core();
+    let (name, rank) = supported_kernel()?;
+    if kernel_rank(&detected) >= rank {
+        return None;
+    }
+    let (Some(quit), Some(init)) =
+        (dynamic_arch_function(c"gotoblas_dynamic_quit"), dynamic_arch_function(c"gotoblas_dynamic_init"))
+    else {
+        return None;
+    };
+    std::env::set_var("OPENBLAS_CORETYPE", name);
+    std::env::set_var(DETECTED_CORE_VARIABLE, &detected);
+    // SAFETY: the caller guarantees no BLAS call runs meanwhile; quit forgets the kernel table and
+    // init selects one again, reading OPENBLAS_CORETYPE as it does at load.
+    unsafe {
+        quit();
+        init();
+    }
+    let _ = DETECTED_CORE.set(detected);
+    (kernel_rank(&current_core()) == rank).then_some(name)
+}
+
+/// `" (OpenBLAS took this CPU for Prescott)"` where ailla replaced OpenBLAS's own kernel choice, else
+/// nothing: the words a report and `ailla env` add after the kernel's name.
+pub fn replaced_kernel_note(environment: &NumericalEnvironment) -> String {
+    let detected = &environment.blas_core_detected;
+    if detected.is_empty() || *detected == environment.blas_core {
+        String::new()
+    } else {
+        format!(" (OpenBLAS took this CPU for {detected})")
+    }
+}
+
 /// What this process computes with, now.
 pub fn current() -> NumericalEnvironment {
     super::linalg::init_blas();
@@ -90,6 +199,7 @@ pub fn current() -> NumericalEnvironment {
         blas: "OpenBLAS".into(),
         blas_version,
         blas_config: config,
+        blas_core_detected: detected_core().unwrap_or_else(|| core.clone()),
         blas_core: core,
         blas_threads: usize::try_from(blas_threads).unwrap_or(0),
         worker_threads: rayon::current_num_threads(),
@@ -110,5 +220,20 @@ mod tests {
         assert_eq!(environment.blas_threads, 1, "ailla pins OpenBLAS to one thread");
         assert!(["avx512", "avx2", "baseline"].contains(&environment.simd_path.as_str()));
         assert!(environment.blas_version.contains('.'), "{environment:?}");
+        assert!(!environment.blas_core_detected.is_empty(), "{environment:?}");
+    }
+
+    #[test]
+    fn only_generic_kernels_rank_below_the_cpus_own() {
+        assert_eq!(kernel_rank("Prescott"), 0);
+        assert_eq!(kernel_rank("Sandybridge"), 0);
+        assert_eq!(kernel_rank("HASWELL"), 2);
+        assert_eq!(kernel_rank("Zen"), 2);
+        assert_eq!(kernel_rank("SkylakeX"), 3);
+        assert_eq!(kernel_rank("Cooperlake"), 3);
+        // whatever this CPU supports, OpenBLAS's own choice is only replaced by a better family
+        if let Some((name, rank)) = supported_kernel() {
+            assert_eq!(kernel_rank(name), rank);
+        }
     }
 }

@@ -391,17 +391,14 @@ pub fn run(plan: &DomainsPlan, out_dir: &Path, progress: &Progress) -> Result<Do
             assigned_model: pool[assigned[d]].0.clone(),
         });
         let so_far: f64 = domain_data_bits.iter().sum::<f64>() + specialist_bits;
-        let without = so_far + bits_before;
-        if recruited {
-            specialist_bits += cost;
-            domain_data_bits.push(bits_after);
-        } else {
-            domain_data_bits.push(bits_before);
-        }
+        let (domain_bits, added_cost) = if recruited { (bits_after, cost) } else { (bits_before, 0.0) };
+        specialist_bits += added_cost;
+        domain_data_bits.push(domain_bits);
+        // both sums in one order, so that a domain that recruits nothing leaves them equal to the bit
         description_length.push(DescriptionLength {
             after_domain: domains[d].name.clone(),
-            total_bits: domain_data_bits.iter().sum::<f64>() + specialist_bits,
-            without_this_recruitment_bits: without,
+            total_bits: so_far + domain_bits + added_cost,
+            without_this_recruitment_bits: so_far + bits_before,
         });
     }
     // the pool on disk: ordinary checkpoints and a manifest

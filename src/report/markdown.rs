@@ -225,10 +225,11 @@ pub(super) fn markdown_text(report: &Report) -> String {
         let _ = writeln!(s, "| kernels | {} (ailla's element-wise kernels) |", n.simd_path);
         let _ = writeln!(
             s,
-            "| BLAS | {} {}, kernel {}, {} thread{} |",
+            "| BLAS | {} {}, kernel {}{}, {} thread{} |",
             n.blas,
             n.blas_version,
             n.blas_core,
+            crate::engine::environment::replaced_kernel_note(n),
             n.blas_threads,
             if n.blas_threads == 1 { "" } else { "s" }
         );
