@@ -95,6 +95,12 @@ pub struct BenchResult {
     pub eval_tokens_per_s: f64,
     /// Model arithmetic per second during training, by [`Config::training_flops_per_token`].
     pub train_gflops: f64,
+    /// The reference rate this configuration's training is a share of: a 1024³ sgemm through the
+    /// engine's product, timed after every training step, median over the steps. Measured between
+    /// the steps, it sees the machine as they saw it (on a shared machine the rate moves by a
+    /// quarter from minute to minute).
+    #[serde(default)]
+    pub sgemm_gflops: f64,
     /// Peak resident memory of the process in MiB (`VmHWM`); run one configuration per process to
     /// attribute it.
     pub peak_memory_mib: Option<f64>,
@@ -111,31 +117,60 @@ pub fn peak_memory_mib() -> Option<f64> {
 /// Single-precision matrix-product rate of this machine through the engine's own product (OpenBLAS
 /// split over the rayon pool): the ceiling that model GFLOP/s is compared against.
 pub fn sgemm_gflops(size: usize, repeats: usize) -> f64 {
-    let a = ndarray::Array2::<f32>::from_shape_fn((size, size), |(i, j)| ((i * 7 + j) % 13) as f32 * 0.01);
-    let b = a.t().to_owned();
-    let mut c = ndarray::Array2::<f32>::zeros((size, size));
-    gemm(1.0, a.view(), b.view(), 0.0, c.view_mut());
-    let mut best = f64::INFINITY;
-    for _ in 0..repeats.max(1) {
-        let start = Instant::now();
-        gemm(1.0, a.view(), b.view(), 0.0, c.view_mut());
-        best = best.min(start.elapsed().as_secs_f64());
+    let mut reference = ReferenceProduct::new(size);
+    reference.seconds();
+    let best = (0..repeats.max(1)).map(|_| reference.seconds()).fold(f64::INFINITY, f64::min);
+    reference.gflops(best)
+}
+
+/// A square sgemm through the engine's own product, to time between other work.
+struct ReferenceProduct {
+    size: usize,
+    a: ndarray::Array2<f32>,
+    b: ndarray::Array2<f32>,
+    c: ndarray::Array2<f32>,
+}
+
+impl ReferenceProduct {
+    fn new(size: usize) -> Self {
+        let a = ndarray::Array2::<f32>::from_shape_fn((size, size), |(i, j)| ((i * 7 + j) % 13) as f32 * 0.01);
+        let b = a.t().to_owned();
+        ReferenceProduct { size, a, b, c: ndarray::Array2::zeros((size, size)) }
     }
-    gemm_flops(size, size, size) / best / 1e9
+
+    fn seconds(&mut self) -> f64 {
+        let start = Instant::now();
+        gemm(1.0, self.a.view(), self.b.view(), 0.0, self.c.view_mut());
+        start.elapsed().as_secs_f64()
+    }
+
+    fn gflops(&self, seconds: f64) -> f64 {
+        gemm_flops(self.size, self.size, self.size) / seconds / 1e9
+    }
+}
+
+fn median(mut times: Vec<f64>) -> f64 {
+    times.sort_by(f64::total_cmp);
+    times.get(times.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Forgets the process's peak resident memory so far (Linux 4.0 and later); false where it cannot.
+fn reset_peak_memory() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
 /// Median wall time of `repeats` calls: robust to the occasional step slowed by another process, which
 /// a mean over a shared two-core machine is not.
 pub fn median_seconds(repeats: usize, mut work: impl FnMut()) -> f64 {
-    let mut times: Vec<f64> = (0..repeats.max(1))
-        .map(|_| {
-            let start = Instant::now();
-            work();
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+    median(
+        (0..repeats.max(1))
+            .map(|_| {
+                let start = Instant::now();
+                work();
+                start.elapsed().as_secs_f64()
+            })
+            .collect(),
+    )
 }
 
 /// Median time of `steps` training steps (forward, backward, AdamW) and of `steps` evaluation passes,
@@ -159,10 +194,26 @@ pub fn run_config(config: &BenchConfig, steps: usize) -> Result<BenchResult> {
     };
     // Inside the pool, as `ailla run` trains: from outside it every parallel region would first hand
     // its work to a pool thread and wait for it.
-    let train_seconds = rayon::scope(|_| {
+    let (train_seconds, sgemm_seconds, reference) = rayon::scope(|_| {
+        let mut reference = ReferenceProduct::new(1024);
         train_step(&mut model);
-        median_seconds(steps, || train_step(&mut model))
+        reference.seconds();
+        let (mut train, mut product) = (Vec::with_capacity(steps), Vec::with_capacity(steps));
+        for _ in 0..steps {
+            let start = Instant::now();
+            train_step(&mut model);
+            train.push(start.elapsed().as_secs_f64());
+            product.push(reference.seconds());
+        }
+        (median(train), median(product), reference)
     });
+    let sgemm_gflops = reference.gflops(sgemm_seconds);
+    // the reference's three matrices are not the model's memory
+    drop(reference);
+    let peak_reset = reset_peak_memory();
+    if peak_reset {
+        rayon::scope(|_| train_step(&mut model));
+    }
 
     let eval_step = |model: &Model<f32>| {
         let cache = model.forward(&tokens, config.batch_size, config.ctx_len, &NoHook);
@@ -183,6 +234,7 @@ pub fn run_config(config: &BenchConfig, steps: usize) -> Result<BenchResult> {
         train_tokens_per_s,
         eval_tokens_per_s: n as f64 / eval_seconds,
         train_gflops: train_tokens_per_s * model_config.training_flops_per_token(config.ctx_len) / 1e9,
+        sgemm_gflops,
         peak_memory_mib: peak_memory_mib(),
     })
 }

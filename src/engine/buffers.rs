@@ -16,7 +16,7 @@ use super::Scalar;
 const MIN_POOLED_ELEMENTS: usize = 16 << 10;
 
 /// The most the pool keeps, in bytes.
-pub const MAX_POOLED_BYTES: usize = 256 << 20;
+pub const MAX_POOLED_BYTES: usize = 512 << 20;
 
 /// Free buffers of one element type.
 pub struct BufferPool<F> {

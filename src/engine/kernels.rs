@@ -129,6 +129,26 @@ fn max_body<F: Scalar>(values: &[F]) -> F {
     m
 }
 
+dispatch! {
+    /// The index of the first element equal to `target` (`values.len()` when none is): with `target`
+    /// the slice's maximum, its argmax. Whole chunks are compared at once and only the one that
+    /// holds the match is scanned.
+    pub fn first_index_of<F: Scalar>(values: &[F], target: F) -> usize = first_index_body;
+}
+
+#[inline(always)]
+fn first_index_body<F: Scalar>(values: &[F], target: F) -> usize {
+    let chunks = values.chunks_exact(16);
+    let tail_start = values.len() - chunks.remainder().len();
+    for (c, chunk) in chunks.enumerate() {
+        // no early exit inside the chunk: one vector compare for sixteen elements
+        if chunk.iter().fold(false, |found, &v| found | (v == target)) {
+            return c * 16 + chunk.iter().position(|&v| v == target).unwrap_or(0);
+        }
+    }
+    values[tail_start..].iter().position(|&v| v == target).map_or(values.len(), |i| tail_start + i)
+}
+
 /// The eight running lanes of a reduction, combined in the one fixed order every reduction uses.
 #[inline(always)]
 fn fold_lanes<F: Scalar>(lanes: [F; 8]) -> F {
@@ -358,6 +378,24 @@ mod tests {
 
     fn ulp_distance(a: f32, b: f32) -> u32 {
         (a.to_bits() as i64 - b.to_bits() as i64).unsigned_abs() as u32
+    }
+
+    #[test]
+    fn the_first_index_of_a_value_is_the_first_match_in_every_position() {
+        for len in [0usize, 1, 15, 16, 17, 40, 257] {
+            let values: Vec<f32> = (0..len).map(|i| (i % 7) as f32).collect();
+            for target in [0.0f32, 3.0, 6.0, 9.0] {
+                let expected = values.iter().position(|&v| v == target).unwrap_or(len);
+                assert_eq!(first_index_of(&values, target), expected, "len {len}, target {target}");
+            }
+            // a match in the tail after full chunks, and one at the very end
+            let mut late = vec![0.0f32; len];
+            if let Some(last) = late.last_mut() {
+                *last = 5.0;
+                assert_eq!(first_index_of(&late, 5.0), len - 1);
+            }
+        }
+        assert_eq!(first_index_of(&[f32::NAN; 20], f32::NAN), 20);
     }
 
     #[test]

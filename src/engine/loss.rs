@@ -26,6 +26,7 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis};
 use rayon::prelude::*;
 
+use super::buffers::{recycle, scratch};
 use super::copy::{gate_backward, gate_forward, mixture_argmax, mixture_backward, mixture_forward, CopyCaches};
 use super::kernels;
 use super::linalg::init_blas;
@@ -126,7 +127,8 @@ fn exp_tile<F: Scalar>(
     rows: &Range<usize>,
     cols: &Range<usize>,
 ) -> (Array2<F>, TileStats<F>) {
-    let mut z = Array2::zeros((rows.len(), cols.len()));
+    // every element is written by the product (BLAS reads no `C` when β = 0)
+    let mut z = scratch::<F>(rows.len(), cols.len());
     // z = h·W on the tile                                                       [rows, cols]
     general_mat_mul(
         F::one(),
@@ -149,7 +151,8 @@ fn exp_tile<F: Scalar>(
             stats.target_logits.push((i, row[target - cols.start]));
         }
         let max = kernels::max(row);
-        let position = row.iter().position(|&v| v == max).unwrap_or(0);
+        // a row of NaN has no element equal to its maximum: its prediction is then the first column
+        let position = Some(kernels::first_index_of(row, max)).filter(|&p| p < row.len()).unwrap_or(0);
         stats.max.push(max);
         stats.argmax.push((cols.start + position) as u32);
         stats.sum_exp.push(kernels::exp_shifted_inplace(row, max));
@@ -201,6 +204,8 @@ pub fn output_loss_tiled<F: Scalar>(
             let (tile, mut stats) = exp_tile(hidden, weight, targets, &row_tiles[r], &blocks[b]);
             if keep_tiles {
                 stats.exp_tile = Some(tile);
+            } else {
+                recycle(tile);
             }
             stats
         })
@@ -330,6 +335,7 @@ pub fn output_loss_tiled<F: Scalar>(
                 // ∂h[rows] += ∂z·W[:, cols]ᵀ    [rows, d]
                 let mut dh_rows = dh.slice_mut(s![rows.clone(), ..]);
                 general_mat_mul(F::one(), &z.view(), &weight.slice(s![.., cols.clone()]).t(), F::one(), &mut dh_rows);
+                recycle(z);
             }
             dh
         })
@@ -411,6 +417,34 @@ mod tests {
         let h = random(&[n, d], 1.0, 1).into_dimensionality::<Ix2>().unwrap();
         let w = random(&[d, vocab], 1.0, 2).into_dimensionality::<Ix2>().unwrap();
         (h, w, targets)
+    }
+
+    #[test]
+    fn recycled_tiles_never_leak_into_the_loss() {
+        // tiles of 128 × 128 are large enough to come from the pool; fill it with NaN tiles first
+        let tiling = Tiling { rows: 128, vocab: 128, groups: 2, cache_bytes: LOGIT_CACHE_BYTES };
+        let (n, d, vocab) = (256, 8, 256);
+        let h = random(&[n, d], 1.0, 5).into_dimensionality::<Ix2>().unwrap();
+        let w = random(&[d, vocab], 1.0, 6).into_dimensionality::<Ix2>().unwrap();
+        let targets: Vec<u32> = (0..n).map(|i| ((i * 31 + 7) % vocab) as u32).collect();
+        let run = || {
+            let out = output_loss_tiled(h.view(), w.view(), &targets, true, tiling, None);
+            (out.nll, out.d_hidden.unwrap(), out.d_weight_t.unwrap())
+        };
+        let clean = run();
+        for _ in 0..12 {
+            f64::buffers().give(vec![f64::NAN; 128 * 128]);
+        }
+        let poisoned = run();
+        let bits = |a: &Array2<f64>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert!(clean.0.iter().all(|v| v.is_finite()));
+        assert_eq!(
+            clean.0.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+            poisoned.0.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        );
+        assert_eq!(bits(&clean.1), bits(&poisoned.1), "∂h");
+        assert_eq!(bits(&clean.2), bits(&poisoned.2), "∂Wᵀ");
+        f64::buffers().clear();
     }
 
     #[test]
