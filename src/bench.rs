@@ -216,7 +216,7 @@ pub fn run_config(config: &BenchConfig, steps: usize) -> Result<BenchResult> {
     }
 
     let eval_step = |model: &Model<f32>| {
-        let cache = model.forward(&tokens, config.batch_size, config.ctx_len, &NoHook);
+        let cache = model.forward_inference(&tokens, config.batch_size, config.ctx_len, &NoHook);
         model.output_loss(&cache, &targets, false, None).mean_nll
     };
     let eval_seconds = rayon::scope(|_| {

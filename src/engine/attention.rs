@@ -7,6 +7,7 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
+use super::buffers::scratch;
 use super::kernels;
 use super::linalg::init_blas;
 use super::Scalar;
@@ -160,9 +161,11 @@ pub(crate) fn attend<F: Scalar>(
 ) -> (Array2<F>, F) {
     let (t_len, hs) = qs.dim();
     let scale = F::one() / F::lit(hs as f64).sqrt();
-    // s = q·kᵀ/√h over the causal blocks                      [T, T]
-    let mut scores = Array2::zeros((t_len, t_len));
+    // s = q·kᵀ/√h over the causal blocks                      [T, T]; zeros to the right of them, so
+    // a recycled buffer's stale contents reach neither the hook nor the softmax
+    let mut scores = scratch::<F>(t_len, t_len);
     for (start, end) in causal_blocks(t_len, block) {
+        scores.slice_mut(s![start..end, end..]).fill(F::zero());
         let mut tile = scores.slice_mut(s![start..end, ..end]);
         general_mat_mul(scale, &qs.slice(s![start..end, ..]), &ks.slice(s![..end, ..]).t(), F::zero(), &mut tile);
     }

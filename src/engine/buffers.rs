@@ -6,6 +6,7 @@
 //! initialised) contents are never read, or zeros when none of that size is free. The pool is bounded,
 //! so it never holds more than [`MAX_POOLED_BYTES`] beyond what the passes themselves use.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use ndarray::Array2;
@@ -18,20 +19,29 @@ const MIN_POOLED_ELEMENTS: usize = 16 << 10;
 /// The most the pool keeps, in bytes.
 pub const MAX_POOLED_BYTES: usize = 512 << 20;
 
-/// Free buffers of one element type.
+/// Free buffers of one element type, by length: a pass asks for a few dozen sizes, and thousands of
+/// buffers of one size (a head's attention weights) may be free at once.
 pub struct BufferPool<F> {
-    free: Mutex<Vec<Vec<F>>>,
+    free: Mutex<FreeBuffers<F>>,
+}
+
+struct FreeBuffers<F> {
+    by_len: Option<HashMap<usize, Vec<Vec<F>>>>,
+    /// Elements held, summed over every free buffer.
+    held: usize,
 }
 
 impl<F: Scalar> BufferPool<F> {
     pub const fn new() -> Self {
-        BufferPool { free: Mutex::new(Vec::new()) }
+        BufferPool { free: Mutex::new(FreeBuffers { by_len: None, held: 0 }) }
     }
 
     fn take(&self, len: usize) -> Option<Vec<F>> {
         let mut free = self.free.lock().ok()?;
-        let index = free.iter().position(|buffer| buffer.len() == len)?;
-        Some(free.swap_remove(index))
+        // the most recently freed buffer of the size: the likeliest to be still in a cache
+        let buffer = free.by_len.as_mut()?.get_mut(&len)?.pop()?;
+        free.held -= buffer.len();
+        Some(buffer)
     }
 
     pub(crate) fn give(&self, buffer: Vec<F>) {
@@ -39,31 +49,31 @@ impl<F: Scalar> BufferPool<F> {
             return;
         }
         let Ok(mut free) = self.free.lock() else { return };
-        let held: usize = free.iter().map(Vec::len).sum::<usize>() + buffer.len();
-        if held * std::mem::size_of::<F>() <= MAX_POOLED_BYTES {
-            free.push(buffer);
+        if (free.held + buffer.len()) * std::mem::size_of::<F>() <= MAX_POOLED_BYTES {
+            free.held += buffer.len();
+            free.by_len.get_or_insert_with(HashMap::new).entry(buffer.len()).or_default().push(buffer);
         }
     }
 
-    /// `(length, count)` of the free buffers, for diagnostics.
+    /// `(length, count)` of the free buffers, by length, for diagnostics.
     pub fn census(&self) -> Vec<(usize, usize)> {
         let Ok(free) = self.free.lock() else { return Vec::new() };
-        let mut lengths: Vec<usize> = free.iter().map(Vec::len).collect();
-        lengths.sort_unstable();
-        let mut census: Vec<(usize, usize)> = Vec::new();
-        for len in lengths {
-            match census.last_mut() {
-                Some((last, count)) if *last == len => *count += 1,
-                _ => census.push((len, 1)),
-            }
-        }
+        let mut census: Vec<(usize, usize)> = free
+            .by_len
+            .iter()
+            .flatten()
+            .filter(|(_, buffers)| !buffers.is_empty())
+            .map(|(&len, buffers)| (len, buffers.len()))
+            .collect();
+        census.sort_unstable();
         census
     }
 
     /// Drops every free buffer.
     pub fn clear(&self) {
         if let Ok(mut free) = self.free.lock() {
-            free.clear();
+            free.by_len = None;
+            free.held = 0;
         }
     }
 }

@@ -143,6 +143,30 @@ impl<F: Scalar> Model<F> {
         seq_len: usize,
         hook: &dyn AttentionHook<F>,
     ) -> ForwardCache<F> {
+        self.forward_keeping(tokens, batch, seq_len, hook, true)
+    }
+
+    /// [`forward`](Self::forward) for evaluation: the same `hidden` and penalty, bit for bit, but no
+    /// layer's activations are kept (their buffers are reused while the pass runs), so the cache
+    /// serves [`output_loss`](Self::output_loss) and not [`backward`](Self::backward).
+    pub fn forward_inference(
+        &self,
+        tokens: &[u32],
+        batch: usize,
+        seq_len: usize,
+        hook: &dyn AttentionHook<F>,
+    ) -> ForwardCache<F> {
+        self.forward_keeping(tokens, batch, seq_len, hook, false)
+    }
+
+    fn forward_keeping(
+        &self,
+        tokens: &[u32],
+        batch: usize,
+        seq_len: usize,
+        hook: &dyn AttentionHook<F>,
+        keep_layers: bool,
+    ) -> ForwardCache<F> {
         debug_assert_eq!(tokens.len(), batch * seq_len);
         debug_assert!(seq_len <= self.config.ctx_len);
         let c = &self.config;
@@ -156,16 +180,35 @@ impl<F: Scalar> Model<F> {
         }
         let mut layers: Vec<LayerCache<F>> = Vec::with_capacity(c.n_layers);
         let mut penalty = F::zero();
+        // without kept layers, the residual stream [N, d] between blocks
+        let mut stream: Option<Array2<F>> = None;
         for (layer, w) in p.layers.iter().enumerate() {
             // the residual stream [N, d]: the previous block's output, kept in its cache rather than copied
-            let x = layers.last().map_or(&embedded, |previous| &previous.output);
+            let x = match &stream {
+                Some(x) => x,
+                None => layers.last().map_or(&embedded, |previous| &previous.output),
+            };
             let split = LayerSplit::new(batch, seq_len, c.n_heads, layer);
-            let (cache, layer_penalty) = layer::layer_forward(x.view(), w, eps, split, hook);
-            penalty += layer_penalty;
-            layers.push(cache);
+            if keep_layers {
+                let (cache, layer_penalty) = layer::layer_forward(x.view(), w, eps, split, hook);
+                penalty += layer_penalty;
+                layers.push(cache);
+            } else {
+                let (output, layer_penalty) = layer::layer_forward_output(x.view(), w, eps, split, hook);
+                penalty += layer_penalty;
+                if let Some(previous) = stream.replace(output) {
+                    super::buffers::recycle(previous);
+                }
+            }
         }
-        let x = layers.last().map_or(&embedded, |last| &last.output);
+        let x = match &stream {
+            Some(x) => x,
+            None => layers.last().map_or(&embedded, |last| &last.output),
+        };
         let (hidden, ln_f) = layernorm_forward(x.view(), p.ln_f_weight.view(), p.ln_f_bias.view(), eps);
+        if let Some(x) = stream {
+            super::buffers::recycle(x);
+        }
         ForwardCache { tokens: tokens.to_vec(), block_lookup, batch, seq_len, layers, ln_f, hidden, penalty }
     }
 
@@ -240,6 +283,7 @@ impl<F: Scalar> Model<F> {
     ) -> Grads<F> {
         let c = &self.config;
         let p = &self.params;
+        assert_eq!(cache.layers.len(), c.n_layers, "backward needs a forward pass that kept its layers");
         let mut grads = Params::<F>::zeros(c);
         match grads.head.as_mut() {
             Some(d_head) => d_head.assign(&d_output_weight_t.t()),

@@ -112,7 +112,8 @@ pub fn score_batch<R>(
 }
 
 /// The forward pass of one batch under `rules` up to the final LayerNorm, and its copy caches: for a
-/// caller that needs the output distribution at a few rows only ([`score_batch`] runs it at all).
+/// caller that needs the hidden states and the output distribution, not the attention ([`score_batch`]
+/// keeps every layer's activations for metrics and gradients). The cache holds no layers.
 pub fn hidden_states(
     model: &Model<f32>,
     batch: &EvalBatch,
@@ -121,7 +122,8 @@ pub fn hidden_states(
     let (inputs, windows, seq_len) = (&batch.inputs, batch.windows, batch.seq_len);
     let targets = rules.targets(model, inputs, windows, seq_len);
     let hook = rules.hook(&targets);
-    let cache = model.forward(inputs, windows, seq_len, &hook);
+    // only `hidden` is read: the layers' activations are not kept
+    let cache = model.forward_inference(inputs, windows, seq_len, &hook);
     let copy = rules.copy_caches(model, inputs, windows, seq_len);
     (cache, copy)
 }

@@ -14,8 +14,7 @@ use rayon::prelude::*;
 
 use crate::engine::eval::{eval_batches, EvalBatch};
 use crate::engine::Model;
-use crate::locality::score::score_batch;
-use crate::locality::{Conditions, RuleSet, RulesAt};
+use crate::locality::{RuleSet, RulesAt};
 use crate::step::sample_batch;
 use crate::Result;
 
@@ -34,22 +33,22 @@ pub fn frozen_batch(
     batch: &EvalBatch,
 ) -> FrozenBatch {
     let rules = RulesAt::new(set, lambda, model.config.n_layers, ctx.locality.progressive_beta, ctx.locality.dial);
-    score_batch(model, 0, batch, &Conditions::Rules(rules), false, |scored| {
-        let ln_p: Vec<f64> = scored.loss.nll.iter().map(|&v| -f64::from(v)).collect();
-        // ln B = −ln w₀, as the output loss's mixture computed it
-        let ln_denominator = match &scored.loss.copy {
-            Some(mixed) => mixed.log_w0.iter().map(|&l| -l).collect(),
-            None => vec![0.0; ln_p.len()],
-        };
-        FrozenBatch {
-            hidden: scored.cache.hidden,
-            ln_p,
-            ln_denominator,
-            inputs: batch.inputs.clone(),
-            targets: batch.targets.clone(),
-            seq_len: batch.seq_len,
-        }
-    })
+    let (cache, copy) = crate::locality::score::hidden_states(model, batch, &rules);
+    let loss = model.output_loss(&cache, &batch.targets, false, copy.as_ref().map(|c| (c, lambda)));
+    let ln_p: Vec<f64> = loss.nll.iter().map(|&v| -f64::from(v)).collect();
+    // ln B = −ln w₀, as the output loss's mixture computed it
+    let ln_denominator = match &loss.copy {
+        Some(mixed) => mixed.log_w0.iter().map(|&l| -l).collect(),
+        None => vec![0.0; ln_p.len()],
+    };
+    FrozenBatch {
+        hidden: cache.hidden,
+        ln_p,
+        ln_denominator,
+        inputs: batch.inputs.clone(),
+        targets: batch.targets.clone(),
+        seq_len: batch.seq_len,
+    }
 }
 
 /// The frozen model's view of one batch of `D` where only the `needed` rows' prediction matters: every

@@ -172,6 +172,67 @@ pub fn layer_forward<F: Scalar>(
     (cache, penalty)
 }
 
+/// [`layer_forward`] keeping nothing but the block's output `x' [N, d]` (and the hook's penalty): for
+/// evaluation. Each task's intermediate activations live in buffers of its own rows, taken from the
+/// pool and returned to it as soon as the task ends, so the next task on the core writes to memory
+/// still in its cache instead of to a fresh `[N, ·]` array per activation. The arithmetic is
+/// [`forward_rows`]'s, so `x'` has the same bits as [`layer_forward`]'s.
+pub fn layer_forward_output<F: Scalar>(
+    x: ArrayView2<F>,
+    w: &LayerParams<F>,
+    eps: F,
+    split: LayerSplit,
+    hook: &dyn AttentionHook<F>,
+) -> (Array2<F>, F) {
+    init_blas();
+    let (n, d) = x.dim();
+    let ff = w.w1.ncols();
+    let x = x.as_standard_layout();
+    let (w_qkv, b_qkv) = fused_qkv(w);
+    let rows = split.rows_per_task();
+    let mut output = scratch::<F>(n, d);
+    let chunks: Vec<ArrayViewMut2<F>> = output.axis_chunks_iter_mut(Axis(0), rows).collect();
+    let penalties: Vec<F> = chunks
+        .into_par_iter()
+        .enumerate()
+        .map(|(task, output)| {
+            let task_rows = output.nrows();
+            let local = |width: usize| scratch::<F>(task_rows, width);
+            let (mut ln1_normalized, mut z1, mut qkv, mut y_att) = (local(d), local(d), local(3 * d), local(d));
+            let (mut ln2_normalized, mut z2) = (local(d), local(d));
+            let (mut a1, mut gelu_tanh, mut g) = (local(ff), local(ff), local(ff));
+            let (mut ln1_rstd, mut ln2_rstd) = (Array1::<F>::zeros(task_rows), Array1::<F>::zeros(task_rows));
+            let out = ForwardRows {
+                ln1_normalized: ln1_normalized.view_mut(),
+                ln1_rstd: ln1_rstd.view_mut(),
+                z1: z1.view_mut(),
+                qkv: qkv.view_mut(),
+                y_att: y_att.view_mut(),
+                ln2_normalized: ln2_normalized.view_mut(),
+                ln2_rstd: ln2_rstd.view_mut(),
+                z2: z2.view_mut(),
+                a1: a1.view_mut(),
+                gelu_tanh: gelu_tanh.view_mut(),
+                g: g.view_mut(),
+                output,
+            };
+            let x = x.slice(s![task * rows..task * rows + task_rows, ..]);
+            let first_sequence = task * split.sequences_per_task;
+            let (weights, penalty) =
+                forward_rows(x, w, w_qkv.view(), b_qkv.view(), eps, out, first_sequence, split, hook);
+            for buffer in
+                [ln1_normalized, z1, qkv, y_att, ln2_normalized, z2, a1, gelu_tanh, g].into_iter().chain(weights)
+            {
+                recycle(buffer);
+            }
+            penalty
+        })
+        .collect();
+    // the penalties in task order, as layer_forward sums them
+    let penalty = penalties.into_iter().fold(F::zero(), |total, p| total + p);
+    (output, penalty)
+}
+
 /// The block on one task's rows, `first_sequence` being the batch index of its first sequence.
 #[allow(clippy::too_many_arguments)]
 fn forward_rows<F: Scalar>(
@@ -522,15 +583,53 @@ mod tests {
     /// Recycled buffers hold stale numbers; a pass must overwrite every element it reads. Poison the pool
     /// with NaN buffers of every size a block takes and check that nothing changes, bit for bit.
     #[test]
+    fn the_output_only_block_has_the_kept_blocks_bits() {
+        let mut config = tiny_config(true);
+        (config.d_model, config.n_heads, config.d_ff, config.ctx_len) = (32, 4, 64, 16);
+        let mut model = Model::<f64>::init(config, 3).unwrap();
+        let mut rng = Rng::new(9);
+        for (_, mut t) in model.params.named_mut() {
+            t.mapv_inplace(|v| v + 0.2 * rng.normal());
+        }
+        let (batch, seq_len, d) = (5, 16, 32);
+        let x = Array2::from_shape_fn((batch * seq_len, d), |_| rng.normal());
+        let hook = TestHook { temperature: 0.7 };
+        let w = &model.params.layers[0];
+        // two sequences per task: three tasks, the last one short
+        let split = LayerSplit { sequences_per_task: 2, ..LayerSplit::new(batch, seq_len, 4, 0) };
+        let (cache, penalty) = layer_forward(x.view(), w, 1e-5, split, &hook);
+        // stale NaN buffers of a task's sizes in the pool must not reach the output
+        for len in [2 * seq_len * d, 2 * seq_len * 3 * d, 2 * seq_len * 64] {
+            for _ in 0..12 {
+                f64::buffers().give(vec![f64::NAN; len.max(16 << 10)]);
+            }
+        }
+        let (output, output_penalty) = layer_forward_output(x.view(), w, 1e-5, split, &hook);
+        let bits = |a: &Array2<f64>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        assert!(penalty != 0.0 && output.iter().all(|v| v.is_finite()));
+        assert_eq!(bits(&cache.output), bits(&output));
+        assert_eq!(penalty.to_bits(), output_penalty.to_bits());
+        // and through the model: the same hidden states, penalty and loss as the kept pass
+        let tokens: Vec<u32> = (0..batch * seq_len).map(|i| (i * 7 % 11) as u32).collect();
+        let kept = model.forward(&tokens, batch, seq_len, &hook);
+        let inference = model.forward_inference(&tokens, batch, seq_len, &hook);
+        assert!(inference.layers.is_empty());
+        assert_eq!(bits(&kept.hidden), bits(&inference.hidden));
+        assert_eq!(kept.penalty.to_bits(), inference.penalty.to_bits());
+        f64::buffers().clear();
+    }
+
+    #[test]
     fn recycled_buffers_never_leak_into_a_block() {
         let mut config = tiny_config(true);
-        (config.d_model, config.n_heads, config.d_ff, config.ctx_len) = (64, 4, 128, 64);
+        (config.d_model, config.n_heads, config.d_ff, config.ctx_len) = (64, 4, 128, 128);
         let mut model = Model::<f64>::init(config, 2).unwrap();
         let mut rng = Rng::new(4);
         for (_, mut t) in model.params.named_mut() {
             t.mapv_inplace(|v| v + 0.2 * rng.normal());
         }
-        let (batch, seq_len, d) = (4, 64, 64);
+        // T = 128: a head's [T, T] attention weights are large enough to come from the pool
+        let (batch, seq_len, d) = (2, 128, 64);
         let x = Array2::from_shape_fn((batch * seq_len, d), |_| rng.normal());
         let dx = Array2::from_shape_fn((batch * seq_len, d), |_| rng.normal());
         let hook = TestHook { temperature: 0.8 };
@@ -540,11 +639,13 @@ mod tests {
             let (cache, _) = layer_forward(x.view(), w, 1e-5, split, &hook);
             let mut grads = Params::<f64>::zeros(&model.config).layers.remove(0);
             let d_in = layer_backward(dx.view(), &cache, w, &mut grads, split, &hook);
-            (cache.output.clone(), d_in, grads.w1, grads.b1)
+            let weights: Vec<u64> =
+                cache.attention.weights.iter().flat_map(|a| a.iter().map(|v| v.to_bits())).collect();
+            (cache.output.clone(), d_in, grads.w1, grads.b1, weights)
         };
         let clean = run();
         let n = batch * seq_len;
-        for len in [n * d, n * 3 * d, n * 128, seq_len * 128] {
+        for len in [n * d, n * 3 * d, n * 128, seq_len * seq_len] {
             for _ in 0..12 {
                 f64::buffers().give(vec![f64::NAN; len]);
             }
@@ -556,6 +657,8 @@ mod tests {
         assert_eq!(bits(&clean.1), bits(&poisoned.1), "input gradient");
         assert_eq!(bits(&clean.2), bits(&poisoned.2), "weight gradient");
         assert_eq!(clean.3.to_vec(), poisoned.3.to_vec(), "bias gradient");
+        // the whole [T, T] weights, zeros above the diagonal included, as the metrics read them
+        assert!(clean.4 == poisoned.4, "attention weights");
         f64::buffers().clear();
     }
 }
