@@ -144,6 +144,32 @@ fn log_sum_exp(values: impl Iterator<Item = f64> + Clone) -> f64 {
     max + values.map(|v| (v - max).exp()).sum::<f64>().ln()
 }
 
+/// Keys `j ≤ i` outside a row's target set, ascending, read off the set's words 64 keys at a time.
+fn off_target_keys(words: &[u64], i: usize) -> impl Iterator<Item = usize> + '_ {
+    keys_where(words, i, |word| !word)
+}
+
+/// Keys `j ≤ i` in a row's target set, ascending.
+fn target_keys(words: &[u64], i: usize) -> impl Iterator<Item = usize> + '_ {
+    keys_where(words, i, |word| word)
+}
+
+/// The keys `j ≤ i` whose bits are set in `select(word)`, word by word.
+fn keys_where(words: &[u64], i: usize, select: fn(u64) -> u64) -> impl Iterator<Item = usize> + '_ {
+    let last_word = i / 64;
+    words.iter().take(last_word + 1).enumerate().flat_map(move |(w, &word)| {
+        let visible = if w == last_word { u64::MAX >> (63 - i % 64) } else { u64::MAX };
+        let mut keys = select(word) & visible;
+        std::iter::from_fn(move || {
+            (keys != 0).then(|| {
+                let bit = keys.trailing_zeros() as usize;
+                keys &= keys - 1;
+                w * 64 + bit
+            })
+        })
+    })
+}
+
 impl<F: Scalar> AttentionHook<F> for LocalityHook<'_> {
     fn transform_scores(&self, site: AttentionSite, mut scores: ArrayViewMut2<F>) {
         let Some(rows) = self.rows(site) else { return };
@@ -165,17 +191,23 @@ impl<F: Scalar> AttentionHook<F> for LocalityHook<'_> {
             return;
         }
         let inv_tau = F::lit(1.0 / tau);
+        let mut on_target = Vec::new();
         for i in (0..rows.seq_len).filter(|&i| rows.covered(i)) {
-            // s'_ij = s_ij/τ − λ·μ·s_r·1[j ∉ T_i]
+            // s'_ij = s_ij/τ − λ·μ·s_r·1[j ∉ T_i]: the whole visible row takes the off-target form in
+            // one vectorised pass, then the (usually few) target keys get s_ij/τ from their saved
+            // scores, the same bits as computing each key's own case
             let bias = F::lit(lambda * self.settings.margin * rows.strength[i] as f64);
             let mut row = scores.row_mut(i);
             let Some(row) = row.as_slice_mut() else { unreachable!("score rows are contiguous") };
-            // 64 keys per word of the row's target set: a select per key, no index arithmetic
-            for (keys, &word) in row[..=i].chunks_mut(64).zip(rows.row(i)) {
-                for (j, value) in keys.iter_mut().enumerate() {
-                    let off_target = F::lit(((word >> j) & 1 ^ 1) as f64);
-                    *value = *value * inv_tau - off_target * bias;
-                }
+            let visible = &mut row[..=i];
+            on_target.clear();
+            on_target.extend(target_keys(rows.row(i), i).map(|j| (j, visible[j])));
+            if tau == 1.0 {
+                visible.iter_mut().for_each(|value| *value = *value - bias);
+                on_target.iter().for_each(|&(j, score)| visible[j] = score);
+            } else {
+                visible.iter_mut().for_each(|value| *value = *value * inv_tau - bias);
+                on_target.iter().for_each(|&(j, score)| visible[j] = score * inv_tau);
             }
         }
     }
@@ -209,26 +241,33 @@ impl<F: Scalar> AttentionHook<F> for LocalityHook<'_> {
             return F::zero();
         }
         let blocks = &self.targets.blocks[site.sequence];
-        let mut sizes = vec![0usize; self.targets.block_count];
+        let mut sizes = vec![0u32; self.targets.block_count];
         let mut squares = vec![0f64; self.targets.block_count];
+        let mut group_scale = vec![0f64; self.targets.block_count];
         let mut total = 0.0;
         for i in (0..rows.seq_len).filter(|&i| rows.covered(i)) {
             sizes.fill(0);
             squares.fill(0.0);
-            // groups g_{i,k}: off-target keys j ≤ i by block
-            for j in (0..=i).filter(|&j| !rows.contains(i, j)) {
+            let alpha = weights.row(i);
+            let Some(alpha) = alpha.as_slice() else { unreachable!("weight rows are contiguous") };
+            // groups g_{i,k}: off-target keys j ≤ i by block, visited in ascending j (the order the
+            // sums are defined in, so every machine adds them alike)
+            for j in off_target_keys(rows.row(i), i) {
                 let k = blocks[j] as usize;
                 sizes[k] += 1;
-                squares[k] += weights[[i, j]].as_f64().powi(2);
+                squares[k] += alpha[j].as_f64().powi(2);
             }
             // Ω_i = Σ_g √|g|·‖α_{i,g}‖₂
             total += sizes.iter().zip(&squares).map(|(&n, &sq)| (n as f64).sqrt() * sq.sqrt()).sum::<f64>();
             if let Some(grad) = grad.as_mut() {
-                // ∂Ω_i/∂α_ij = √|g|·α_ij / max(‖α_{i,g}‖, 1e-12)
-                for j in (0..=i).filter(|&j| !rows.contains(i, j)) {
-                    let k = blocks[j] as usize;
-                    let scale = weight * (sizes[k] as f64).sqrt() / squares[k].sqrt().max(1e-12);
-                    grad[[i, j]] += F::lit(scale * weights[[i, j]].as_f64());
+                // ∂Ω_i/∂α_ij = √|g|·α_ij / max(‖α_{i,g}‖, 1e-12): one scale per group, not per key
+                for (scale, (&n, &sq)) in group_scale.iter_mut().zip(sizes.iter().zip(&squares)) {
+                    *scale = weight * (n as f64).sqrt() / sq.sqrt().max(1e-12);
+                }
+                let mut grad_row = grad.row_mut(i);
+                let Some(grad_row) = grad_row.as_slice_mut() else { unreachable!("gradient rows are contiguous") };
+                for j in off_target_keys(rows.row(i), i) {
+                    grad_row[j] += F::lit(group_scale[blocks[j] as usize] * alpha[j].as_f64());
                 }
             }
         }
@@ -313,6 +352,63 @@ mod tests {
         let (plain, _, _) = attention_forward(q.view(), q.view(), q.view(), shape, &NoHook);
         assert_eq!(with_hook, plain);
         assert_eq!(penalty, 0.0);
+    }
+
+    #[test]
+    fn target_and_off_target_keys_split_the_row_up_to_the_diagonal() {
+        // rows that end inside, at and past a word boundary, with sets of every density
+        let mut rng = crate::rng::Rng::new(5);
+        for seq_len in [1usize, 63, 64, 65, 130, 200] {
+            let mut rows = RowSets::new(seq_len);
+            for i in 0..seq_len {
+                for j in 0..=i {
+                    if rng.below(4) == 0 {
+                        rows.insert_for_test(i, j);
+                    }
+                }
+            }
+            for i in 0..seq_len {
+                let off: Vec<usize> = (0..=i).filter(|&j| !rows.contains(i, j)).collect();
+                let on: Vec<usize> = (0..=i).filter(|&j| rows.contains(i, j)).collect();
+                assert_eq!(off_target_keys(rows.row(i), i).collect::<Vec<_>>(), off, "T = {seq_len}, row {i}");
+                assert_eq!(target_keys(rows.row(i), i).collect::<Vec<_>>(), on, "T = {seq_len}, row {i}");
+            }
+        }
+    }
+
+    #[test]
+    fn transformed_scores_are_each_keys_own_case_bit_for_bit() {
+        // the two-pass bias against the definition s'_ij = s_ij/τ − λ·μ·s_r·1[j ∉ T_i], key by key
+        let (set, tokens) = fixture();
+        let targets = BatchTargets::new(&set, &tokens, 2, 8, 1, 2);
+        for temperature in [1.0, 1.7] {
+            let settings = DialSettings { temperature, ..DialSettings::default() };
+            let hook = LocalityHook::new(&targets, vec![0.8], settings, false);
+            for (head, sequence) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                let site = AttentionSite { layer: 0, head, sequence };
+                let Some(rows) = targets.at(0, head, sequence) else { continue };
+                let scores =
+                    random(&[8, 8], 2.0, 9 + head as u64).mapv(|x| x as f32).into_dimensionality::<Ix2>().unwrap();
+                let mut transformed = scores.clone();
+                AttentionHook::<f32>::transform_scores(&hook, site, transformed.view_mut());
+                let (inv_tau, lambda) = ((1.0 / hook.temperature(0)) as f32, hook.lambda(0));
+                for i in 0..8 {
+                    let bias = (lambda * settings.margin * rows.strength[i] as f64) as f32;
+                    for j in 0..8 {
+                        let expected = if !rows.covered(i) || j > i {
+                            scores[[i, j]]
+                        } else {
+                            scores[[i, j]] * inv_tau - if rows.contains(i, j) { 0.0 } else { bias }
+                        };
+                        assert_eq!(
+                            transformed[[i, j]].to_bits(),
+                            expected.to_bits(),
+                            "τ {temperature}, row {i}, key {j}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use rayon::prelude::*;
+
 use super::rules::{Condition, RuleKind, RuleSet};
 
 /// For each query row of one sequence: its target positions as a bitset, and the strength of the rule
@@ -59,6 +61,12 @@ impl RowSets {
 
     pub fn covered_rows(&self) -> usize {
         self.strength.iter().filter(|&&s| s > 0.0).count()
+    }
+
+    /// Puts key `j` in row `i`'s set with strength 1, for tests that build sets by hand.
+    #[cfg(test)]
+    pub(crate) fn insert_for_test(&mut self, i: usize, j: usize) {
+        self.set(i, j, 1.0);
     }
 
     fn set(&mut self, i: usize, j: usize, strength: f32) {
@@ -195,8 +203,10 @@ pub struct BatchTargets {
 impl BatchTargets {
     pub fn new(set: &RuleSet, tokens: &[u32], batch: usize, seq_len: usize, layers: usize, heads: usize) -> Self {
         let sequences: Vec<&[u32]> = tokens.chunks(seq_len).take(batch).collect();
+        // each (rule, sequence) is independent of the others; collected in order, so the sets do not
+        // depend on the thread count
         let per_rule: Vec<Vec<RowSets>> =
-            (0..set.rules.len()).map(|r| sequences.iter().map(|seq| rule_targets(set, r, seq)).collect()).collect();
+            (0..set.rules.len()).map(|r| sequences.par_iter().map(|seq| rule_targets(set, r, seq)).collect()).collect();
         let mut keys: Vec<Vec<usize>> = Vec::new();
         let mut site_group = Vec::with_capacity(layers * heads);
         for layer in 0..layers {
@@ -218,6 +228,7 @@ impl BatchTargets {
             .map(|key| {
                 let priorities: Vec<i32> = key.iter().map(|&r| set.rules[r].priority).collect();
                 (0..sequences.len())
+                    .into_par_iter()
                     .map(|b| {
                         let rows: Vec<&RowSets> = key.iter().map(|&r| &per_rule[r][b]).collect();
                         combine(&rows, &priorities, seq_len)

@@ -81,7 +81,9 @@ struct ForwardRows<'a, F> {
     ln2_rstd: ArrayViewMut1<'a, F>,
     z2: ArrayViewMut2<'a, F>,
     a1: ArrayViewMut2<'a, F>,
-    gelu_tanh: ArrayViewMut2<'a, F>,
+    /// `tanh u` of the GELU, for the backward pass; `None` where no backward follows (evaluation),
+    /// which then stores only `g`.
+    gelu_tanh: Option<ArrayViewMut2<'a, F>>,
     g: ArrayViewMut2<'a, F>,
     output: ArrayViewMut2<'a, F>,
 }
@@ -134,7 +136,7 @@ pub fn layer_forward<F: Scalar>(
                     ln2_rstd: next(&mut rstd2),
                     z2: next(c5),
                     a1: next(c6),
-                    gelu_tanh: next(c7),
+                    gelu_tanh: Some(next(c7)),
                     g: next(c8),
                     output: next(c9),
                 }
@@ -200,7 +202,7 @@ pub fn layer_forward_output<F: Scalar>(
             let local = |width: usize| scratch::<F>(task_rows, width);
             let (mut ln1_normalized, mut z1, mut qkv, mut y_att) = (local(d), local(d), local(3 * d), local(d));
             let (mut ln2_normalized, mut z2) = (local(d), local(d));
-            let (mut a1, mut gelu_tanh, mut g) = (local(ff), local(ff), local(ff));
+            let (mut a1, mut g) = (local(ff), local(ff));
             let (mut ln1_rstd, mut ln2_rstd) = (Array1::<F>::zeros(task_rows), Array1::<F>::zeros(task_rows));
             let out = ForwardRows {
                 ln1_normalized: ln1_normalized.view_mut(),
@@ -212,7 +214,7 @@ pub fn layer_forward_output<F: Scalar>(
                 ln2_rstd: ln2_rstd.view_mut(),
                 z2: z2.view_mut(),
                 a1: a1.view_mut(),
-                gelu_tanh: gelu_tanh.view_mut(),
+                gelu_tanh: None,
                 g: g.view_mut(),
                 output,
             };
@@ -220,9 +222,7 @@ pub fn layer_forward_output<F: Scalar>(
             let first_sequence = task * split.sequences_per_task;
             let (weights, penalty) =
                 forward_rows(x, w, w_qkv.view(), b_qkv.view(), eps, out, first_sequence, split, hook);
-            for buffer in
-                [ln1_normalized, z1, qkv, y_att, ln2_normalized, z2, a1, gelu_tanh, g].into_iter().chain(weights)
-            {
+            for buffer in [ln1_normalized, z1, qkv, y_att, ln2_normalized, z2, a1, g].into_iter().chain(weights) {
                 recycle(buffer);
             }
             penalty
@@ -289,11 +289,25 @@ fn forward_rows<F: Scalar>(
     );
     fill_rows(out.a1.view_mut(), as_slice(&w.b1.view()), None);
     general_mat_mul(F::one(), &out.z2, &w.w1, F::one(), &mut out.a1);
-    for ((a1, mut g), mut t) in out.a1.rows().into_iter().zip(out.g.rows_mut()).zip(out.gelu_tanh.rows_mut()) {
-        let (Some(a1), Some(g), Some(t)) = (a1.as_slice(), g.as_slice_mut(), t.as_slice_mut()) else {
-            unreachable!("rows of standard-layout matrices are contiguous")
-        };
-        kernels::gelu_keeping_tanh_slice(a1, g, t);
+    match out.gelu_tanh.as_mut() {
+        Some(gelu_tanh) => {
+            for ((a1, mut g), mut t) in out.a1.rows().into_iter().zip(out.g.rows_mut()).zip(gelu_tanh.rows_mut()) {
+                let (Some(a1), Some(g), Some(t)) = (a1.as_slice(), g.as_slice_mut(), t.as_slice_mut()) else {
+                    unreachable!("rows of standard-layout matrices are contiguous")
+                };
+                kernels::gelu_keeping_tanh_slice(a1, g, t);
+            }
+        }
+        // the same products in the same order as the kept form, without a third [R, F] stream of
+        // stores
+        None => {
+            for (a1, mut g) in out.a1.rows().into_iter().zip(out.g.rows_mut()) {
+                let (Some(a1), Some(g)) = (a1.as_slice(), g.as_slice_mut()) else {
+                    unreachable!("rows of standard-layout matrices are contiguous")
+                };
+                kernels::gelu_slice(a1, g);
+            }
+        }
     }
     fill_rows(out.output.view_mut(), as_slice(&w.b2.view()), Some(h.view()));
     general_mat_mul(F::one(), &out.g, &w.w2, F::one(), &mut out.output);
