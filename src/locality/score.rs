@@ -113,7 +113,8 @@ pub fn score_batch<R>(
 
 /// The forward pass of one batch under `rules` up to the final LayerNorm, and its copy caches: for a
 /// caller that needs the hidden states and the output distribution, not the attention ([`score_batch`]
-/// keeps every layer's activations for metrics and gradients). The cache holds no layers.
+/// keeps every layer's activations for metrics and gradients). The cache holds no layers, and its
+/// penalty is 0: the group penalty shapes no activation, so it is not computed.
 pub fn hidden_states(
     model: &Model<f32>,
     batch: &EvalBatch,
@@ -121,7 +122,8 @@ pub fn hidden_states(
 ) -> (ForwardCache<f32>, Option<CopyCaches>) {
     let (inputs, windows, seq_len) = (&batch.inputs, batch.windows, batch.seq_len);
     let targets = rules.targets(model, inputs, windows, seq_len);
-    let hook = rules.hook(&targets);
+    let hook =
+        LocalityHook::new(&targets, rules.layer_lambdas.clone(), DialSettings { penalty: 0.0, ..rules.dial }, false);
     // only `hidden` is read: the layers' activations are not kept
     let cache = model.forward_inference(inputs, windows, seq_len, &hook);
     let copy = rules.copy_caches(model, inputs, windows, seq_len);
