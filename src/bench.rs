@@ -162,15 +162,14 @@ fn reset_peak_memory() -> bool {
 /// Median wall time of `repeats` calls: robust to the occasional step slowed by another process, which
 /// a mean over a shared two-core machine is not.
 pub fn median_seconds(repeats: usize, mut work: impl FnMut()) -> f64 {
-    median(
-        (0..repeats.max(1))
-            .map(|_| {
-                let start = Instant::now();
-                work();
-                start.elapsed().as_secs_f64()
-            })
-            .collect(),
-    )
+    median((0..repeats.max(1)).map(|_| seconds(&mut work)).collect())
+}
+
+/// Wall time of one call.
+fn seconds(work: impl FnOnce()) -> f64 {
+    let start = Instant::now();
+    work();
+    start.elapsed().as_secs_f64()
 }
 
 /// Median wall time of each piece of work over `repeats` rounds, each round running every piece once
@@ -182,9 +181,7 @@ pub fn interleaved_median_seconds<const K: usize>(repeats: usize, work: [&dyn Fn
     let mut times: [Vec<f64>; K] = std::array::from_fn(|_| Vec::with_capacity(repeats.max(1)));
     for _ in 0..repeats.max(1) {
         for (piece, times) in work.iter().zip(times.iter_mut()) {
-            let start = Instant::now();
-            piece();
-            times.push(start.elapsed().as_secs_f64());
+            times.push(seconds(piece));
         }
     }
     times.map(median)

@@ -372,9 +372,10 @@ pub fn explain(
         windows: 1,
         seq_len,
     };
-    // the penalty is not part of the prediction (as in evaluation): ρ = 0 changes no forward number
-    let dial = DialSettings { penalty: 0.0, ..prepared.dial };
-    let rules = RulesAt::new(&prepared.rules, lambda, config.n_layers, prepared.progressive_beta, dial).recording();
+    // the penalty is not part of the prediction (as in evaluation)
+    let rules = RulesAt::new(&prepared.rules, lambda, config.n_layers, prepared.progressive_beta, prepared.dial)
+        .without_penalty()
+        .recording();
     let layer_lambdas = rules.layer_lambdas.clone();
     let conditions = Conditions::Rules(rules);
     let row = position - start;

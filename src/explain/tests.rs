@@ -80,7 +80,7 @@ fn the_explained_probability_is_the_one_the_evaluation_scores() {
     let prepared = Prepared::new(&ckpt, None).unwrap();
     let positions = [0, 5, 63, 64, 130, text.ids.len() - 3, text.ids.len() - 2];
     for lambda in [0.0, 0.5, 1.0] {
-        let rules = RulesAt::new(&prepared.rules, lambda, 2, None, DialSettings { penalty: 0.0, ..prepared.dial });
+        let rules = RulesAt::new(&prepared.rules, lambda, 2, None, prepared.dial).without_penalty();
         let bits = code_lengths(&prepared.model, &text.ids, 4, &Conditions::Rules(rules));
         for &position in &positions {
             let e = at(&prepared, &ckpt, &text, position, lambda);

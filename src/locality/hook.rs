@@ -202,13 +202,8 @@ impl<F: Scalar> AttentionHook<F> for LocalityHook<'_> {
             let visible = &mut row[..=i];
             on_target.clear();
             on_target.extend(target_keys(rows.row(i), i).map(|j| (j, visible[j])));
-            if tau == 1.0 {
-                visible.iter_mut().for_each(|value| *value -= bias);
-                on_target.iter().for_each(|&(j, score)| visible[j] = score);
-            } else {
-                visible.iter_mut().for_each(|value| *value = *value * inv_tau - bias);
-                on_target.iter().for_each(|&(j, score)| visible[j] = score * inv_tau);
-            }
+            visible.iter_mut().for_each(|value| *value = *value * inv_tau - bias);
+            on_target.iter().for_each(|&(j, score)| visible[j] = score * inv_tau);
         }
     }
 

@@ -404,8 +404,9 @@ pub struct DialEvaluation<'a> {
 pub fn evaluate_at(model: &Model<f32>, ids: &[u32], lambda: f64, eval: &DialEvaluation) -> LocalityMetrics {
     let config = &model.config;
     // the penalty is not part of the evaluation loss; with ρ = 0 the backward pass sees ∂CE/∂α alone
-    let settings = DialSettings { penalty: 0.0, ..eval.settings };
-    let rules = RulesAt::new(eval.rules, lambda, config.n_layers, eval.progressive_beta, settings).recording();
+    let rules = RulesAt::new(eval.rules, lambda, config.n_layers, eval.progressive_beta, eval.settings)
+        .without_penalty()
+        .recording();
     let layer_lambdas = rules.layer_lambdas.clone();
     let mut acc = Accumulator::new(config.n_layers, config.n_heads, eval.rules.rules.len(), config.d_model);
     let mut copy_acc = super::copy_paths::CopyPathAccumulator::new(config.copy_paths.len());

@@ -45,6 +45,12 @@ impl<'a> RulesAt<'a> {
         RulesAt { record: true, ..self }
     }
 
+    /// For a pass whose loss is not trained (evaluation, explanation, a recruitment check): ρ = 0
+    /// changes no forward number, and spares each covered row the penalty's walk over its keys.
+    pub fn without_penalty(self) -> Self {
+        RulesAt { dial: DialSettings { penalty: 0.0, ..self.dial }, ..self }
+    }
+
     /// Every layer's and head's target sets of one batch of `batch` sequences of `seq_len` tokens.
     pub fn targets(&self, model: &Model<f32>, inputs: &[u32], batch: usize, seq_len: usize) -> BatchTargets {
         BatchTargets::new(self.set, inputs, batch, seq_len, model.config.n_layers, model.config.n_heads)
@@ -113,8 +119,7 @@ pub fn score_batch<R>(
 
 /// The forward pass of one batch under `rules` up to the final LayerNorm, and its copy caches: for a
 /// caller that needs the hidden states and the output distribution, not the attention ([`score_batch`]
-/// keeps every layer's activations for metrics and gradients). The cache holds no layers, and its
-/// penalty is 0: the group penalty shapes no activation, so it is not computed.
+/// keeps every layer's activations for metrics and gradients). The cache holds no layers.
 pub fn hidden_states(
     model: &Model<f32>,
     batch: &EvalBatch,
@@ -122,8 +127,7 @@ pub fn hidden_states(
 ) -> (ForwardCache<f32>, Option<CopyCaches>) {
     let (inputs, windows, seq_len) = (&batch.inputs, batch.windows, batch.seq_len);
     let targets = rules.targets(model, inputs, windows, seq_len);
-    let hook =
-        LocalityHook::new(&targets, rules.layer_lambdas.clone(), DialSettings { penalty: 0.0, ..rules.dial }, false);
+    let hook = rules.hook(&targets);
     // only `hidden` is read: the layers' activations are not kept
     let cache = model.forward_inference(inputs, windows, seq_len, &hook);
     let copy = rules.copy_caches(model, inputs, windows, seq_len);

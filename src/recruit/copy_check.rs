@@ -24,6 +24,11 @@ use crate::engine::copy::{gate_forward, mixture_forward};
 use super::frozen::{rows_of, trial_candidates, CandidateRows, FrozenBatch, Gate, GateTraining, SplitRows};
 use super::{log2_binomial, Candidate, CheckContext, Decision, Origin};
 
+/// The rules a frozen model is read under: a check trains no attention, so no group penalty.
+fn frozen_rules<'a>(model: &Model<f32>, set: &'a RuleSet, ctx: &CheckContext, lambda: f64) -> RulesAt<'a> {
+    RulesAt::new(set, lambda, model.config.n_layers, ctx.locality.progressive_beta, ctx.locality.dial).without_penalty()
+}
+
 /// The frozen model's view of one batch: hidden states, `ln p_M(y)` and `ln B` of its own copy paths.
 pub fn frozen_batch(
     model: &Model<f32>,
@@ -32,7 +37,7 @@ pub fn frozen_batch(
     lambda: f64,
     batch: &EvalBatch,
 ) -> FrozenBatch {
-    let rules = RulesAt::new(set, lambda, model.config.n_layers, ctx.locality.progressive_beta, ctx.locality.dial);
+    let rules = frozen_rules(model, set, ctx, lambda);
     let (cache, copy) = crate::locality::score::hidden_states(model, batch, &rules);
     let loss = model.output_loss(&cache, &batch.targets, false, copy.as_ref().map(|c| (c, lambda)));
     let ln_p: Vec<f64> = loss.nll.iter().map(|&v| -f64::from(v)).collect();
@@ -62,7 +67,7 @@ fn frozen_rows(
     batch: &EvalBatch,
     needed: &[bool],
 ) -> FrozenBatch {
-    let rules = RulesAt::new(set, lambda, model.config.n_layers, ctx.locality.progressive_beta, ctx.locality.dial);
+    let rules = frozen_rules(model, set, ctx, lambda);
     let (cache, copy) = crate::locality::score::hidden_states(model, batch, &rules);
     let rows: Vec<usize> = (0..needed.len()).filter(|&n| needed[n]).collect();
     let row_targets: Vec<u32> = rows.iter().map(|&n| batch.targets[n]).collect();

@@ -87,7 +87,8 @@ pub fn code_lengths(
     lambda: f64,
     batch: usize,
 ) -> Vec<f64> {
-    let rules = RulesAt::new(set, lambda, model.config.n_layers, locality.progressive_beta, locality.dial);
+    let rules =
+        RulesAt::new(set, lambda, model.config.n_layers, locality.progressive_beta, locality.dial).without_penalty();
     crate::locality::score::code_lengths(model, ids, batch, &Conditions::Rules(rules))
 }
 

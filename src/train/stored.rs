@@ -134,7 +134,8 @@ fn attention(
     let tokens = &test_ids[..seq_len];
     let layers = model.config.n_layers;
     let (layer, head) = (layers - 1, 0);
-    let at = |lambda: f64| RulesAt::new(rules, lambda, layers, locality.progressive_beta, locality.dial);
+    let at =
+        |lambda: f64| RulesAt::new(rules, lambda, layers, locality.progressive_beta, locality.dial).without_penalty();
     let targets = at(0.0).targets(model, tokens, 1, seq_len);
     let weights_at = |lambda: f64| -> Vec<Vec<f64>> {
         let hook = at(lambda).hook(&targets);

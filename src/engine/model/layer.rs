@@ -289,25 +289,14 @@ fn forward_rows<F: Scalar>(
     );
     fill_rows(out.a1.view_mut(), as_slice(&w.b1.view()), None);
     general_mat_mul(F::one(), &out.z2, &w.w1, F::one(), &mut out.a1);
-    match out.gelu_tanh.as_mut() {
-        Some(gelu_tanh) => {
-            for ((a1, mut g), mut t) in out.a1.rows().into_iter().zip(out.g.rows_mut()).zip(gelu_tanh.rows_mut()) {
-                let (Some(a1), Some(g), Some(t)) = (a1.as_slice(), g.as_slice_mut(), t.as_slice_mut()) else {
-                    unreachable!("rows of standard-layout matrices are contiguous")
-                };
-                kernels::gelu_keeping_tanh_slice(a1, g, t);
-            }
-        }
-        // the same products in the same order as the kept form, without a third [R, F] stream of
-        // stores
-        None => {
-            for (a1, mut g) in out.a1.rows().into_iter().zip(out.g.rows_mut()) {
-                let (Some(a1), Some(g)) = (a1.as_slice(), g.as_slice_mut()) else {
-                    unreachable!("rows of standard-layout matrices are contiguous")
-                };
-                kernels::gelu_slice(a1, g);
-            }
-        }
+    let (Some(a1), Some(g)) = (out.a1.as_slice(), out.g.as_slice_mut()) else {
+        unreachable!("a task's rows of standard-layout matrices are contiguous")
+    };
+    // evaluation (no tanh kept) stores only g: the same products, one [R, F] stream of stores fewer
+    match out.gelu_tanh.as_mut().map(|t| t.as_slice_mut()) {
+        Some(Some(t)) => kernels::gelu_keeping_tanh_slice(a1, g, t),
+        Some(None) => unreachable!("a task's rows of standard-layout matrices are contiguous"),
+        None => kernels::gelu_slice(a1, g),
     }
     fill_rows(out.output.view_mut(), as_slice(&w.b2.view()), Some(h.view()));
     general_mat_mul(F::one(), &out.g, &w.w2, F::one(), &mut out.output);
