@@ -354,7 +354,7 @@ impl<F: Scalar> Model<F> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::engine::attention::tests::TestHook;
     use crate::engine::attention::NoHook;

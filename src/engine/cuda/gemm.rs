@@ -7,6 +7,8 @@
 //! A = W, lda = out, B = x, ldb = in, ldc = out)`. The mapping is a pure function so that it is tested
 //! on the CPU against a naive column-major GEMM; the GPU path only forwards its fields.
 
+use crate::engine::Scalar;
+
 /// Whether cuBLAS reads an operand as stored or transposed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Op {
@@ -41,14 +43,59 @@ pub struct ColumnMajorGemm {
     pub ldc: usize,
 }
 
-/// The column-major call computing `product`; pass the row-major `B` as cuBLAS's `A` and the row-major
-/// `A` as its `B`.
+/// Elements between the starts of consecutive rows of each row-major operand as stored: its width when
+/// contiguous, more when it is a block of columns of a wider matrix (a head's `q` inside `[q | k | v]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RowStrides {
+    pub a: usize,
+    pub b: usize,
+    pub c: usize,
+}
+
+impl RowMajorProduct {
+    /// The row strides of contiguous operands: each stored matrix's width.
+    pub fn contiguous(&self) -> RowStrides {
+        let RowMajorProduct { m, n, k, transpose_a, transpose_b } = *self;
+        RowStrides { a: if transpose_a { m } else { k }, b: if transpose_b { k } else { n }, c: n }
+    }
+}
+
+/// The column-major call computing `product` on contiguous operands; pass the row-major `B` as
+/// cuBLAS's `A` and the row-major `A` as its `B`.
 pub fn column_major(product: RowMajorProduct) -> ColumnMajorGemm {
+    column_major_strided(product, product.contiguous())
+}
+
+/// [`column_major`] for operands stored with the row strides `strides`.
+pub fn column_major_strided(product: RowMajorProduct, strides: RowStrides) -> ColumnMajorGemm {
     let RowMajorProduct { m, n, k, transpose_a, transpose_b } = product;
-    // a row-major [r, c] buffer is a column-major [c, r] one with leading dimension c
-    let (transa, lda) = if transpose_b { (Op::T, k) } else { (Op::N, n) };
-    let (transb, ldb) = if transpose_a { (Op::T, m) } else { (Op::N, k) };
-    ColumnMajorGemm { transa, transb, m: n, n: m, k, lda, ldb, ldc: n }
+    // a row-major buffer with row stride r is a column-major one with leading dimension r
+    let transa = if transpose_b { Op::T } else { Op::N };
+    let transb = if transpose_a { Op::T } else { Op::N };
+    ColumnMajorGemm { transa, transb, m: n, n: m, k, lda: strides.b, ldb: strides.a, ldc: strides.c }
+}
+
+/// What cuBLAS's `sgemm` computes for the call `g`, `C = alpha·op(A)·op(B) + beta·C` column-major, each
+/// sum accumulated in f64: the host device's product ([`super::host`]) and the tests' reference.
+#[allow(clippy::too_many_arguments)]
+pub fn reference_gemm<F: Scalar>(g: &ColumnMajorGemm, alpha: F, a: &[F], b: &[F], beta: F, c: &mut [F]) {
+    let at = |i: usize, l: usize| match g.transa {
+        Op::N => a[i + l * g.lda],
+        Op::T => a[l + i * g.lda],
+    };
+    let bt = |l: usize, j: usize| match g.transb {
+        Op::N => b[l + j * g.ldb],
+        Op::T => b[j + l * g.ldb],
+    };
+    for j in 0..g.n {
+        for i in 0..g.m {
+            let sum: f64 = (0..g.k).map(|l| at(i, l).as_f64() * bt(l, j).as_f64()).sum();
+            let out = &mut c[i + j * g.ldc];
+            // β = 0 ignores C, as BLAS does: it may hold anything, NaN included
+            let base = if beta == F::zero() { 0.0 } else { beta.as_f64() * out.as_f64() };
+            *out = F::lit(alpha.as_f64() * sum + base);
+        }
+    }
 }
 
 /// Element strides between consecutive matrices of a strided batch, in cuBLAS's slot order: the row-major
@@ -75,26 +122,6 @@ pub fn column_major_batched(
 mod tests {
     use super::*;
     use crate::rng::Rng;
-
-    /// The reference BLAS `sgemm` in double precision, column-major, written out from its definition:
-    /// `C = alpha·op(A)·op(B) + beta·C` with `op(A)` `[m, k]`, `op(B)` `[k, n]`, `C` `[m, n]`.
-    #[allow(clippy::too_many_arguments)]
-    fn reference_gemm(g: &ColumnMajorGemm, alpha: f64, a: &[f64], b: &[f64], beta: f64, c: &mut [f64]) {
-        let at = |i: usize, l: usize| match g.transa {
-            Op::N => a[i + l * g.lda],
-            Op::T => a[l + i * g.lda],
-        };
-        let bt = |l: usize, j: usize| match g.transb {
-            Op::N => b[l + j * g.ldb],
-            Op::T => b[j + l * g.ldb],
-        };
-        for j in 0..g.n {
-            for i in 0..g.m {
-                let sum: f64 = (0..g.k).map(|l| at(i, l) * bt(l, j)).sum();
-                c[i + j * g.ldc] = alpha * sum + beta * c[i + j * g.ldc];
-            }
-        }
-    }
 
     /// `C = op(A)·op(B)` row-major, the naive way.
     fn row_major_product(p: RowMajorProduct, a: &[f64], b: &[f64]) -> Vec<f64> {

@@ -13,6 +13,7 @@ pub const KERNELS: &[&str] = &[
     "embedding_backward_positions",
     "embedding_backward_tokens",
     "residual_add",
+    "broadcast_rows",
     "layernorm_forward",
     "layernorm_backward",
     "column_sum",

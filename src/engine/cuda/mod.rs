@@ -12,7 +12,13 @@
 #[cfg(feature = "cuda")]
 pub mod device;
 pub mod gemm;
+pub mod host;
 pub mod kernels;
+pub mod layout;
+pub mod ops;
+pub mod step;
+#[cfg(test)]
+mod step_tests;
 
 use std::fmt;
 

@@ -114,12 +114,22 @@ extern "C" __global__ void layernorm_backward(float* dx, const float* dy, const 
         dx[(long)n * d + c] = rstd[n] * (g[c] * w[c] - mean_g - h[c] * mean_gh);
 }
 
-// Bias gradients: out[c] += Σ_n a[n, c], rows in order.
-extern "C" __global__ void column_sum(float* out, const float* a, int N, int d) {
+// layer.rs fill_rows, the C of a C ← A·B + C product: out[n·ld + c] = bias[c] (+ base[n·d + c] when
+// has_base), for a block of d columns of rows ld apart (ld = d when contiguous; 3d for one of q, k, v).
+extern "C" __global__ void broadcast_rows(float* out, const float* base, const float* bias, int has_base, int N,
+                                          int d, int ld) {
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < (long)N * d; i += (long)gridDim.x * blockDim.x) {
+        long n = i / d, c = i % d;
+        out[n * ld + c] = has_base ? base[i] + bias[c] : bias[c];
+    }
+}
+
+// Bias gradients: out[c] += Σ_n a[n·ld + c], rows in order, for d columns of rows ld apart.
+extern "C" __global__ void column_sum(float* out, const float* a, int N, int d, int ld) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
     if (c >= d) return;
     float s = 0.0f;
-    for (int n = 0; n < N; n++) s += a[(long)n * d + c];
+    for (int n = 0; n < N; n++) s += a[(long)n * ld + c];
     out[c] += s;
 }
 
