@@ -16,6 +16,7 @@ pub mod host;
 pub mod kernels;
 pub mod layout;
 pub mod ops;
+pub mod parity;
 pub mod step;
 #[cfg(test)]
 mod step_tests;
