@@ -141,7 +141,11 @@ def cmd_bench(args):
     c = json.loads(args.config_json)
     config = dict(c, ln_eps=1e-5, tied=True, gelu="tanh")
     torch.manual_seed(1)
-    model = Model(config)
+    device = torch.device(args.device)
+    # f32 products in f32, as ailla's cuBLAS calls are made (no TF32 tensor-core rounding)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    model = Model(config).to(device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -149,8 +153,13 @@ def cmd_bench(args):
         lr=1e-4, betas=(0.9, 0.95),
     )
     B, T, V = c["batch_size"], c["ctx_len"], c["vocab_size"]
-    idx = torch.randint(0, V, (B, T))
-    tgt = torch.randint(0, V, (B, T))
+    idx = torch.randint(0, V, (B, T), device=device)
+    tgt = torch.randint(0, V, (B, T), device=device)
+
+    def synchronize():
+        # GPU work is queued; a step's time is until it has run
+        if device.type == "cuda":
+            torch.cuda.synchronize()
 
     def train_step():
         logits = model(idx)
@@ -171,6 +180,7 @@ def cmd_bench(args):
         for _ in range(args.steps):
             start = time.perf_counter()
             work()
+            synchronize()
             times.append(time.perf_counter() - start)
         return sorted(times)[len(times) // 2]
 
@@ -196,6 +206,7 @@ def main():
     b.add_argument("--config-json", required=True)
     b.add_argument("--steps", type=int, default=10)
     b.add_argument("--threads", type=int, default=1)
+    b.add_argument("--device", default="cpu", help="cpu, or cuda for the GPU comparison of `ailla bench --device cuda`")
     args = parser.parse_args()
     {"eval": cmd_eval, "bench": cmd_bench}[args.command](args)
 

@@ -136,6 +136,28 @@ pub fn train_step(
     Ok(StepRecord { step: step + 1, loss, penalty, lambda, learning_rate, grad_norm })
 }
 
+/// [`train_step`] on the device step (no rules: the step does not take them): the same batch and
+/// learning rate, the update made on the device. `Err` is the device's failure; a loss that is not
+/// finite updates nothing, as on the CPU.
+pub fn resident_train_step(
+    device: &mut dyn crate::engine::cuda::step::ResidentStep,
+    plan: &StepPlan,
+    seq_len: usize,
+    step: usize,
+) -> std::result::Result<std::result::Result<StepRecord, NonFinite>, String> {
+    let Batches { batch_size, seed } = plan.batches;
+    let (inputs, targets) = sample_batch(plan.train_ids, batch_size, seq_len, seed, step);
+    // at the CPU engine's precision, f32, so that a run's log reads alike from either engine (and a
+    // resumed run's logged losses are the ones it computed)
+    let loss = f64::from(device.loss_and_grads(&inputs, &targets)? as f32);
+    if !loss.is_finite() {
+        return Ok(Err(NonFinite { loss, penalty: 0.0 }));
+    }
+    let learning_rate = plan.optim.learning_rate_at(step, plan.total_steps);
+    let grad_norm = device.update(plan.optim, learning_rate)?;
+    Ok(Ok(StepRecord { step: step + 1, loss, penalty: 0.0, lambda: 0.0, learning_rate, grad_norm }))
+}
+
 /// Encoded splits with their vocabulary.
 pub struct Dataset {
     pub vocabulary: Vocabulary,

@@ -92,6 +92,10 @@ pub enum Command {
     /// Measure training and evaluation throughput against this machine's sgemm (and PyTorch).
     #[command(after_help = concat!("Examples:\n  ailla --threads 2 bench --config char-small --scaling\n  ailla bench --check-cost pipelines/recruit_planted.yaml", exit_status!()))]
     Bench(BenchArgs),
+    /// Check the CUDA path on this machine's GPU: every kernel of the device step against the host
+    /// reference, then a training run's losses on the GPU against the CPU engine's.
+    #[command(after_help = concat!("Example:\n  ailla cuda-check --tolerance 1e-5 --steps 50", exit_status!()))]
+    CudaCheck(CudaCheckArgs),
     /// Write the bundled generated corpus to a directory.
     #[command(after_help = concat!("Example:\n  ailla generate --out data/pharmacy --planted", exit_status!()))]
     Generate(GenerateArgs),
@@ -635,6 +639,19 @@ pub struct ExplainArgs {
     /// Print a self-contained HTML page instead of sentences.
     #[arg(long)]
     pub html: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct CudaCheckArgs {
+    /// Largest relative error a kernel's output may have against the host reference.
+    #[arg(long, default_value_t = 1e-5)]
+    pub tolerance: f64,
+    /// Training steps of the loss comparison (char-small's shape, random batches).
+    #[arg(long, default_value_t = 50)]
+    pub steps: usize,
+    /// Largest difference of the last step's loss, GPU against CPU, relative to the loss.
+    #[arg(long, default_value_t = 1e-4)]
+    pub loss_tolerance: f64,
 }
 
 #[derive(Args, Debug)]

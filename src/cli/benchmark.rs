@@ -1,6 +1,7 @@
 //! `ailla bench`.
 
 use super::*;
+use crate::engine::cuda::StepDevice;
 
 pub(super) fn torch_script() -> PathBuf {
     let beside_manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/torch_reference.py");
@@ -39,7 +40,7 @@ fn check_cost_text(cost: &bench::FrozenCheckCost) -> String {
     )
 }
 
-pub(super) fn run_bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
+pub(super) fn run_bench(args: BenchArgs, device: StepDevice, out: &mut dyn Write) -> Result<()> {
     if let Some(megabytes) = args.rules_check {
         if !(megabytes > 0.0 && megabytes <= 1024.0) {
             return Err(Error::invalid("--rules-check", "must be a size in megabytes above 0 and at most 1024"));
@@ -89,6 +90,9 @@ pub(super) fn run_bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
             })
             .collect::<Result<_>>()?
     };
+    if let StepDevice::Gpu { .. } = device {
+        return gpu_bench(&args, &selected, out);
+    }
     if args.single {
         let config = selected.first().ok_or_else(|| Error::invalid("--config", "name one configuration"))?;
         let result = bench::run_config(config, args.steps)?;
@@ -102,7 +106,7 @@ pub(super) fn run_bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
         let result =
             measure_in_child(config, args.steps, threads).or_else(|_| bench::run_config(config, args.steps))?;
         let torch = if args.compare_torch {
-            bench::run_torch(&args.python, &torch_script(), config, args.steps, threads)?
+            bench::run_torch(&args.python, &torch_script(), config, args.steps, threads, "cpu")?
         } else {
             None
         };
@@ -124,7 +128,8 @@ pub(super) fn run_bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
             threads,
             sgemm_gflops: sgemm,
             results: rows.iter().map(|(r, t)| json::BenchRow { ailla: r.clone(), torch: t.clone() }).collect(),
-            dial_overhead: overhead.clone(),
+            dial_overhead: Some(overhead.clone()),
+            device: None,
             sweep_scaling: scaling.clone(),
             recruitment_cost: recruitment.as_ref().map(|(co_trained, _)| co_trained.clone()),
             frozen_check_cost: recruitment.as_ref().map(|(_, frozen)| frozen.clone()),
@@ -149,6 +154,115 @@ pub(super) fn run_bench(args: BenchArgs, out: &mut dyn Write) -> Result<()> {
             + &recruitment.as_ref().map_or(String::new(), |(_, f)| check_cost_text(f))
     };
     write_out(out, &text)
+}
+
+/// `ailla cuda-check`: the kernels against the host device, then the losses of a short run against the
+/// CPU engine's; an error (exit 1) when any check fails, after printing them all.
+pub(super) fn run_cuda_check(args: CudaCheckArgs, out: &mut dyn Write) -> Result<()> {
+    if !(args.tolerance > 0.0 && args.loss_tolerance > 0.0) || args.steps == 0 {
+        return Err(Error::invalid("cuda-check", "the tolerances must be above 0 and --steps at least 1"));
+    }
+    #[cfg(feature = "cuda")]
+    {
+        use crate::engine::cuda::device::Gpu;
+        use crate::engine::cuda::ops::Device;
+        let open = || Gpu::new(0).map_err(|m| Error::invalid("--device", m));
+        let mut gpu = open()?;
+        let name = gpu.describe();
+        let errors = crate::engine::cuda::parity::compare_kernels(
+            &mut gpu,
+            &mut crate::engine::cuda::host::HostDevice::new(),
+            1,
+        )
+        .map_err(|m| Error::Numeric(format!("the kernel check failed to run: {m}")))?;
+        drop(gpu);
+        let mut text = format!("cuda-check on {name}\n");
+        let mut failed = 0;
+        for e in &errors {
+            let pass = e.relative_error <= args.tolerance;
+            failed += usize::from(!pass);
+            text += &format!(
+                "{}  {:<30} {:<18} relative error {:.2e} (≤ {:.0e})\n",
+                if pass { "PASS" } else { "FAIL" },
+                e.kernel,
+                e.output,
+                e.relative_error,
+                args.tolerance
+            );
+        }
+        let config =
+            bench::standard_configs().into_iter().next().ok_or_else(|| Error::invalid("bench", "no configuration"))?;
+        let (cpu, device) = bench::device::loss_trajectories(open()?, &config, args.steps)?;
+        let (c, d) = (cpu.last().copied().unwrap_or(f64::NAN), device.last().copied().unwrap_or(f64::NAN));
+        let difference = (c - d).abs();
+        let pass = difference <= args.loss_tolerance * c.abs().max(1.0);
+        failed += usize::from(!pass);
+        text += &format!(
+            "{}  loss after {} steps ({}, random batches): CPU {c:.6}, GPU {d:.6}, difference {difference:.2e} (≤ {:.0e})\n",
+            if pass { "PASS" } else { "FAIL" },
+            args.steps,
+            config.name,
+            args.loss_tolerance
+        );
+        let checks = errors.len() + 1;
+        if failed > 0 {
+            write_out(out, &text)?;
+            return Err(Error::Numeric(format!("cuda-check: {failed} of {checks} checks failed")));
+        }
+        write_out(out, &(text + &format!("cuda-check: all {checks} checks passed\n")))
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = out;
+        Err(Error::invalid("--device", "this ailla was built without the `cuda` feature"))
+    }
+}
+
+/// The configurations on GPU 0 through the device step, each beside PyTorch on the same GPU when asked.
+/// The dial, scaling and recruitment figures are the CPU engine's and are not repeated here.
+fn gpu_bench(args: &BenchArgs, selected: &[BenchConfig], out: &mut dyn Write) -> Result<()> {
+    #[cfg(feature = "cuda")]
+    {
+        let threads = rayon::current_num_threads();
+        let mut rows = Vec::new();
+        let mut name = String::new();
+        for config in selected {
+            let gpu = crate::engine::cuda::device::Gpu::new(0).map_err(|m| Error::invalid("--device", m))?;
+            name = crate::engine::cuda::ops::Device::describe(&gpu);
+            // a 4096³ product fills the GPU as the word-level output layer does
+            let result = bench::device::run_config_on(gpu, config, args.steps, 4096)?;
+            let torch = if args.compare_torch {
+                bench::run_torch(&args.python, &torch_script(), config, args.steps, threads, "cuda")?
+            } else {
+                None
+            };
+            rows.push((result, torch));
+        }
+        let text = if args.json {
+            let output = json::BenchOutput {
+                threads,
+                sgemm_gflops: rows.first().map_or(0.0, |(r, _)| r.sgemm_gflops),
+                results: rows.iter().map(|(r, t)| json::BenchRow { ailla: r.clone(), torch: t.clone() }).collect(),
+                dial_overhead: None,
+                device: Some(name.clone()),
+                sweep_scaling: Vec::new(),
+                recruitment_cost: None,
+                frozen_check_cost: None,
+            };
+            serde_json::to_string_pretty(&output).map_err(|e| Error::Numeric(e.to_string()))? + "\n"
+        } else {
+            format!(
+                "device {name}: the device step (products by cuBLAS in f32, TF32 off); PyTorch eager on the same \
+                 GPU; sgemm is a 4096³ cuBLAS product timed between the steps\n"
+            ) + &bench_table(threads, rows.first().map_or(0.0, |(r, _)| r.sgemm_gflops), &rows, args.compare_torch)
+        };
+        write_out(out, &text)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = (args, selected, out);
+        Err(Error::invalid("--device", "this ailla was built without the `cuda` feature"))
+    }
 }
 
 pub(super) fn measure_in_child(config: &BenchConfig, steps: usize, threads: usize) -> Result<BenchResult> {

@@ -186,7 +186,11 @@ pub struct BenchOutput {
     /// This machine's single-precision matrix product, the reference every figure is a ratio of.
     pub sgemm_gflops: f64,
     pub results: Vec<BenchRow>,
-    pub dial_overhead: crate::bench::DialOverhead,
+    /// The CPU engine's; absent from a `--device cuda` run, which measures the device step alone.
+    pub dial_overhead: Option<crate::bench::DialOverhead>,
+    /// The GPU the figures are from, with `--device cuda`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// With `--scaling`.
     pub sweep_scaling: Vec<crate::bench::Scaling>,
     pub recruitment_cost: Option<crate::bench::RecruitmentCost>,

@@ -107,7 +107,8 @@ pub(super) fn run_one_member(args: &RunArgs, key: &str, threads: Option<usize>, 
     let member = plan.members[index].clone();
     plan.members = vec![member];
     let resume = args.resume.is_some();
-    let outcomes = crate::pipeline::run::execute(&plan, resume, args.force, None);
+    let device = crate::pipeline::run::plan_device(&plan, None)?;
+    let outcomes = crate::pipeline::run::execute(&plan, resume, args.force, None, device);
     let mut s = crate::pipeline::run::summary_table(&outcomes);
     s += &format!(
         "\nmember {index} of {total} ({}) in {}; the report: `ailla run --resume {} --report-only` once every member \

@@ -73,12 +73,16 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         (_, true) => crate::progress::Verbosity::Verbose,
         _ => crate::progress::Verbosity::Normal,
     });
-    if let Some(choice) = cli.device {
-        // decided before any work starts, so that `--device cuda` on a machine without a GPU fails at once
-        crate::engine::cuda::select(choice).map_err(|message| Error::invalid("--device", message))?;
-    }
+    // decided before any work starts, so that `--device cuda` on a machine without a GPU fails at once
+    let device = match cli.device {
+        Some(choice) => {
+            let gpu = crate::engine::cuda::select(choice).map_err(|message| Error::invalid("--device", message))?;
+            Some(crate::engine::cuda::StepDevice::of(choice, gpu))
+        }
+        None => None,
+    };
     match cli.command {
-        Command::Run(args) => run_pipeline(args, cli.threads, out),
+        Command::Run(args) => run_pipeline(args, cli.threads, device, out),
         Command::Submit(args) => run_submit(args, cli.threads, out),
         Command::Validate(args) => run_validate(args, out),
         Command::Report(args) => {
@@ -92,10 +96,11 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
         }
         Command::Verify(args) => run_verify(args, out),
         Command::Diff(args) => run_diff(args, out),
-        Command::Train(args) => run_train(args, out),
+        Command::Train(args) => run_train(args, device.unwrap_or_default(), out),
         Command::Eval(args) => run_eval(args, out),
         Command::Explain(args) => run_explain(args, out),
-        Command::Bench(args) => run_bench(args, out),
+        Command::Bench(args) => run_bench(args, device.unwrap_or_default(), out),
+        Command::CudaCheck(args) => run_cuda_check(args, out),
         Command::Generate(args) => run_generate(args, out),
         Command::Check(args) => run_check(args, out),
         Command::Route(args) => run_route(args, out),

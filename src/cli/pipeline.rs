@@ -64,7 +64,12 @@ pub(super) fn run_validate(args: ValidateArgs, out: &mut dyn Write) -> Result<()
     write_out(out, &s)
 }
 
-pub(super) fn run_pipeline(args: RunArgs, threads: Option<usize>, out: &mut dyn Write) -> Result<()> {
+pub(super) fn run_pipeline(
+    args: RunArgs,
+    threads: Option<usize>,
+    device: Option<crate::engine::cuda::StepDevice>,
+    out: &mut dyn Write,
+) -> Result<()> {
     if args.jobs == Some(0) {
         return Err(Error::invalid("--jobs", "must be at least 1"));
     }
@@ -106,7 +111,10 @@ pub(super) fn run_pipeline(args: RunArgs, threads: Option<usize>, out: &mut dyn 
             let progress = crate::train::Progress::notes(&format!("[{}] ", plan.name));
             (Vec::new(), Some(pool.install(|| crate::recruit::domains::run(domains, &plan.output_dir, &progress))?))
         }
-        None => (crate::pipeline::run::execute(&plan, resume, args.force, args.jobs), None),
+        None => {
+            let device = crate::pipeline::run::plan_device(&plan, device)?;
+            (crate::pipeline::run::execute(&plan, resume, args.force, args.jobs, device), None)
+        }
     };
     provenance.wall_time_seconds = started.elapsed().as_secs_f64();
     provenance.peak_memory_mib = crate::bench::peak_memory_mib();

@@ -55,7 +55,7 @@ pub(super) fn train_config(args: &TrainArgs) -> Result<TrainConfig> {
     Ok(config)
 }
 
-pub(super) fn run_train(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
+pub(super) fn run_train(args: TrainArgs, device: crate::engine::cuda::StepDevice, out: &mut dyn Write) -> Result<()> {
     let config = if args.resume {
         let path = train::RunPaths::new(&args.out).config();
         let text = std::fs::read_to_string(&path).map_err(|e| match e.kind() {
@@ -78,6 +78,7 @@ pub(super) fn run_train(args: TrainArgs, out: &mut dyn Write) -> Result<()> {
         interrupt: Some(train::interrupt_flag()),
         force: args.force,
         resume_command: None,
+        device,
     };
     let summary = train::train(&config, &args.out, &control, &progress)?;
     if args.json {

@@ -78,6 +78,9 @@ pub struct Plan {
     /// The pipeline's `card` statement (intended use, limitations, owner), for the report.
     #[serde(default)]
     pub card: Option<CardSection>,
+    /// `train.device`: where the members train (a global `--device` overrides it).
+    #[serde(default, skip_serializing_if = "crate::engine::cuda::DeviceChoice::is_cpu")]
+    pub device: crate::engine::cuda::DeviceChoice,
 }
 
 /// The closest of `candidates` to `word`, for "did you mean".
@@ -189,6 +192,7 @@ pub fn plan_with(text: &str, path: &Path, options: &PlanOptions) -> Result<Plan,
         quick: options.quick,
         domains: None,
         card: pipeline.card.clone(),
+        device: pipeline.train.device,
     })
 }
 
@@ -256,6 +260,7 @@ fn plan_domains(
             vocab_cap: pipeline.data.vocab_cap,
         }),
         card: pipeline.card.clone(),
+        device: pipeline.train.device,
     })
 }
 

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use super::Plan;
+use crate::engine::cuda::StepDevice;
 use crate::train::{self, Progress, RunControl, TrainSummary};
 use crate::{Error, Result};
 
@@ -82,7 +83,19 @@ pub fn check_fresh_output(dir: &Path, force: bool) -> Result<()> {
 /// Runs every member of `plan` (continuing finished or interrupted ones when `resume`; replacing an
 /// earlier run's member directories when `force`). `jobs` overrides how many members run at once (1
 /// runs them one after another with every core).
-pub fn execute(plan: &Plan, resume: bool, force: bool, jobs: Option<usize>) -> Vec<MemberOutcome> {
+/// Where a plan's members train: `overridden` (a global `--device`), or the plan's `train.device`
+/// checked against the probe.
+pub fn plan_device(plan: &Plan, overridden: Option<StepDevice>) -> Result<StepDevice> {
+    match overridden {
+        Some(device) => Ok(device),
+        None => {
+            let gpu = crate::engine::cuda::select(plan.device).map_err(|m| Error::invalid("train.device", m))?;
+            Ok(StepDevice::of(plan.device, gpu))
+        }
+    }
+}
+
+pub fn execute(plan: &Plan, resume: bool, force: bool, jobs: Option<usize>, device: StepDevice) -> Vec<MemberOutcome> {
     let cores = plan.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let (concurrent, threads_each) = thread_split(cores, jobs.unwrap_or(plan.members.len()).min(plan.members.len()));
     let quiet = crate::progress::verbosity() == crate::progress::Verbosity::Quiet;
@@ -105,7 +118,7 @@ pub fn execute(plan: &Plan, resume: bool, force: bool, jobs: Option<usize>) -> V
                 let index = next.fetch_add(1, Ordering::SeqCst);
                 let Some(member) = plan.members.get(index) else { break };
                 let dir = plan.output_dir.join(&member.name);
-                let start = Start { resume, force, run_dir: &plan.output_dir };
+                let start = Start { resume, force, run_dir: &plan.output_dir, device };
                 let result = run_member(member, &dir, &start, threads_each, bars.as_ref(), &interrupt);
                 let outcome = MemberOutcome { name: member.name.clone(), dir, result };
                 if let Ok(mut slots) = outcomes.lock() {
@@ -122,6 +135,7 @@ struct Start<'a> {
     resume: bool,
     force: bool,
     run_dir: &'a Path,
+    device: StepDevice,
 }
 
 fn run_member(
@@ -156,6 +170,7 @@ fn run_member(
         interrupt: Some(interrupt.clone()),
         force: start.force,
         resume_command: Some(format!("ailla run --resume {}", start.run_dir.display())),
+        device: start.device,
     };
     pool.install(|| train::train(&member.config, dir, &control, &progress))
 }

@@ -293,7 +293,7 @@ fn replay_members(plan: &crate::pipeline::Plan, threads: usize) -> Result<Vec<St
             Err(e) => vec![format!("the domain pool: {e}")],
         });
     }
-    let outcomes = crate::pipeline::run::execute(plan, false, false, None);
+    let outcomes = crate::pipeline::run::execute(plan, false, false, None, crate::engine::cuda::StepDevice::Cpu);
     if outcomes.iter().any(|o| matches!(o.result, Err(Error::Interrupted(_)))) {
         return Err(interrupted());
     }

@@ -17,6 +17,8 @@ use std::time::Instant;
 use crate::checkpoint::{self, Checkpoint, StoredLocality};
 use crate::data::tokenizer::unigram_entropy;
 use crate::data::Vocabulary;
+use crate::engine::cuda::step::ResidentStep;
+use crate::engine::cuda::{open_step, StepDevice};
 use crate::engine::optim::AdamW;
 use crate::engine::Model;
 use crate::locality::metrics::{evaluate_at, DialEvaluation};
@@ -41,6 +43,8 @@ pub struct RunControl {
     pub force: bool,
     /// How the user continues this run, for messages (`ailla train --resume --out DIR`).
     pub resume_command: Option<String>,
+    /// Where the steps run: the CPU engine, or the device step (issue 24) on a GPU.
+    pub device: StepDevice,
 }
 
 /// SHA-256 of a run's settings in canonical JSON: what a resumed run checks its settings by.
@@ -180,6 +184,8 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
         }
         None => None,
     };
+    // the device is opened (and a run it cannot take refused) before anything on disk changes
+    let mut resident = open_resident(control.device, &model, &optimizer, locality.is_some(), config, progress)?;
     if lock.is_none() {
         std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(&paths.dir, e))?;
         lock = Some(RunLock::acquire(&paths.dir, &mut |note| progress.note(note))?);
@@ -250,9 +256,14 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
             break;
         }
         let plan = StepPlan::of(config, locality.as_ref().map(|(settings, _, set)| (*settings, set)), &data.train);
-        let record = match train_step(&mut model, &mut optimizer, &plan, step, step) {
+        let outcome = match resident.as_mut() {
+            None => train_step(&mut model, &mut optimizer, &plan, step, step),
+            Some(device) => resident_train_step(device.as_mut(), &plan, seq_len, step).map_err(device_error)?,
+        };
+        let record = match outcome {
             Ok(record) => record,
             Err(NonFinite { loss, .. }) => {
+                sync_to_host(&mut resident, &mut model, &mut optimizer)?;
                 // The weights that produced this loss came out of the previous update and are already
                 // diverged: they go aside for inspection, and the last periodic checkpoint stays the last
                 // good state.
@@ -276,13 +287,18 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
         let tokens_per_s = tokens_done as f64 / loop_started.elapsed().as_secs_f64().max(1e-9);
         progress.step(record.step, config.steps, record.loss, tokens_per_s);
         let done = step + 1;
-        if config.eval_every > 0 && done % config.eval_every == 0 && done < config.steps {
+        let evaluating = config.eval_every > 0 && done % config.eval_every == 0 && done < config.steps;
+        let saving = config.checkpoint_every > 0 && done % config.checkpoint_every == 0 && done < config.steps;
+        if evaluating || saving {
+            sync_to_host(&mut resident, &mut model, &mut optimizer)?;
+        }
+        if evaluating {
             let result = evaluate(&model, eval_slice, config.batch_size, &Conditions::Plain);
             progress
                 .note(&format!("step {done:>6}  valid loss {:.4}  ppl {:.3}", result.mean_ce_nats, result.perplexity));
             metrics.write(&MetricsRecord::Eval { step: done, split: "valid".into(), result })?;
         }
-        if config.checkpoint_every > 0 && done % config.checkpoint_every == 0 && done < config.steps {
+        if saving {
             save_unit(&model, &optimizer, &stored_locality, &metrics)?;
             saved_step = Some(done);
         }
@@ -381,6 +397,8 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
             }
         }
     }
+    sync_to_host(&mut resident, &mut model, &mut optimizer)?;
+    drop(resident);
     if saved_step != Some(optimizer.step) {
         save_unit(&model, &optimizer, &stored_locality, &metrics)?;
     }
@@ -455,9 +473,133 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
     Ok(summary)
 }
 
+/// The device step for this run, or `None` for the CPU engine: also `None` (with a note) when the step
+/// does not cover the run and the device was not required, an error when it was.
+fn open_resident(
+    device: StepDevice,
+    model: &Model<f32>,
+    optimizer: &AdamW<f32>,
+    has_rules: bool,
+    config: &TrainConfig,
+    progress: &Progress,
+) -> Result<Option<Box<dyn ResidentStep>>> {
+    if device == StepDevice::Cpu {
+        return Ok(None);
+    }
+    let reason = if has_rules {
+        Some("rules (locality) are not in the device step yet".to_string())
+    } else {
+        crate::engine::cuda::step::unsupported(model)
+    };
+    if let Some(reason) = reason {
+        if device.required() {
+            return Err(Error::invalid("device", format!("{reason}; train this run with --device cpu")));
+        }
+        progress.note(&format!("note: training on the CPU: {reason}"));
+        return Ok(None);
+    }
+    let mut step = open_step(device, model, config.batch_size, model.config.ctx_len)
+        .map_err(|message| Error::invalid("device", message))?
+        .ok_or_else(|| Error::invalid("device", "no device step"))?;
+    step.load_optimizer(optimizer).map_err(device_error)?;
+    progress.note(&format!("training on {}", step.describe()));
+    Ok(Some(step))
+}
+
+fn device_error(message: String) -> Error {
+    Error::Numeric(format!("the device step failed: {message}"))
+}
+
+/// Brings the device's weights and optimizer state to the host copies, which evaluation, checkpoints
+/// and the report read.
+fn sync_to_host(
+    resident: &mut Option<Box<dyn ResidentStep>>,
+    model: &mut Model<f32>,
+    optimizer: &mut AdamW<f32>,
+) -> Result<()> {
+    match resident {
+        Some(device) => device.sync_to_host(model, optimizer).map_err(device_error),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn small_run() -> TrainConfig {
+        TrainConfig {
+            tokenizer: crate::data::TokenizerKind::Char,
+            model: crate::config::ModelShape {
+                ctx_len: 16,
+                d_model: 16,
+                n_heads: 2,
+                n_layers: 2,
+                d_ff: 32,
+                tied: false,
+            },
+            steps: 12,
+            batch_size: 4,
+            eval_every: 5,
+            eval_tokens: 512,
+            final_eval_tokens: Some(512),
+            checkpoint_every: 4,
+            ..TrainConfig::default()
+        }
+    }
+
+    fn run(config: &TrainConfig, dir: &Path, control: RunControl) -> TrainSummary {
+        train(config, dir, &control, &Progress::Silent).unwrap()
+    }
+
+    /// The device step in the training loop, on the host device: the CPU engine's losses to f32
+    /// rounding (AdamW carries the last bits forward), the run's evaluations and checkpoints from the
+    /// device's weights, and a resumed run that continues the device's optimizer state exactly.
+    #[test]
+    fn a_run_on_the_device_step_trains_checkpoints_and_resumes_as_on_the_cpu() {
+        let config = small_run();
+        let dir = tempfile::tempdir().unwrap();
+        let cpu = run(&config, &dir.path().join("cpu"), RunControl::default());
+        let on_device = RunControl { device: StepDevice::Host, ..RunControl::default() };
+        let device = run(&config, &dir.path().join("device"), on_device);
+        assert_eq!(cpu.losses.len(), device.losses.len());
+        for (step, (c, d)) in cpu.losses.iter().zip(&device.losses).enumerate() {
+            assert!((c - d).abs() <= 1e-4 * c.abs(), "step {step}: cpu {c}, device {d}");
+        }
+        let (c, d) = (cpu.valid.mean_ce_nats, device.valid.mean_ce_nats);
+        assert!((c - d).abs() <= 1e-4 * c.abs(), "final validation: cpu {c}, device {d}");
+        // stopped at step 6 (between checkpoints 4 and 8) and resumed: the same run, bit for bit
+        let split = dir.path().join("split");
+        let first = RunControl { device: StepDevice::Host, stop_after: Some(6), ..RunControl::default() };
+        assert_eq!(run(&config, &split, first).steps_done, 6);
+        let resumed =
+            run(&config, &split, RunControl { device: StepDevice::Host, resume: true, ..RunControl::default() });
+        // the losses before the stop come back from the log, which keeps 16 significant digits
+        for (r, d) in resumed.losses.iter().zip(&device.losses) {
+            assert!((r - d).abs() <= 1e-14 * d.abs(), "{r} vs {d}");
+        }
+        let straight = crate::checkpoint::load(&dir.path().join("device").join("model.safetensors")).unwrap();
+        let again = crate::checkpoint::load(&split.join("model.safetensors")).unwrap();
+        assert_eq!(straight.model, again.model);
+    }
+
+    #[test]
+    fn a_run_with_rules_is_refused_by_a_required_device_before_anything_is_written() {
+        let config = TrainConfig {
+            locality: Some(crate::config::LocalityConfig {
+                rules: crate::locality::RulesSource::Bundled,
+                ..serde_json::from_str(r#"{"rules": "bundled"}"#).unwrap()
+            }),
+            tokenizer: crate::data::TokenizerKind::Word,
+            ..small_run()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("run");
+        let control = RunControl { device: StepDevice::Host, ..RunControl::default() };
+        let error = train(&config, &out, &control, &Progress::Silent).unwrap_err().to_string();
+        assert!(error.contains("rules (locality) are not in the device step yet"), "{error}");
+        assert!(!out.join("train.json").exists());
+    }
 
     #[test]
     fn batches_depend_only_on_seed_and_step() {

@@ -105,7 +105,8 @@ impl Gpu {
             let function = module.load_function(name).map_err(|e| format!("kernel {name}: {e:?}"))?;
             kernels.insert(name, function);
         }
-        let stream = context.default_stream();
+        // a stream of its own, so that sweep members sharing the GPU run side by side
+        let stream = context.new_stream().map_err(|e| format!("creating a CUDA stream: {e:?}"))?;
         let blas = CudaBlas::new(stream.clone()).map_err(|e| format!("creating a cuBLAS handle: {e:?}"))?;
         // FP32 products in FP32: no TF32 tensor-core rounding, so products agree with the CPU's sgemm
         // to f32 accuracy (CUBLAS_COMPUTE_32F as the pedantic math mode guarantees)
@@ -405,6 +406,10 @@ impl Device for Gpu {
         // the scratch buffer is the last one allocated: freeing it keeps the arena from growing per step
         self.floats.pop();
         Ok(sums.iter().map(|&s| s as f64).sum())
+    }
+
+    fn synchronize(&mut self) -> DeviceResult<()> {
+        self.stream.synchronize().map_err(|e| format!("waiting for the GPU: {e:?}"))
     }
 }
 

@@ -6,8 +6,9 @@
 //! the `cuda` feature builds and runs on machines without CUDA: there the [`probe`] says what is missing
 //! and training stays on the CPU engine, whose numbers the GPU path never changes.
 //!
-//! Status: the probe, the device choice, the row-major → column-major product mapping ([`gemm`]) and the
-//! kernel sources ([`kernels`]) are here and tested without a GPU; nothing here has run on hardware yet.
+//! Status: the probe, the device choice, the row-major → column-major product mapping ([`gemm`]), the
+//! kernel sources ([`kernels`]) and the device step ([`step`], on the host device of [`host`]) are tested
+//! without a GPU; the GPU device ([`device`]) and the kernels themselves have not run on hardware yet.
 
 #[cfg(feature = "cuda")]
 pub mod device;
@@ -48,6 +49,10 @@ pub enum DeviceChoice {
 }
 
 impl DeviceChoice {
+    pub fn is_cpu(&self) -> bool {
+        *self == DeviceChoice::Cpu
+    }
+
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "cpu" => Some(DeviceChoice::Cpu),
@@ -163,29 +168,62 @@ pub fn resolve(choice: DeviceChoice, probe: &Probe) -> Result<bool, String> {
     }
 }
 
-/// Whether this build has the device-resident training step. Until it lands, a usable GPU is reported
-/// but not used, and `--device cuda` says so rather than training on the CPU under the GPU's name.
-pub const DEVICE_STEP_BUILT: bool = false;
-
 /// Checks `choice` against the probe before any work starts: `Ok(true)` to train on the GPU, `Ok(false)`
 /// on the CPU, `Err` with the reason when `cuda` was asked for and cannot be had.
 pub fn select(choice: DeviceChoice) -> Result<bool, String> {
     if choice == DeviceChoice::Cpu {
         return Ok(false);
     }
-    let probe = probe();
-    let gpu = resolve(choice, &probe)?;
-    if gpu && !DEVICE_STEP_BUILT {
-        if choice == DeviceChoice::Cuda {
-            return Err(format!(
-                "found {} but this build has no device training step yet (the CUDA path is unverified \
-                 and unfinished; see README, \"CUDA\"); use --device cpu",
-                probe.summary()
-            ));
+    resolve(choice, &probe())
+}
+
+/// Where a training run's steps go, decided before the run starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StepDevice {
+    /// The CPU engine.
+    #[default]
+    Cpu,
+    /// The device step on GPU 0. `required` (from `--device cuda`) makes a run the step does not cover
+    /// (rules, copy paths, recruited blocks) an error; otherwise (`auto`) such a run trains on the CPU.
+    Gpu { required: bool },
+    /// The device step on the host device: the GPU path's orchestration, checkpoints and sync points,
+    /// run on the CPU where there is no GPU (tests).
+    Host,
+}
+
+impl StepDevice {
+    /// The device a resolved `choice` trains on (`gpu` from [`select`]).
+    pub fn of(choice: DeviceChoice, gpu: bool) -> Self {
+        if gpu {
+            StepDevice::Gpu { required: choice == DeviceChoice::Cuda }
+        } else {
+            StepDevice::Cpu
         }
-        return Ok(false);
     }
-    Ok(gpu)
+
+    /// Whether a run the step cannot take must fail rather than train on the CPU.
+    pub fn required(&self) -> bool {
+        matches!(self, StepDevice::Gpu { required: true } | StepDevice::Host)
+    }
+}
+
+/// Puts `model` on `device` for batches of `batch × seq_len`; `Ok(None)` for the CPU engine.
+pub fn open_step(
+    device: StepDevice,
+    model: &crate::engine::Model<f32>,
+    batch: usize,
+    seq_len: usize,
+) -> Result<Option<Box<dyn step::ResidentStep>>, String> {
+    match device {
+        StepDevice::Cpu => Ok(None),
+        StepDevice::Host => Ok(Some(Box::new(step::DeviceModel::new(host::HostDevice::new(), model, batch, seq_len)?))),
+        #[cfg(feature = "cuda")]
+        StepDevice::Gpu { .. } => {
+            Ok(Some(Box::new(step::DeviceModel::new(device::Gpu::new(0)?, model, batch, seq_len)?)))
+        }
+        #[cfg(not(feature = "cuda"))]
+        StepDevice::Gpu { .. } => Err("this ailla was built without the `cuda` feature".into()),
+    }
 }
 
 /// Whether GPU tests must fail rather than skip (`AILLA_REQUIRE_GPU=1`, for a machine known to have one).

@@ -379,6 +379,8 @@ pub trait Device {
     fn launch(&mut self, launch: &Launch) -> DeviceResult<()>;
     /// `Σ g²` over the region, summed in f64 on the host from per-block partial sums.
     fn squared_norm(&mut self, g: Floats) -> DeviceResult<f64>;
+    /// Waits until everything queued has run (for timing; downloads wait by themselves).
+    fn synchronize(&mut self) -> DeviceResult<()>;
 }
 
 #[cfg(test)]

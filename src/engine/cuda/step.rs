@@ -15,7 +15,7 @@ use super::gemm::{RowMajorProduct, RowStrides};
 use super::layout::{regions, Regions, Slot};
 use super::ops::{Device, DeviceResult, Floats, Gemm, Ids, Launch};
 use crate::engine::model::{Model, Params};
-use crate::engine::optim::{decays, OptimConfig};
+use crate::engine::optim::{decays, AdamW, OptimConfig};
 
 /// Logit rows per output-loss chunk: at most this many logits `[rows, V]` exist at once (256 MiB).
 const LOGIT_ELEMENTS: usize = 1 << 26;
@@ -95,6 +95,40 @@ pub struct DeviceModel<D: Device> {
     ones: Floats,
     zeros: Floats,
     scratch: Scratch,
+}
+
+/// The device step as the training loop holds it, whichever the device.
+pub trait ResidentStep {
+    fn describe(&self) -> String;
+    /// Loss and gradients of one batch (`batch × seq_len` tokens).
+    fn loss_and_grads(&mut self, tokens: &[u32], targets: &[u32]) -> DeviceResult<f64>;
+    /// AdamW from the gradients of the last [`loss_and_grads`](Self::loss_and_grads); the norm before
+    /// clipping.
+    fn update(&mut self, optim: &OptimConfig, lr: f64) -> DeviceResult<f64>;
+    fn sync_to_host(&mut self, model: &mut Model<f32>, optimizer: &mut AdamW<f32>) -> DeviceResult<()>;
+    fn load_optimizer(&mut self, optimizer: &AdamW<f32>) -> DeviceResult<()>;
+}
+
+impl<D: Device> ResidentStep for DeviceModel<D> {
+    fn describe(&self) -> String {
+        self.device.describe()
+    }
+
+    fn loss_and_grads(&mut self, tokens: &[u32], targets: &[u32]) -> DeviceResult<f64> {
+        DeviceModel::loss_and_grads(self, tokens, targets)
+    }
+
+    fn update(&mut self, optim: &OptimConfig, lr: f64) -> DeviceResult<f64> {
+        DeviceModel::update(self, optim, lr)
+    }
+
+    fn sync_to_host(&mut self, model: &mut Model<f32>, optimizer: &mut AdamW<f32>) -> DeviceResult<()> {
+        DeviceModel::sync_to_host(self, model, optimizer)
+    }
+
+    fn load_optimizer(&mut self, optimizer: &AdamW<f32>) -> DeviceResult<()> {
+        DeviceModel::load_optimizer(self, optimizer)
+    }
 }
 
 /// Why a model cannot take the device step, or `None` when it can.
@@ -204,6 +238,10 @@ impl<D: Device> DeviceModel<D> {
         &self.device
     }
 
+    pub fn device_mut(&mut self) -> &mut D {
+        &mut self.device
+    }
+
     /// One step of training on `tokens [N]` → `targets [N]`: forward, loss, backward, AdamW at `lr`.
     pub fn train_step(
         &mut self,
@@ -246,6 +284,44 @@ impl<D: Device> DeviceModel<D> {
         let mut grads = Params::zeros(&self.model.config);
         self.copy_into(self.grads, &mut grads)?;
         Ok(grads)
+    }
+
+    /// Continues from `optimizer`'s moments and step count (a resumed run's).
+    pub fn load_optimizer(&mut self, optimizer: &AdamW<f32>) -> DeviceResult<()> {
+        for (moments, buffer) in [(&optimizer.m, self.moment1), (&optimizer.v, self.moment2)] {
+            if moments.len() != self.slots.len() {
+                return Err(format!("the optimizer has {} tensors, the model {}", moments.len(), self.slots.len()));
+            }
+            let mut host = Vec::with_capacity(buffer.len);
+            for (moment, slot) in moments.iter().zip(&self.slots) {
+                if moment.shape() != slot.shape.as_slice() {
+                    return Err(format!(
+                        "the optimizer's {} is {:?}, the tensor {:?}",
+                        slot.name,
+                        moment.shape(),
+                        slot.shape
+                    ));
+                }
+                host.extend(moment.iter().copied());
+            }
+            self.device.upload(buffer, &host)?;
+        }
+        self.step = optimizer.step;
+        Ok(())
+    }
+
+    /// Copies the device's parameters into `model` and its moments and step count into `optimizer`,
+    /// for what runs on the host: evaluation, checkpoints, the report.
+    pub fn sync_to_host(&mut self, model: &mut Model<f32>, optimizer: &mut AdamW<f32>) -> DeviceResult<()> {
+        self.copy_into(self.params, &mut model.params)?;
+        for (moments, buffer) in [(&mut optimizer.m, self.moment1), (&mut optimizer.v, self.moment2)] {
+            let host = self.device.download(buffer)?;
+            for (moment, slot) in moments.iter_mut().zip(&self.slots) {
+                moment.iter_mut().zip(&host[slot.offset..slot.offset + slot.len]).for_each(|(m, &h)| *m = h);
+            }
+        }
+        optimizer.step = self.step;
+        Ok(())
     }
 
     fn copy_into(&mut self, buffer: Floats, into: &mut Params<f32>) -> DeviceResult<()> {
@@ -622,7 +698,7 @@ impl<D: Device> DeviceModel<D> {
 
     /// AdamW on every tensor from the gradient buffer, as [`crate::engine::optim::AdamW::update`]
     /// computes it; returns the gradient norm before clipping.
-    fn update(&mut self, config: &OptimConfig, lr: f64) -> DeviceResult<f64> {
+    pub fn update(&mut self, config: &OptimConfig, lr: f64) -> DeviceResult<f64> {
         let norm = self.device.squared_norm(self.grads)?.sqrt();
         let clip = if config.grad_clip > 0.0 && norm > config.grad_clip { config.grad_clip / norm } else { 1.0 };
         self.step += 1;

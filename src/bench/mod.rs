@@ -3,6 +3,8 @@
 //! Figures are reported beside a reference measured in the same run: the machine's sgemm rate (so model
 //! GFLOP/s reads as a fraction of the peak) and, when asked, PyTorch eager on the same model and threads.
 
+pub mod device;
+
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -149,7 +151,7 @@ impl ReferenceProduct {
     }
 }
 
-fn median(mut times: Vec<f64>) -> f64 {
+pub(crate) fn median(mut times: Vec<f64>) -> f64 {
     times.sort_by(f64::total_cmp);
     times.get(times.len() / 2).copied().unwrap_or(f64::NAN)
 }
@@ -636,6 +638,7 @@ pub fn run_torch(
     config: &BenchConfig,
     steps: usize,
     threads: usize,
+    device: &str,
 ) -> Result<Option<TorchResult>> {
     let probe = std::process::Command::new(python).args(["-c", "import torch"]).output();
     match probe {
@@ -653,6 +656,8 @@ pub fn run_torch(
             &steps.to_string(),
             "--threads",
             &threads.to_string(),
+            "--device",
+            device,
         ])
         .output()
         .map_err(|e| Error::io(script, e))?;
