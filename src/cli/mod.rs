@@ -15,6 +15,7 @@ use crate::{Error, Result};
 
 mod args;
 mod audit;
+mod bench_args;
 mod benchmark;
 mod cluster;
 mod explain;

@@ -18,6 +18,7 @@ pub mod kernels;
 pub mod layout;
 pub mod ops;
 pub mod parity;
+pub mod resident;
 pub mod step;
 #[cfg(test)]
 mod step_tests;
