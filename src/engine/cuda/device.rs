@@ -9,7 +9,7 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream, DevicePtr
 
 use super::gemm::{column_major_strided, Op};
 use super::kernels::{compile, KERNELS};
-use super::ops::{Device, DeviceResult, Floats, Gemm, Ids, Launch};
+use super::ops::{Bytes, Device, DeviceResult, Floats, Gemm, Ids, Launch};
 
 /// One GPU: its context and stream, a cuBLAS handle on that stream, the kernels compiled for its
 /// architecture, and the buffers the step allocated. Everything runs in order on the one stream, so
@@ -22,6 +22,7 @@ pub struct Gpu {
     kernels: HashMap<&'static str, CudaFunction>,
     floats: Vec<CudaSlice<f32>>,
     ids: Vec<CudaSlice<u32>>,
+    bytes: Vec<CudaSlice<u8>>,
     name: String,
 }
 
@@ -118,7 +119,7 @@ impl Gpu {
         }
         let name = context.name().unwrap_or_else(|_| "an NVIDIA GPU".into());
         let name = format!("{name} (device {ordinal}, sm_{major}{minor})");
-        Ok(Gpu { context, stream, blas, kernels, floats: Vec::new(), ids: Vec::new(), name })
+        Ok(Gpu { context, stream, blas, kernels, floats: Vec::new(), ids: Vec::new(), bytes: Vec::new(), name })
     }
 
     /// A kernel of [`KERNELS`] by name.
@@ -130,6 +131,11 @@ impl Gpu {
     fn address(&self, region: Floats) -> u64 {
         let (base, _) = self.floats[region.buffer].device_ptr(&self.stream);
         base + (region.offset * std::mem::size_of::<f32>()) as u64
+    }
+
+    fn byte_address(&self, region: Bytes) -> u64 {
+        let (base, _) = self.bytes[region.buffer].device_ptr(&self.stream);
+        base + region.offset as u64
     }
 
     fn id_address(&self, region: Ids) -> u64 {
@@ -196,6 +202,20 @@ impl Device for Gpu {
             return Err(format!("upload of {} ids into a region of {}", data.len(), dst.len));
         }
         let mut view = self.ids[dst.buffer].slice_mut(dst.offset..dst.offset + dst.len);
+        self.stream.memcpy_htod(data, &mut view).map_err(|e| format!("copying to the GPU: {e:?}"))
+    }
+
+    fn alloc_bytes(&mut self, len: usize) -> DeviceResult<Bytes> {
+        let buffer = self.stream.alloc_zeros::<u8>(len.max(1)).map_err(|e| format!("allocating {len} bytes: {e:?}"))?;
+        self.bytes.push(buffer);
+        Ok(Bytes { buffer: self.bytes.len() - 1, offset: 0, len })
+    }
+
+    fn upload_bytes(&mut self, dst: Bytes, data: &[u8]) -> DeviceResult<()> {
+        if data.len() != dst.len {
+            return Err(format!("upload of {} bytes into a region of {}", data.len(), dst.len));
+        }
+        let mut view = self.bytes[dst.buffer].slice_mut(dst.offset..dst.offset + dst.len);
         self.stream.memcpy_htod(data, &mut view).map_err(|e| format!("copying to the GPU: {e:?}"))
     }
 
@@ -359,6 +379,85 @@ impl Device for Gpu {
             Launch::AttentionSoftmaxBackward { datt, att, rows, seq_len } => {
                 let args = [p(datt), p(att), Arg::Pointer(0), Arg::Float(1.0), Arg::Int(0), Arg::Int(int(seq_len)?)];
                 self.run(name, per_row(rows, seq_len)?, &args)
+            }
+            Launch::AttentionSoftmaxLocal { att, covered, targets, bias, inv_tau, rows, seq_len } => {
+                let args = [
+                    p(att),
+                    Arg::Pointer(self.byte_address(covered)),
+                    Arg::Pointer(self.byte_address(targets)),
+                    p(bias),
+                    Arg::Float(inv_tau),
+                    Arg::Int(1),
+                    Arg::Int(int(seq_len)?),
+                ];
+                self.run(name, per_row(rows, seq_len)?, &args)
+            }
+            Launch::AttentionSoftmaxLocalBackward { datt, att, covered, inv_tau, rows, seq_len } => {
+                let args = [
+                    p(datt),
+                    p(att),
+                    Arg::Pointer(self.byte_address(covered)),
+                    Arg::Float(inv_tau),
+                    Arg::Int(1),
+                    Arg::Int(int(seq_len)?),
+                ];
+                self.run(name, per_row(rows, seq_len)?, &args)
+            }
+            Launch::AttentionPenalty {
+                datt,
+                penalty,
+                att,
+                covered,
+                targets,
+                blocks,
+                weight,
+                heads,
+                seq_len,
+                block_count,
+                rows,
+            } => {
+                let args = [
+                    datt.map_or(Arg::Pointer(0), p),
+                    p(penalty),
+                    p(att),
+                    Arg::Pointer(self.byte_address(covered)),
+                    Arg::Pointer(self.byte_address(targets)),
+                    Arg::Pointer(self.id_address(blocks)),
+                    Arg::Float(weight),
+                    Arg::Int(int(heads)?),
+                    Arg::Int(int(seq_len)?),
+                    Arg::Int(int(block_count)?),
+                ];
+                // the group sizes and sums of squares, K floats each, in dynamic shared memory
+                let shared = u32::try_from(2 * block_count * std::mem::size_of::<f32>())
+                    .map_err(|_| format!("{block_count} blocks"))?;
+                let config = LaunchConfig { shared_mem_bytes: shared, ..per_row(rows, seq_len)? };
+                self.run(name, config, &args)
+            }
+            Launch::CopyGates { w, w0, z, active, strength, lambda, rows, rules } => {
+                let args = [
+                    p(w),
+                    p(w0),
+                    p(z),
+                    Arg::Pointer(self.byte_address(active)),
+                    p(strength),
+                    Arg::Float(lambda),
+                    Arg::Int(int(rows)?),
+                    Arg::Int(int(rules)?),
+                ];
+                self.run(name, per_element(rows)?, &args)
+            }
+            Launch::CopyGatesBackward { dz, w, kappa_y, p: probability, grad_scale, rows, rules } => {
+                let args = [
+                    p(dz),
+                    p(w),
+                    p(kappa_y),
+                    p(probability),
+                    Arg::Float(grad_scale),
+                    Arg::Int(int(rows)?),
+                    Arg::Int(int(rules)?),
+                ];
+                self.run(name, per_element(rows * rules)?, &args)
             }
             Launch::CrossEntropy { logits, loss, probability, targets, w0, copy_mass, grad_scale, rows, vocab } => {
                 let args = [

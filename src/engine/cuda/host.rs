@@ -7,12 +7,13 @@
 //! block reductions are summed here in row order, so sums may differ from the GPU's in the last bits).
 
 use super::gemm::{column_major_strided, reference_gemm};
-use super::ops::{Device, DeviceResult, Floats, Gemm, Ids, Launch};
+use super::ops::{Bytes, Device, DeviceResult, Floats, Gemm, Ids, Launch};
 
 #[derive(Debug, Default)]
 pub struct HostDevice {
     floats: Vec<Vec<f32>>,
     ids: Vec<Vec<u32>>,
+    bytes: Vec<Vec<u8>>,
 }
 
 /// `tanh`-form GELU and its derivative, as `gelu_forward` / `gelu_backward` write them.
@@ -30,6 +31,10 @@ impl HostDevice {
 
     fn read_ids(&self, r: Ids) -> &[u32] {
         &self.ids[r.buffer][r.offset..r.offset + r.len]
+    }
+
+    fn read_bytes(&self, r: Bytes) -> Vec<u8> {
+        self.bytes[r.buffer][r.offset..r.offset + r.len].to_vec()
     }
 
     fn write(&mut self, r: Floats) -> &mut [f32] {
@@ -69,6 +74,19 @@ impl Device for HostDevice {
             return Err(format!("upload of {} ids into a region of {}", data.len(), dst.len));
         }
         self.ids[dst.buffer][dst.offset..dst.offset + dst.len].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn alloc_bytes(&mut self, len: usize) -> DeviceResult<Bytes> {
+        self.bytes.push(vec![0; len]);
+        Ok(Bytes { buffer: self.bytes.len() - 1, offset: 0, len })
+    }
+
+    fn upload_bytes(&mut self, dst: Bytes, data: &[u8]) -> DeviceResult<()> {
+        if data.len() != dst.len {
+            return Err(format!("upload of {} bytes into a region of {}", data.len(), dst.len));
+        }
+        self.bytes[dst.buffer][dst.offset..dst.offset + dst.len].copy_from_slice(data);
         Ok(())
     }
 
@@ -210,26 +228,109 @@ impl Device for HostDevice {
             Launch::AttentionSoftmaxForward { att, rows, seq_len } => {
                 let scores = self.write(att.part(0, rows * seq_len));
                 for (row_index, row) in scores.chunks_mut(seq_len).enumerate() {
-                    let i = row_index % seq_len;
-                    let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                    let mut z = 0.0f32;
-                    for v in &mut row[..=i] {
-                        *v = (*v - max).exp();
-                        z += *v;
-                    }
-                    row[..=i].iter_mut().for_each(|v| *v /= z);
-                    row[i + 1..].fill(0.0);
+                    softmax_causal_row(row, row_index % seq_len);
                 }
             }
             Launch::AttentionSoftmaxBackward { datt, att, rows, seq_len } => {
                 let a = self.copy(att.part(0, rows * seq_len));
                 let g = self.write(datt.part(0, rows * seq_len));
                 for (row_index, (g, a)) in g.chunks_mut(seq_len).zip(a.chunks(seq_len)).enumerate() {
+                    softmax_backward_row(g, a, row_index % seq_len, 1.0);
+                }
+            }
+            Launch::AttentionSoftmaxLocal { att, covered, targets, bias, inv_tau, rows, seq_len } => {
+                let (covered, targets, bias) = (self.read_bytes(covered), self.read_bytes(targets), self.copy(bias));
+                let scores = self.write(att.part(0, rows * seq_len));
+                for (row_index, row) in scores.chunks_mut(seq_len).enumerate() {
                     let i = row_index % seq_len;
-                    let dot = (0..=i).fold(0.0f32, |s, j| s + a[j] * g[j]);
-                    for j in 0..seq_len {
-                        g[j] = if j <= i { a[j] * (g[j] - dot) } else { 0.0 };
+                    if covered[row_index] != 0 {
+                        for (j, v) in row[..=i].iter_mut().enumerate() {
+                            *v *= inv_tau;
+                            if targets[row_index * seq_len + j] == 0 {
+                                *v -= bias[row_index];
+                            }
+                        }
                     }
+                    softmax_causal_row(row, i);
+                }
+            }
+            Launch::AttentionSoftmaxLocalBackward { datt, att, covered, inv_tau, rows, seq_len } => {
+                let (a, covered) = (self.copy(att.part(0, rows * seq_len)), self.read_bytes(covered));
+                let g = self.write(datt.part(0, rows * seq_len));
+                for (row_index, (g, a)) in g.chunks_mut(seq_len).zip(a.chunks(seq_len)).enumerate() {
+                    let scale = if covered[row_index] != 0 { inv_tau } else { 1.0 };
+                    softmax_backward_row(g, a, row_index % seq_len, scale);
+                }
+            }
+            Launch::AttentionPenalty {
+                datt,
+                penalty,
+                att,
+                covered,
+                targets,
+                blocks,
+                weight,
+                heads,
+                seq_len,
+                block_count,
+                rows,
+            } => {
+                let (a, covered, targets) = (self.copy(att), self.read_bytes(covered), self.read_bytes(targets));
+                let blocks = self.read_ids(blocks).to_vec();
+                let mut gradient = datt.map(|d| self.copy(d));
+                let mut penalties = vec![0.0f32; rows];
+                for row in 0..rows {
+                    if covered[row] == 0 || weight == 0.0 {
+                        continue;
+                    }
+                    let (i, sequence) = (row % seq_len, row / seq_len / heads);
+                    let alpha = &a[row * seq_len..(row + 1) * seq_len];
+                    let block = &blocks[sequence * seq_len..(sequence + 1) * seq_len];
+                    let off_target = |j: &usize| targets[row * seq_len + j] == 0;
+                    let (mut sizes, mut squares) = (vec![0.0f32; block_count], vec![0.0f32; block_count]);
+                    for j in (0..=i).filter(off_target) {
+                        let k = block[j] as usize;
+                        if k >= block_count {
+                            return Err(format!("attention_penalty: block {k} of {block_count}"));
+                        }
+                        sizes[k] += 1.0;
+                        squares[k] += alpha[j] * alpha[j];
+                    }
+                    let total = sizes.iter().zip(&squares).fold(0.0f32, |t, (n, sq)| t + n.sqrt() * sq.sqrt());
+                    penalties[row] = weight * total;
+                    if let Some(gradient) = gradient.as_mut() {
+                        for j in (0..=i).filter(off_target) {
+                            let k = block[j] as usize;
+                            gradient[row * seq_len + j] +=
+                                weight * sizes[k].sqrt() / squares[k].sqrt().max(1e-12) * alpha[j];
+                        }
+                    }
+                }
+                self.write(penalty.part(0, rows)).copy_from_slice(&penalties);
+                if let (Some(datt), Some(gradient)) = (datt, gradient) {
+                    self.write(datt).copy_from_slice(&gradient);
+                }
+            }
+            Launch::CopyGates { w, w0, z, active, strength, lambda, rows, rules } => {
+                let (z, active, strength) = (self.copy(z), self.read_bytes(active), self.copy(strength));
+                let (mut ws, mut w0s) = (vec![0.0f32; rows * rules], vec![0.0f32; rows]);
+                for n in 0..rows {
+                    let term = |c: usize| lambda * strength[c] * z[n * rules + c].exp();
+                    let on = |c: usize| active[n * rules + c] != 0;
+                    let denominator = (0..rules).filter(|&c| on(c)).fold(1.0f32, |d, c| d + term(c));
+                    for c in 0..rules {
+                        ws[n * rules + c] = if on(c) { term(c) / denominator } else { 0.0 };
+                    }
+                    w0s[n] = 1.0 / denominator;
+                }
+                self.write(w.part(0, rows * rules)).copy_from_slice(&ws);
+                self.write(w0.part(0, rows)).copy_from_slice(&w0s);
+            }
+            Launch::CopyGatesBackward { dz, w, kappa_y, p, grad_scale, rows, rules } => {
+                let (w, kappa_y, p) = (self.copy(w), self.copy(kappa_y), self.copy(p));
+                let out = self.write(dz.part(0, rows * rules));
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = grad_scale * (w[i] - w[i] * kappa_y[i] / p[i / rules]);
                 }
             }
             Launch::CrossEntropy { logits, loss, probability, targets, w0, copy_mass, grad_scale, rows, vocab } => {
@@ -279,5 +380,25 @@ impl Device for HostDevice {
 
     fn synchronize(&mut self) -> DeviceResult<()> {
         Ok(())
+    }
+}
+
+/// The causal softmax of query row `i` in place: keys `j ≤ i` normalised, the rest 0.
+fn softmax_causal_row(row: &mut [f32], i: usize) {
+    let max = row[..=i].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut z = 0.0f32;
+    for v in &mut row[..=i] {
+        *v = (*v - max).exp();
+        z += *v;
+    }
+    row[..=i].iter_mut().for_each(|v| *v /= z);
+    row[i + 1..].fill(0.0);
+}
+
+/// Through [`softmax_causal_row`]: `g ← α(g − α·g)·scale` on keys `j ≤ i`, 0 beyond.
+fn softmax_backward_row(g: &mut [f32], a: &[f32], i: usize, scale: f32) {
+    let dot = (0..=i).fold(0.0f32, |s, j| s + a[j] * g[j]);
+    for j in 0..g.len() {
+        g[j] = if j <= i { a[j] * (g[j] - dot) * scale } else { 0.0 };
     }
 }

@@ -25,6 +25,15 @@ pub struct Ids {
     pub len: usize,
 }
 
+/// A run of `len` bytes (0 or 1 masks: covered rows, target keys, active copy rules) at `offset` in
+/// byte buffer `buffer` of a device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bytes {
+    pub buffer: usize,
+    pub offset: usize,
+    pub len: usize,
+}
+
 /// Regions are cut by the step from shapes it checked when it allocated them; a cut outside its region
 /// is a bug in the step, not bad input, so it panics.
 fn cut(offset: usize, len: usize, within: usize) -> usize {
@@ -220,6 +229,64 @@ pub enum Launch {
         rows: usize,
         seq_len: usize,
     },
+    /// The causal softmax with the locality bias (METHOD §3) on covered rows: `s/τ − bias_row` on keys
+    /// outside the row's targets, `s/τ` on its targets; `covered [rows]`, `targets [rows, T]`,
+    /// `bias [rows]`.
+    AttentionSoftmaxLocal {
+        att: Floats,
+        covered: Bytes,
+        targets: Bytes,
+        bias: Floats,
+        inv_tau: f32,
+        rows: usize,
+        seq_len: usize,
+    },
+    /// Through [`Launch::AttentionSoftmaxLocal`]: the softmax's backward, times `1/τ` on covered rows.
+    AttentionSoftmaxLocalBackward {
+        datt: Floats,
+        att: Floats,
+        covered: Bytes,
+        inv_tau: f32,
+        rows: usize,
+        seq_len: usize,
+    },
+    /// The group-sparsity penalty (METHOD §4) per covered row into `penalty [rows]`, and its gradient
+    /// added into `datt` when given; `blocks [B, T]` is each key's block, `block_count` of them.
+    AttentionPenalty {
+        datt: Option<Floats>,
+        penalty: Floats,
+        att: Floats,
+        covered: Bytes,
+        targets: Bytes,
+        blocks: Ids,
+        weight: f32,
+        heads: usize,
+        seq_len: usize,
+        block_count: usize,
+        rows: usize,
+    },
+    /// The copy paths' gates (METHOD §4): `w [N, C]` and `w₀ [N]` from the gate logits `z [N, C]`, the
+    /// rules active at each row and their strengths `[C]`, at the dial `λ`.
+    CopyGates {
+        w: Floats,
+        w0: Floats,
+        z: Floats,
+        active: Bytes,
+        strength: Floats,
+        lambda: f32,
+        rows: usize,
+        rules: usize,
+    },
+    /// `∂CE/∂z [N, C]` from the gates, each rule's `κ_c(y)` and the mixture's `p(y) [N]`.
+    CopyGatesBackward {
+        dz: Floats,
+        w: Floats,
+        kappa_y: Floats,
+        p: Floats,
+        grad_scale: f32,
+        rows: usize,
+        rules: usize,
+    },
     /// The fused output loss on `rows` rows of logits `[rows, V]`, replaced by `grad_scale·∂CE/∂logits`.
     CrossEntropy {
         logits: Floats,
@@ -264,7 +331,13 @@ impl Launch {
             Launch::GeluForward { .. } => "gelu_forward",
             Launch::GeluBackward { .. } => "gelu_backward",
             Launch::AttentionSoftmaxForward { .. } => "attention_softmax_forward",
-            Launch::AttentionSoftmaxBackward { .. } => "attention_softmax_backward",
+            Launch::AttentionSoftmaxBackward { .. } | Launch::AttentionSoftmaxLocalBackward { .. } => {
+                "attention_softmax_backward"
+            }
+            Launch::AttentionSoftmaxLocal { .. } => "attention_softmax_forward",
+            Launch::AttentionPenalty { .. } => "attention_penalty",
+            Launch::CopyGates { .. } => "copy_gates",
+            Launch::CopyGatesBackward { .. } => "copy_gates_backward",
             Launch::CrossEntropy { .. } => "crossentropy_copy",
             Launch::AdamW { .. } => "adamw",
         }
@@ -340,6 +413,54 @@ impl Launch {
                 need("datt", datt.len, rows * seq_len)?;
                 need("att", att.len, rows * seq_len)
             }
+            Launch::AttentionSoftmaxLocal { att, covered, targets, bias, rows, seq_len, .. } => {
+                need("att", att.len, rows * seq_len)?;
+                need("covered", covered.len, rows)?;
+                need("targets", targets.len, rows * seq_len)?;
+                need("bias", bias.len, rows)
+            }
+            Launch::AttentionSoftmaxLocalBackward { datt, att, covered, rows, seq_len, .. } => {
+                need("datt", datt.len, rows * seq_len)?;
+                need("att", att.len, rows * seq_len)?;
+                need("covered", covered.len, rows)
+            }
+            Launch::AttentionPenalty {
+                datt,
+                penalty,
+                att,
+                covered,
+                targets,
+                blocks,
+                heads,
+                seq_len,
+                block_count,
+                rows,
+                ..
+            } => {
+                need("att", att.len, rows * seq_len)?;
+                need("penalty", penalty.len, rows)?;
+                need("covered", covered.len, rows)?;
+                need("targets", targets.len, rows * seq_len)?;
+                let sequences = rows.div_ceil((heads * seq_len).max(1));
+                need("blocks", blocks.len, sequences * seq_len)?;
+                if block_count == 0 {
+                    return Err("attention_penalty: no block".into());
+                }
+                datt.map_or(Ok(()), |datt| need("datt", datt.len, rows * seq_len))
+            }
+            Launch::CopyGates { w, w0, z, active, strength, rows, rules, .. } => {
+                need("w", w.len, rows * rules)?;
+                need("w0", w0.len, rows)?;
+                need("z", z.len, rows * rules)?;
+                need("active", active.len, rows * rules)?;
+                need("strength", strength.len, rules)
+            }
+            Launch::CopyGatesBackward { dz, w, kappa_y, p, rows, rules, .. } => {
+                for (what, len) in [("dz", dz.len), ("w", w.len), ("kappa_y", kappa_y.len)] {
+                    need(what, len, rows * rules)?;
+                }
+                need("p", p.len, rows)
+            }
             Launch::CrossEntropy { logits, loss, probability, targets, w0, copy_mass, rows, vocab, .. } => {
                 need("logits", logits.len, rows * vocab)?;
                 for (what, len) in
@@ -372,6 +493,9 @@ pub trait Device {
     fn alloc_ids(&mut self, len: usize) -> DeviceResult<Ids>;
     fn upload(&mut self, dst: Floats, data: &[f32]) -> DeviceResult<()>;
     fn upload_ids(&mut self, dst: Ids, data: &[u32]) -> DeviceResult<()>;
+    /// A new byte buffer of `len` zeros.
+    fn alloc_bytes(&mut self, len: usize) -> DeviceResult<Bytes>;
+    fn upload_bytes(&mut self, dst: Bytes, data: &[u8]) -> DeviceResult<()>;
     /// Waits for the work queued so far, then copies `src` to the host.
     fn download(&mut self, src: Floats) -> DeviceResult<Vec<f32>>;
     fn zero(&mut self, dst: Floats) -> DeviceResult<()>;

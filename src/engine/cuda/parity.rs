@@ -1,10 +1,10 @@
-//! Kernel parity: every [`Launch`] the device step uses, and products of every transpose and stride
+//! Kernel parity: every kernel of [`super::kernels::KERNELS`] as a [`Launch`], and products of every transpose and stride
 //! kind, run on two devices from the same random inputs, each output compared. `ailla cuda-check` runs
 //! it with the GPU against the host device; here it also runs host against host, which checks the
 //! harness itself (inputs, shapes, that every output is compared).
 
 use super::gemm::{RowMajorProduct, RowStrides};
-use super::ops::{Device, DeviceResult, Floats, Gemm, Ids, Launch};
+use super::ops::{Bytes, Device, DeviceResult, Floats, Gemm, Ids, Launch};
 use crate::rng::Rng;
 
 /// The largest difference between two devices' outputs, relative to the reference output's largest
@@ -34,13 +34,20 @@ enum Draw {
     Positive,
 }
 
+/// Blocks of the penalty's keys (the general block 0 included).
+const BLOCKS: usize = 4;
+/// Copy rules of the gates' cases.
+const RULES: usize = 3;
+
 /// One launch to compare: its float inputs (outputs included, drawn too, since some accumulate), its
-/// id inputs (each below `VOCAB`), and which floats are outputs.
+/// id inputs (length and bound), its 0/1 masks (length and share of ones), and which floats are
+/// outputs.
 struct Case {
     floats: Vec<(&'static str, usize, Draw)>,
-    ids: Vec<usize>,
+    ids: Vec<(usize, usize)>,
+    masks: Vec<(usize, f64)>,
     outputs: Vec<usize>,
-    build: fn(&[Floats], &[Ids]) -> Launch,
+    build: fn(&[Floats], &[Ids], &[Bytes]) -> Launch,
 }
 
 fn cases() -> Vec<Case> {
@@ -50,9 +57,10 @@ fn cases() -> Vec<Case> {
     vec![
         Case {
             floats: vec![("x", n * d, N), ("wte", VOCAB * d, N), ("wpe", t * d, N)],
-            ids: vec![n],
+            ids: vec![(n, VOCAB)],
+            masks: vec![],
             outputs: vec![0],
-            build: |f, i| Launch::EmbeddingForward {
+            build: |f, i, _| Launch::EmbeddingForward {
                 x: f[0],
                 tokens: i[0],
                 wte: f[1],
@@ -65,8 +73,9 @@ fn cases() -> Vec<Case> {
         Case {
             floats: vec![("dwpe", t * d, N), ("dx", n * d, N)],
             ids: vec![],
+            masks: vec![],
             outputs: vec![0],
-            build: |f, _| Launch::EmbeddingBackwardPositions {
+            build: |f, _, _| Launch::EmbeddingBackwardPositions {
                 dwpe: f[0],
                 dx: f[1],
                 batch: BATCH,
@@ -76,9 +85,10 @@ fn cases() -> Vec<Case> {
         },
         Case {
             floats: vec![("dwte", VOCAB * d, N), ("dx", n * d, N)],
-            ids: vec![n],
+            ids: vec![(n, VOCAB)],
+            masks: vec![],
             outputs: vec![0],
-            build: |f, i| Launch::EmbeddingBackwardTokens {
+            build: |f, i, _| Launch::EmbeddingBackwardTokens {
                 dwte: f[0],
                 dx: f[1],
                 tokens: i[0],
@@ -89,14 +99,16 @@ fn cases() -> Vec<Case> {
         Case {
             floats: vec![("out", n * d, N), ("a", n * d, N), ("b", n * d, N)],
             ids: vec![],
+            masks: vec![],
             outputs: vec![0],
-            build: |f, _| Launch::ResidualAdd { out: f[0], a: f[1], b: f[2] },
+            build: |f, _, _| Launch::ResidualAdd { out: f[0], a: f[1], b: f[2] },
         },
         Case {
             floats: vec![("out", n * 3 * d, N), ("base", n * d, N), ("bias", d, N)],
             ids: vec![],
+            masks: vec![],
             outputs: vec![0],
-            build: |f, _| Launch::BroadcastRows {
+            build: |f, _, _| Launch::BroadcastRows {
                 out: f[0],
                 base: Some(f[1]),
                 bias: f[2],
@@ -108,8 +120,9 @@ fn cases() -> Vec<Case> {
         Case {
             floats: vec![("out", n * 3 * d, N), ("bias", d, N)],
             ids: vec![],
+            masks: vec![],
             outputs: vec![0],
-            build: |f, _| Launch::BroadcastRows {
+            build: |f, _, _| Launch::BroadcastRows {
                 out: f[0].from(WIDTH),
                 base: None,
                 bias: f[1],
@@ -128,8 +141,9 @@ fn cases() -> Vec<Case> {
                 ("bias", d, N),
             ],
             ids: vec![],
+            masks: vec![],
             outputs: vec![0, 1, 2],
-            build: |f, _| Launch::LayerNormForward {
+            build: |f, _, _| Launch::LayerNormForward {
                 y: f[0],
                 normalized: f[1],
                 rstd: f[2],
@@ -150,8 +164,9 @@ fn cases() -> Vec<Case> {
                 ("weight", d, N),
             ],
             ids: vec![],
+            masks: vec![],
             outputs: vec![0],
-            build: |f, _| Launch::LayerNormBackward {
+            build: |f, _, _| Launch::LayerNormBackward {
                 dx: f[0],
                 dy: f[1],
                 normalized: f[2],
@@ -164,8 +179,9 @@ fn cases() -> Vec<Case> {
         Case {
             floats: vec![("out", d, N), ("a", n * 3 * d, N)],
             ids: vec![],
+            masks: vec![],
             outputs: vec![0],
-            build: |f, _| Launch::ColumnSum {
+            build: |f, _, _| Launch::ColumnSum {
                 out: f[0],
                 a: f[1].from(WIDTH),
                 rows: ROWS,
@@ -176,26 +192,30 @@ fn cases() -> Vec<Case> {
         Case {
             floats: vec![("out", d, N), ("a", n * d, N), ("b", n * d, N)],
             ids: vec![],
+            masks: vec![],
             outputs: vec![0],
-            build: |f, _| Launch::ColumnSumProduct { out: f[0], a: f[1], b: f[2], rows: ROWS, width: WIDTH },
+            build: |f, _, _| Launch::ColumnSumProduct { out: f[0], a: f[1], b: f[2], rows: ROWS, width: WIDTH },
         },
         Case {
             floats: vec![("y", n * d, N), ("x", n * d, N)],
             ids: vec![],
+            masks: vec![],
             outputs: vec![0],
-            build: |f, _| Launch::GeluForward { y: f[0], x: f[1] },
+            build: |f, _, _| Launch::GeluForward { y: f[0], x: f[1] },
         },
         Case {
             floats: vec![("dx", n * d, N), ("dy", n * d, N), ("x", n * d, N)],
             ids: vec![],
+            masks: vec![],
             outputs: vec![0],
-            build: |f, _| Launch::GeluBackward { dx: f[0], dy: f[1], x: f[2] },
+            build: |f, _, _| Launch::GeluBackward { dx: f[0], dy: f[1], x: f[2] },
         },
         Case {
             floats: vec![("att", scores, N)],
             ids: vec![],
+            masks: vec![],
             outputs: vec![0],
-            build: |f, _| Launch::AttentionSoftmaxForward {
+            build: |f, _, _| Launch::AttentionSoftmaxForward {
                 att: f[0],
                 rows: BATCH * HEADS * SEQ_LEN,
                 seq_len: SEQ_LEN,
@@ -204,8 +224,9 @@ fn cases() -> Vec<Case> {
         Case {
             floats: vec![("datt", scores, N), ("att", scores, P)],
             ids: vec![],
+            masks: vec![],
             outputs: vec![0],
-            build: |f, _| Launch::AttentionSoftmaxBackward {
+            build: |f, _, _| Launch::AttentionSoftmaxBackward {
                 datt: f[0],
                 att: f[1],
                 rows: BATCH * HEADS * SEQ_LEN,
@@ -220,9 +241,10 @@ fn cases() -> Vec<Case> {
                 ("w0", n, P),
                 ("copy_mass", n, P),
             ],
-            ids: vec![n],
+            ids: vec![(n, VOCAB)],
+            masks: vec![],
             outputs: vec![0, 1, 2],
-            build: |f, i| Launch::CrossEntropy {
+            build: |f, i, _| Launch::CrossEntropy {
                 logits: f[0],
                 loss: f[1],
                 probability: f[2],
@@ -235,10 +257,90 @@ fn cases() -> Vec<Case> {
             },
         },
         Case {
+            floats: vec![("att", scores, N), ("bias", BATCH * HEADS * t, P)],
+            ids: vec![],
+            masks: vec![(BATCH * HEADS * t, 0.6), (scores, 0.3)],
+            outputs: vec![0],
+            build: |f, _, m| Launch::AttentionSoftmaxLocal {
+                att: f[0],
+                covered: m[0],
+                targets: m[1],
+                bias: f[1],
+                inv_tau: 0.8,
+                rows: BATCH * HEADS * SEQ_LEN,
+                seq_len: SEQ_LEN,
+            },
+        },
+        Case {
+            floats: vec![("datt", scores, N), ("att", scores, P)],
+            ids: vec![],
+            masks: vec![(BATCH * HEADS * t, 0.6)],
+            outputs: vec![0],
+            build: |f, _, m| Launch::AttentionSoftmaxLocalBackward {
+                datt: f[0],
+                att: f[1],
+                covered: m[0],
+                inv_tau: 0.8,
+                rows: BATCH * HEADS * SEQ_LEN,
+                seq_len: SEQ_LEN,
+            },
+        },
+        Case {
+            floats: vec![("datt", scores, N), ("penalty", BATCH * HEADS * t, N), ("att", scores, P)],
+            ids: vec![(BATCH * t, BLOCKS)],
+            masks: vec![(BATCH * HEADS * t, 0.6), (scores, 0.3)],
+            outputs: vec![0, 1],
+            build: |f, i, m| Launch::AttentionPenalty {
+                datt: Some(f[0]),
+                penalty: f[1],
+                att: f[2],
+                covered: m[0],
+                targets: m[1],
+                blocks: i[0],
+                weight: 0.05,
+                heads: HEADS,
+                seq_len: SEQ_LEN,
+                block_count: BLOCKS,
+                rows: BATCH * HEADS * SEQ_LEN,
+            },
+        },
+        Case {
+            floats: vec![("w", n * RULES, N), ("w0", n, N), ("z", n * RULES, N), ("strength", RULES, P)],
+            ids: vec![],
+            masks: vec![(n * RULES, 0.5)],
+            outputs: vec![0, 1],
+            build: |f, _, m| Launch::CopyGates {
+                w: f[0],
+                w0: f[1],
+                z: f[2],
+                active: m[0],
+                strength: f[3],
+                lambda: 0.7,
+                rows: ROWS,
+                rules: RULES,
+            },
+        },
+        Case {
+            floats: vec![("dz", n * RULES, N), ("w", n * RULES, P), ("kappa_y", n * RULES, P), ("p", n, P)],
+            ids: vec![],
+            masks: vec![],
+            outputs: vec![0],
+            build: |f, _, _| Launch::CopyGatesBackward {
+                dz: f[0],
+                w: f[1],
+                kappa_y: f[2],
+                p: f[3],
+                grad_scale: 1.0 / ROWS as f32,
+                rows: ROWS,
+                rules: RULES,
+            },
+        },
+        Case {
             floats: vec![("p", n * d, N), ("g", n * d, N), ("m", n * d, N), ("v", n * d, P)],
             ids: vec![],
+            masks: vec![],
             outputs: vec![0, 2, 3],
-            build: |f, _| Launch::AdamW {
+            build: |f, _, _| Launch::AdamW {
                 p: f[0],
                 g: f[1],
                 m: f[2],
@@ -302,17 +404,26 @@ pub fn compare_kernels<A: Device, B: Device>(
         let values: Vec<Vec<f32>> = case.floats.iter().map(|&(_, len, how)| draw(&mut rng, len, how)).collect();
         let (on_device, on_reference) = upload_both(device, reference, &values)?;
         let (mut ids_device, mut ids_reference) = (Vec::new(), Vec::new());
-        for &len in &case.ids {
-            let ids: Vec<u32> = (0..len).map(|_| rng.below(VOCAB) as u32).collect();
+        for &(len, bound) in &case.ids {
+            let ids: Vec<u32> = (0..len).map(|_| rng.below(bound) as u32).collect();
             let (ra, rb) = (device.alloc_ids(len)?, reference.alloc_ids(len)?);
             device.upload_ids(ra, &ids)?;
             reference.upload_ids(rb, &ids)?;
             ids_device.push(ra);
             ids_reference.push(rb);
         }
-        let launch = (case.build)(&on_device, &ids_device);
+        let (mut masks_device, mut masks_reference) = (Vec::new(), Vec::new());
+        for &(len, ones) in &case.masks {
+            let mask: Vec<u8> = (0..len).map(|_| u8::from(rng.next_f64() < ones)).collect();
+            let (ra, rb) = (device.alloc_bytes(len)?, reference.alloc_bytes(len)?);
+            device.upload_bytes(ra, &mask)?;
+            reference.upload_bytes(rb, &mask)?;
+            masks_device.push(ra);
+            masks_reference.push(rb);
+        }
+        let launch = (case.build)(&on_device, &ids_device, &masks_device);
         device.launch(&launch)?;
-        reference.launch(&(case.build)(&on_reference, &ids_reference))?;
+        reference.launch(&(case.build)(&on_reference, &ids_reference, &masks_reference))?;
         for &index in &case.outputs {
             let got = device.download(on_device[index])?;
             let want = reference.download(on_reference[index])?;
@@ -406,10 +517,12 @@ mod tests {
         // every case's kernel is among those compared (a stand-in region is enough to name it)
         let floats = [Floats { buffer: 0, offset: 0, len: 1 << 20 }; 6];
         let ids = [Ids { buffer: 0, offset: 0, len: 1 << 20 }];
+        let masks = [Bytes { buffer: 0, offset: 0, len: 1 << 20 }; 2];
         for case in cases() {
-            assert!(kernels.contains((case.build)(&floats, &ids).kernel()));
+            assert!(kernels.contains((case.build)(&floats, &ids, &masks).kernel()));
         }
-        assert_eq!(kernels.len(), 15 + 3, "the step's 15 kernels, the norm and two product kinds");
+        // every kernel of the source, the norm's among them, and two kinds of product
+        assert_eq!(kernels.len(), crate::engine::cuda::kernels::KERNELS.len() + 2, "{kernels:?}");
         assert!(kernels.contains("squared_norm_partial") && kernels.contains("cublas sgemm strided batched"));
     }
 
