@@ -508,7 +508,7 @@ mod tests {
     use crate::engine::cuda::host::HostDevice;
 
     #[test]
-    fn the_harness_compares_every_kernel_the_step_launches_and_finds_a_device_equal_to_itself() {
+    fn the_harness_compares_every_kernel_and_finds_a_device_equal_to_itself() {
         let errors = compare_kernels(&mut HostDevice::new(), &mut HostDevice::new(), 1).unwrap();
         for error in &errors {
             assert_eq!(error.relative_error, 0.0, "{error:?}");
