@@ -79,18 +79,8 @@ pub fn run_config_on<D: Device>(
         resident.loss(&tokens, &targets).map_err(device_error)?;
         eval.push(start.elapsed().as_secs_f64());
     }
-    let (train_seconds, eval_seconds) = (median(train), median(eval));
-    let train_tokens_per_s = n as f64 / train_seconds;
-    Ok(BenchResult {
-        config: config.clone(),
-        threads: rayon::current_num_threads(),
-        parameters: model.params.parameter_count(),
-        train_tokens_per_s,
-        eval_tokens_per_s: n as f64 / eval_seconds,
-        train_gflops: train_tokens_per_s * model_config.training_flops_per_token(config.ctx_len) / 1e9,
-        sgemm_gflops: gemm_flops(size, size, size) / median(products) / 1e9,
-        peak_memory_mib: None,
-    })
+    let reference = gemm_flops(size, size, size) / median(products) / 1e9;
+    Ok(BenchResult::of_steps(config, &model, median(train), median(eval), reference, None))
 }
 
 /// The same model trained `steps` steps on the CPU engine and on `device` from the same random batches

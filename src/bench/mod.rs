@@ -108,6 +108,32 @@ pub struct BenchResult {
     pub peak_memory_mib: Option<f64>,
 }
 
+impl BenchResult {
+    /// The figures of `config` from the median seconds of one training step and one evaluation pass of
+    /// `model` on a batch, beside the reference rate measured with them.
+    pub(crate) fn of_steps(
+        config: &BenchConfig,
+        model: &Model<f32>,
+        train_seconds: f64,
+        eval_seconds: f64,
+        sgemm_gflops: f64,
+        peak_memory_mib: Option<f64>,
+    ) -> Self {
+        let tokens = (config.batch_size * config.ctx_len) as f64;
+        let train_tokens_per_s = tokens / train_seconds;
+        BenchResult {
+            config: config.clone(),
+            threads: rayon::current_num_threads(),
+            parameters: model.params.parameter_count(),
+            train_tokens_per_s,
+            eval_tokens_per_s: tokens / eval_seconds,
+            train_gflops: train_tokens_per_s * model.config.training_flops_per_token(config.ctx_len) / 1e9,
+            sgemm_gflops,
+            peak_memory_mib,
+        }
+    }
+}
+
 /// Peak resident set size of this process, from `/proc/self/status` (Linux only).
 pub fn peak_memory_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -242,17 +268,7 @@ pub fn run_config(config: &BenchConfig, steps: usize) -> Result<BenchResult> {
         })
     });
 
-    let train_tokens_per_s = n as f64 / train_seconds;
-    Ok(BenchResult {
-        config: config.clone(),
-        threads: rayon::current_num_threads(),
-        parameters: model.params.parameter_count(),
-        train_tokens_per_s,
-        eval_tokens_per_s: n as f64 / eval_seconds,
-        train_gflops: train_tokens_per_s * model_config.training_flops_per_token(config.ctx_len) / 1e9,
-        sgemm_gflops,
-        peak_memory_mib: peak_memory_mib(),
-    })
+    Ok(BenchResult::of_steps(config, &model, train_seconds, eval_seconds, sgemm_gflops, peak_memory_mib()))
 }
 
 /// Cost of the locality dial at evaluation: the same forward pass and loss with and without the rules.
