@@ -32,6 +32,10 @@ for l in sys.stdin:
     ldd "$CARRY/ailla" "$CARRY/ailla-lib-tests" | awk '/=> \// {print $3}' | sort -u |
         grep -Ev '/(libc|libm|libpthread|libdl|librt|ld-linux[^/]*)\.so' | xargs -r cp -L -t "$CARRY/lib"
     cp -r benches/torch_reference.py "$CARRY/"
+    # WikiText-2 (13 MB) for the 42-model pipeline, when this checkout has the shared data
+    if [ -d ../shared/data/wikitext-2 ]; then
+        cp -r ../shared/data/wikitext-2 "$CARRY/wikitext-2"
+    fi
     echo "prepared $CARRY/: $(ls "$CARRY" | tr '\n' ' ')"
 }
 
@@ -99,6 +103,39 @@ PY
         report FAIL "50-step loss, cuda vs cpu (<= 1e-4)" "$(tail -3 "$work/gpu.txt")"
     fi
 
+    # 4b. the same under rules: the bundled rules' dial and the copy examples' copy paths, λ per batch;
+    #     every step's loss and penalty within 1e-4 (relative) of the CPU run's, and the same λ
+    cat > "$work/rules.yaml" <<YAML
+corpus: { bundled: { seed: 2024 } }
+tokenizer: word
+model: { ctx_len: 64, d_model: 64, n_heads: 4, n_layers: 2, d_ff: 256 }
+steps: 50
+batch_size: 8
+seed: 1
+locality:
+  rules: { file: $PWD/rules/copy-examples.rules }
+  schedule: { uniform: { low: 0.0, high: 1.0 } }
+YAML
+    timeout 180 "$ailla" --quiet --device cpu train "$work/rules.yaml" --out "$work/rules-cpu" > /dev/null 2>&1
+    if timeout 120 "$ailla" --quiet --device cuda train "$work/rules.yaml" --out "$work/rules-gpu" \
+        > "$work/rules-gpu.txt" 2>&1; then
+        local verdict
+        verdict=$(python3 - "$work/rules-cpu/metrics.jsonl" "$work/rules-gpu/metrics.jsonl" <<'PY'
+import json, sys
+def steps(path):
+    return [r for r in map(json.loads, open(path)) if r.get("kind") == "train"]
+cpu, gpu = steps(sys.argv[1]), steps(sys.argv[2])
+worst = max(max(abs(c["loss"] - g["loss"]) / abs(c["loss"]),
+                abs(c["penalty"] - g["penalty"]) / max(abs(c["penalty"]), 1e-12)) for c, g in zip(cpu, gpu))
+same = len(cpu) == len(gpu) == 50 and all(c["lambda"] == g["lambda"] for c, g in zip(cpu, gpu))
+print(("PASS" if same and worst <= 1e-4 else "FAIL"), f"{len(gpu)} steps, worst relative difference {worst:.2e}")
+PY
+        )
+        report "${verdict%% *}" "50 steps under rules, cuda vs cpu (<= 1e-4)" "${verdict#* }"
+    else
+        report FAIL "50 steps under rules, cuda vs cpu (<= 1e-4)" "$(tail -3 "$work/rules-gpu.txt")"
+    fi
+
     # 5. throughput on the GPU against PyTorch (CUDA) on the three bench configurations
     if timeout 300 "$ailla" --device cuda bench --compare-torch --python python3 \
         --config char-small --config word-wt2 --config aila > "$work/bench.txt" 2>&1; then
@@ -106,6 +143,19 @@ PY
         cat "$work/bench.txt"
     else
         report FAIL "bench --device cuda --compare-torch" "$(tail -3 "$work/bench.txt")"
+    fi
+    # 6. the 42-model WikiText pipeline (aila.yaml) on the GPU, timed; the goal is one epoch per model
+    #    in under 10 minutes (the pipeline's budget is an eighth of an epoch per word-level model)
+    if [ -d "$CARRY/wikitext-2" ]; then
+        local started=$SECONDS
+        if timeout 600 "$ailla" --quiet --device cuda run pipelines/aila.yaml --data "$CARRY/wikitext-2" \
+            --jobs 4 > "$work/aila.txt" 2>&1; then
+            report PASS "aila.yaml, 42 models on the GPU" "$((SECONDS - started)) s; see $work/aila.txt"
+        else
+            report FAIL "aila.yaml, 42 models on the GPU" "$(tail -3 "$work/aila.txt")"
+        fi
+    else
+        report SKIP "aila.yaml, 42 models on the GPU" "no $CARRY/wikitext-2 (prepare without ../shared/data)"
     fi
     echo "outputs in $work"
     exit "$FAILED"

@@ -1,13 +1,16 @@
 //! One training step and what feeds it: the encoded splits, the batch and λ that the seed and the
 //! step fix, and the loss, penalty and gradients of the model on them.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 
 use crate::config::{LocalityConfig, TrainConfig};
 use crate::data::{Splits, TokenizerKind, Vocabulary};
 use crate::engine::attention::NoHook;
+use crate::engine::cuda::step::ResidentStep;
 use crate::engine::optim::{AdamW, OptimConfig};
 use crate::engine::{Grads, Model};
+use crate::locality::device_rules::device_rules;
 use crate::locality::{RuleSet, RulesAt};
 use crate::rng::Rng;
 use crate::Result;
@@ -51,16 +54,8 @@ pub fn step_gradients(
     match locality {
         Some((settings, set)) => {
             let lambda = settings.schedule.at(step, seed);
-            // injected rules switch on and off with the step
-            let scheduled;
-            let active = if set.has_schedule() {
-                scheduled = set.active_at(step);
-                &scheduled
-            } else {
-                set
-            };
-            // copy paths (METHOD §4) act at the batch's λ, whatever the per-layer attention schedule
-            let rules = RulesAt::new(active, lambda, model.config.n_layers, settings.progressive_beta, settings.dial);
+            let active = rules_in_force(set, step);
+            let rules = RulesAt::new(&active, lambda, model.config.n_layers, settings.progressive_beta, settings.dial);
             let batch_targets = rules.targets(model, &inputs, batch_size, seq_len);
             let hook = rules.hook(&batch_targets);
             let copy = rules.copy_caches(model, &inputs, batch_size, seq_len);
@@ -72,6 +67,15 @@ pub fn step_gradients(
             let (loss, penalty, grads) = model.loss_and_grads(&inputs, &targets, batch_size, seq_len, &NoHook, None);
             StepGradients { loss, penalty, grads, lambda: 0.0 }
         }
+    }
+}
+
+/// The rules of `set` in force at `step`: injected rules switch on and off with the step.
+fn rules_in_force(set: &RuleSet, step: usize) -> Cow<'_, RuleSet> {
+    if set.has_schedule() {
+        Cow::Owned(set.active_at(step))
+    } else {
+        Cow::Borrowed(set)
     }
 }
 
@@ -136,26 +140,46 @@ pub fn train_step(
     Ok(StepRecord { step: step + 1, loss, penalty, lambda, learning_rate, grad_norm })
 }
 
-/// [`train_step`] on the device step (no rules: the step does not take them): the same batch and
-/// learning rate, the update made on the device. `Err` is the device's failure; a loss that is not
-/// finite updates nothing, as on the CPU.
+/// [`train_step`] on the device step: the same batch, λ, rules in force and learning rate, the update
+/// made on the device. `model` gives the shapes and copy paths (its weights may be older than the
+/// device's). `Err` is the device's failure; a loss that is not finite updates nothing, as on the CPU.
 pub fn resident_train_step(
-    device: &mut dyn crate::engine::cuda::step::ResidentStep,
+    device: &mut dyn ResidentStep,
+    model: &Model<f32>,
     plan: &StepPlan,
-    seq_len: usize,
     step: usize,
 ) -> std::result::Result<std::result::Result<StepRecord, NonFinite>, String> {
     let Batches { batch_size, seed } = plan.batches;
+    let seq_len = model.config.ctx_len;
     let (inputs, targets) = sample_batch(plan.train_ids, batch_size, seq_len, seed, step);
+    let (loss, lambda) = match plan.locality {
+        Some((settings, set)) => {
+            let lambda = settings.schedule.at(step, seed);
+            let active = rules_in_force(set, step);
+            let layers = model.config.n_layers;
+            let rules = RulesAt::new(&active, lambda, layers, settings.progressive_beta, settings.dial);
+            let batch_targets = rules.targets(model, &inputs, batch_size, seq_len);
+            let copy = rules.copy_caches(model, &inputs, batch_size, seq_len);
+            let hook = rules.hook(&batch_targets);
+            let on_device = device_rules(&hook, copy.as_ref().map(|c| (c, lambda)), &targets, layers);
+            (device.loss_and_grads(&inputs, &targets, Some(&on_device))?, lambda)
+        }
+        None => (device.loss_and_grads(&inputs, &targets, None)?, 0.0),
+    };
     // at the CPU engine's precision, f32, so that a run's log reads alike from either engine (and a
     // resumed run's logged losses are the ones it computed)
-    let loss = f64::from(device.loss_and_grads(&inputs, &targets)? as f32);
-    if !loss.is_finite() {
-        return Ok(Err(NonFinite { loss, penalty: 0.0 }));
+    let (loss, penalty) = (f64::from(loss.cross_entropy as f32), f64::from(loss.penalty as f32));
+    if !(loss + penalty).is_finite() {
+        return Ok(Err(NonFinite { loss, penalty }));
     }
     let learning_rate = plan.optim.learning_rate_at(step, plan.total_steps);
     let grad_norm = device.update(plan.optim, learning_rate)?;
-    Ok(Ok(StepRecord { step: step + 1, loss, penalty: 0.0, lambda: 0.0, learning_rate, grad_norm }))
+    Ok(Ok(StepRecord { step: step + 1, loss, penalty, lambda, learning_rate, grad_norm }))
+}
+
+/// A device step's failure as the run reports it.
+pub fn device_error(message: String) -> crate::Error {
+    crate::Error::Numeric(format!("the device step failed: {message}"))
 }
 
 /// Encoded splits with their vocabulary.

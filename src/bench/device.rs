@@ -11,11 +11,8 @@ use crate::engine::linalg::gemm_flops;
 use crate::engine::optim::OptimConfig;
 use crate::engine::Model;
 use crate::rng::Rng;
+use crate::step::device_error;
 use crate::{Error, Result};
-
-fn device_error(message: String) -> Error {
-    Error::Numeric(format!("the device step failed: {message}"))
-}
 
 /// Median time of `steps` training steps and of `steps` evaluation passes of `config` on `device`, each
 /// timed to the device's completion, after one untimed warm-up of each, on random tokens; the
@@ -54,7 +51,7 @@ pub fn run_config_on<D: Device>(
     };
     let train_step = |resident: &mut DeviceModel<D>| -> Result<f64> {
         let start = Instant::now();
-        resident.train_step(&tokens, &targets, &optim, 1e-4).map_err(device_error)?;
+        resident.train_step(&tokens, &targets, None, &optim, 1e-4).map_err(device_error)?;
         resident.device_mut().synchronize().map_err(device_error)?;
         Ok(start.elapsed().as_secs_f64())
     };
@@ -73,10 +70,10 @@ pub fn run_config_on<D: Device>(
         products.push(reference(&mut resident)?);
     }
     let mut eval = Vec::with_capacity(steps);
-    resident.loss(&tokens, &targets).map_err(device_error)?;
+    resident.loss(&tokens, &targets, None).map_err(device_error)?;
     for _ in 0..steps {
         let start = Instant::now();
-        resident.loss(&tokens, &targets).map_err(device_error)?;
+        resident.loss(&tokens, &targets, None).map_err(device_error)?;
         eval.push(start.elapsed().as_secs_f64());
     }
     let reference = gemm_flops(size, size, size) / median(products) / 1e9;
@@ -105,7 +102,8 @@ pub fn loss_trajectories<D: Device>(device: D, config: &BenchConfig, steps: usiz
         let (loss, _, grads) = model.loss_and_grads(&tokens, &targets, batch, seq_len, &NoHook, None);
         optimizer.update(&mut model.params, &grads, &optim, lr);
         on_cpu.push(f64::from(loss));
-        on_device.push(resident.train_step(&tokens, &targets, &optim, lr).map_err(device_error)?.loss);
+        on_device
+            .push(resident.train_step(&tokens, &targets, None, &optim, lr).map_err(device_error)?.loss.cross_entropy);
     }
     Ok((on_cpu, on_device))
 }

@@ -42,9 +42,8 @@ pub struct Cli {
     #[arg(long, short, global = true)]
     pub verbose: bool,
     /// Where training runs: `cpu`, `cuda` (an error without a usable GPU), or `auto` (the GPU when the
-    /// probe finds one). The GPU's device step does not take rules yet: under `cuda` a run with rules is
-    /// an error, under `auto` it trains on the CPU. A pipeline's `train.device` is checked the same way;
-    /// `ailla env` shows the probe. The CUDA path is unverified on hardware (README, "CUDA").
+    /// probe finds one). The device step takes rules, copy paths and recruited blocks; a pipeline's
+    /// `train.device` is checked the same way; `ailla env` shows the probe. The CUDA path is unverified on hardware (README, "CUDA").
     #[arg(long, global = true, value_enum)]
     pub device: Option<crate::engine::cuda::DeviceChoice>,
     #[command(subcommand)]

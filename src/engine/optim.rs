@@ -74,6 +74,14 @@ pub fn decays(ndim: usize) -> bool {
     ndim >= 2
 }
 
+/// How AdamW treats tensor `name` (of `ndim` dimensions) at learning rate `lr`: its weight-decay factor
+/// `1 − lr·wd` (1 where it does not decay) and its own learning rate (the copy gates' is scaled).
+pub fn tensor_rates(name: &str, ndim: usize, config: &OptimConfig, lr: f64) -> (f64, f64) {
+    let copy_gate = name.starts_with(COPY_GATE_PREFIX);
+    let decay = if decays(ndim) && !copy_gate { 1.0 - lr * config.weight_decay } else { 1.0 };
+    (decay, if copy_gate { lr * config.copy_gate_lr_scale } else { lr })
+}
+
 impl<F: Scalar> AdamW<F> {
     pub fn new(params: &Params<F>) -> Self {
         let named = params.named();
@@ -121,14 +129,11 @@ impl<F: Scalar> AdamW<F> {
         let (b1, b2) = (F::lit(config.beta1), F::lit(config.beta2));
         let (one_b1, one_b2) = (F::lit(1.0 - config.beta1), F::lit(1.0 - config.beta2));
         let clip = F::lit(clip);
-        let step_size = F::lit(lr / bias1);
         let inv_sqrt_bias2 = F::lit(1.0 / bias2.sqrt());
         let eps = F::lit(config.eps);
-        let copy_step_size = F::lit(lr * config.copy_gate_lr_scale / bias1);
         for (index, ((name, mut p), (_, g))) in params.named_mut().into_iter().zip(grad_tensors).enumerate() {
-            let copy_gate = name.starts_with(COPY_GATE_PREFIX);
-            let decay = if decays(p.ndim()) && !copy_gate { F::lit(1.0 - lr * config.weight_decay) } else { F::one() };
-            let step_size = if copy_gate { copy_step_size } else { step_size };
+            let (decay, tensor_lr) = tensor_rates(&name, p.ndim(), config, lr);
+            let (decay, step_size) = (F::lit(decay), F::lit(tensor_lr / bias1));
             Zip::from(&mut p).and(&g).and(&mut self.m[index]).and(&mut self.v[index]).par_for_each(|p, &g, m, v| {
                 let g = g * clip;
                 *m = b1 * *m + one_b1 * g;

@@ -98,6 +98,16 @@ impl<'a> LocalityHook<'a> {
         self.lambdas.get(layer).copied().unwrap_or(0.0)
     }
 
+    /// `ρ·λ_l/C`, the weight of layer `layer`'s penalty on each covered row's `Ω_i`.
+    pub fn penalty_weight(&self, layer: usize) -> f64 {
+        self.penalty_weight.get(layer).copied().unwrap_or(0.0)
+    }
+
+    /// The batch's target sets the hook reads.
+    pub fn targets(&self) -> &BatchTargets {
+        self.targets
+    }
+
     /// `τ(λ)` at a layer.
     pub fn temperature(&self, layer: usize) -> f64 {
         1.0 + self.lambda(layer) * (self.settings.temperature - 1.0)

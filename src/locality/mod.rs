@@ -4,6 +4,7 @@
 pub mod bounds;
 pub mod copy_paths;
 pub mod copy_targets;
+pub mod device_rules;
 pub mod hook;
 pub mod metrics;
 pub mod rules;

@@ -185,7 +185,7 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
         None => None,
     };
     // the device is opened (and a run it cannot take refused) before anything on disk changes
-    let mut resident = open_resident(control.device, &model, &optimizer, locality.is_some(), config, progress)?;
+    let mut resident = open_resident(control.device, &model, &optimizer, config, progress)?;
     if lock.is_none() {
         std::fs::create_dir_all(&paths.dir).map_err(|e| Error::io(&paths.dir, e))?;
         lock = Some(RunLock::acquire(&paths.dir, &mut |note| progress.note(note))?);
@@ -258,7 +258,7 @@ pub fn train(config: &TrainConfig, out_dir: &Path, control: &RunControl, progres
         let plan = StepPlan::of(config, locality.as_ref().map(|(settings, _, set)| (*settings, set)), &data.train);
         let outcome = match resident.as_mut() {
             None => train_step(&mut model, &mut optimizer, &plan, step, step),
-            Some(device) => resident_train_step(device.as_mut(), &plan, seq_len, step).map_err(device_error)?,
+            Some(device) => resident_train_step(device.as_mut(), &model, &plan, step).map_err(device_error)?,
         };
         let record = match outcome {
             Ok(record) => record,
@@ -479,19 +479,13 @@ fn open_resident(
     device: StepDevice,
     model: &Model<f32>,
     optimizer: &AdamW<f32>,
-    has_rules: bool,
     config: &TrainConfig,
     progress: &Progress,
 ) -> Result<Option<Box<dyn ResidentStep>>> {
     if device == StepDevice::Cpu {
         return Ok(None);
     }
-    let reason = if has_rules {
-        Some("rules (locality) are not in the device step yet".to_string())
-    } else {
-        crate::engine::cuda::step::unsupported(model)
-    };
-    if let Some(reason) = reason {
+    if let Some(reason) = crate::engine::cuda::step::unsupported(model) {
         if device.required() {
             return Err(Error::invalid("device", format!("{reason}; train this run with --device cpu")));
         }
@@ -504,10 +498,6 @@ fn open_resident(
     step.load_optimizer(optimizer).map_err(device_error)?;
     progress.note(&format!("training on {}", step.describe()));
     Ok(Some(step))
-}
-
-fn device_error(message: String) -> Error {
-    Error::Numeric(format!("the device step failed: {message}"))
 }
 
 /// Brings the device's weights and optimizer state to the host copies, which evaluation, checkpoints
@@ -583,22 +573,54 @@ mod tests {
         assert_eq!(straight.model, again.model);
     }
 
+    /// Each training step's `(loss, penalty, λ)` as the run's log holds them.
+    fn logged_steps(dir: &Path) -> Vec<(f64, f64, f64)> {
+        let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+        text.lines()
+            .filter_map(|line| match serde_json::from_str::<MetricsRecord>(line) {
+                Ok(MetricsRecord::Train { loss, penalty, lambda, .. }) => Some((loss, penalty, lambda)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The device step under rules in the training loop: the bundled rules' attention dial and the copy
+    /// examples' copy paths (with injected rules, so the rules in force are taken per step), λ drawn
+    /// per batch; the CPU engine's losses, penalties and λ step by step.
     #[test]
-    fn a_run_with_rules_is_refused_by_a_required_device_before_anything_is_written() {
+    fn a_run_with_rules_and_copy_paths_on_the_device_step_follows_the_cpu_run() {
+        let copy_examples = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("rules/copy-examples.rules");
+        let spec = format!(
+            r#"{{"rules": {{"file": {:?}}}, "schedule": {{"uniform": {{"low": 0.2, "high": 1.0}}}}}}"#,
+            copy_examples
+        );
         let config = TrainConfig {
-            locality: Some(crate::config::LocalityConfig {
-                rules: crate::locality::RulesSource::Bundled,
-                ..serde_json::from_str(r#"{"rules": "bundled"}"#).unwrap()
-            }),
+            locality: Some(serde_json::from_str(&spec).unwrap()),
             tokenizer: crate::data::TokenizerKind::Word,
+            model: crate::config::ModelShape { ctx_len: 48, ..small_run().model },
             ..small_run()
         };
         let dir = tempfile::tempdir().unwrap();
-        let out = dir.path().join("run");
-        let control = RunControl { device: StepDevice::Host, ..RunControl::default() };
-        let error = train(&config, &out, &control, &Progress::Silent).unwrap_err().to_string();
-        assert!(error.contains("rules (locality) are not in the device step yet"), "{error}");
-        assert!(!out.join("train.json").exists());
+        let cpu = run(&config, &dir.path().join("cpu"), RunControl::default());
+        let on_device = RunControl { device: StepDevice::Host, ..RunControl::default() };
+        let device = run(&config, &dir.path().join("device"), on_device);
+        let (cpu_steps, device_steps) =
+            (logged_steps(&dir.path().join("cpu")), logged_steps(&dir.path().join("device")));
+        assert_eq!(cpu_steps.len(), config.steps);
+        assert!(cpu_steps.iter().all(|&(_, penalty, _)| penalty > 0.0), "the penalty acts at every step");
+        for (step, (c, d)) in cpu_steps.iter().zip(&device_steps).enumerate() {
+            assert_eq!(c.2, d.2, "step {step}: the same λ");
+            assert!((c.0 - d.0).abs() <= 1e-4 * c.0.abs(), "step {step}: loss cpu {}, device {}", c.0, d.0);
+            assert!((c.1 - d.1).abs() <= 1e-4 * c.1.abs(), "step {step}: penalty cpu {}, device {}", c.1, d.1);
+        }
+        let (c, d) = (cpu.valid.mean_ce_nats, device.valid.mean_ce_nats);
+        assert!((c - d).abs() <= 1e-4 * c.abs(), "final validation: cpu {c}, device {d}");
+        let model = crate::checkpoint::load(&dir.path().join("device").join("model.safetensors")).unwrap().model;
+        assert!(
+            model.config.copy_paths.len() >= 4,
+            "the copy examples' paths were trained: {:?}",
+            model.config.copy_paths
+        );
     }
 
     #[test]

@@ -42,6 +42,11 @@ pub struct Regions {
     pub ln_f_bias: Floats,
     /// `[d, V]` when untied.
     pub head: Option<Floats>,
+    /// `[K, d]` with recruited blocks.
+    pub block_emb: Option<Floats>,
+    /// `[C, d]` and `[C]` with copy paths.
+    pub copy_weight: Option<Floats>,
+    pub copy_bias: Option<Floats>,
 }
 
 /// The regions of every tensor of `model` in a flat buffer laid out by `slots`.
@@ -53,6 +58,7 @@ pub fn regions(slots: &[Slot], buffer: Floats, model: &Model<f32>) -> DeviceResu
             .map(|slot| buffer.part(slot.offset, slot.len))
             .ok_or_else(|| format!("the model has no tensor {name}"))
     };
+    let optional = |name: &str, present: bool| present.then(|| find(name)).transpose();
     let layers = (0..model.config.n_layers)
         .map(|l| {
             let at = |name: &str| find(&format!("layers.{l}.{name}"));
@@ -79,5 +85,8 @@ pub fn regions(slots: &[Slot], buffer: Floats, model: &Model<f32>) -> DeviceResu
         ln_f_weight: find("ln_f.weight")?,
         ln_f_bias: find("ln_f.bias")?,
         head: if model.config.tied { None } else { Some(find("head")?) },
+        block_emb: optional("block_emb", !model.config.recruited_blocks.is_empty())?,
+        copy_weight: optional("copy.weight", !model.config.copy_paths.is_empty())?,
+        copy_bias: optional("copy.bias", !model.config.copy_paths.is_empty())?,
     })
 }

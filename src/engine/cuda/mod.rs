@@ -7,9 +7,10 @@
 //! and training stays on the CPU engine, whose numbers the GPU path never changes.
 //!
 //! Status: the probe, the device choice, the row-major → column-major product mapping ([`gemm`]), the
-//! kernel sources ([`kernels`]) and the device step ([`step`], on the host device of [`host`]) are tested
-//! without a GPU; the GPU device ([`device`]) and the kernels themselves have not run on hardware yet.
+//! kernel sources ([`kernels`]) and the device step ([`step`], with and without rules, on the host device
+//! of [`host`]) are tested without a GPU; the GPU device ([`device`]) and the kernels themselves have not run on hardware yet.
 
+pub mod batch_rules;
 #[cfg(feature = "cuda")]
 pub mod device;
 pub mod gemm;

@@ -2,15 +2,20 @@
 //! names no device type.
 
 use super::ops::{Device, DeviceResult};
-use super::step::DeviceModel;
+use super::step::{BatchLoss, BatchRules, DeviceModel};
 use crate::engine::optim::{AdamW, OptimConfig};
 use crate::engine::Model;
 
 /// The device step as the training loop holds it, whichever the device.
 pub trait ResidentStep {
     fn describe(&self) -> String;
-    /// Loss and gradients of one batch (`batch × seq_len` tokens).
-    fn loss_and_grads(&mut self, tokens: &[u32], targets: &[u32]) -> DeviceResult<f64>;
+    /// Loss and gradients of one batch (`batch × seq_len` tokens) under its rules, if any.
+    fn loss_and_grads(
+        &mut self,
+        tokens: &[u32],
+        targets: &[u32],
+        rules: Option<&BatchRules>,
+    ) -> DeviceResult<BatchLoss>;
     /// AdamW from the gradients of the last [`loss_and_grads`](Self::loss_and_grads); the norm before
     /// clipping.
     fn update(&mut self, optim: &OptimConfig, lr: f64) -> DeviceResult<f64>;
@@ -23,8 +28,13 @@ impl<D: Device> ResidentStep for DeviceModel<D> {
         self.device().describe()
     }
 
-    fn loss_and_grads(&mut self, tokens: &[u32], targets: &[u32]) -> DeviceResult<f64> {
-        DeviceModel::loss_and_grads(self, tokens, targets)
+    fn loss_and_grads(
+        &mut self,
+        tokens: &[u32],
+        targets: &[u32],
+        rules: Option<&BatchRules>,
+    ) -> DeviceResult<BatchLoss> {
+        DeviceModel::loss_and_grads(self, tokens, targets, rules)
     }
 
     fn update(&mut self, optim: &OptimConfig, lr: f64) -> DeviceResult<f64> {

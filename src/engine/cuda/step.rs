@@ -3,20 +3,23 @@
 //! the kernels of [`super::kernels`]; only the tokens go in and the per-row losses come out.
 //!
 //! The step computes what [`Model::loss_and_grads`] and [`AdamW::update`] compute, in the same order of
-//! layers and with the same formulas, on any [`Device`]. It covers the model without hooks, copy paths
-//! or recruited blocks, which is what `ailla bench --device cuda` and the loss check train; a model
-//! with any of those is refused with a message, never trained approximately.
+//! layers and with the same formulas, on any [`Device`]: the plain model, and with a batch's rules
+//! ([`BatchRules`]) the locality dial, the copy paths and recruited blocks' embeddings ([`rules`]).
 //!
 //! Parameters, gradients and both moments are each one buffer holding the tensors of
 //! [`Params::named`] back to back, so the gradient norm is one reduction and the host copy of a tensor
 //! is one slice.
 
+mod output;
+mod rules;
+
+pub use super::batch_rules::BatchRules;
 use super::gemm::{RowMajorProduct, RowStrides};
 use super::layout::{regions, Regions, Slot};
 use super::ops::{Device, DeviceResult, Floats, Gemm, Ids, Launch};
 pub use super::resident::ResidentStep;
 use crate::engine::model::{Model, Params};
-use crate::engine::optim::{decays, AdamW, OptimConfig};
+use crate::engine::optim::{tensor_rates, AdamW, OptimConfig};
 
 /// Logit rows per output-loss chunk: at most this many logits `[rows, V]` exist at once (256 MiB).
 const LOGIT_ELEMENTS: usize = 1 << 26;
@@ -58,11 +61,19 @@ struct Scratch {
     d_hidden: Floats,
 }
 
+/// The loss of one batch.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BatchLoss {
+    /// Mean cross-entropy of the batch, in nats (with the copy paths' mixture where they act).
+    pub cross_entropy: f64,
+    /// The dial's `λ·ρ·Ω`, 0 without rules.
+    pub penalty: f64,
+}
+
 /// What one training step reports.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StepOutcome {
-    /// Mean cross-entropy of the batch, in nats.
-    pub loss: f64,
+    pub loss: BatchLoss,
     /// The gradient's global norm before clipping.
     pub grad_norm: f64,
 }
@@ -96,17 +107,12 @@ pub struct DeviceModel<D: Device> {
     ones: Floats,
     zeros: Floats,
     scratch: Scratch,
+    rules: rules::RuleState,
 }
 
 /// Why a model cannot take the device step, or `None` when it can.
 pub fn unsupported(model: &Model<f32>) -> Option<String> {
     let c = &model.config;
-    if !c.copy_paths.is_empty() {
-        return Some("copy paths (METHOD §4) are not in the device step yet".into());
-    }
-    if !c.recruited_blocks.is_empty() {
-        return Some("recruited block embeddings are not in the device step yet".into());
-    }
     if c.n_heads == 0 || c.d_model % c.n_heads != 0 {
         return Some(format!("d_model {} is not a multiple of n_heads {}", c.d_model, c.n_heads));
     }
@@ -171,7 +177,9 @@ impl<D: Device> DeviceModel<D> {
         };
         let ones = device.alloc(n)?;
         device.upload(ones, &vec![1.0; n])?;
+        let rules = rules::RuleState::new(&mut device, model, n)?;
         Ok(DeviceModel {
+            rules,
             tokens: device.alloc_ids(n)?,
             targets: device.alloc_ids(n)?,
             embedded: device.alloc(n * d)?,
@@ -209,34 +217,44 @@ impl<D: Device> DeviceModel<D> {
         &mut self.device
     }
 
-    /// One step of training on `tokens [N]` → `targets [N]`: forward, loss, backward, AdamW at `lr`.
+    /// One step of training on `tokens [N]` → `targets [N]` under the batch's rules, if any: forward,
+    /// loss, backward, AdamW at `lr`.
     pub fn train_step(
         &mut self,
         tokens: &[u32],
         targets: &[u32],
+        rules: Option<&BatchRules>,
         optim: &OptimConfig,
         lr: f64,
     ) -> DeviceResult<StepOutcome> {
-        let loss = self.loss_and_grads(tokens, targets)?;
+        let loss = self.loss_and_grads(tokens, targets, rules)?;
         let grad_norm = self.update(optim, lr)?;
         Ok(StepOutcome { loss, grad_norm })
     }
 
-    /// Mean cross-entropy of `targets` given `tokens`, without gradients.
-    pub fn loss(&mut self, tokens: &[u32], targets: &[u32]) -> DeviceResult<f64> {
-        self.load_batch(tokens, targets)?;
+    /// The loss of `targets` given `tokens` under the batch's rules, without gradients.
+    pub fn loss(&mut self, tokens: &[u32], targets: &[u32], rules: Option<&BatchRules>) -> DeviceResult<BatchLoss> {
+        self.load_batch(tokens, targets, rules)?;
         self.forward()?;
-        self.output_loss(false)
+        let cross_entropy = self.output_loss(false)?;
+        Ok(BatchLoss { cross_entropy, penalty: self.penalty()? })
     }
 
-    /// Mean cross-entropy and, left in the device's gradient buffer, the gradients of every parameter.
-    pub fn loss_and_grads(&mut self, tokens: &[u32], targets: &[u32]) -> DeviceResult<f64> {
-        self.load_batch(tokens, targets)?;
+    /// The loss and, left in the device's gradient buffer, the gradients of its sum (cross-entropy plus
+    /// penalty) for every parameter.
+    pub fn loss_and_grads(
+        &mut self,
+        tokens: &[u32],
+        targets: &[u32],
+        rules: Option<&BatchRules>,
+    ) -> DeviceResult<BatchLoss> {
+        self.load_batch(tokens, targets, rules)?;
         self.forward()?;
+        let penalty = self.penalty()?;
         self.device.zero(self.grads)?;
-        let loss = self.output_loss(true)?;
+        let cross_entropy = self.output_loss(true)?;
         self.backward()?;
-        Ok(loss)
+        Ok(BatchLoss { cross_entropy, penalty })
     }
 
     /// The model with the device's current parameters.
@@ -302,7 +320,7 @@ impl<D: Device> DeviceModel<D> {
         Ok(())
     }
 
-    fn load_batch(&mut self, tokens: &[u32], targets: &[u32]) -> DeviceResult<()> {
+    fn load_batch(&mut self, tokens: &[u32], targets: &[u32], rules: Option<&BatchRules>) -> DeviceResult<()> {
         let n = self.batch * self.seq_len;
         let vocab = self.model.config.vocab_size;
         if tokens.len() != n || targets.len() != n {
@@ -311,6 +329,8 @@ impl<D: Device> DeviceModel<D> {
         if let Some(bad) = tokens.iter().chain(targets).find(|&&t| t as usize >= vocab) {
             return Err(format!("token id {bad} outside the vocabulary of {vocab}"));
         }
+        self.load_rules(rules)?;
+        self.load_block_rows(tokens)?;
         self.device.upload_ids(self.tokens, tokens)?;
         self.device.upload_ids(self.targets, targets)
     }
@@ -385,6 +405,7 @@ impl<D: Device> DeviceModel<D> {
             seq_len: t,
             width: d,
         })?;
+        self.block_embedding_forward(self.embedded)?;
         let scale = 1.0 / (hs as f32).sqrt();
         for layer in 0..self.layers.len() {
             let (w, a) = (p.layers[layer], self.layers[layer]);
@@ -413,11 +434,7 @@ impl<D: Device> DeviceModel<D> {
                 scale,
                 0.0,
             )?;
-            self.device.launch(&Launch::AttentionSoftmaxForward {
-                att: a.att,
-                rows: self.batch * heads * t,
-                seq_len: t,
-            })?;
+            self.attention_softmax(layer, a.att)?;
             let mix = RowMajorProduct { m: t, n: hs, k: t, transpose_a: false, transpose_b: false };
             self.per_head(
                 mix,
@@ -467,52 +484,6 @@ impl<D: Device> DeviceModel<D> {
         width: usize,
     ) -> DeviceResult<()> {
         self.device.launch(&Launch::BroadcastRows { out, base, bias, rows, width, row_stride: width })
-    }
-
-    /// The output projection and the cross-entropy chunk by chunk of rows; with gradients, `∂J/∂hidden`
-    /// into the scratch and the output weight's gradient into the gradient buffer. Returns the mean loss.
-    fn output_loss(&mut self, with_grad: bool) -> DeviceResult<f64> {
-        let (n, d, ..) = self.shape();
-        let vocab = self.model.config.vocab_size;
-        let tied = self.p.head.is_none();
-        let weight = self.p.head.unwrap_or(self.p.tok_emb);
-        let d_weight = self.g.head.unwrap_or(self.g.tok_emb);
-        let mut start = 0;
-        while start < n {
-            let rows = self.logit_rows.min(n - start);
-            let (logits, hidden) = (self.logits.part(0, rows * vocab), self.hidden.part(start * d, rows * d));
-            let forward = RowMajorProduct { m: rows, n: vocab, k: d, transpose_a: false, transpose_b: tied };
-            self.gemm(forward, hidden, weight, logits, 0.0)?;
-            self.device.launch(&Launch::CrossEntropy {
-                logits,
-                loss: self.row_loss.part(start, rows),
-                probability: self.row_probability.part(start, rows),
-                targets: self.targets.part(start, rows),
-                w0: self.ones.part(start, rows),
-                copy_mass: self.zeros.part(start, rows),
-                grad_scale: 1.0 / n as f32,
-                rows,
-                vocab,
-            })?;
-            if with_grad {
-                // ∂J/∂h = ∂J/∂logits·Wᵀ (W is tok_embᵀ when tied)
-                let d_hidden = self.scratch.d_hidden.part(start * d, rows * d);
-                let back = RowMajorProduct { m: rows, n: d, k: vocab, transpose_a: false, transpose_b: !tied };
-                self.gemm(back, logits, weight, d_hidden, 0.0)?;
-                if tied {
-                    // ∂J/∂tok_emb [V, d] += ∂J/∂logitsᵀ·h
-                    let product = RowMajorProduct { m: vocab, n: d, k: rows, transpose_a: true, transpose_b: false };
-                    self.gemm(product, logits, hidden, d_weight, 1.0)?;
-                } else {
-                    // ∂J/∂head [d, V] += hᵀ·∂J/∂logits
-                    let product = RowMajorProduct { m: d, n: vocab, k: rows, transpose_a: true, transpose_b: false };
-                    self.gemm(product, hidden, logits, d_weight, 1.0)?;
-                }
-            }
-            start += rows;
-        }
-        let losses = self.device.download(self.row_loss)?;
-        Ok(losses.iter().map(|&l| l as f64).sum::<f64>() / n as f64)
     }
 
     fn column_sum(&mut self, out: Floats, a: Floats, width: usize, row_stride: usize) -> DeviceResult<()> {
@@ -601,8 +572,7 @@ impl<D: Device> DeviceModel<D> {
                 1.0,
                 0.0,
             )?;
-            let rows = self.batch * heads * t;
-            self.device.launch(&Launch::AttentionSoftmaxBackward { datt: s.d_att, att: a.att, rows, seq_len: t })?;
+            self.attention_softmax_backward(layer, s.d_att, a.att)?;
             let plain = RowMajorProduct { m: t, n: hs, k: t, transpose_a: false, transpose_b: false };
             self.per_head(
                 plain,
@@ -647,6 +617,7 @@ impl<D: Device> DeviceModel<D> {
             current = 1 - current;
         }
         let dx = s.dx[current];
+        self.block_embedding_backward(dx)?;
         self.device.launch(&Launch::EmbeddingBackwardPositions {
             dwpe: g.pos_emb,
             dx,
@@ -673,7 +644,7 @@ impl<D: Device> DeviceModel<D> {
         let bias1 = 1.0 - config.beta1.powi(t);
         let bias2 = 1.0 - config.beta2.powi(t);
         for slot in self.slots.clone() {
-            let decay = if decays(slot.shape.len()) { 1.0 - lr * config.weight_decay } else { 1.0 };
+            let (decay, tensor_lr) = tensor_rates(&slot.name, slot.shape.len(), config, lr);
             let part = |region: Floats| region.part(slot.offset, slot.len);
             self.device.launch(&Launch::AdamW {
                 p: part(self.params),
@@ -684,7 +655,7 @@ impl<D: Device> DeviceModel<D> {
                 beta1: config.beta1 as f32,
                 beta2: config.beta2 as f32,
                 decay: decay as f32,
-                step_size: (lr / bias1) as f32,
+                step_size: (tensor_lr / bias1) as f32,
                 inv_sqrt_bias2: (1.0 / bias2.sqrt()) as f32,
                 eps: config.eps as f32,
             })?;

@@ -2,6 +2,7 @@
 //! the same loss, gradients and trajectory, to f32 rounding. This checks the step's orchestration
 //! (layout, every product's shape and strides, the order of the kernels) on machines without a GPU.
 
+use super::batch_rules::{AttentionRules, BatchRules, CopyRules};
 use super::host::HostDevice;
 use super::step::DeviceModel;
 use crate::engine::attention::NoHook;
@@ -47,7 +48,7 @@ fn the_device_step_gives_the_cpu_engine_s_loss_and_every_gradient() {
         let (tokens, targets) = batch(3, model.config.vocab_size);
         let (cpu_loss, _, cpu_grads) = model.loss_and_grads(&tokens, &targets, BATCH, SEQ_LEN, &NoHook, None);
         let mut device = DeviceModel::new(HostDevice::new(), &model, BATCH, SEQ_LEN).unwrap();
-        let loss = device.loss_and_grads(&tokens, &targets).unwrap();
+        let loss = device.loss_and_grads(&tokens, &targets, None).unwrap().cross_entropy;
         assert!(close(loss, cpu_loss as f64, cpu_loss as f64), "tied {tied}: loss {loss} vs {cpu_loss}");
         let grads = device.gradients().unwrap();
         let largest = |tensor: &ndarray::ArrayViewD<f32>| tensor.iter().fold(0.0f64, |m, &g| m.max(g.abs() as f64));
@@ -64,7 +65,7 @@ fn the_device_step_gives_the_cpu_engine_s_loss_and_every_gradient() {
             }
         }
         // evaluation computes the same loss without touching the gradients
-        let again = device.loss(&tokens, &targets).unwrap();
+        let again = device.loss(&tokens, &targets, None).unwrap().cross_entropy;
         assert!(close(again, loss, loss), "{again} vs {loss}");
     }
 }
@@ -80,8 +81,11 @@ fn device_training_follows_the_cpu_engine_step_by_step() {
         let lr = config.learning_rate_at(step as usize, 5);
         let (cpu_loss, _, grads) = cpu.loss_and_grads(&tokens, &targets, BATCH, SEQ_LEN, &NoHook, None);
         let cpu_norm = adam.update(&mut cpu.params, &grads, &config, lr);
-        let outcome = device.train_step(&tokens, &targets, &config, lr).unwrap();
-        assert!(close(outcome.loss, cpu_loss as f64, cpu_loss as f64), "step {step}: {outcome:?} vs {cpu_loss}");
+        let outcome = device.train_step(&tokens, &targets, None, &config, lr).unwrap();
+        assert!(
+            close(outcome.loss.cross_entropy, cpu_loss as f64, cpu_loss as f64),
+            "step {step}: {outcome:?} vs {cpu_loss}"
+        );
         assert!(close(outcome.grad_norm, cpu_norm, cpu_norm), "step {step}: {outcome:?} vs norm {cpu_norm}");
     }
     // Adam moves each weight by about the learning rate whatever its gradient's size, so weights whose
@@ -98,18 +102,32 @@ fn device_training_follows_the_cpu_engine_step_by_step() {
 
 #[test]
 fn models_the_step_does_not_cover_and_bad_batches_are_refused() {
-    let mut with_copy = model(true);
-    with_copy.add_copy_path("drugs").unwrap();
-    let error = DeviceModel::new(HostDevice::new(), &with_copy, BATCH, SEQ_LEN).err().unwrap();
-    assert!(error.contains("copy paths"), "{error}");
+    let mut odd = model(true);
+    odd.config.n_heads = 3;
+    let error = DeviceModel::new(HostDevice::new(), &odd, BATCH, SEQ_LEN).err().unwrap();
+    assert!(error.contains("d_model 8 is not a multiple of n_heads 3"), "{error}");
     let plain = model(true);
     let error = DeviceModel::new(HostDevice::new(), &plain, BATCH, 7).err().unwrap();
     assert!(error.contains("context is 6"), "{error}");
     let mut device = DeviceModel::new(HostDevice::new(), &plain, BATCH, SEQ_LEN).unwrap();
     let (mut tokens, targets) = batch(4, plain.config.vocab_size);
     tokens[2] = 11;
-    let error = device.loss(&tokens, &targets).unwrap_err();
+    let error = device.loss(&tokens, &targets, None).unwrap_err();
     assert!(error.contains("token id 11 outside the vocabulary of 11"), "{error}");
-    let error = device.loss(&tokens[1..], &targets).unwrap_err();
+    let error = device.loss(&tokens[1..], &targets, None).unwrap_err();
     assert!(error.contains("for a batch of 15"), "{error}");
+    // rules built for another shape, or for copy paths the model lacks, are refused before any upload
+    tokens[2] = 1;
+    let one_layer = BatchRules { layers: vec![None], ..BatchRules::default() };
+    let error = device.loss(&tokens, &targets, Some(&one_layer)).unwrap_err();
+    assert!(error.contains("1 layers where the step has 2"), "{error}");
+    let copy = CopyRules { lambda: 1.0, strength: vec![], active: vec![], kappa_target: vec![] };
+    let with_copy = BatchRules { layers: vec![None, None], copy: Some(copy), ..BatchRules::default() };
+    let error = device.loss(&tokens, &targets, Some(&with_copy)).unwrap_err();
+    assert!(error.contains("model has no copy path"), "{error}");
+    let short =
+        AttentionRules { inv_tau: 1.0, penalty_weight: 0.0, covered: vec![0; 3], targets: vec![], bias: vec![] };
+    let bad_layer = BatchRules { layers: vec![None, Some(short)], blocks: vec![0; 15], block_count: 1, copy: None };
+    let error = device.loss(&tokens, &targets, Some(&bad_layer)).unwrap_err();
+    assert!(error.contains("layer 1's covered rows"), "{error}");
 }
