@@ -180,20 +180,25 @@ impl<D: Device> DeviceModel<D> {
 
     /// `x⁰ += onehot·B`: each member of a recruited block gets its block's embedding row.
     pub(super) fn block_embedding_forward(&mut self, x: Floats) -> DeviceResult<()> {
-        let (Some((rows, _)), Some(table)) = (&self.rules.block_rows, self.p.block_emb) else { return Ok(()) };
-        let (n, d, blocks) =
-            (self.batch * self.seq_len, self.model.config.d_model, self.model.config.recruited_blocks.len());
-        let product = RowMajorProduct { m: n, n: d, k: blocks, transpose_a: false, transpose_b: false };
-        self.device.gemm(&Gemm::plain(product, *rows, table, x, 1.0))
+        self.block_product(self.p.block_emb, x, false)
     }
 
     /// `∂B += onehotᵀ·∂x⁰`.
     pub(super) fn block_embedding_backward(&mut self, dx: Floats) -> DeviceResult<()> {
-        let (Some((rows, _)), Some(d_table)) = (&self.rules.block_rows, self.g.block_emb) else { return Ok(()) };
+        self.block_product(self.g.block_emb, dx, true)
+    }
+
+    /// The one product both directions of the block embedding take with the batch's one-hot rows
+    /// `[N, K]`: `x [N, d] += onehot·table` forward, `table [K, d] += onehotᵀ·x` backward.
+    fn block_product(&mut self, table: Option<Floats>, x: Floats, backward: bool) -> DeviceResult<()> {
+        let (Some((rows, _)), Some(table)) = (&self.rules.block_rows, table) else { return Ok(()) };
+        let rows = *rows;
         let (n, d, blocks) =
             (self.batch * self.seq_len, self.model.config.d_model, self.model.config.recruited_blocks.len());
-        let product = RowMajorProduct { m: blocks, n: d, k: n, transpose_a: true, transpose_b: false };
-        self.device.gemm(&Gemm::plain(product, *rows, dx, d_table, 1.0))
+        let (m, k) = if backward { (blocks, n) } else { (n, blocks) };
+        let product = RowMajorProduct { m, n: d, k, transpose_a: backward, transpose_b: false };
+        let (b, c) = if backward { (x, table) } else { (table, x) };
+        self.device.gemm(&Gemm::plain(product, rows, b, c, 1.0))
     }
 
     fn dial_at(&self, layer: usize) -> Option<(LayerDial, f32, f32)> {
