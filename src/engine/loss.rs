@@ -22,7 +22,6 @@
 
 use std::ops::Range;
 
-use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis};
 use rayon::prelude::*;
 
@@ -127,16 +126,10 @@ fn exp_tile<F: Scalar>(
     rows: &Range<usize>,
     cols: &Range<usize>,
 ) -> (Array2<F>, TileStats<F>) {
-    // every element is written by the product (BLAS reads no `C` when β = 0)
+    // every element is written by the product (it reads no `C` when not accumulating)
     let mut z = scratch::<F>(rows.len(), cols.len());
     // z = h·W on the tile                                                       [rows, cols]
-    general_mat_mul(
-        F::one(),
-        &hidden.slice(s![rows.clone(), ..]),
-        &weight.slice(s![.., cols.clone()]),
-        F::zero(),
-        &mut z,
-    );
+    F::tile_product(hidden.slice(s![rows.clone(), ..]), weight.slice(s![.., cols.clone()]), false, z.view_mut());
     let mut stats = TileStats {
         max: Vec::with_capacity(rows.len()),
         argmax: Vec::with_capacity(rows.len()),
@@ -330,11 +323,11 @@ pub fn output_loss_tiled<F: Scalar>(
                 }
                 let h = hidden.slice(s![rows.clone(), ..]);
                 // ∂Wᵀ[cols] += ∂zᵀ·h          [cols, d]; row tiles accumulate in order
-                let mut dw = dw_group.slice_mut(s![cols.start - group_start..cols.end - group_start, ..]);
-                general_mat_mul(F::one(), &z.t(), &h, F::one(), &mut dw);
+                let dw = dw_group.slice_mut(s![cols.start - group_start..cols.end - group_start, ..]);
+                F::tile_product(z.t(), h, true, dw);
                 // ∂h[rows] += ∂z·W[:, cols]ᵀ    [rows, d]
-                let mut dh_rows = dh.slice_mut(s![rows.clone(), ..]);
-                general_mat_mul(F::one(), &z.view(), &weight.slice(s![.., cols.clone()]).t(), F::one(), &mut dh_rows);
+                let dh_rows = dh.slice_mut(s![rows.clone(), ..]);
+                F::tile_product(z.view(), weight.slice(s![.., cols.clone()]).t(), true, dh_rows);
                 recycle(z);
             }
             dh
@@ -463,6 +456,44 @@ mod tests {
                 let w = w.view().into_dimensionality::<Ix2>().unwrap();
                 output_loss_tiled(h0.view(), w, &targets, false, tiling, None).mean_nll
             });
+        }
+    }
+
+    /// The training engine runs in `f32`, where the tile products run [`Scalar::tile_product`]'s `f32`
+    /// path (the direct kernel on CPUs that have it): its loss and both gradients agree with the `f64`
+    /// loss, whose gradients the finite-difference tests check, for a tied weight (a transposed view of
+    /// the embedding) and an untied one, over edge tiles, with cached and recomputed tiles.
+    #[test]
+    fn f32_loss_and_gradients_agree_with_the_f64_loss() {
+        let (n, d, vocab) = (300, 40, 600);
+        let embedding = random(&[vocab, d], 0.5, 11).into_dimensionality::<Ix2>().unwrap(); // [V, d]
+        let hidden = random(&[n, d], 1.0, 12).into_dimensionality::<Ix2>().unwrap();
+        let targets: Vec<u32> = (0..n).map(|i| ((i * 37 + 11) % vocab) as u32).collect();
+        let untied = embedding.t().as_standard_layout().into_owned(); // [d, V]
+        let tiling = Tiling { rows: 128, vocab: 256, groups: 2, cache_bytes: LOGIT_CACHE_BYTES };
+        for tiling in [tiling, Tiling { cache_bytes: 0, ..tiling }] {
+            for tied in [true, false] {
+                let weight64 = if tied { embedding.t() } else { untied.view() };
+                let (hidden32, weight32) = (hidden.mapv(|v| v as f32), weight64.mapv(|v| v as f32));
+                let weight32 = if tied { weight32.t().as_standard_layout().into_owned() } else { weight32 };
+                let weight32 = if tied { weight32.t() } else { weight32.view() };
+                let exact = output_loss_tiled(hidden.view(), weight64, &targets, true, tiling, None);
+                let single = output_loss_tiled(hidden32.view(), weight32, &targets, true, tiling, None);
+                // each compared value is a sum of at most max(d, N, V) = 600 f32 terms, so it lies within
+                // 600·2⁻²³ ≈ 7·10⁻⁵ of the f64 value, relative to the largest value of its kind
+                let bound = 600.0 * f64::from(f32::EPSILON);
+                let check = |name: &str, got: &Array2<f32>, expected: &Array2<f64>| {
+                    let scale = expected.iter().fold(0f64, |m, v| m.max(v.abs()));
+                    let gap = got.iter().zip(expected).fold(0f64, |m, (&g, &e)| m.max((f64::from(g) - e).abs()));
+                    assert!(gap <= bound * scale, "{name} (tied {tied}): gap {gap:e} > {:e}", bound * scale);
+                };
+                let nll_scale = exact.nll.iter().fold(0f64, |m, v| m.max(v.abs()));
+                for (&got, &expected) in single.nll.iter().zip(&exact.nll) {
+                    assert!((f64::from(got) - expected).abs() <= bound * nll_scale, "nll {got} against {expected}");
+                }
+                check("∂h", single.d_hidden.as_ref().unwrap(), exact.d_hidden.as_ref().unwrap());
+                check("∂Wᵀ", single.d_weight_t.as_ref().unwrap(), exact.d_weight_t.as_ref().unwrap());
+            }
         }
     }
 

@@ -29,6 +29,7 @@ pub mod block_embedding;
 pub mod buffers;
 pub mod copy;
 pub mod cuda;
+pub mod direct_gemm;
 pub mod embedding;
 pub mod environment;
 pub mod eval;
@@ -72,6 +73,14 @@ pub trait Scalar:
     fn tanh_kernel(self) -> Self;
     /// The free activation buffers of this type ([`buffers`]).
     fn buffers() -> &'static buffers::BufferPool<Self>;
+    /// `c = a·b`, or `c += a·b` when `accumulate`, on the calling thread: the output layer's tile
+    /// products. `f32` runs [`direct_gemm`] (no packing) where the CPU allows; `f64` runs OpenBLAS.
+    fn tile_product(
+        a: ndarray::ArrayView2<Self>,
+        b: ndarray::ArrayView2<Self>,
+        accumulate: bool,
+        c: ndarray::ArrayViewMut2<Self>,
+    );
 }
 
 static F32_BUFFERS: buffers::BufferPool<f32> = buffers::BufferPool::new();
@@ -95,6 +104,14 @@ impl Scalar for f32 {
     fn buffers() -> &'static buffers::BufferPool<Self> {
         &F32_BUFFERS
     }
+    fn tile_product(
+        a: ndarray::ArrayView2<Self>,
+        b: ndarray::ArrayView2<Self>,
+        accumulate: bool,
+        c: ndarray::ArrayViewMut2<Self>,
+    ) {
+        direct_gemm::product(a, b, accumulate, c)
+    }
 }
 
 impl Scalar for f64 {
@@ -114,6 +131,15 @@ impl Scalar for f64 {
     }
     fn buffers() -> &'static buffers::BufferPool<Self> {
         &F64_BUFFERS
+    }
+    fn tile_product(
+        a: ndarray::ArrayView2<Self>,
+        b: ndarray::ArrayView2<Self>,
+        accumulate: bool,
+        mut c: ndarray::ArrayViewMut2<Self>,
+    ) {
+        linalg::init_blas();
+        ndarray::linalg::general_mat_mul(1.0, &a, &b, if accumulate { 1.0 } else { 0.0 }, &mut c)
     }
 }
 

@@ -1,0 +1,371 @@
+//! `f32` matrix products that pack nothing: the output layer's three products per logit tile.
+//!
+//! OpenBLAS copies both operands of every call into its own panel layout before multiplying. For the
+//! output layer that is a poor trade: each logit tile (`[2048, 256]`) costs three calls in which one
+//! dimension is only the model width `d`, so the copies are a large share of the arithmetic. Profiled
+//! on word-wt2 (2-core AMD EPYC, OpenBLAS 0.3.21): packing 7 % and the zeroing of β = 0 outputs 1.8 %
+//! of a training step's cycles. Here a register-blocked micro-kernel reads its operands where they lie:
+//!
+//! - `A` through any pair of strides, one scalar per row and step broadcast into a register, so rows
+//!   of a row-major matrix and columns of one (a transposed view) are read alike;
+//! - `B` by rows, each row's `NR` elements contiguous (unit column stride);
+//! - `C` by rows with unit column stride, written once per block of the inner dimension (no zeroing).
+//!
+//! Each `MR × NR` block of `C` is a sum over the inner dimension in one fixed order (FMA per step,
+//! from zero, then added to `C` when accumulating), in blocks of [`INNER_BLOCK`], so a result depends
+//! on the shapes and the kernel, never on the thread count. Edges narrower than a register block run
+//! the same kernel on zero-padded copies, so they give the bits the full kernel would.
+//!
+//! The kernel needs AVX-512 (`8 × 32` blocks: 16 accumulators of 16 lanes). Without it [`product`]
+//! hands the call to OpenBLAS: an AVX2 `6 × 16` version of the same kernel was measured against
+//! OpenBLAS's own AVX2 kernel on one CPU and did not pay (the forward tile 98.6 against 95.4 GFLOP/s,
+//! `∂h` 103 against 105, and `∂Wᵀ`, whose `A` is read down its columns, 85 against 107). Two CPUs
+//! that take different paths round differently; one machine always gives the same bits.
+
+use std::sync::OnceLock;
+
+use ndarray::linalg::general_mat_mul;
+use ndarray::{ArrayView2, ArrayViewMut2};
+
+/// The inner dimension is summed in blocks of this many steps: a block of `B`'s register panel (16 KB
+/// for `NR = 16`) stays in the L1 cache while the rows of `A` stream past it.
+pub const INNER_BLOCK: usize = 256;
+
+/// Rows of `A` (and `C`) per pass over one register panel of `B`: about 128–256 KB of `A` kept in L2.
+const ROW_BLOCK_TARGET: usize = 256;
+
+/// One register block: `C[MR, NR] (+)= Σ_k A[i, k]·B[k, j]` over `k < inner`, where `A[i, k]` is at
+/// `a + i·a_row + k·a_step`, `B[k, ·]` at `b + k·ldb` and `C[i, ·]` at `c + i·ldc` (element offsets).
+type BlockFn = unsafe fn(
+    inner: usize,
+    a: *const f32,
+    a_row: isize,
+    a_step: isize,
+    b: *const f32,
+    ldb: isize,
+    c: *mut f32,
+    ldc: isize,
+    accumulate: bool,
+);
+
+/// A micro-kernel and its register block.
+#[derive(Clone, Copy)]
+pub struct Kernel {
+    pub name: &'static str,
+    pub rows: usize,
+    pub cols: usize,
+    block: BlockFn,
+}
+
+/// Defines an `unsafe fn` computing one `$mr × ($lanes·$vectors)` register block with the given SIMD
+/// intrinsics, compiled for `$features`.
+macro_rules! register_block {
+    ($name:ident, $features:literal, $mr:literal, $vectors:literal, $lanes:literal,
+     $zero:ident, $load:ident, $store:ident, $splat:ident, $fma:ident, $add:ident) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn $name(
+            inner: usize,
+            a: *const f32,
+            a_row: isize,
+            a_step: isize,
+            b: *const f32,
+            ldb: isize,
+            c: *mut f32,
+            ldc: isize,
+            accumulate: bool,
+        ) {
+            use std::arch::x86_64::*;
+            let mut acc = [[$zero(); $vectors]; $mr];
+            // SAFETY (whole body): the caller guarantees that every address of A, B and C described by
+            // the strides lies inside its operand for i < MR, k < inner, j < NR.
+            unsafe {
+                let rows: [*const f32; $mr] = std::array::from_fn(|i| a.offset(i as isize * a_row));
+                let (mut b_row, mut a_offset) = (b, 0isize);
+                for _ in 0..inner {
+                    let b_vectors: [_; $vectors] = std::array::from_fn(|v| $load(b_row.add(v * $lanes)));
+                    for i in 0..$mr {
+                        let a_value = $splat(*rows[i].offset(a_offset));
+                        for v in 0..$vectors {
+                            acc[i][v] = $fma(a_value, b_vectors[v], acc[i][v]);
+                        }
+                    }
+                    b_row = b_row.offset(ldb);
+                    a_offset += a_step;
+                }
+                for i in 0..$mr {
+                    let c_row = c.offset(i as isize * ldc);
+                    for v in 0..$vectors {
+                        let out = c_row.add(v * $lanes);
+                        let value = if accumulate { $add($load(out), acc[i][v]) } else { acc[i][v] };
+                        $store(out, value);
+                    }
+                }
+            }
+        }
+    };
+}
+
+register_block!(
+    block_avx512_8x32,
+    "avx512f",
+    8,
+    2,
+    16,
+    _mm512_setzero_ps,
+    _mm512_loadu_ps,
+    _mm512_storeu_ps,
+    _mm512_set1_ps,
+    _mm512_fmadd_ps,
+    _mm512_add_ps
+);
+
+/// Every kernel this CPU can run, the one [`product`] uses first.
+pub fn available_kernels() -> Vec<Kernel> {
+    #[allow(unused_mut)]
+    let mut kernels = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            kernels.push(Kernel { name: "avx512 8x32", rows: 8, cols: 32, block: block_avx512_8x32 });
+        }
+    }
+    kernels
+}
+
+/// The kernel [`product`] uses on this CPU, if any.
+pub fn kernel() -> Option<Kernel> {
+    static CHOSEN: OnceLock<Option<Kernel>> = OnceLock::new();
+    *CHOSEN.get_or_init(|| available_kernels().into_iter().next())
+}
+
+/// `c = a·b` (or `c += a·b` when `accumulate`), single-threaded: `a [M, K]`, `b [K, N]`, `c [M, N]`.
+///
+/// Runs the direct kernel when this CPU has one and `c` has a unit column stride (a `b` without one is
+/// copied into rows first); otherwise OpenBLAS computes the same product.
+pub fn product(a: ArrayView2<f32>, b: ArrayView2<f32>, accumulate: bool, c: ArrayViewMut2<f32>) {
+    match kernel() {
+        Some(kernel) => product_with(kernel, a, b, accumulate, c),
+        None => blas_product(a, b, accumulate, c),
+    }
+}
+
+fn blas_product(a: ArrayView2<f32>, b: ArrayView2<f32>, accumulate: bool, mut c: ArrayViewMut2<f32>) {
+    super::linalg::init_blas();
+    general_mat_mul(1.0, &a, &b, if accumulate { 1.0 } else { 0.0 }, &mut c);
+}
+
+/// [`product`] with a given kernel (for tests and benchmarks that compare kernels).
+pub fn product_with(
+    kernel: Kernel,
+    a: ArrayView2<f32>,
+    b: ArrayView2<f32>,
+    accumulate: bool,
+    mut c: ArrayViewMut2<f32>,
+) {
+    let ((m, inner), n) = (a.dim(), b.ncols());
+    assert_eq!(b.nrows(), inner, "inner dimensions agree");
+    assert_eq!(c.dim(), (m, n), "the output is [M, N]");
+    if m == 0 || n == 0 {
+        return;
+    }
+    if inner == 0 {
+        if !accumulate {
+            c.fill(0.0);
+        }
+        return;
+    }
+    // (a column stride means nothing for one column, and empty arrays have strides of 0)
+    if n > 1 && c.strides()[1] != 1 {
+        return blas_product(a, b, accumulate, c);
+    }
+    if n > 1 && b.strides()[1] != 1 {
+        // B seen through a transpose (the tied output weight as Eᵀ): one copy into rows, K·N elements
+        // against the M·K·N of the product
+        let mut rows = super::buffers::scratch::<f32>(b.nrows(), b.ncols());
+        rows.assign(&b);
+        product_with(kernel, a, rows.view(), accumulate, c);
+        super::buffers::recycle(rows);
+        return;
+    }
+    let (mr, nr) = (kernel.rows, kernel.cols);
+    let row_block = mr * (ROW_BLOCK_TARGET / mr).max(1);
+    let [a_row, a_step] = [a.strides()[0], a.strides()[1]];
+    let (ldb, ldc) = (b.strides()[0], c.strides()[0]);
+    let (a_ptr, b_ptr, c_ptr) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
+    // zero-padded copies for edge blocks: A as [inner block, MR], B as [inner block, NR], C as [MR, NR]
+    let mut a_edge = vec![0f32; INNER_BLOCK * mr];
+    let mut b_edge = vec![0f32; INNER_BLOCK * nr];
+    let mut c_edge = vec![0f32; mr * nr];
+    for k0 in (0..inner).step_by(INNER_BLOCK) {
+        let depth = INNER_BLOCK.min(inner - k0);
+        let add = accumulate || k0 > 0;
+        for i_block in (0..m).step_by(row_block) {
+            let i_end = (i_block + row_block).min(m);
+            for j0 in (0..n).step_by(nr) {
+                let width = nr.min(n - j0);
+                // SAFETY: offsets of in-bounds elements (k0 < inner, j0 < n) of `b`.
+                let b_panel = unsafe { b_ptr.offset(k0 as isize * ldb + j0 as isize) };
+                let (b_use, ldb_use) = if width == nr {
+                    (b_panel, ldb)
+                } else {
+                    for k in 0..depth {
+                        for j in 0..nr {
+                            b_edge[k * nr + j] = if j < width { b[[k0 + k, j0 + j]] } else { 0.0 };
+                        }
+                    }
+                    (b_edge.as_ptr(), nr as isize)
+                };
+                for i0 in (i_block..i_end).step_by(mr) {
+                    let height = mr.min(m - i0);
+                    // SAFETY: offsets of in-bounds elements (i0 < m, k0 < inner) of `a` and of `c`.
+                    let a_panel = unsafe { a_ptr.offset(i0 as isize * a_row + k0 as isize * a_step) };
+                    let c_block = unsafe { c_ptr.offset(i0 as isize * ldc + j0 as isize) };
+                    if height == mr && width == nr {
+                        // SAFETY: a full register block: rows i0..i0+MR < m, columns j0..j0+NR ≤ n and
+                        // steps k0..k0+depth ≤ inner all lie inside a, b and c.
+                        unsafe { (kernel.block)(depth, a_panel, a_row, a_step, b_use, ldb_use, c_block, ldc, add) };
+                        continue;
+                    }
+                    let (a_use, a_row_use, a_step_use) = if height == mr {
+                        (a_panel, a_row, a_step)
+                    } else {
+                        for k in 0..depth {
+                            for i in 0..mr {
+                                a_edge[k * mr + i] = if i < height { a[[i0 + i, k0 + k]] } else { 0.0 };
+                            }
+                        }
+                        (a_edge.as_ptr(), 1, mr as isize)
+                    };
+                    // SAFETY: rows of `a_use` past `height` are the zero padding of `a_edge` (MR rows);
+                    // `b_use` has NR readable columns; `c_edge` is MR × NR.
+                    unsafe {
+                        (kernel.block)(
+                            depth,
+                            a_use,
+                            a_row_use,
+                            a_step_use,
+                            b_use,
+                            ldb_use,
+                            c_edge.as_mut_ptr(),
+                            nr as isize,
+                            false,
+                        )
+                    };
+                    for i in 0..height {
+                        for j in 0..width {
+                            let value = c_edge[i * nr + j];
+                            let out = &mut c[[i0 + i, j0 + j]];
+                            *out = if add { *out + value } else { value };
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ndarray::{s, Array2};
+
+    fn matrix(rows: usize, cols: usize, seed: u64) -> Array2<f32> {
+        let mut rng = crate::rng::Rng::new(seed);
+        Array2::from_shape_fn((rows, cols), |_| rng.next_f64() as f32 * 2.0 - 1.0)
+    }
+
+    /// The product in f64 from the same f32 inputs.
+    fn exact(a: ArrayView2<f32>, b: ArrayView2<f32>) -> Array2<f64> {
+        a.mapv(f64::from).dot(&b.mapv(f64::from))
+    }
+
+    /// f32 sums of `K` products of magnitude ≤ 1 are within `K·2⁻²³` of the exact sum, whatever the order.
+    fn assert_close(got: &Array2<f32>, expected: &Array2<f64>, inner: usize) {
+        let tolerance = inner as f64 * f64::from(f32::EPSILON);
+        for ((i, j), &value) in got.indexed_iter() {
+            let gap = (f64::from(value) - expected[[i, j]]).abs();
+            assert!(gap <= tolerance, "[{i}, {j}]: {value} against {} (gap {gap:e} > {tolerance:e})", expected[[i, j]]);
+        }
+    }
+
+    /// Shapes that cover full blocks, edges in both directions, several inner blocks, and the
+    /// output layer's own (`[rows, d]·[d, cols]`, `[rows, cols]·[cols, d]`, `[cols, rows]·[rows, d]`).
+    const SHAPES: [(usize, usize, usize); 7] =
+        [(1, 1, 1), (7, 3, 17), (8, 32, 32), (13, 300, 45), (64, 128, 256), (256, 700, 128), (37, 513, 70)];
+
+    #[test]
+    fn every_kernel_matches_the_exact_product_in_every_layout() {
+        let kernels = available_kernels();
+        if kernels.is_empty() {
+            eprintln!("skipped: this CPU has no direct kernel (the OpenBLAS fallback is what runs)");
+        }
+        for kernel in kernels {
+            for (index, &(m, k, n)) in SHAPES.iter().enumerate() {
+                let seed = index as u64 * 10;
+                let (a, b) = (matrix(m, k, seed), matrix(k, n, seed + 1));
+                // A row-major, and A as the transposed view of a row-major [K, M] (the ∂Wᵀ product)
+                let a_t = matrix(k, m, seed + 2);
+                for a_view in [a.view(), a_t.t()] {
+                    let mut c = Array2::from_elem((m, n), f32::NAN);
+                    product_with(kernel, a_view, b.view(), false, c.view_mut());
+                    assert_close(&c, &exact(a_view, b.view()), k);
+                    // accumulating adds the product to what is there
+                    let start = matrix(m, n, seed + 3);
+                    let mut c = start.clone();
+                    product_with(kernel, a_view, b.view(), true, c.view_mut());
+                    assert_close(&c, &(exact(a_view, b.view()) + start.mapv(f64::from)), k + 1);
+                }
+                // a column block of a wider C and B (a tile of the vocabulary)
+                let wide_b = matrix(k, n + 9, seed + 4);
+                let mut wide_c = Array2::from_elem((m, n + 9), 7.0f32);
+                product_with(
+                    kernel,
+                    a.view(),
+                    wide_b.slice(s![.., 3..3 + n]),
+                    false,
+                    wide_c.slice_mut(s![.., 3..3 + n]),
+                );
+                assert_close(
+                    &wide_c.slice(s![.., 3..3 + n]).to_owned(),
+                    &exact(a.view(), wide_b.slice(s![.., 3..3 + n])),
+                    k,
+                );
+                assert!(wide_c.slice(s![.., ..3]).iter().all(|&v| v == 7.0), "{}: wrote left of C", kernel.name);
+                assert!(wide_c.slice(s![.., 3 + n..]).iter().all(|&v| v == 7.0), "{}: wrote right of C", kernel.name);
+            }
+        }
+    }
+
+    #[test]
+    fn an_edge_block_gives_the_bits_of_a_full_block() {
+        // the first rows and columns of a product equal, bit for bit, the same rows and columns of a
+        // wider one, where they were computed by the full kernel
+        for kernel in available_kernels() {
+            let (m, k, n) = (2 * kernel.rows, 300, 2 * kernel.cols);
+            let (a, b) = (matrix(m, k, 1), matrix(k, n, 2));
+            let mut whole = Array2::zeros((m, n));
+            product_with(kernel, a.view(), b.view(), false, whole.view_mut());
+            let (m_edge, n_edge) = (kernel.rows + 3, kernel.cols + 5);
+            let mut part = Array2::zeros((m_edge, n_edge));
+            product_with(kernel, a.slice(s![..m_edge, ..]), b.slice(s![.., ..n_edge]), false, part.view_mut());
+            assert_eq!(part, whole.slice(s![..m_edge, ..n_edge]), "{}", kernel.name);
+        }
+    }
+
+    #[test]
+    fn a_transposed_b_and_an_empty_inner_dimension() {
+        // B with a column stride (the tied output weight seen as Eᵀ) is copied into rows first
+        let (a, e) = (matrix(20, 16, 5), matrix(40, 16, 6));
+        let mut c = Array2::zeros((20, 40));
+        product(a.view(), e.t(), false, c.view_mut());
+        assert_close(&c, &exact(a.view(), e.t()), 16);
+        // an empty inner dimension gives zeros, or leaves C when accumulating
+        let mut c = Array2::from_elem((3, 4), 2.0f32);
+        product(Array2::zeros((3, 0)).view(), Array2::zeros((0, 4)).view(), true, c.view_mut());
+        assert!(c.iter().all(|&v| v == 2.0));
+        product(Array2::zeros((3, 0)).view(), Array2::zeros((0, 4)).view(), false, c.view_mut());
+        assert!(c.iter().all(|&v| v == 0.0));
+    }
+}
