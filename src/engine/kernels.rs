@@ -130,23 +130,43 @@ fn max_body<F: Scalar>(values: &[F]) -> F {
 }
 
 dispatch! {
-    /// The index of the first element equal to `target` (`values.len()` when none is): with `target`
-    /// the slice's maximum, its argmax. Whole chunks are compared at once and only the one that
-    /// holds the match is scanned.
-    pub fn first_index_of<F: Scalar>(values: &[F], target: F) -> usize = first_index_body;
+    /// The largest element and the index of its first occurrence, in one pass: a row's argmax without
+    /// a second scan of the row. `(−∞, 0)` when no element exceeds −∞ (an empty or all-NaN slice).
+    pub fn max_with_index<F: Scalar>(values: &[F]) -> (F, usize) = max_with_index_body;
 }
 
 #[inline(always)]
-fn first_index_body<F: Scalar>(values: &[F], target: F) -> usize {
-    let chunks = values.chunks_exact(16);
-    let tail_start = values.len() - chunks.remainder().len();
+fn max_with_index_body<F: Scalar>(values: &[F]) -> (F, usize) {
+    const LANES: usize = 16;
+    // each lane keeps its largest element and the chunk it came from; a strictly larger element
+    // replaces it, so a lane holds the first occurrence of its maximum
+    let mut best = [F::neg_infinity(); LANES];
+    let mut chunk_of_best = [0u32; LANES];
+    let chunks = values.chunks_exact(LANES);
+    let rest = chunks.remainder();
     for (c, chunk) in chunks.enumerate() {
-        // no early exit inside the chunk: one vector compare for sixteen elements
-        if chunk.iter().fold(false, |found, &v| found | (v == target)) {
-            return c * 16 + chunk.iter().position(|&v| v == target).unwrap_or(0);
+        let c = c as u32;
+        for lane in 0..LANES {
+            let larger = chunk[lane] > best[lane];
+            best[lane] = if larger { chunk[lane] } else { best[lane] };
+            chunk_of_best[lane] = if larger { c } else { chunk_of_best[lane] };
         }
     }
-    values[tail_start..].iter().position(|&v| v == target).map_or(values.len(), |i| tail_start + i)
+    // of the lanes that hold the maximum, the earliest position
+    let (mut max, mut index) = (F::neg_infinity(), 0usize);
+    for lane in 0..LANES {
+        let position = chunk_of_best[lane] as usize * LANES + lane;
+        if best[lane] > max || (best[lane] == max && max > F::neg_infinity() && position < index) {
+            (max, index) = (best[lane], position);
+        }
+    }
+    let tail_start = values.len() - rest.len();
+    for (i, &v) in rest.iter().enumerate() {
+        if v > max {
+            (max, index) = (v, tail_start + i);
+        }
+    }
+    (max, index)
 }
 
 /// The eight running lanes of a reduction, combined in the one fixed order every reduction uses.
@@ -381,21 +401,30 @@ mod tests {
     }
 
     #[test]
-    fn the_first_index_of_a_value_is_the_first_match_in_every_position() {
+    fn max_with_index_is_the_first_position_of_the_maximum() {
+        let plain = |values: &[f32]| {
+            let max = values.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+            (max, values.iter().position(|&v| v == max).unwrap_or(0))
+        };
         for len in [0usize, 1, 15, 16, 17, 40, 257] {
-            let values: Vec<f32> = (0..len).map(|i| (i % 7) as f32).collect();
-            for target in [0.0f32, 3.0, 6.0, 9.0] {
-                let expected = values.iter().position(|&v| v == target).unwrap_or(len);
-                assert_eq!(first_index_of(&values, target), expected, "len {len}, target {target}");
+            // repeated maxima in several lanes and chunks, the first of them in every position
+            for shift in 0..len.min(40) {
+                let values: Vec<f32> = (0..len).map(|i| ((i + len - shift) % 7) as f32).collect();
+                assert_eq!(max_with_index(&values), plain(&values), "len {len}, shift {shift}");
             }
-            // a match in the tail after full chunks, and one at the very end
+            // the maximum in the tail after full chunks, and at the very end
             let mut late = vec![0.0f32; len];
             if let Some(last) = late.last_mut() {
                 *last = 5.0;
-                assert_eq!(first_index_of(&late, 5.0), len - 1);
+                assert_eq!(max_with_index(&late), (5.0, len - 1));
             }
         }
-        assert_eq!(first_index_of(&[f32::NAN; 20], f32::NAN), 20);
+        let mut with_nan = vec![1.0f32; 20];
+        with_nan[3] = f32::NAN;
+        with_nan[17] = 2.0;
+        assert_eq!(max_with_index(&with_nan), (2.0, 17));
+        assert_eq!(max_with_index(&[f32::NAN; 20]), (f32::NEG_INFINITY, 0));
+        assert_eq!(max_with_index::<f64>(&[]), (f64::NEG_INFINITY, 0));
     }
 
     #[test]

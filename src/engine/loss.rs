@@ -143,9 +143,8 @@ fn exp_tile<F: Scalar>(
         if cols.contains(&target) {
             stats.target_logits.push((i, row[target - cols.start]));
         }
-        let max = kernels::max(row);
-        // a row of NaN has no element equal to its maximum: its prediction is then the first column
-        let position = Some(kernels::first_index_of(row, max)).filter(|&p| p < row.len()).unwrap_or(0);
+        // a row of NaN has no maximum above −∞: its prediction is then the first column
+        let (max, position) = kernels::max_with_index(row);
         stats.max.push(max);
         stats.argmax.push((cols.start + position) as u32);
         stats.sum_exp.push(kernels::exp_shifted_inplace(row, max));
