@@ -129,7 +129,7 @@ fn exp_tile<F: Scalar>(
     // every element is written by the product (it reads no `C` when not accumulating)
     let mut z = scratch::<F>(rows.len(), cols.len());
     // z = h·W on the tile                                                       [rows, cols]
-    F::tile_product(hidden.slice(s![rows.clone(), ..]), weight.slice(s![.., cols.clone()]), false, z.view_mut());
+    F::local_product(hidden.slice(s![rows.clone(), ..]), weight.slice(s![.., cols.clone()]), false, z.view_mut());
     let mut stats = TileStats {
         max: Vec::with_capacity(rows.len()),
         argmax: Vec::with_capacity(rows.len()),
@@ -323,10 +323,10 @@ pub fn output_loss_tiled<F: Scalar>(
                 let h = hidden.slice(s![rows.clone(), ..]);
                 // ∂Wᵀ[cols] += ∂zᵀ·h          [cols, d]; row tiles accumulate in order
                 let dw = dw_group.slice_mut(s![cols.start - group_start..cols.end - group_start, ..]);
-                F::tile_product(z.t(), h, true, dw);
+                F::local_product(z.t(), h, true, dw);
                 // ∂h[rows] += ∂z·W[:, cols]ᵀ    [rows, d]
                 let dh_rows = dh.slice_mut(s![rows.clone(), ..]);
-                F::tile_product(z.view(), weight.slice(s![.., cols.clone()]).t(), true, dh_rows);
+                F::local_product(z.view(), weight.slice(s![.., cols.clone()]).t(), true, dh_rows);
                 recycle(z);
             }
             dh
@@ -458,7 +458,7 @@ mod tests {
         }
     }
 
-    /// The training engine runs in `f32`, where the tile products run [`Scalar::tile_product`]'s `f32`
+    /// The training engine runs in `f32`, where the tile products run [`Scalar::local_product`]'s `f32`
     /// path (the direct kernel on CPUs that have it): its loss and both gradients agree with the `f64`
     /// loss, whose gradients the finite-difference tests check, for a tied weight (a transposed view of
     /// the embedding) and an untied one, over edge tiles, with cached and recomputed tiles.

@@ -74,8 +74,9 @@ pub trait Scalar:
     /// The free activation buffers of this type ([`buffers`]).
     fn buffers() -> &'static buffers::BufferPool<Self>;
     /// `c = a·b`, or `c += a·b` when `accumulate`, on the calling thread: the output layer's tile
-    /// products. `f32` runs [`direct_gemm`] (no packing) where the CPU allows; `f64` runs OpenBLAS.
-    fn tile_product(
+    /// products and a block task's own rows. `f32` runs [`direct_gemm`] (no packing) where the CPU
+    /// allows; `f64` runs OpenBLAS.
+    fn local_product(
         a: ndarray::ArrayView2<Self>,
         b: ndarray::ArrayView2<Self>,
         accumulate: bool,
@@ -104,7 +105,7 @@ impl Scalar for f32 {
     fn buffers() -> &'static buffers::BufferPool<Self> {
         &F32_BUFFERS
     }
-    fn tile_product(
+    fn local_product(
         a: ndarray::ArrayView2<Self>,
         b: ndarray::ArrayView2<Self>,
         accumulate: bool,
@@ -132,7 +133,7 @@ impl Scalar for f64 {
     fn buffers() -> &'static buffers::BufferPool<Self> {
         &F64_BUFFERS
     }
-    fn tile_product(
+    fn local_product(
         a: ndarray::ArrayView2<Self>,
         b: ndarray::ArrayView2<Self>,
         accumulate: bool,

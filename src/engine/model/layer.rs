@@ -8,7 +8,6 @@
 //! number of threads. Weight gradients need every row: each is one product over the whole batch
 //! ([`backward_weights`]), so every element of a weight gradient still comes from one BLAS call.
 
-use ndarray::linalg::general_mat_mul;
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
@@ -252,7 +251,7 @@ fn forward_rows<F: Scalar>(
     let (ln1_w, ln1_b) = (w.ln1_weight.view(), w.ln1_bias.view());
     layernorm_rows(x, as_slice(&ln1_w), as_slice(&ln1_b), eps, out.ln1_normalized, out.ln1_rstd, out.z1.view_mut());
     fill_rows(out.qkv.view_mut(), as_slice(&b_qkv), None);
-    general_mat_mul(F::one(), &out.z1, &w_qkv, F::one(), &mut out.qkv);
+    F::local_product(out.z1.view(), w_qkv, true, out.qkv.view_mut());
     // attention, one (sequence, head) at a time
     let mut weights = Vec::with_capacity(rows / t_len * split.heads);
     let mut penalty = F::zero();
@@ -275,7 +274,7 @@ fn forward_rows<F: Scalar>(
     // h = x + y_att·W_O + b_O
     let mut h = scratch(rows, d);
     fill_rows(h.view_mut(), as_slice(&w.bo.view()), Some(x));
-    general_mat_mul(F::one(), &out.y_att, &w.wo, F::one(), &mut h);
+    F::local_product(out.y_att.view(), w.wo.view(), true, h.view_mut());
     // z₂ = LN₂(h); a₁ = z₂·W₁ + b₁; g = GELU(a₁); x' = h + g·W₂ + b₂
     let (ln2_w, ln2_b) = (w.ln2_weight.view(), w.ln2_bias.view());
     layernorm_rows(
@@ -288,7 +287,7 @@ fn forward_rows<F: Scalar>(
         out.z2.view_mut(),
     );
     fill_rows(out.a1.view_mut(), as_slice(&w.b1.view()), None);
-    general_mat_mul(F::one(), &out.z2, &w.w1, F::one(), &mut out.a1);
+    F::local_product(out.z2.view(), w.w1.view(), true, out.a1.view_mut());
     let (Some(a1), Some(g)) = (out.a1.as_slice(), out.g.as_slice_mut()) else {
         unreachable!("a task's rows of standard-layout matrices are contiguous")
     };
@@ -299,7 +298,7 @@ fn forward_rows<F: Scalar>(
         None => kernels::gelu_slice(a1, g),
     }
     fill_rows(out.output.view_mut(), as_slice(&w.b2.view()), Some(h.view()));
-    general_mat_mul(F::one(), &out.g, &w.w2, F::one(), &mut out.output);
+    F::local_product(out.g.view(), w.w2.view(), true, out.output.view_mut());
     recycle(h);
     (weights, penalty)
 }
@@ -432,7 +431,7 @@ fn backward_rows<'c, F: Scalar>(
         (zero_d.clone(), zero_d.clone(), zero_d.clone(), zero_d.clone());
     // x' = h + g·W₂ + b₂  →  ∂g = ∂x'·W₂ᵀ; g = GELU(a₁)
     let mut dg = scratch(rows, ff);
-    general_mat_mul(F::one(), &dx, &w.w2.t(), F::zero(), &mut dg);
+    F::local_product(dx.view(), w.w2.t(), false, dg.view_mut());
     let (a1, gelu_tanh) = (at(&cache.a1), at(&cache.gelu_tanh));
     for (((dg, a1), t), mut da1) in dg.rows().into_iter().zip(a1.rows()).zip(gelu_tanh.rows()).zip(out.da1.rows_mut()) {
         let (Some(dg), Some(a1), Some(t), Some(da1)) = (dg.as_slice(), a1.as_slice(), t.as_slice(), da1.as_slice_mut())
@@ -443,7 +442,7 @@ fn backward_rows<'c, F: Scalar>(
     }
     // a₁ = z₂·W₁ + b₁  →  ∂z₂ = ∂a₁·W₁ᵀ; z₂ = LN₂(h), and h flows straight to x'
     let mut dz2 = scratch(rows, d);
-    general_mat_mul(F::one(), &out.da1, &w.w1.t(), F::zero(), &mut dz2);
+    F::local_product(out.da1.view(), w.w1.t(), false, dz2.view_mut());
     let (weight2, normalized2, rstd2) = (w.ln2_weight.view(), at(&cache.ln2.normalized), &cache.ln2.rstd);
     for (i, mut dh) in out.dh.rows_mut().into_iter().enumerate() {
         let (Some(dz2), Some(xhat), Some(residual), Some(dh)) =
@@ -456,7 +455,7 @@ fn backward_rows<'c, F: Scalar>(
     }
     // h = x + y_att·W_O + b_O  →  ∂y_att = ∂h·W_Oᵀ
     let mut dy_att = scratch(rows, d);
-    general_mat_mul(F::one(), &out.dh, &w.wo.t(), F::zero(), &mut dy_att);
+    F::local_product(out.dh.view(), w.wo.t(), false, dy_att.view_mut());
     // attention, one (sequence, head) at a time, into [∂q | ∂k | ∂v]
     out.d_qkv.fill(F::zero());
     let qkv = at(&cache.qkv);
@@ -478,7 +477,7 @@ fn backward_rows<'c, F: Scalar>(
     }
     // [q | k | v] = z₁·W_QKV + b_QKV  →  ∂z₁ = ∂qkv·W_QKVᵀ; z₁ = LN₁(x), and x flows straight to h
     let mut dz1 = scratch(rows, d);
-    general_mat_mul(F::one(), &out.d_qkv, &cache.w_qkv.t(), F::zero(), &mut dz1);
+    F::local_product(out.d_qkv.view(), cache.w_qkv.t(), false, dz1.view_mut());
     let (weight1, normalized1, rstd1) = (w.ln1_weight.view(), at(&cache.ln1.normalized), &cache.ln1.rstd);
     for (i, mut dx_in) in out.dx_in.rows_mut().into_iter().enumerate() {
         let (Some(dz1), Some(xhat), Some(residual), Some(dx_in)) =
