@@ -349,8 +349,12 @@ pub fn dial_overhead(steps: usize) -> Result<DialOverhead> {
             copy_model.output_loss(&cache, targets, false, caches.as_ref().map(|c| (c, 1.0))).mean_nll,
         );
     };
-    let [plain_s, rules_s, metrics_s, copy_s] =
-        interleaved_median_seconds(steps, [&plain, &with_rules, &with_metrics, &with_copy]);
+    // The pass with every metric is in no ratio and is timed on its own: interleaved, it slowed
+    // whichever piece came after it by about 40 % (measured on a Zen 4 EPYC), which read as a copy
+    // path costing 1.42× when its own parts add 3 %.
+    let [plain_s, rules_s, copy_s] = interleaved_median_seconds(steps, [&plain, &with_rules, &with_copy]);
+    with_metrics();
+    let metrics_s = median_seconds(steps, with_metrics);
     Ok(DialOverhead {
         plain_tokens_per_s: n as f64 / plain_s,
         rules_tokens_per_s: n as f64 / rules_s,
