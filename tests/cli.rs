@@ -586,6 +586,37 @@ fn threads_beyond_a_sane_multiple_of_the_cores_are_refused() {
     assert!(stderr(&output).contains("`--threads`") && stderr(&output).contains("per core"), "{}", stderr(&output));
 }
 
+/// `AILLA_PRODUCTS` chooses who computes the products: `blas` turns ailla's own kernel off (and `ailla
+/// env` says so), and any other value than `direct` or `blas` is refused before any work, naming it.
+#[test]
+fn the_products_switch_is_checked_and_shown() {
+    let with = |value: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ailla")).args(["env"]).env("AILLA_PRODUCTS", value).output().unwrap()
+    };
+    let refused = with("fast");
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("AILLA_PRODUCTS") && stderr(&refused).contains("\"fast\""),
+        "{}",
+        stderr(&refused)
+    );
+    let blas = with("blas");
+    assert!(blas.status.success(), "{}", stderr(&blas));
+    let products = |output: &Output| {
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.lines().find(|line| line.starts_with("products")).map(str::to_owned).unwrap_or_default()
+    };
+    assert!(products(&blas).contains("BLAS for every product"), "{}", products(&blas));
+    let direct = with("direct");
+    assert!(direct.status.success(), "{}", stderr(&direct));
+    // the default names the kernel where this CPU has one, and BLAS where it has none
+    let kernel = ailla::engine::direct_gemm::available_kernels().into_iter().next();
+    match kernel {
+        Some(kernel) => assert!(products(&direct).contains(kernel.name), "{}", products(&direct)),
+        None => assert!(products(&direct).contains("needs AVX-512"), "{}", products(&direct)),
+    }
+}
+
 /// Messages name what the user gave and what to do: the flag rather than the field behind it, the
 /// field rather than a sweep that is not there, and what a directory is when it is not what a verb reads.
 #[test]

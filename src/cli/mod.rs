@@ -64,6 +64,8 @@ pub fn check_threads(field: &str, threads: usize) -> Result<()> {
 
 /// Runs a parsed command line; output goes to `out`.
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
+    let products = crate::engine::direct_gemm::PRODUCTS_VARIABLE;
+    crate::engine::direct_gemm::direct_products_allowed().map_err(|message| Error::invalid(products, message))?;
     if let Some(threads) = cli.threads {
         check_threads("--threads", threads)?;
         // fails only if a pool was already built, which main never does before this point
@@ -125,6 +127,19 @@ fn run_env(args: EnvArgs, out: &mut dyn Write) -> Result<()> {
         ("ailla", LONG_VERSION.to_string()),
         ("CPU", environment.cpu.clone()),
         ("kernels", format!("{} (ailla's element-wise kernels; the same bits on every path)", environment.simd_path)),
+        (
+            "products",
+            match crate::engine::direct_gemm::kernel() {
+                Some(kernel) => format!(
+                    "ailla's {} kernel for the output layer's tiles and each block task's rows, BLAS for the rest",
+                    kernel.name
+                ),
+                None if crate::engine::direct_gemm::available_kernels().is_empty() => {
+                    "BLAS for every product (ailla's own kernel needs AVX-512)".into()
+                }
+                None => format!("BLAS for every product ({}=blas)", crate::engine::direct_gemm::PRODUCTS_VARIABLE),
+            },
+        ),
         (
             "BLAS",
             format!(

@@ -134,10 +134,30 @@ pub fn available_kernels() -> Vec<Kernel> {
     kernels
 }
 
-/// The kernel [`product`] uses on this CPU, if any.
+/// Chooses who computes [`product`]: `direct` (the default: ailla's kernel where the CPU has one) or
+/// `blas` (OpenBLAS for every product, so that an AVX-512 machine gives the bits of an AVX2 one that
+/// runs the same OpenBLAS kernel).
+pub const PRODUCTS_VARIABLE: &str = "AILLA_PRODUCTS";
+
+/// Whether [`PRODUCTS_VARIABLE`] allows the direct kernel: an error names a value that is neither.
+pub fn direct_products_allowed() -> Result<bool, String> {
+    match std::env::var(PRODUCTS_VARIABLE) {
+        Err(std::env::VarError::NotPresent) => Ok(true),
+        Ok(value) if value == "direct" => Ok(true),
+        Ok(value) if value == "blas" => Ok(false),
+        Ok(value) => Err(format!("is {value:?}; it must be `direct` or `blas`")),
+        Err(std::env::VarError::NotUnicode(value)) => Err(format!("is {value:?}; it must be `direct` or `blas`")),
+    }
+}
+
+/// The kernel [`product`] uses in this process, if any (read once; the command line checks
+/// [`PRODUCTS_VARIABLE`] before any product runs, and an unreadable value means the default).
 pub fn kernel() -> Option<Kernel> {
     static CHOSEN: OnceLock<Option<Kernel>> = OnceLock::new();
-    *CHOSEN.get_or_init(|| available_kernels().into_iter().next())
+    *CHOSEN.get_or_init(|| {
+        let allowed = direct_products_allowed().unwrap_or(true);
+        available_kernels().into_iter().next().filter(|_| allowed)
+    })
 }
 
 /// `c = a·b` (or `c += a·b` when `accumulate`), single-threaded: `a [M, K]`, `b [K, N]`, `c [M, N]`.
