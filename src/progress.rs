@@ -99,7 +99,7 @@ impl Progress {
                 bar.set_position(step as u64);
                 bar.set_message(format!("loss {loss:.4}  {tokens_per_s:.0} tok/s"));
             }
-            Progress::Lines { every, prefix } if step % every == 0 || step == total => {
+            Progress::Lines { every, prefix } if step.is_multiple_of(*every) || step == total => {
                 crate::eprintln_lossy!("{prefix}step {step:>6}/{total}  loss {loss:.4}  {tokens_per_s:.0} tok/s");
             }
             _ => {}

@@ -113,7 +113,7 @@ pub struct DeviceModel<D: Device> {
 /// Why a model cannot take the device step, or `None` when it can.
 pub fn unsupported(model: &Model<f32>) -> Option<String> {
     let c = &model.config;
-    if c.n_heads == 0 || c.d_model % c.n_heads != 0 {
+    if c.n_heads == 0 || !c.d_model.is_multiple_of(c.n_heads) {
         return Some(format!("d_model {} is not a multiple of n_heads {}", c.d_model, c.n_heads));
     }
     None

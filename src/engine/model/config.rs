@@ -53,7 +53,7 @@ impl Config {
             ("model.n_layers", self.n_layers),
             ("model.d_ff", self.d_ff),
         ])?;
-        if self.d_model % self.n_heads != 0 {
+        if !self.d_model.is_multiple_of(self.n_heads) {
             return Err(crate::Error::invalid(
                 "model.n_heads",
                 format!("d_model {} is not divisible by {} heads", self.d_model, self.n_heads),
