@@ -1,4 +1,5 @@
-//! `f32` matrix products that pack nothing: the output layer's three products per logit tile.
+//! `f32` matrix products that pack nothing: the output layer's three products per logit tile, and a
+//! block task's products of its own rows.
 //!
 //! OpenBLAS copies both operands of every call into its own panel layout before multiplying. For the
 //! output layer that is a poor trade: each logit tile (`[2048, 256]`) costs three calls in which one
@@ -24,8 +25,9 @@
 
 use std::sync::OnceLock;
 
-use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
+
+use super::linalg::local_gemm;
 
 /// The inner dimension is summed in blocks of this many steps: a block of `B`'s register panel (16 KB
 /// for `NR = 16`) stays in the L1 cache while the rows of `A` stream past it.
@@ -141,12 +143,11 @@ pub const PRODUCTS_VARIABLE: &str = "AILLA_PRODUCTS";
 
 /// Whether [`PRODUCTS_VARIABLE`] allows the direct kernel: an error names a value that is neither.
 pub fn direct_products_allowed() -> Result<bool, String> {
-    match std::env::var(PRODUCTS_VARIABLE) {
-        Err(std::env::VarError::NotPresent) => Ok(true),
-        Ok(value) if value == "direct" => Ok(true),
-        Ok(value) if value == "blas" => Ok(false),
-        Ok(value) => Err(format!("is {value:?}; it must be `direct` or `blas`")),
-        Err(std::env::VarError::NotUnicode(value)) => Err(format!("is {value:?}; it must be `direct` or `blas`")),
+    match std::env::var_os(PRODUCTS_VARIABLE) {
+        None => Ok(true),
+        Some(value) if value == "direct" => Ok(true),
+        Some(value) if value == "blas" => Ok(false),
+        Some(value) => Err(format!("is {value:?}; it must be `direct` or `blas`")),
     }
 }
 
@@ -167,13 +168,8 @@ pub fn kernel() -> Option<Kernel> {
 pub fn product(a: ArrayView2<f32>, b: ArrayView2<f32>, accumulate: bool, c: ArrayViewMut2<f32>) {
     match kernel() {
         Some(kernel) => product_with(kernel, a, b, accumulate, c),
-        None => blas_product(a, b, accumulate, c),
+        None => local_gemm(a, b, accumulate, c),
     }
-}
-
-fn blas_product(a: ArrayView2<f32>, b: ArrayView2<f32>, accumulate: bool, mut c: ArrayViewMut2<f32>) {
-    super::linalg::init_blas();
-    general_mat_mul(1.0, &a, &b, if accumulate { 1.0 } else { 0.0 }, &mut c);
 }
 
 /// [`product`] with a given kernel (for tests and benchmarks that compare kernels).
@@ -198,7 +194,7 @@ pub fn product_with(
     }
     // (a column stride means nothing for one column, and empty arrays have strides of 0)
     if n > 1 && c.strides()[1] != 1 {
-        return blas_product(a, b, accumulate, c);
+        return local_gemm(a, b, accumulate, c);
     }
     if n > 1 && b.strides()[1] != 1 {
         // B seen through a transpose (the tied output weight as Eᵀ): one copy into rows, K·N elements
@@ -214,15 +210,26 @@ pub fn product_with(
     let [a_row, a_step] = [a.strides()[0], a.strides()[1]];
     let (ldb, ldc) = (b.strides()[0], c.strides()[0]);
     let (a_ptr, b_ptr, c_ptr) = (a.as_ptr(), b.as_ptr(), c.as_mut_ptr());
-    // zero-padded copies for edge blocks: A as [inner block, MR], B as [inner block, NR], C as [MR, NR]
-    let mut a_edge = vec![0f32; INNER_BLOCK * mr];
-    let mut b_edge = vec![0f32; INNER_BLOCK * nr];
-    let mut c_edge = vec![0f32; mr * nr];
+    // zero-padded copies for edge blocks, made only where the shapes have edges: A's last partial
+    // panel as [inner block, MR] (it starts at row `m_full`), B as [inner block, NR], C as [MR, NR]
+    let m_full = m - m % mr;
+    let edge_buffer = |len: usize, needed: bool| if needed { vec![0f32; len] } else { Vec::new() };
+    let mut a_edge = edge_buffer(INNER_BLOCK * mr, m_full < m);
+    let mut b_edge = edge_buffer(INNER_BLOCK * nr, n % nr != 0);
+    let mut c_edge = edge_buffer(mr * nr, m_full < m || n % nr != 0);
     for k0 in (0..inner).step_by(INNER_BLOCK) {
         let depth = INNER_BLOCK.min(inner - k0);
         let add = accumulate || k0 > 0;
         for i_block in (0..m).step_by(row_block) {
             let i_end = (i_block + row_block).min(m);
+            if (i_block..i_end).contains(&m_full) {
+                // the partial panel's rows, the same for every column panel of B
+                for k in 0..depth {
+                    for i in 0..mr {
+                        a_edge[k * mr + i] = if m_full + i < m { a[[m_full + i, k0 + k]] } else { 0.0 };
+                    }
+                }
+            }
             for j0 in (0..n).step_by(nr) {
                 let width = nr.min(n - j0);
                 // SAFETY: offsets of in-bounds elements (k0 < inner, j0 < n) of `b`.
@@ -248,16 +255,8 @@ pub fn product_with(
                         unsafe { (kernel.block)(depth, a_panel, a_row, a_step, b_use, ldb_use, c_block, ldc, add) };
                         continue;
                     }
-                    let (a_use, a_row_use, a_step_use) = if height == mr {
-                        (a_panel, a_row, a_step)
-                    } else {
-                        for k in 0..depth {
-                            for i in 0..mr {
-                                a_edge[k * mr + i] = if i < height { a[[i0 + i, k0 + k]] } else { 0.0 };
-                            }
-                        }
-                        (a_edge.as_ptr(), 1, mr as isize)
-                    };
+                    let (a_use, a_row_use, a_step_use) =
+                        if height == mr { (a_panel, a_row, a_step) } else { (a_edge.as_ptr(), 1, mr as isize) };
                     // SAFETY: rows of `a_use` past `height` are the zero padding of `a_edge` (MR rows);
                     // `b_use` has NR readable columns; `c_edge` is MR × NR.
                     unsafe {
@@ -315,13 +314,19 @@ mod tests {
     const SHAPES: [(usize, usize, usize); 7] =
         [(1, 1, 1), (7, 3, 17), (8, 32, 32), (13, 300, 45), (64, 128, 256), (256, 700, 128), (37, 513, 70)];
 
-    #[test]
-    fn every_kernel_matches_the_exact_product_in_every_layout() {
+    /// The kernels to test, saying so when this CPU has none (products then run OpenBLAS, which the
+    /// output loss's `f32` test still checks).
+    fn kernels_to_test(test: &str) -> Vec<Kernel> {
         let kernels = available_kernels();
         if kernels.is_empty() {
-            eprintln!("skipped: this CPU has no direct kernel (the OpenBLAS fallback is what runs)");
+            eprintln!("skipped {test}: this CPU has no direct kernel (it needs AVX-512)");
         }
-        for kernel in kernels {
+        kernels
+    }
+
+    #[test]
+    fn every_kernel_matches_the_exact_product_in_every_layout() {
+        for kernel in kernels_to_test("every_kernel_matches_the_exact_product_in_every_layout") {
             for (index, &(m, k, n)) in SHAPES.iter().enumerate() {
                 let seed = index as u64 * 10;
                 let (a, b) = (matrix(m, k, seed), matrix(k, n, seed + 1));
@@ -362,7 +367,7 @@ mod tests {
     fn an_edge_block_gives_the_bits_of_a_full_block() {
         // the first rows and columns of a product equal, bit for bit, the same rows and columns of a
         // wider one, where they were computed by the full kernel
-        for kernel in available_kernels() {
+        for kernel in kernels_to_test("an_edge_block_gives_the_bits_of_a_full_block") {
             let (m, k, n) = (2 * kernel.rows, 300, 2 * kernel.cols);
             let (a, b) = (matrix(m, k, 1), matrix(k, n, 2));
             let mut whole = Array2::zeros((m, n));

@@ -66,6 +66,13 @@ pub fn gemm<F: Scalar>(alpha: F, a: ArrayView2<F>, b: ArrayView2<F>, beta: F, mu
     }
 }
 
+/// `c = a·b`, or `c += a·b` when `accumulate`, as one BLAS call on the calling thread: for work that is
+/// already one task of a parallel split (a logit tile, a block task's rows).
+pub fn local_gemm<F: Scalar>(a: ArrayView2<F>, b: ArrayView2<F>, accumulate: bool, mut c: ArrayViewMut2<F>) {
+    init_blas();
+    general_mat_mul(F::one(), &a, &b, if accumulate { F::one() } else { F::zero() }, &mut c);
+}
+
 /// `a · b` as a new array.
 pub fn matmul<F: Scalar>(a: ArrayView2<F>, b: ArrayView2<F>) -> Array2<F> {
     let mut c = Array2::zeros((a.nrows(), b.ncols()));

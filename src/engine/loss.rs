@@ -469,13 +469,13 @@ mod tests {
         let hidden = random(&[n, d], 1.0, 12).into_dimensionality::<Ix2>().unwrap();
         let targets: Vec<u32> = (0..n).map(|i| ((i * 37 + 11) % vocab) as u32).collect();
         let untied = embedding.t().as_standard_layout().into_owned(); // [d, V]
+        let (hidden32, embedding32, untied32) =
+            (hidden.mapv(|v| v as f32), embedding.mapv(|v| v as f32), untied.mapv(|v| v as f32));
         let tiling = Tiling { rows: 128, vocab: 256, groups: 2, cache_bytes: LOGIT_CACHE_BYTES };
         for tiling in [tiling, Tiling { cache_bytes: 0, ..tiling }] {
             for tied in [true, false] {
-                let weight64 = if tied { embedding.t() } else { untied.view() };
-                let (hidden32, weight32) = (hidden.mapv(|v| v as f32), weight64.mapv(|v| v as f32));
-                let weight32 = if tied { weight32.t().as_standard_layout().into_owned() } else { weight32 };
-                let weight32 = if tied { weight32.t() } else { weight32.view() };
+                let (weight64, weight32) =
+                    if tied { (embedding.t(), embedding32.t()) } else { (untied.view(), untied32.view()) };
                 let exact = output_loss_tiled(hidden.view(), weight64, &targets, true, tiling, None);
                 let single = output_loss_tiled(hidden32.view(), weight32, &targets, true, tiling, None);
                 // each compared value is a sum of at most max(d, N, V) = 600 f32 terms, so it lies within

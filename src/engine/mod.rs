@@ -137,10 +137,9 @@ impl Scalar for f64 {
         a: ndarray::ArrayView2<Self>,
         b: ndarray::ArrayView2<Self>,
         accumulate: bool,
-        mut c: ndarray::ArrayViewMut2<Self>,
+        c: ndarray::ArrayViewMut2<Self>,
     ) {
-        linalg::init_blas();
-        ndarray::linalg::general_mat_mul(1.0, &a, &b, if accumulate { 1.0 } else { 0.0 }, &mut c)
+        linalg::local_gemm(a, b, accumulate, c)
     }
 }
 
