@@ -158,59 +158,85 @@ pub fn batch_loss(
     (loss, grad)
 }
 
-/// One row of a trial batch where the path applies, in the linear domain the gate's gradient needs:
-/// `B`, `A = p_M(y)·B` and `κ(y)`, fixed for the whole trial.
-struct GradientRow {
-    row: usize,
-    denominator: f64,
-    numerator: f64,
-    kappa: f64,
+/// The rows of one trial batch where the path applies, in the linear domain the gate's gradient needs,
+/// fixed for the whole trial: their hidden states side by side, and per row `B`, `A = p_M(y)·B` and
+/// `κ(y)`.
+struct GradientRows {
+    /// `[R, d]` the rows' `h`, gathered so that every step streams them in order.
+    hidden: Vec<f32>,
+    denominator: Vec<f64>,
+    numerator: Vec<f64>,
+    kappa: Vec<f64>,
 }
 
-fn gradient_rows(batch: &FrozenBatch, rows: &CandidateRows) -> Vec<GradientRow> {
-    rows.iter()
-        .map(|&(n, ln_kappa)| {
-            let n = n as usize;
-            let ln_denominator = batch.ln_denominator[n];
-            GradientRow {
-                row: n,
-                denominator: ln_denominator.exp(),
-                numerator: (batch.ln_p[n] + ln_denominator).exp(),
-                kappa: f64::from(ln_kappa).exp(),
-            }
-        })
-        .collect()
+fn gradient_rows(batch: &FrozenBatch, rows: &CandidateRows) -> GradientRows {
+    let mut gathered = GradientRows {
+        hidden: Vec::with_capacity(rows.len() * batch.hidden.ncols()),
+        denominator: Vec::with_capacity(rows.len()),
+        numerator: Vec::with_capacity(rows.len()),
+        kappa: Vec::with_capacity(rows.len()),
+    };
+    for &(n, ln_kappa) in rows {
+        let n = n as usize;
+        gathered.hidden.extend(batch.hidden.row(n).iter());
+        let ln_denominator = batch.ln_denominator[n];
+        gathered.denominator.push(ln_denominator.exp());
+        gathered.numerator.push((batch.ln_p[n] + ln_denominator).exp());
+        gathered.kappa.push(f64::from(ln_kappa).exp());
+    }
+    gathered
 }
 
-/// The mean loss's gradient over one batch with respect to `(u, b)`, as [`batch_loss`] gives it, from
-/// [`GradientRow`]s: `∂CE/∂z = w − r`, `w = a/(B + a)`, `r = aκ/(A + aκ)`, `a = λ s e^z`. One
-/// exponential per row instead of the four logarithms and exponentials of the log-domain loss: a
-/// trial takes hundreds of steps and needs only this.
+/// Per-step work space of [`batch_gradient`], one value per row.
+#[derive(Default)]
+struct StepScratch {
+    logits: Vec<f32>,
+    d_logits: Vec<f64>,
+}
+
+/// The mean loss's gradient over one batch with respect to `(u, b)`, as [`batch_loss`] gives it (to
+/// rounding: the exponential here is [`kernels::exp_f64`](crate::engine::kernels::exp_f64), not the
+/// library's), from [`GradientRows`]: `∂CE/∂z = w − r`, `w = a/(B + a)`, `r = aκ/(A + aκ)`,
+/// `a = λ s e^z`. One exponential per row instead of the four logarithms and exponentials of the
+/// log-domain loss, and each of the three passes over the rows vectorised: a trial takes hundreds of
+/// steps and needs only this.
 fn batch_gradient(
     batch: &FrozenBatch,
-    rows: &[GradientRow],
+    rows: &GradientRows,
     gate: &Gate,
     ln_strength: f64,
-    grad_weight: &mut Array1<f64>,
+    grad_weight: &mut [f64],
+    scratch: &mut StepScratch,
 ) -> f64 {
-    grad_weight.fill(0.0);
-    let mut grad_bias = 0.0;
-    for row in rows {
-        let h = batch.hidden.row(row.row);
-        // e^709 is the largest finite exponential; a gate that open has w = 1
-        let a = (ln_strength + gate.logit(h)).min(709.0).exp();
-        let w = a / (row.denominator + a);
-        let copied = a * row.kappa;
-        let r = if row.kappa == 0.0 { 0.0 } else { copied / (row.numerator + copied) };
-        let dz = w - r;
-        match (grad_weight.as_slice_mut(), h.as_slice()) {
-            (Some(g), Some(h)) => g.iter_mut().zip(h).for_each(|(g, &x)| *g += dz * f64::from(x)),
-            _ => grad_weight.zip_mut_with(&h, |g, &x| *g += dz * f64::from(x)),
-        }
-        grad_bias += dz;
+    use crate::engine::kernels;
+    let count = rows.denominator.len();
+    let (logits, d_logits) = (&mut scratch.logits, &mut scratch.d_logits);
+    logits.resize(count, 0.0);
+    d_logits.resize(count, 0.0);
+    let u = gate.weight.as_slice().expect("a gate's weight is one contiguous row");
+    // z = u·h + b per row, then ln a = ln(λ s) + z, within e^709, the largest finite exponential (a
+    // gate that open has w = 1)
+    kernels::row_dots(&rows.hidden, u, logits);
+    let bias = f64::from(gate.bias);
+    for (ln_a, &z) in d_logits.iter_mut().zip(logits.iter()) {
+        *ln_a = (ln_strength + (f64::from(z) + bias)).min(709.0);
     }
+    kernels::exp_f64_inplace(d_logits);
+    let mut grad_bias = 0.0;
+    for (k, dz) in d_logits.iter_mut().enumerate() {
+        let a = *dz;
+        let w = a / (rows.denominator[k] + a);
+        let kappa = rows.kappa[k];
+        let copied = a * kappa;
+        let r = if kappa == 0.0 { 0.0 } else { copied / (rows.numerator[k] + copied) };
+        *dz = w - r;
+        grad_bias += *dz;
+    }
+    // z = u·h + b  ⇒  ∂z/∂u = h, ∂z/∂b = 1
+    grad_weight.fill(0.0);
+    kernels::add_weighted_rows(d_logits, &rows.hidden, grad_weight);
     let rows_total = batch.targets.len().max(1) as f64;
-    *grad_weight /= rows_total;
+    grad_weight.iter_mut().for_each(|g| *g /= rows_total);
     grad_bias / rows_total
 }
 
@@ -237,20 +263,21 @@ pub fn train_gate(
     if batches.is_empty() {
         return gate;
     }
-    let linear_rows: Vec<Vec<GradientRow>> = batches.iter().zip(rows).map(|(b, r)| gradient_rows(b, r)).collect();
-    let mut g_w = Array1::<f64>::zeros(d_model);
+    let linear_rows: Vec<GradientRows> = batches.iter().zip(rows).map(|(b, r)| gradient_rows(b, r)).collect();
+    let mut g_w = vec![0.0f64; d_model];
+    let mut scratch = StepScratch::default();
     for step in 0..training.steps {
         let k = step % batches.len();
-        let g_b = batch_gradient(&batches[k], &linear_rows[k], &gate, ln_strength, &mut g_w);
+        let g_b = batch_gradient(&batches[k], &linear_rows[k], &gate, ln_strength, &mut g_w, &mut scratch);
         let t = (step + 1) as i32;
         let (c1, c2) = (1.0 - beta1.powi(t), 1.0 - beta2.powi(t));
-        m_w = &m_w * beta1 + &g_w * (1.0 - beta1);
-        v_w = &v_w * beta2 + &(&g_w * &g_w) * (1.0 - beta2);
+        for (((u, m), v), &g) in gate.weight.iter_mut().zip(m_w.iter_mut()).zip(v_w.iter_mut()).zip(&g_w) {
+            *m = *m * beta1 + g * (1.0 - beta1);
+            *v = *v * beta2 + g * g * (1.0 - beta2);
+            *u -= (training.learning_rate * (*m / c1) / ((*v / c2).sqrt() + eps)) as f32;
+        }
         m_b = m_b * beta1 + g_b * (1.0 - beta1);
         v_b = v_b * beta2 + g_b * g_b * (1.0 - beta2);
-        for ((u, &m), &v) in gate.weight.iter_mut().zip(&m_w).zip(&v_w) {
-            *u -= (training.learning_rate * (m / c1) / ((v / c2).sqrt() + eps)) as f32;
-        }
         gate.bias -= (training.learning_rate * (m_b / c1) / ((v_b / c2).sqrt() + eps)) as f32;
     }
     gate
@@ -457,9 +484,11 @@ mod tests {
         for ln_strength in [0.0, (0.3f64).ln()] {
             let (_, grad) = batch_loss(&with_path, &rows, &gate, ln_strength, true);
             let (log_weight, log_bias) = grad.unwrap();
-            let mut linear_weight = Array1::zeros(3);
+            let mut linear_weight = vec![0.0; 3];
             let linear_rows = gradient_rows(&with_path, &rows);
-            let linear_bias = batch_gradient(&with_path, &linear_rows, &gate, ln_strength, &mut linear_weight);
+            let mut scratch = StepScratch::default();
+            let linear_bias =
+                batch_gradient(&with_path, &linear_rows, &gate, ln_strength, &mut linear_weight, &mut scratch);
             assert!((linear_bias - log_bias).abs() <= 1e-12 * log_bias.abs().max(1e-3), "{linear_bias} vs {log_bias}");
             for k in 0..3 {
                 let (a, b) = (linear_weight[k], log_weight[k]);
