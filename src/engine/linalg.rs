@@ -66,6 +66,28 @@ pub fn gemm<F: Scalar>(alpha: F, a: ArrayView2<F>, b: ArrayView2<F>, beta: F, mu
     }
 }
 
+/// `c = a·b`, or `c += a·b` when `accumulate`, split into blocks of `c` exactly as [`gemm`] splits
+/// them, each block computed by [`Scalar::local_product`] (so in `f32` by the direct kernel where the
+/// CPU has one): the weight gradients `xᵀ·∂y`, whose `xᵀ` OpenBLAS would pack afresh for every block.
+pub fn product<F: Scalar>(a: ArrayView2<F>, b: ArrayView2<F>, accumulate: bool, mut c: ArrayViewMut2<F>) {
+    init_blas();
+    debug_assert_eq!(a.ncols(), b.nrows());
+    debug_assert_eq!((a.nrows(), b.ncols()), c.dim());
+    if c.nrows() > ROWS_PER_TASK {
+        c.axis_chunks_iter_mut(Axis(0), ROWS_PER_TASK)
+            .into_par_iter()
+            .zip(a.axis_chunks_iter(Axis(0), ROWS_PER_TASK).into_par_iter())
+            .for_each(|(c_rows, a_rows)| F::local_product(a_rows, b, accumulate, c_rows));
+    } else if c.ncols() >= 2 * COLS_PER_TASK && a.ncols() >= ROWS_PER_TASK {
+        c.axis_chunks_iter_mut(Axis(1), COLS_PER_TASK)
+            .into_par_iter()
+            .zip(b.axis_chunks_iter(Axis(1), COLS_PER_TASK).into_par_iter())
+            .for_each(|(c_cols, b_cols)| F::local_product(a, b_cols, accumulate, c_cols));
+    } else {
+        F::local_product(a, b, accumulate, c.view_mut());
+    }
+}
+
 /// `c = a·b`, or `c += a·b` when `accumulate`, as one BLAS call on the calling thread: for work that is
 /// already one task of a parallel split (a logit tile, a block task's rows).
 pub fn local_gemm<F: Scalar>(a: ArrayView2<F>, b: ArrayView2<F>, accumulate: bool, mut c: ArrayViewMut2<F>) {

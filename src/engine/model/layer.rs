@@ -16,7 +16,7 @@ use crate::engine::attention::{attend, attend_backward, AttentionCache, Attentio
 use crate::engine::buffers::{recycle, scratch};
 use crate::engine::kernels;
 use crate::engine::layernorm::{layernorm_rows, LayerNormCache};
-use crate::engine::linalg::{gemm, init_blas};
+use crate::engine::linalg::{init_blas, product};
 use crate::engine::Scalar;
 
 /// Rows a task aims for: enough that its products run near BLAS's full speed, few enough that a batch
@@ -522,11 +522,11 @@ fn backward_weights<F: Scalar>(
     grads: &mut LayerParams<F>,
 ) {
     let d = dx.ncols();
-    gemm(F::one(), cache.g.t(), dx, F::one(), grads.w2.view_mut());
-    gemm(F::one(), cache.z2.t(), da1, F::one(), grads.w1.view_mut());
-    gemm(F::one(), cache.y_att.t(), dh, F::one(), grads.wo.view_mut());
+    product(cache.g.t(), dx, true, grads.w2.view_mut());
+    product(cache.z2.t(), da1, true, grads.w1.view_mut());
+    product(cache.y_att.t(), dh, true, grads.wo.view_mut());
     let mut dw_qkv = Array2::zeros((d, 3 * d));
-    gemm(F::one(), cache.z1.t(), d_qkv, F::zero(), dw_qkv.view_mut());
+    product(cache.z1.t(), d_qkv, false, dw_qkv.view_mut());
     for (index, dw) in [&mut grads.wq, &mut grads.wk, &mut grads.wv].into_iter().enumerate() {
         *dw += &dw_qkv.slice(s![.., index * d..(index + 1) * d]);
     }
