@@ -167,9 +167,15 @@ pub fn kernel() -> Option<Kernel> {
 /// copied into rows first); otherwise OpenBLAS computes the same product.
 pub fn product(a: ArrayView2<f32>, b: ArrayView2<f32>, accumulate: bool, c: ArrayViewMut2<f32>) {
     match kernel() {
-        Some(kernel) => product_with(kernel, a, b, accumulate, c),
-        None => local_gemm(a, b, accumulate, c),
+        Some(kernel) if !mostly_edges(kernel, c.ncols()) => product_with(kernel, a, b, accumulate, c),
+        _ => local_gemm(a, b, accumulate, c),
     }
+}
+
+/// Whether more than a quarter of `columns` would fall in a partial register block, whose zero-padded
+/// copies cost more than OpenBLAS's packing saves: a model width of 48 against 32-column blocks.
+fn mostly_edges(kernel: Kernel, columns: usize) -> bool {
+    4 * (columns % kernel.cols) > columns
 }
 
 /// [`product`] with a given kernel (for tests and benchmarks that compare kernels).
