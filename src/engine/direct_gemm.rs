@@ -1,5 +1,5 @@
-//! `f32` matrix products that pack nothing: the output layer's three products per logit tile, and a
-//! block task's products of its own rows.
+//! `f32` matrix products that pack nothing: the output layer's three products per logit tile, a block
+//! task's products of its own rows, and each block of the weight gradients `xᵀ·∂y`.
 //!
 //! OpenBLAS copies both operands of every call into its own panel layout before multiplying. For the
 //! output layer that is a poor trade: each logit tile (`[2048, 256]`) costs three calls in which one
@@ -20,8 +20,9 @@
 //! The kernel needs AVX-512 (`8 × 32` blocks: 16 accumulators of 16 lanes). Without it [`product`]
 //! hands the call to OpenBLAS: an AVX2 `6 × 16` version of the same kernel was measured against
 //! OpenBLAS's own AVX2 kernel on one CPU and did not pay (the forward tile 98.6 against 95.4 GFLOP/s,
-//! `∂h` 103 against 105, and `∂Wᵀ`, whose `A` is read down its columns, 85 against 107). Two CPUs
-//! that take different paths round differently; one machine always gives the same bits.
+//! `∂h` 103 against 105, and `∂Wᵀ`, whose `A` is read down its columns, 85 against 107; `5 × 16`,
+//! `4 × 24` and `3 × 32` blocks did worse, `docs/performance.md`). Two CPUs that take different paths
+//! round differently; one machine always gives the same bits.
 
 use std::sync::OnceLock;
 
