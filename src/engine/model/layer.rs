@@ -360,6 +360,7 @@ pub fn layer_backward<F: Scalar>(
             })
             .collect()
     };
+    let transposed = TransposedWeights::of(w, cache);
     let sums: Vec<RowSums<F>> = tasks
         .into_par_iter()
         .enumerate()
@@ -370,6 +371,7 @@ pub fn layer_backward<F: Scalar>(
                 cache,
                 range,
                 w,
+                &transposed,
                 out,
                 task * split.sequences_per_task,
                 split,
@@ -393,7 +395,40 @@ pub fn layer_backward<F: Scalar>(
     for array in [da1, dh, d_qkv] {
         recycle(array);
     }
+    transposed.recycle();
     dx_in
+}
+
+/// The block's weights transposed into rows, once per backward pass: every task multiplies by them, and
+/// a transposed view would be gathered into rows again inside each task's products (4 % of a
+/// char-small training step).
+struct TransposedWeights<F: Scalar> {
+    w2: Array2<F>,
+    w1: Array2<F>,
+    wo: Array2<F>,
+    w_qkv: Array2<F>,
+}
+
+impl<F: Scalar> TransposedWeights<F> {
+    fn of(w: &LayerParams<F>, cache: &LayerCache<F>) -> Self {
+        let transpose = |weight: &Array2<F>| {
+            let mut rows = scratch(weight.ncols(), weight.nrows());
+            rows.assign(&weight.t());
+            rows
+        };
+        TransposedWeights {
+            w2: transpose(&w.w2),
+            w1: transpose(&w.w1),
+            wo: transpose(&w.wo),
+            w_qkv: transpose(&cache.w_qkv),
+        }
+    }
+
+    fn recycle(self) {
+        for array in [self.w2, self.w1, self.wo, self.w_qkv] {
+            recycle(array);
+        }
+    }
 }
 
 /// Column sums of a block of rows, in row order.
@@ -417,6 +452,7 @@ fn backward_rows<'c, F: Scalar>(
     cache: &'c LayerCache<F>,
     range: std::ops::Range<usize>,
     w: &LayerParams<F>,
+    transposed: &TransposedWeights<F>,
     mut out: BackwardRows<F>,
     first_sequence: usize,
     split: LayerSplit,
@@ -431,7 +467,7 @@ fn backward_rows<'c, F: Scalar>(
         (zero_d.clone(), zero_d.clone(), zero_d.clone(), zero_d.clone());
     // x' = h + g·W₂ + b₂  →  ∂g = ∂x'·W₂ᵀ; g = GELU(a₁)
     let mut dg = scratch(rows, ff);
-    F::local_product(dx.view(), w.w2.t(), false, dg.view_mut());
+    F::local_product(dx.view(), transposed.w2.view(), false, dg.view_mut());
     let (a1, gelu_tanh) = (at(&cache.a1), at(&cache.gelu_tanh));
     for (((dg, a1), t), mut da1) in dg.rows().into_iter().zip(a1.rows()).zip(gelu_tanh.rows()).zip(out.da1.rows_mut()) {
         let (Some(dg), Some(a1), Some(t), Some(da1)) = (dg.as_slice(), a1.as_slice(), t.as_slice(), da1.as_slice_mut())
@@ -442,7 +478,7 @@ fn backward_rows<'c, F: Scalar>(
     }
     // a₁ = z₂·W₁ + b₁  →  ∂z₂ = ∂a₁·W₁ᵀ; z₂ = LN₂(h), and h flows straight to x'
     let mut dz2 = scratch(rows, d);
-    F::local_product(out.da1.view(), w.w1.t(), false, dz2.view_mut());
+    F::local_product(out.da1.view(), transposed.w1.view(), false, dz2.view_mut());
     let (weight2, normalized2, rstd2) = (w.ln2_weight.view(), at(&cache.ln2.normalized), &cache.ln2.rstd);
     for (i, mut dh) in out.dh.rows_mut().into_iter().enumerate() {
         let (Some(dz2), Some(xhat), Some(residual), Some(dh)) =
@@ -455,7 +491,7 @@ fn backward_rows<'c, F: Scalar>(
     }
     // h = x + y_att·W_O + b_O  →  ∂y_att = ∂h·W_Oᵀ
     let mut dy_att = scratch(rows, d);
-    F::local_product(out.dh.view(), w.wo.t(), false, dy_att.view_mut());
+    F::local_product(out.dh.view(), transposed.wo.view(), false, dy_att.view_mut());
     // attention, one (sequence, head) at a time, into [∂q | ∂k | ∂v]
     out.d_qkv.fill(F::zero());
     let qkv = at(&cache.qkv);
@@ -477,7 +513,7 @@ fn backward_rows<'c, F: Scalar>(
     }
     // [q | k | v] = z₁·W_QKV + b_QKV  →  ∂z₁ = ∂qkv·W_QKVᵀ; z₁ = LN₁(x), and x flows straight to h
     let mut dz1 = scratch(rows, d);
-    F::local_product(out.d_qkv.view(), cache.w_qkv.t(), false, dz1.view_mut());
+    F::local_product(out.d_qkv.view(), transposed.w_qkv.view(), false, dz1.view_mut());
     let (weight1, normalized1, rstd1) = (w.ln1_weight.view(), at(&cache.ln1.normalized), &cache.ln1.rstd);
     for (i, mut dx_in) in out.dx_in.rows_mut().into_iter().enumerate() {
         let (Some(dz1), Some(xhat), Some(residual), Some(dx_in)) =
