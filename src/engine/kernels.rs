@@ -14,49 +14,21 @@ use super::Scalar;
 /// Defines `pub fn $name` that runs `$body` compiled for AVX2 when the CPU has it, else for the
 /// baseline. `$body` must be `#[inline(always)]` so that it is compiled inside each variant.
 macro_rules! dispatch {
-    ($(#[$doc:meta])* pub fn $name:ident<F: Scalar>($($arg:ident: $ty:ty),*) -> $ret:ty = $body:ident;) => {
+    ($(#[$doc:meta])* pub fn $name:ident $(<$g:ident: $bound:ident>)? ($($arg:ident: $ty:ty),*) -> $ret:ty
+        = $body:ident;) => {
         $(#[$doc])*
         #[allow(clippy::too_many_arguments)]
-        pub fn $name<F: Scalar>($($arg: $ty),*) -> $ret {
+        pub fn $name $(<$g: $bound>)? ($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
                 #[allow(clippy::too_many_arguments)]
-                unsafe fn widest<F: Scalar>($($arg: $ty),*) -> $ret {
+                unsafe fn widest $(<$g: $bound>)? ($($arg: $ty),*) -> $ret {
                     $body($($arg),*)
                 }
                 #[target_feature(enable = "avx2")]
                 #[allow(clippy::too_many_arguments)]
-                unsafe fn wide<F: Scalar>($($arg: $ty),*) -> $ret {
-                    $body($($arg),*)
-                }
-                if std::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU supports AVX-512F, the only feature `widest` was compiled for.
-                    return unsafe { widest($($arg),*) };
-                }
-                if std::is_x86_feature_detected!("avx2") {
-                    // SAFETY: the CPU supports AVX2, the only feature `wide` was compiled for.
-                    return unsafe { wide($($arg),*) };
-                }
-            }
-            $body($($arg),*)
-        }
-    };
-    // the same for a function of one element type
-    ($(#[$doc:meta])* pub fn $name:ident($($arg:ident: $ty:ty),*) -> $ret:ty = $body:ident;) => {
-        $(#[$doc])*
-        #[allow(clippy::too_many_arguments)]
-        pub fn $name($($arg: $ty),*) -> $ret {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f")]
-                #[allow(clippy::too_many_arguments)]
-                unsafe fn widest($($arg: $ty),*) -> $ret {
-                    $body($($arg),*)
-                }
-                #[target_feature(enable = "avx2")]
-                #[allow(clippy::too_many_arguments)]
-                unsafe fn wide($($arg: $ty),*) -> $ret {
+                unsafe fn wide $(<$g: $bound>)? ($($arg: $ty),*) -> $ret {
                     $body($($arg),*)
                 }
                 if std::is_x86_feature_detected!("avx512f") {

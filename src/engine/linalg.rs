@@ -47,44 +47,42 @@ const COLS_PER_TASK: usize = 64;
 ///
 /// The blocks depend only on the shapes (never on the thread count) and each element of `c` comes from
 /// one BLAS call over the full inner dimension, so the result is the same with any number of threads.
-pub fn gemm<F: Scalar>(alpha: F, a: ArrayView2<F>, b: ArrayView2<F>, beta: F, mut c: ArrayViewMut2<F>) {
+pub fn gemm<F: Scalar>(alpha: F, a: ArrayView2<F>, b: ArrayView2<F>, beta: F, c: ArrayViewMut2<F>) {
     init_blas();
-    debug_assert_eq!(a.ncols(), b.nrows());
-    debug_assert_eq!((a.nrows(), b.ncols()), c.dim());
-    if c.nrows() > ROWS_PER_TASK {
-        c.axis_chunks_iter_mut(Axis(0), ROWS_PER_TASK)
-            .into_par_iter()
-            .zip(a.axis_chunks_iter(Axis(0), ROWS_PER_TASK).into_par_iter())
-            .for_each(|(mut c_rows, a_rows)| general_mat_mul(alpha, &a_rows, &b, beta, &mut c_rows));
-    } else if c.ncols() >= 2 * COLS_PER_TASK && a.ncols() >= ROWS_PER_TASK {
-        c.axis_chunks_iter_mut(Axis(1), COLS_PER_TASK)
-            .into_par_iter()
-            .zip(b.axis_chunks_iter(Axis(1), COLS_PER_TASK).into_par_iter())
-            .for_each(|(mut c_cols, b_cols)| general_mat_mul(alpha, &a, &b_cols, beta, &mut c_cols));
-    } else {
-        general_mat_mul(alpha, &a, &b, beta, &mut c);
-    }
+    for_each_block(a, b, c, |a, b, mut c| general_mat_mul(alpha, &a, &b, beta, &mut c));
 }
 
 /// `c = a·b`, or `c += a·b` when `accumulate`, split into blocks of `c` exactly as [`gemm`] splits
 /// them, each block computed by [`Scalar::local_product`] (so in `f32` by the direct kernel where the
 /// CPU has one): the weight gradients `xᵀ·∂y`, whose `xᵀ` OpenBLAS would pack afresh for every block.
-pub fn product<F: Scalar>(a: ArrayView2<F>, b: ArrayView2<F>, accumulate: bool, mut c: ArrayViewMut2<F>) {
+pub fn product<F: Scalar>(a: ArrayView2<F>, b: ArrayView2<F>, accumulate: bool, c: ArrayViewMut2<F>) {
     init_blas();
+    for_each_block(a, b, c, |a, b, c| F::local_product(a, b, accumulate, c));
+}
+
+/// Runs `block(a_part, b_part, c_part)` on the blocks of `c` that rayon computes in parallel: rows of
+/// [`ROWS_PER_TASK`], else (a tall inner dimension and a short `c`) columns of [`COLS_PER_TASK`], else
+/// the whole product. The split depends on the shapes alone.
+fn for_each_block<F: Scalar>(
+    a: ArrayView2<F>,
+    b: ArrayView2<F>,
+    mut c: ArrayViewMut2<F>,
+    block: impl Fn(ArrayView2<F>, ArrayView2<F>, ArrayViewMut2<F>) + Sync,
+) {
     debug_assert_eq!(a.ncols(), b.nrows());
     debug_assert_eq!((a.nrows(), b.ncols()), c.dim());
     if c.nrows() > ROWS_PER_TASK {
         c.axis_chunks_iter_mut(Axis(0), ROWS_PER_TASK)
             .into_par_iter()
             .zip(a.axis_chunks_iter(Axis(0), ROWS_PER_TASK).into_par_iter())
-            .for_each(|(c_rows, a_rows)| F::local_product(a_rows, b, accumulate, c_rows));
+            .for_each(|(c_rows, a_rows)| block(a_rows, b, c_rows));
     } else if c.ncols() >= 2 * COLS_PER_TASK && a.ncols() >= ROWS_PER_TASK {
         c.axis_chunks_iter_mut(Axis(1), COLS_PER_TASK)
             .into_par_iter()
             .zip(b.axis_chunks_iter(Axis(1), COLS_PER_TASK).into_par_iter())
-            .for_each(|(c_cols, b_cols)| F::local_product(a, b_cols, accumulate, c_cols));
+            .for_each(|(c_cols, b_cols)| block(a, b_cols, c_cols));
     } else {
-        F::local_product(a, b, accumulate, c.view_mut());
+        block(a, b, c.view_mut());
     }
 }
 
