@@ -131,7 +131,8 @@ fn run_env(args: EnvArgs, out: &mut dyn Write) -> Result<()> {
             "products",
             match crate::engine::direct_gemm::kernel() {
                 Some(kernel) => format!(
-                    "ailla's {} kernel for the output layer's tiles and each block task's rows, BLAS for the rest",
+                    "ailla's {} kernel for the output layer's tiles, each block task's rows and the weight \
+                     gradients (where few columns fall in edge blocks), BLAS for the rest",
                     kernel.name
                 ),
                 None if crate::engine::direct_gemm::available_kernels().is_empty() => {

@@ -164,18 +164,19 @@ pub fn kernel() -> Option<Kernel> {
 
 /// `c = a·b` (or `c += a·b` when `accumulate`), single-threaded: `a [M, K]`, `b [K, N]`, `c [M, N]`.
 ///
-/// Runs the direct kernel when this CPU has one and `c` has a unit column stride (a `b` without one is
-/// copied into rows first); otherwise OpenBLAS computes the same product.
+/// Runs the direct kernel when this CPU has one, `c` has a unit column stride (a `b` without one is
+/// copied into rows first) and few of `c`'s columns fall in edge blocks ([`edge_heavy`]); otherwise
+/// OpenBLAS computes the same product.
 pub fn product(a: ArrayView2<f32>, b: ArrayView2<f32>, accumulate: bool, c: ArrayViewMut2<f32>) {
     match kernel() {
-        Some(kernel) if !mostly_edges(kernel, c.ncols()) => product_with(kernel, a, b, accumulate, c),
+        Some(kernel) if !edge_heavy(kernel, c.ncols()) => product_with(kernel, a, b, accumulate, c),
         _ => local_gemm(a, b, accumulate, c),
     }
 }
 
 /// Whether more than a quarter of `columns` would fall in a partial register block, whose zero-padded
 /// copies cost more than OpenBLAS's packing saves: a model width of 48 against 32-column blocks.
-fn mostly_edges(kernel: Kernel, columns: usize) -> bool {
+fn edge_heavy(kernel: Kernel, columns: usize) -> bool {
     4 * (columns % kernel.cols) > columns
 }
 
@@ -383,6 +384,17 @@ mod tests {
             let mut part = Array2::zeros((m_edge, n_edge));
             product_with(kernel, a.slice(s![..m_edge, ..]), b.slice(s![.., ..n_edge]), false, part.view_mut());
             assert_eq!(part, whole.slice(s![..m_edge, ..n_edge]), "{}", kernel.name);
+        }
+    }
+
+    #[test]
+    fn outputs_with_many_edge_columns_are_left_to_openblas() {
+        let kernel = Kernel { name: "test 8x32", rows: 8, cols: 32, block: |_, _, _, _, _, _, _, _, _| {} };
+        // a model width of 48 puts 16 of its 48 columns in an edge block; 20 columns are all edge
+        assert!(edge_heavy(kernel, 48) && edge_heavy(kernel, 20));
+        // whole blocks, and the last vocabulary tile (254 columns, 30 of them in an edge block)
+        for columns in [32, 64, 128, 256, 254] {
+            assert!(!edge_heavy(kernel, columns), "{columns} columns");
         }
     }
 

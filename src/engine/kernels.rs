@@ -11,8 +11,9 @@
 
 use super::Scalar;
 
-/// Defines `pub fn $name` that runs `$body` compiled for AVX2 when the CPU has it, else for the
-/// baseline. `$body` must be `#[inline(always)]` so that it is compiled inside each variant.
+/// Defines `pub fn $name`, generic over one type parameter or not, that runs `$body` compiled for
+/// AVX-512 or AVX2 when the CPU has it, else for the baseline. `$body` must be `#[inline(always)]` so
+/// that it is compiled inside each variant.
 macro_rules! dispatch {
     ($(#[$doc:meta])* pub fn $name:ident $(<$g:ident: $bound:ident>)? ($($arg:ident: $ty:ty),*) -> $ret:ty
         = $body:ident;) => {

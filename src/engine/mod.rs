@@ -74,8 +74,8 @@ pub trait Scalar:
     /// The free activation buffers of this type ([`buffers`]).
     fn buffers() -> &'static buffers::BufferPool<Self>;
     /// `c = a·b`, or `c += a·b` when `accumulate`, on the calling thread: the output layer's tile
-    /// products and a block task's own rows. `f32` runs [`direct_gemm`] (no packing) where the CPU
-    /// allows; `f64` runs OpenBLAS.
+    /// products, a block task's own rows, and each block of the weight gradients. `f32` runs
+    /// [`direct_gemm`] (no packing) where the CPU allows; `f64` runs OpenBLAS.
     fn local_product(
         a: ndarray::ArrayView2<Self>,
         b: ndarray::ArrayView2<Self>,
