@@ -125,6 +125,72 @@ fn training_is_bit_identical_across_thread_counts() {
     }
 }
 
+/// The README's other promise: ailla's element-wise kernels give the same bits on every instruction
+/// set. `AILLA_SIMD` runs the narrower paths on this CPU; with OpenBLAS held to one kernel family and
+/// every product through it, training gives the same losses and weights on each.
+#[test]
+fn every_instruction_set_trains_to_the_same_bits() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("short.yaml");
+    std::fs::write(&config, SMALL_CONFIG.replace("steps: 160", "steps: 20")).unwrap();
+    let run = |simd: Option<&str>| {
+        let out = dir.path().join(format!("simd-{}", simd.unwrap_or("native")));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ailla"));
+        command
+            .args(["--threads", "2", "train", config.to_str().unwrap(), "--out", out.to_str().unwrap()])
+            .env("AILLA_PRODUCTS", "blas")
+            .env("OPENBLAS_CORETYPE", "Prescott");
+        if let Some(simd) = simd {
+            command.env("AILLA_SIMD", simd);
+        }
+        let output = command.output().unwrap();
+        assert!(output.status.success(), "{}", stderr(&output));
+        out
+    };
+    let native = run(None);
+    for simd in ["avx2", "baseline"] {
+        let capped = run(Some(simd));
+        assert_eq!(common::train_losses(&native), common::train_losses(&capped), "AILLA_SIMD={simd}");
+        assert_eq!(
+            std::fs::read(native.join("model.safetensors")).unwrap(),
+            std::fs::read(capped.join("model.safetensors")).unwrap(),
+            "AILLA_SIMD={simd}"
+        );
+    }
+}
+
+/// `AILLA_SIMD` is checked before any work, and `ailla env` says what it capped.
+#[test]
+fn the_instruction_set_cap_is_checked_and_shown() {
+    let with = |value: &str| {
+        Command::new(env!("CARGO_BIN_EXE_ailla")).args(["env"]).env("AILLA_SIMD", value).output().unwrap()
+    };
+    let refused = with("avx1024");
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("AILLA_SIMD") && stderr(&refused).contains("\"avx1024\""),
+        "{}",
+        stderr(&refused)
+    );
+    let line = |output: &Output, start: &str| {
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        text.lines().find(|line| line.starts_with(start)).map(str::to_owned).unwrap_or_default()
+    };
+    let baseline = with("baseline");
+    assert!(baseline.status.success(), "{}", stderr(&baseline));
+    assert!(line(&baseline, "kernels").contains("baseline"), "{}", line(&baseline, "kernels"));
+    // no direct AVX-512 product under a cap below AVX-512
+    assert!(line(&baseline, "products").contains("BLAS for every product"), "{}", line(&baseline, "products"));
+    let detected = ailla::engine::kernels::detected_simd();
+    if detected > ailla::engine::kernels::Simd::Baseline {
+        assert!(line(&baseline, "kernels").contains("capped by AILLA_SIMD=baseline"), "{}", line(&baseline, "kernels"));
+        // OpenBLAS is held below the cap too, unless the user named its kernel
+        assert!(line(&baseline, "BLAS").contains("Prescott"), "{}", line(&baseline, "BLAS"));
+    }
+    let uncapped = with("avx512");
+    assert!(!line(&uncapped, "kernels").contains("capped"), "{}", line(&uncapped, "kernels"));
+}
+
 #[test]
 fn a_paused_and_resumed_run_equals_an_uninterrupted_one() {
     let dir = tempfile::tempdir().unwrap();

@@ -651,6 +651,25 @@ pub struct TorchResult {
     pub torch_version: String,
 }
 
+/// The variables that hold PyTorch to the instruction set ailla runs on, where `AILLA_SIMD` capped it
+/// below the CPU's (`detected`): ATen's own kernels, MKL's products and oneDNN's, so that both sides of
+/// the comparison compute as on the narrower CPU. Empty without a cap.
+fn torch_simd_cap(
+    simd: crate::engine::kernels::Simd,
+    detected: crate::engine::kernels::Simd,
+) -> Vec<(&'static str, &'static str)> {
+    use crate::engine::kernels::Simd;
+    if simd >= detected {
+        return Vec::new();
+    }
+    let (aten, mkl, onednn) = match simd {
+        Simd::Avx512 => return Vec::new(),
+        Simd::Avx2 => ("avx2", "AVX2", "AVX2"),
+        Simd::Baseline => ("default", "SSE4_2", "SSE41"),
+    };
+    vec![("ATEN_CPU_CAPABILITY", aten), ("MKL_ENABLE_INSTRUCTIONS", mkl), ("ONEDNN_MAX_CPU_ISA", onednn)]
+}
+
 /// Runs the PyTorch reference with `python` on `config`; `Ok(None)` when that Python has no torch.
 pub fn run_torch(
     python: &str,
@@ -666,7 +685,17 @@ pub fn run_torch(
         _ => return Ok(None),
     }
     let config_json = serde_json::to_string(config).map_err(|e| Error::Numeric(e.to_string()))?;
-    let output = std::process::Command::new(python)
+    let mut command = std::process::Command::new(python);
+    if device == "cpu" {
+        for (variable, value) in torch_simd_cap(crate::engine::kernels::simd(), crate::engine::kernels::detected_simd())
+        {
+            // a user's own setting of PyTorch's variables stands
+            if std::env::var_os(variable).is_none() {
+                command.env(variable, value);
+            }
+        }
+    }
+    let output = command
         .arg(script)
         .args([
             "bench",
@@ -710,6 +739,18 @@ mod tests {
             ctx_len: 8,
             batch_size: 2,
         }
+    }
+
+    #[test]
+    fn pytorch_is_capped_only_where_ailla_is() {
+        use crate::engine::kernels::Simd;
+        assert!(torch_simd_cap(Simd::Avx512, Simd::Avx512).is_empty());
+        assert!(torch_simd_cap(Simd::Avx2, Simd::Avx2).is_empty(), "a CPU's own width is no cap");
+        let capped = torch_simd_cap(Simd::Avx2, Simd::Avx512);
+        let names: Vec<&str> = capped.iter().map(|(name, _)| *name).collect();
+        assert_eq!(names, ["ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS", "ONEDNN_MAX_CPU_ISA"]);
+        assert!(capped.iter().all(|(_, value)| value.eq_ignore_ascii_case("avx2")), "{capped:?}");
+        assert_eq!(torch_simd_cap(Simd::Baseline, Simd::Avx2).len(), 3);
     }
 
     #[test]

@@ -136,7 +136,8 @@ pub(super) fn run_bench(args: BenchArgs, device: StepDevice, out: &mut dyn Write
         };
         serde_json::to_string_pretty(&output).map_err(|e| Error::Numeric(e.to_string()))? + "\n"
     } else {
-        bench_table(threads, sgemm, &rows, args.compare_torch)
+        cpu_line()
+            + &bench_table(threads, sgemm, &rows, args.compare_torch)
             + &format!(
                 "\nlocality dial at evaluation (bundled corpus and rules, char-small shape, λ = 1):\n  \
                  without rules {:.0} tok/s, with rules {:.0} tok/s: {:.2}× the time (target ≤ 1.15×); \
@@ -154,6 +155,21 @@ pub(super) fn run_bench(args: BenchArgs, device: StepDevice, out: &mut dyn Write
             + &recruitment.as_ref().map_or(String::new(), |(_, f)| check_cost_text(f))
     };
     write_out(out, &text)
+}
+
+/// The CPU and what runs on it, first line of a CPU benchmark: which machine the figures belong to,
+/// and whether `AILLA_SIMD` made it compute as a narrower one.
+fn cpu_line() -> String {
+    use crate::engine::environment;
+    let environment = environment::current();
+    format!(
+        "{}: ailla's kernels {}{}; OpenBLAS kernel {}{}\n",
+        environment.cpu,
+        environment.simd_path,
+        environment::simd_cap_note(),
+        environment.blas_core,
+        environment::replaced_kernel_note(&environment)
+    )
 }
 
 /// `ailla cuda-check`: the kernels against the host device, then the losses of a short run against the

@@ -124,13 +124,15 @@ register_block!(
     _mm512_add_ps
 );
 
-/// Every kernel this CPU can run, the one [`product`] uses first.
+/// Every kernel this CPU can run within [`super::kernels::simd`]'s instruction set, the one
+/// [`product`] uses first.
 pub fn available_kernels() -> Vec<Kernel> {
     #[allow(unused_mut)]
     let mut kernels = Vec::new();
     #[cfg(target_arch = "x86_64")]
     {
-        if std::is_x86_feature_detected!("avx512f") {
+        // `simd` never exceeds what the CPU has, so AVX-512F is there when it allows AVX-512
+        if super::kernels::simd() >= super::kernels::Simd::Avx512 {
             kernels.push(Kernel { name: "avx512 8x32", rows: 8, cols: 32, block: block_avx512_8x32 });
         }
     }

@@ -7,6 +7,7 @@
 //! machines, SkylakeX or Cooperlake on AVX-512 ones), and those kernels sum the inner dimension in
 //! different orders. Two runs are bit-identical when everything recorded here is equal.
 
+use super::kernels::Simd;
 use serde::{Deserialize, Serialize};
 
 extern "C" {
@@ -19,7 +20,8 @@ extern "C" {
 pub struct NumericalEnvironment {
     /// The CPU's model name (`/proc/cpuinfo` on Linux).
     pub cpu: String,
-    /// The instruction set ailla's element-wise kernels run on: `avx512`, `avx2` or `baseline`.
+    /// The instruction set ailla's element-wise kernels run on: `avx512`, `avx2` or `baseline` (the
+    /// CPU's widest, or lower under `AILLA_SIMD`).
     pub simd_path: String,
     /// `OpenBLAS`.
     pub blas: String,
@@ -63,18 +65,20 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
-/// The widest instruction set [`super::kernels`] dispatch to on this CPU.
+/// The instruction set [`super::kernels`] dispatch to in this process (see [`super::kernels::simd`]).
 pub fn simd_path() -> &'static str {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx512f") {
-            return "avx512";
-        }
-        if std::is_x86_feature_detected!("avx2") {
-            return "avx2";
-        }
+    super::kernels::simd().name()
+}
+
+/// `", capped by AILLA_SIMD=avx2 on a CPU with avx512"` where the cap lowers the instruction set, else
+/// nothing: the words `ailla env` and `ailla bench` add after the kernels' instruction set.
+pub fn simd_cap_note() -> String {
+    let (simd, detected) = (super::kernels::simd(), super::kernels::detected_simd());
+    if simd == detected {
+        String::new()
+    } else {
+        format!(", capped by {}={} on a CPU with {}", super::kernels::SIMD_VARIABLE, simd.name(), detected.name())
     }
-    "baseline"
 }
 
 /// Set on replacing OpenBLAS's own kernel choice, so that child processes (which inherit
@@ -99,8 +103,11 @@ fn kernel_rank(core: &str) -> u8 {
     }
 }
 
-/// The best kernel family of OpenBLAS's `DYNAMIC_ARCH` list this CPU can run, and its rank.
-fn supported_kernel() -> Option<(&'static str, u8)> {
+/// The best kernel family of OpenBLAS's `DYNAMIC_ARCH` list this CPU can run within `cap`, and its
+/// rank. Under a cap below the CPU's own instruction set it is the cap's family, so that the products
+/// round as on a CPU that has no more than the cap; `Prescott` (SSE3) stands for the baseline.
+fn supported_kernel(cap: Option<Simd>) -> Option<(&'static str, u8)> {
+    let allows = |simd: Simd| cap.is_none_or(|cap| simd <= cap);
     #[cfg(target_arch = "x86_64")]
     {
         let avx512 = std::is_x86_feature_detected!("avx512f")
@@ -108,12 +115,15 @@ fn supported_kernel() -> Option<(&'static str, u8)> {
             && std::is_x86_feature_detected!("avx512bw")
             && std::is_x86_feature_detected!("avx512dq")
             && std::is_x86_feature_detected!("avx512vl");
-        if avx512 {
+        if avx512 && allows(Simd::Avx512) {
             // Cooperlake and SapphireRapids run SkylakeX's sgemm and add bf16 products ailla never calls
             return Some(("SkylakeX", 3));
         }
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && allows(Simd::Avx2) {
             return Some(("Haswell", 2));
+        }
+        if cap.is_some_and(|cap| cap < super::kernels::detected_simd()) {
+            return Some(("Prescott", 0));
         }
     }
     None
@@ -132,14 +142,16 @@ fn dynamic_arch_function(name: &std::ffi::CStr) -> Option<unsafe extern "C" fn()
     (!symbol.is_null()).then(|| unsafe { std::mem::transmute::<*mut libc::c_void, unsafe extern "C" fn()>(symbol) })
 }
 
-/// Replaces OpenBLAS's kernel when it fell back to a generic one on a CPU it did not recognise.
+/// Replaces OpenBLAS's kernel when it fell back to a generic one on a CPU it did not recognise, or
+/// when [`super::kernels::SIMD_VARIABLE`] caps the instruction set below the kernel OpenBLAS picked.
 ///
 /// A `DYNAMIC_ARCH` OpenBLAS picks its kernels by CPU model number, so a release older than the CPU
 /// takes it for an SSE3 machine: Debian 12's OpenBLAS 0.3.21 runs `Prescott` kernels on Emerald
 /// Rapids Xeons, at a third of the sgemm rate of the `SkylakeX` ones the CPU runs. Where the CPU's
 /// instruction set supports a better family of OpenBLAS's own list, this selects it, as
 /// `OPENBLAS_CORETYPE` would have at load, and exports that variable so that child processes load it
-/// directly. A user's own `OPENBLAS_CORETYPE` is never overridden. Returns the family chosen, if any.
+/// directly. Under a cap it selects the cap's family the same way. A user's own `OPENBLAS_CORETYPE`
+/// is never overridden. Returns the family chosen, if any.
 ///
 /// # Safety
 ///
@@ -150,8 +162,11 @@ pub unsafe fn select_blas_kernel() -> Option<&'static str> {
         return None;
     }
     let detected = current_core();
-    let (name, rank) = supported_kernel()?;
-    if kernel_rank(&detected) >= rank {
+    // an unreadable cap is no cap here; the command line reports it before any work
+    let cap = super::kernels::simd_cap().ok().flatten();
+    let (name, rank) = supported_kernel(cap)?;
+    let capped_below = cap.is_some() && kernel_rank(&detected) > rank;
+    if kernel_rank(&detected) >= rank && !capped_below {
         return None;
     }
     let (Some(quit), Some(init)) =
@@ -232,8 +247,32 @@ mod tests {
         assert_eq!(kernel_rank("SkylakeX"), 3);
         assert_eq!(kernel_rank("Cooperlake"), 3);
         // whatever this CPU supports, OpenBLAS's own choice is only replaced by a better family
-        if let Some((name, rank)) = supported_kernel() {
+        if let Some((name, rank)) = supported_kernel(None) {
             assert_eq!(kernel_rank(name), rank);
+        }
+    }
+
+    #[test]
+    fn a_cap_never_selects_a_family_above_it() {
+        let detected = crate::engine::kernels::detected_simd();
+        let rank_of = |simd: Simd| match simd {
+            Simd::Baseline => 0,
+            Simd::Avx2 => 2,
+            Simd::Avx512 => 3,
+        };
+        for cap in [Simd::Baseline, Simd::Avx2, Simd::Avx512] {
+            match supported_kernel(Some(cap)) {
+                Some((name, rank)) => {
+                    assert_eq!(kernel_rank(name), rank);
+                    assert!(rank <= rank_of(cap), "{name} under a cap of {cap:?}");
+                }
+                // nothing to select only where the cap is no lower than what the CPU runs
+                None => assert!(cap >= detected, "no family under a cap of {cap:?} on a {detected:?} CPU"),
+            }
+        }
+        // a cap below the CPU's own instruction set always names the family to run instead
+        if detected > Simd::Baseline {
+            assert!(supported_kernel(Some(Simd::Baseline)).is_some());
         }
     }
 }
