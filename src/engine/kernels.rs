@@ -81,15 +81,15 @@ pub fn simd() -> Simd {
     })
 }
 
-/// Defines `pub fn $name`, generic over one type parameter or not, that runs `$body` compiled for
+/// Defines `fn $name` (with the given visibility), generic over one type parameter or not, that runs `$body` compiled for
 /// AVX-512 or AVX2 when [`simd`] allows it, else for the baseline. `$body` must be `#[inline(always)]`
 /// so that it is compiled inside each variant.
 macro_rules! dispatch {
-    ($(#[$doc:meta])* pub fn $name:ident $(<$g:ident: $bound:ident>)? ($($arg:ident: $ty:ty),*) -> $ret:ty
+    ($(#[$doc:meta])* $vis:vis fn $name:ident $(<$g:ident: $bound:ident>)? ($($arg:ident: $ty:ty),*) -> $ret:ty
         = $body:ident;) => {
         $(#[$doc])*
         #[allow(clippy::too_many_arguments)]
-        pub fn $name $(<$g: $bound>)? ($($arg: $ty),*) -> $ret {
+        $vis fn $name $(<$g: $bound>)? ($($arg: $ty),*) -> $ret {
             #[cfg(target_arch = "x86_64")]
             {
                 #[target_feature(enable = "avx512f")]
@@ -116,6 +116,17 @@ macro_rules! dispatch {
     };
 }
 
+/// Elements per block of the staged exponential and tanh: four AVX2 vectors, two AVX-512 ones.
+///
+/// Each formula is one chain of about 25 dependent operations. Evaluated an element (one vector) at a
+/// time, the chains of successive vectors overlap only as far as the CPU's scheduler reaches, and it
+/// fills with waiting operations long before the arithmetic units do. [`exp_f32_block`] and
+/// [`tanh_f32_block`] run every stage for the whole block before the next stage: the same operations
+/// in the same order per element (so the same bits), with several independent vectors per stage. On
+/// a Zen 4 core that computes the exponential in 0.49 ns per element instead of 0.87 on the AVX2
+/// path, 0.36 instead of 0.56 on the AVX-512 one.
+pub const STAGED_BLOCK: usize = 32;
+
 /// `eˣ` in `f32`, to within 2 ulp of the correctly rounded value over `[-87, 88]`.
 ///
 /// Cody–Waite reduction `x = n·ln2 + r`, `|r| ≤ ln2/2`, then the degree-6 minimax polynomial for `eʳ`
@@ -124,27 +135,42 @@ macro_rules! dispatch {
 /// any probability the engine distinguishes.
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
+    let mut one = [x];
+    exp_f32_block(&mut one);
+    one[0]
+}
+
+/// [`exp_f32`] of every element of a block, in place, stage by stage (see [`STAGED_BLOCK`]).
+#[inline(always)]
+pub fn exp_f32_block<const N: usize>(x: &mut [f32; N]) {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const LN2_HI: f32 = 0.693_359_4;
     const LN2_LO: f32 = -2.121_944_4e-4;
-    let x = x.clamp(-87.0, 88.0);
     // Round to nearest by adding 1.5·2²³: the sum's low mantissa bits then hold n as an integer, so
     // both n as a float and 2ⁿ come from bit arithmetic. (A `floor` call, or a saturating `as i32`,
     // would each turn the loop back into scalar code.)
     const ROUNDER: f32 = 12_582_912.0;
-    let shifted = x * LOG2E + ROUNDER;
-    let n = shifted - ROUNDER;
-    let r = x - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.987_569_1e-4_f32;
-    p = p * r + 1.398_2e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5; // Cephes gives 5.0000001201e-1, which rounds to 0.5 in f32
-    let y = p * r * r + r + 1.0;
-    let n_bits = shifted.to_bits().wrapping_sub(ROUNDER.to_bits());
-    let scale = f32::from_bits(n_bits.wrapping_add(127) << 23);
-    y * scale
+    const POLYNOMIAL: [f32; 5] = [1.398_2e-3, 8.333_452e-3, 4.166_579_6e-2, 1.666_666_5e-1, 0.5];
+    let (mut shifted, mut r, mut p) = ([0.0f32; N], [0.0f32; N], [1.987_569_1e-4_f32; N]);
+    for i in 0..N {
+        x[i] = x[i].clamp(-87.0, 88.0);
+        shifted[i] = x[i] * LOG2E + ROUNDER;
+    }
+    for i in 0..N {
+        let n = shifted[i] - ROUNDER;
+        r[i] = x[i] - n * LN2_HI - n * LN2_LO;
+    }
+    // (Cephes's last coefficient, 5.0000001201e-1, rounds to 0.5 in f32)
+    for c in POLYNOMIAL {
+        for i in 0..N {
+            p[i] = p[i] * r[i] + c;
+        }
+    }
+    for i in 0..N {
+        let y = p[i] * r[i] * r[i] + r[i] + 1.0;
+        let n_bits = shifted[i].to_bits().wrapping_sub(ROUNDER.to_bits());
+        x[i] = y * f32::from_bits(n_bits.wrapping_add(127) << 23);
+    }
 }
 
 /// `eˣ` in `f64`, to within 2 ulp of glibc's `exp` over `[-708, 709]` (tested there), the inputs
@@ -198,28 +224,38 @@ pub fn exp_f64(x: f64) -> f64 {
 /// costs the GELU about half of what `1 − 2/(e²ˣ + 1)` did.
 #[inline(always)]
 pub fn tanh_f32(x: f32) -> f32 {
+    let mut one = [x];
+    tanh_f32_block(&mut one);
+    one[0]
+}
+
+/// [`tanh_f32`] of every element of a block, in place, stage by stage (see [`STAGED_BLOCK`]).
+#[inline(always)]
+pub fn tanh_f32_block<const N: usize>(x: &mut [f32; N]) {
     const CLAMP: f32 = 7.905_311;
-    // the ratio at the clamp is 1 − 2⁻²⁴; beyond it the answer is ±1 exactly (a select, not a branch)
-    let saturated = x.abs() >= CLAMP;
-    let limit = 1.0f32.copysign(x);
-    let x = x.clamp(-CLAMP, CLAMP);
-    let x2 = x * x;
-    let mut p = -2.760_768_5e-16_f32;
-    p = p * x2 + 2.000_188e-13;
-    p = p * x2 + -8.604_672e-11;
-    p = p * x2 + 5.122_297e-8;
-    p = p * x2 + 1.485_722_4e-5;
-    p = p * x2 + 6.372_619e-4;
-    p = p * x2 + 4.893_524_6e-3;
-    let mut q = 1.198_258_4e-6_f32;
-    q = q * x2 + 1.185_347e-4;
-    q = q * x2 + 2.268_434_6e-3;
-    q = q * x2 + 4.893_525e-3;
-    let ratio = x * p / q;
-    if saturated {
-        limit
-    } else {
-        ratio
+    const NUMERATOR: [f32; 6] =
+        [2.000_188e-13, -8.604_672e-11, 5.122_297e-8, 1.485_722_4e-5, 6.372_619e-4, 4.893_524_6e-3];
+    const DENOMINATOR: [f32; 3] = [1.185_347e-4, 2.268_434_6e-3, 4.893_525e-3];
+    let (mut clamped, mut x2) = ([0.0f32; N], [0.0f32; N]);
+    let (mut p, mut q) = ([-2.760_768_5e-16_f32; N], [1.198_258_4e-6_f32; N]);
+    for i in 0..N {
+        clamped[i] = x[i].clamp(-CLAMP, CLAMP);
+        x2[i] = clamped[i] * clamped[i];
+    }
+    for c in NUMERATOR {
+        for i in 0..N {
+            p[i] = p[i] * x2[i] + c;
+        }
+    }
+    for c in DENOMINATOR {
+        for i in 0..N {
+            q[i] = q[i] * x2[i] + c;
+        }
+    }
+    for i in 0..N {
+        let ratio = clamped[i] * p[i] / q[i];
+        // the ratio at the clamp is 1 − 2⁻²⁴; beyond it the answer is ±1 exactly (a select, not a branch)
+        x[i] = if x[i].abs() >= CLAMP { 1.0f32.copysign(x[i]) } else { ratio };
     }
 }
 
@@ -245,10 +281,27 @@ fn max_body<F: Scalar>(values: &[F]) -> F {
     m
 }
 
-dispatch! {
-    /// The largest element and the index of its first occurrence, in one pass: a row's argmax without
-    /// a second scan of the row. `(−∞, 0)` when no element exceeds −∞ (an empty or all-NaN slice).
-    pub fn max_with_index<F: Scalar>(values: &[F]) -> (F, usize) = max_with_index_body;
+/// The largest element and the index of its first occurrence, in one pass: a row's argmax without
+/// a second scan of the row. `(−∞, 0)` when no element exceeds −∞ (an empty or all-NaN slice).
+///
+/// Two bodies, one result. On AVX-512 each lane keeps its largest element and the chunk it came from.
+/// LLVM turns that `u32` select under an `f32` comparison into scalar code on AVX2, so there the
+/// maximum comes first and its position second ([`max_then_index`]): on a Zen 4 core 0.14 ns per
+/// element of a 256-wide row against 0.39, where on AVX-512 the two passes would cost twice the one.
+pub fn max_with_index<F: Scalar>(values: &[F]) -> (F, usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f")]
+        unsafe fn widest<F: Scalar>(values: &[F]) -> (F, usize) {
+            max_with_index_body(values)
+        }
+        if simd() == Simd::Avx512 {
+            // SAFETY: `simd` is at most what the CPU supports, and AVX-512F is the only feature `widest`
+            // was compiled for.
+            return unsafe { widest(values) };
+        }
+    }
+    max_then_index(values)
 }
 
 #[inline(always)]
@@ -283,6 +336,37 @@ fn max_with_index_body<F: Scalar>(values: &[F]) -> (F, usize) {
         }
     }
     (max, index)
+}
+
+dispatch! {
+    /// [`max_with_index`] in two passes, for AVX2 and the baseline: the maximum, then its first position.
+    fn max_then_index<F: Scalar>(values: &[F]) -> (F, usize) = max_then_index_body;
+}
+
+#[inline(always)]
+fn max_then_index_body<F: Scalar>(values: &[F]) -> (F, usize) {
+    const CHUNK: usize = 16;
+    let max = max_body(values);
+    // (`max_body` never keeps a NaN, so this is the empty or all-NaN slice)
+    if max == F::neg_infinity() {
+        return (F::neg_infinity(), 0);
+    }
+    // whole chunks compared at once, the first chunk that holds the maximum searched element by element
+    let (chunks, rest) = values.as_chunks::<CHUNK>();
+    let position = |values: &[F]| values.iter().position(|&v| v == max).unwrap_or(0);
+    for (c, chunk) in chunks.iter().enumerate() {
+        let mut holds = false;
+        for &v in chunk {
+            holds |= v == max;
+        }
+        if holds {
+            let index = c * CHUNK + position(chunk);
+            // the element itself, as one pass would keep it (−0 where it comes before an equal +0)
+            return (values[index], index);
+        }
+    }
+    let index = chunks.len() * CHUNK + position(rest);
+    (values[index], index)
 }
 
 /// The eight running lanes of a reduction, combined in the one fixed order every reduction uses.
@@ -320,9 +404,13 @@ dispatch! {
 
 #[inline(always)]
 fn exp_shifted_body<F: Scalar>(values: &mut [F], shift: F) -> F {
-    for v in values.iter_mut() {
-        *v = (*v - shift).exp_kernel();
+    let (blocks, rest) = values.as_chunks_mut::<STAGED_BLOCK>();
+    for block in blocks {
+        block.iter_mut().for_each(|v| *v -= shift);
+        F::exp_block(block);
     }
+    rest.iter_mut().for_each(|v| *v = (*v - shift).exp_kernel());
+    // a pass of its own: summed inside the blocks, the adds' chain held the stages back
     sum_body(values)
 }
 
@@ -342,12 +430,29 @@ pub fn gelu_scalar<F: Scalar>(x: F) -> F {
     F::lit(0.5) * x * (F::one() + gelu_tanh(x))
 }
 
-/// `tanh u` with `u = c(x + a x³)`, `c = √(2/π)`, `a = 0.044715`: the one place the GELU's inner
-/// argument is written.
+/// `u = c(x + a x³)`, `c = √(2/π)`, `a = 0.044715`: the one place the GELU's inner argument is
+/// written.
+#[inline(always)]
+fn gelu_inner<F: Scalar>(x: F) -> F {
+    let (c, a) = (F::lit(0.797_884_560_802_865_4), F::lit(0.044_715));
+    c * (x + a * x * x * x)
+}
+
+/// `tanh u` for the GELU's inner argument `u` ([`gelu_inner`]).
 #[inline(always)]
 fn gelu_tanh<F: Scalar>(x: F) -> F {
-    let (c, a) = (F::lit(0.797_884_560_802_865_4), F::lit(0.044_715));
-    (c * (x + a * x * x * x)).tanh_kernel()
+    gelu_inner(x).tanh_kernel()
+}
+
+/// [`gelu_tanh`] of a block, stage by stage ([`STAGED_BLOCK`]).
+#[inline(always)]
+fn gelu_tanh_block<F: Scalar>(x: &[F; STAGED_BLOCK]) -> [F; STAGED_BLOCK] {
+    let mut t = [F::zero(); STAGED_BLOCK];
+    for i in 0..STAGED_BLOCK {
+        t[i] = gelu_inner(x[i]);
+    }
+    F::tanh_block(&mut t);
+    t
 }
 
 /// `dGELU/dx`: `½(1 + tanh u) + ½x(1 − tanh² u)·c(1 + 3a x²)` with `u = c(x + a x³)`.
@@ -370,7 +475,16 @@ dispatch! {
 
 #[inline(always)]
 fn gelu_body<F: Scalar>(x: &[F], out: &mut [F]) {
-    out.iter_mut().zip(x).for_each(|(o, &x)| *o = gelu_scalar(x));
+    let n = x.len().min(out.len());
+    let ((x_blocks, x_rest), (out_blocks, out_rest)) =
+        (x[..n].as_chunks::<STAGED_BLOCK>(), out[..n].as_chunks_mut::<STAGED_BLOCK>());
+    for (x, out) in x_blocks.iter().zip(out_blocks) {
+        let t = gelu_tanh_block(x);
+        for i in 0..STAGED_BLOCK {
+            out[i] = F::lit(0.5) * x[i] * (F::one() + t[i]);
+        }
+    }
+    out_rest.iter_mut().zip(x_rest).for_each(|(o, &x)| *o = gelu_scalar(x));
 }
 
 dispatch! {
@@ -380,7 +494,17 @@ dispatch! {
 
 #[inline(always)]
 fn gelu_backward_body<F: Scalar>(dy: &[F], x: &[F], dx: &mut [F]) {
-    dx.iter_mut().zip(dy.iter().zip(x)).for_each(|(d, (&g, &x))| *d = g * gelu_derivative_scalar(x));
+    let n = dy.len().min(x.len()).min(dx.len());
+    let (dy_blocks, dy_rest) = dy[..n].as_chunks::<STAGED_BLOCK>();
+    let ((x_blocks, x_rest), (dx_blocks, dx_rest)) =
+        (x[..n].as_chunks::<STAGED_BLOCK>(), dx[..n].as_chunks_mut::<STAGED_BLOCK>());
+    for ((dy, x), dx) in dy_blocks.iter().zip(x_blocks).zip(dx_blocks) {
+        let t = gelu_tanh_block(x);
+        for i in 0..STAGED_BLOCK {
+            dx[i] = dy[i] * gelu_derivative_from_tanh(x[i], t[i]);
+        }
+    }
+    dx_rest.iter_mut().zip(dy_rest.iter().zip(x_rest)).for_each(|(d, (&g, &x))| *d = g * gelu_derivative_scalar(x));
 }
 
 dispatch! {
@@ -425,7 +549,17 @@ dispatch! {
 
 #[inline(always)]
 fn gelu_keeping_tanh_body<F: Scalar>(x: &[F], out: &mut [F], tanh_out: &mut [F]) {
-    for ((o, t), &x) in out.iter_mut().zip(tanh_out.iter_mut()).zip(x) {
+    let n = x.len().min(out.len()).min(tanh_out.len());
+    let (x_blocks, x_rest) = x[..n].as_chunks::<STAGED_BLOCK>();
+    let ((out_blocks, out_rest), (t_blocks, t_rest)) =
+        (out[..n].as_chunks_mut::<STAGED_BLOCK>(), tanh_out[..n].as_chunks_mut::<STAGED_BLOCK>());
+    for ((x, out), tanh_out) in x_blocks.iter().zip(out_blocks).zip(t_blocks) {
+        *tanh_out = gelu_tanh_block(x);
+        for i in 0..STAGED_BLOCK {
+            out[i] = F::lit(0.5) * x[i] * (F::one() + tanh_out[i]);
+        }
+    }
+    for ((o, t), &x) in out_rest.iter_mut().zip(t_rest.iter_mut()).zip(x_rest) {
         *t = gelu_tanh(x);
         *o = F::lit(0.5) * x * (F::one() + *t);
     }
@@ -587,25 +721,70 @@ mod tests {
             let max = values.iter().fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
             (max, values.iter().position(|&v| v == max).unwrap_or(0))
         };
-        for len in [0usize, 1, 15, 16, 17, 40, 257] {
-            // repeated maxima in several lanes and chunks, the first of them in every position
-            for shift in 0..len.min(40) {
-                let values: Vec<f32> = (0..len).map(|i| ((i + len - shift) % 7) as f32).collect();
-                assert_eq!(max_with_index(&values), plain(&values), "len {len}, shift {shift}");
+        // the dispatched kernel, and both of its bodies whatever this CPU runs
+        type Body = fn(&[f32]) -> (f32, usize);
+        let bodies: [(&str, Body); 3] =
+            [("dispatched", max_with_index), ("one pass", max_with_index_body), ("two passes", max_then_index_body)];
+        for (name, max_with_index) in bodies {
+            for len in [0usize, 1, 15, 16, 17, 40, 257] {
+                // repeated maxima in several lanes and chunks, the first of them in every position
+                for shift in 0..len.min(40) {
+                    let values: Vec<f32> = (0..len).map(|i| ((i + len - shift) % 7) as f32).collect();
+                    assert_eq!(max_with_index(&values), plain(&values), "{name}: len {len}, shift {shift}");
+                }
+                // the maximum in the tail after full chunks, and at the very end
+                let mut late = vec![0.0f32; len];
+                if let Some(last) = late.last_mut() {
+                    *last = 5.0;
+                    assert_eq!(max_with_index(&late), (5.0, len - 1), "{name}");
+                }
             }
-            // the maximum in the tail after full chunks, and at the very end
-            let mut late = vec![0.0f32; len];
-            if let Some(last) = late.last_mut() {
-                *last = 5.0;
-                assert_eq!(max_with_index(&late), (5.0, len - 1));
-            }
+            let mut with_nan = vec![1.0f32; 20];
+            with_nan[3] = f32::NAN;
+            with_nan[17] = 2.0;
+            assert_eq!(max_with_index(&with_nan), (2.0, 17), "{name}");
+            assert_eq!(max_with_index(&[f32::NAN; 20]), (f32::NEG_INFINITY, 0), "{name}");
+            assert_eq!(max_with_index(&[]), (f32::NEG_INFINITY, 0), "{name}");
+            // of equal zeros the first is kept, sign and all
+            let (zero, index) = max_with_index(&[-1.0, -0.0, 0.0, -0.0]);
+            assert_eq!((zero.to_bits(), index), ((-0.0f32).to_bits(), 1), "{name}");
         }
-        let mut with_nan = vec![1.0f32; 20];
-        with_nan[3] = f32::NAN;
-        with_nan[17] = 2.0;
-        assert_eq!(max_with_index(&with_nan), (2.0, 17));
-        assert_eq!(max_with_index(&[f32::NAN; 20]), (f32::NEG_INFINITY, 0));
         assert_eq!(max_with_index::<f64>(&[]), (f64::NEG_INFINITY, 0));
+    }
+
+    /// The staged kernels ([`STAGED_BLOCK`]) give the bits of their formulas applied one element at a
+    /// time, in whole blocks and in the remainder after them.
+    #[test]
+    fn staged_kernels_give_the_bits_of_one_element_at_a_time() {
+        let bits = |values: &[f32]| values.iter().map(|v| v.to_bits()).collect::<Vec<u32>>();
+        for len in [0, 1, 31, 32, 33, 64, 100] {
+            // beyond both clamps, through 0 and the saturation of tanh, and a NaN
+            let x: Vec<f32> = (0..len).map(|i| if i == 7 { f32::NAN } else { (i as f32 - 50.0) * 2.3 }).collect();
+            let mut exps = x.clone();
+            let total = exp_shifted_inplace(&mut exps, 1.5);
+            let one_by_one: Vec<f32> = x.iter().map(|&v| exp_f32(v - 1.5)).collect();
+            assert_eq!(bits(&exps), bits(&one_by_one), "exp, length {len}");
+            assert_eq!(total.to_bits(), sum(&one_by_one).to_bits(), "exp's sum, length {len}");
+
+            let (mut gelu, mut kept, mut tanh) = (vec![0.0; len], vec![0.0; len], vec![0.0; len]);
+            gelu_slice(&x, &mut gelu);
+            gelu_keeping_tanh_slice(&x, &mut kept, &mut tanh);
+            let expected: Vec<f32> = x.iter().map(|&v| gelu_scalar(v)).collect();
+            assert_eq!(bits(&gelu), bits(&expected), "GELU, length {len}");
+            assert_eq!(bits(&kept), bits(&expected), "GELU keeping tanh, length {len}");
+            assert_eq!(bits(&tanh), bits(&x.iter().map(|&v| gelu_tanh(v)).collect::<Vec<_>>()), "tanh, length {len}");
+
+            let dy: Vec<f32> = (0..len).map(|i| i as f32 * 0.25 - 3.0).collect();
+            let mut dx = vec![0.0; len];
+            gelu_backward_slice(&dy, &x, &mut dx);
+            let expected: Vec<f32> = dy.iter().zip(&x).map(|(&g, &v)| g * gelu_derivative_scalar(v)).collect();
+            assert_eq!(bits(&dx), bits(&expected), "GELU backward, length {len}");
+        }
+        // and the block functions themselves against their single-element forms
+        let mut block: [f32; STAGED_BLOCK] = std::array::from_fn(|i| i as f32 * 0.7 - 11.0);
+        let original = block;
+        tanh_f32_block(&mut block);
+        assert_eq!(bits(&block), bits(&original.map(tanh_f32)));
     }
 
     #[test]

@@ -71,6 +71,11 @@ pub trait Scalar:
     fn exp_kernel(self) -> Self;
     /// `tanh x`, with the same split as [`exp_kernel`](Self::exp_kernel).
     fn tanh_kernel(self) -> Self;
+    /// [`exp_kernel`](Self::exp_kernel) of every element of a block, in place: the same bits as
+    /// element by element, computed stage by stage in `f32` ([`kernels::STAGED_BLOCK`]).
+    fn exp_block<const N: usize>(block: &mut [Self; N]);
+    /// [`tanh_kernel`](Self::tanh_kernel) of every element of a block, as [`exp_block`](Self::exp_block).
+    fn tanh_block<const N: usize>(block: &mut [Self; N]);
     /// The free activation buffers of this type ([`buffers`]).
     fn buffers() -> &'static buffers::BufferPool<Self>;
     /// `c = a·b`, or `c += a·b` when `accumulate`, on the calling thread: the output layer's tile
@@ -102,6 +107,14 @@ impl Scalar for f32 {
     fn tanh_kernel(self) -> Self {
         kernels::tanh_f32(self)
     }
+    #[inline(always)]
+    fn exp_block<const N: usize>(block: &mut [Self; N]) {
+        kernels::exp_f32_block(block)
+    }
+    #[inline(always)]
+    fn tanh_block<const N: usize>(block: &mut [Self; N]) {
+        kernels::tanh_f32_block(block)
+    }
     fn buffers() -> &'static buffers::BufferPool<Self> {
         &F32_BUFFERS
     }
@@ -129,6 +142,14 @@ impl Scalar for f64 {
     #[inline(always)]
     fn tanh_kernel(self) -> Self {
         self.tanh()
+    }
+    #[inline(always)]
+    fn exp_block<const N: usize>(block: &mut [Self; N]) {
+        block.iter_mut().for_each(|v| *v = v.exp());
+    }
+    #[inline(always)]
+    fn tanh_block<const N: usize>(block: &mut [Self; N]) {
+        block.iter_mut().for_each(|v| *v = v.tanh());
     }
     fn buffers() -> &'static buffers::BufferPool<Self> {
         &F64_BUFFERS
