@@ -641,6 +641,34 @@ pub fn frozen_check_cost(path: &std::path::Path, data: Option<std::path::PathBuf
     })
 }
 
+/// One configuration's figures from several rounds: the round of the median training rate (its
+/// sgemm reference and model rate with it, so that the share stays that round's), with the median
+/// evaluation rate and the largest peak memory of all rounds. `None` for no rounds.
+pub fn median_of_rounds(mut rounds: Vec<BenchResult>) -> Option<BenchResult> {
+    let mut eval: Vec<f64> = rounds.iter().map(|r| r.eval_tokens_per_s).collect();
+    let peak = rounds.iter().filter_map(|r| r.peak_memory_mib).reduce(f64::max);
+    rounds.sort_by(|a, b| a.train_tokens_per_s.total_cmp(&b.train_tokens_per_s));
+    let middle = rounds.len() / 2;
+    let mut median = rounds.into_iter().nth(middle)?;
+    eval.sort_by(f64::total_cmp);
+    median.eval_tokens_per_s = eval[middle];
+    median.peak_memory_mib = peak;
+    Some(median)
+}
+
+/// PyTorch's figures from several rounds: the median training and the median evaluation rate. `None`
+/// for no rounds (no torch in that Python).
+pub fn median_torch_of_rounds(rounds: Vec<TorchResult>) -> Option<TorchResult> {
+    let median = |rate: fn(&TorchResult) -> f64| {
+        let mut rates: Vec<f64> = rounds.iter().map(rate).collect();
+        rates.sort_by(f64::total_cmp);
+        rates.get(rates.len() / 2).copied()
+    };
+    let (train, eval) = (median(|r| r.train_tokens_per_s)?, median(|r| r.eval_tokens_per_s)?);
+    let first = rounds.into_iter().next()?;
+    Some(TorchResult { train_tokens_per_s: train, eval_tokens_per_s: eval, ..first })
+}
+
 /// PyTorch's figures for one configuration, as `benches/torch_reference.py bench` prints them.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 pub struct TorchResult {
@@ -739,6 +767,43 @@ mod tests {
             ctx_len: 8,
             batch_size: 2,
         }
+    }
+
+    #[test]
+    fn rounds_report_their_medians() {
+        let config = tiny();
+        let round = |train: f64, eval: f64, sgemm: f64, peak: f64| BenchResult {
+            config: config.clone(),
+            threads: 2,
+            parameters: 10,
+            train_tokens_per_s: train,
+            eval_tokens_per_s: eval,
+            train_gflops: train / 100.0,
+            sgemm_gflops: sgemm,
+            peak_memory_mib: Some(peak),
+        };
+        let median = median_of_rounds(vec![
+            round(300.0, 900.0, 30.0, 5.0),
+            round(100.0, 700.0, 10.0, 7.0),
+            round(200.0, 800.0, 20.0, 6.0),
+        ])
+        .unwrap();
+        // the median training round keeps its own reference; evaluation is its own median
+        assert_eq!((median.train_tokens_per_s, median.sgemm_gflops, median.train_gflops), (200.0, 20.0, 2.0));
+        assert_eq!(median.eval_tokens_per_s, 800.0);
+        assert_eq!(median.peak_memory_mib, Some(7.0));
+        assert!(median_of_rounds(Vec::new()).is_none());
+
+        let torch = |train: f64, eval: f64| TorchResult {
+            name: "tiny".into(),
+            threads: 2,
+            train_tokens_per_s: train,
+            eval_tokens_per_s: eval,
+            torch_version: "2".into(),
+        };
+        let median = median_torch_of_rounds(vec![torch(1.0, 30.0), torch(3.0, 10.0), torch(2.0, 20.0)]).unwrap();
+        assert_eq!((median.train_tokens_per_s, median.eval_tokens_per_s), (2.0, 20.0));
+        assert!(median_torch_of_rounds(Vec::new()).is_none());
     }
 
     #[test]

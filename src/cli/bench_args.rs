@@ -28,6 +28,11 @@ pub struct BenchArgs {
     /// Also run benches/torch_reference.py with the same threads and print the ratio.
     #[arg(long)]
     pub compare_torch: bool,
+    /// Measure each configuration this many times (1 to 9), ailla and PyTorch alternating, and report
+    /// the medians: on a machine whose speed drifts from minute to minute, both sides then see the
+    /// same minutes.
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub rounds: usize,
     /// The Python that has torch installed.
     #[arg(long, default_value = "python3")]
     pub python: String,

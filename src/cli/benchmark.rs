@@ -41,6 +41,9 @@ fn check_cost_text(cost: &bench::FrozenCheckCost) -> String {
 }
 
 pub(super) fn run_bench(args: BenchArgs, device: StepDevice, out: &mut dyn Write) -> Result<()> {
+    if !(1..=9).contains(&args.rounds) {
+        return Err(Error::invalid("--rounds", format!("is {}; it must be between 1 and 9", args.rounds)));
+    }
     if let Some(megabytes) = args.rules_check {
         if !(megabytes > 0.0 && megabytes <= 1024.0) {
             return Err(Error::invalid("--rules-check", "must be a size in megabytes above 0 and at most 1024"));
@@ -102,15 +105,18 @@ pub(super) fn run_bench(args: BenchArgs, device: StepDevice, out: &mut dyn Write
     let sgemm = bench::sgemm_gflops(1024, 5);
     let mut rows = Vec::new();
     for config in &selected {
-        // one process per configuration, so that its peak memory is its own
-        let result =
-            measure_in_child(config, args.steps, threads).or_else(|_| bench::run_config(config, args.steps))?;
-        let torch = if args.compare_torch {
-            bench::run_torch(&args.python, &torch_script(), config, args.steps, threads, "cpu")?
-        } else {
-            None
-        };
-        rows.push((result, torch));
+        let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+        for _ in 0..args.rounds {
+            // one process per configuration, so that its peak memory is its own
+            ours.push(
+                measure_in_child(config, args.steps, threads).or_else(|_| bench::run_config(config, args.steps))?,
+            );
+            if args.compare_torch {
+                theirs.extend(bench::run_torch(&args.python, &torch_script(), config, args.steps, threads, "cpu")?);
+            }
+        }
+        let result = bench::median_of_rounds(ours).ok_or_else(|| Error::invalid("--rounds", "no round ran"))?;
+        rows.push((result, bench::median_torch_of_rounds(theirs)));
     }
     let overhead = bench::dial_overhead(args.steps)?;
     let (scaling, recruitment) = if args.scaling {
@@ -136,7 +142,14 @@ pub(super) fn run_bench(args: BenchArgs, device: StepDevice, out: &mut dyn Write
         };
         serde_json::to_string_pretty(&output).map_err(|e| Error::Numeric(e.to_string()))? + "\n"
     } else {
+        let rounds = if args.rounds > 1 {
+            let alternating = if args.compare_torch { ", ailla and PyTorch alternating" } else { "" };
+            format!("medians of {} rounds per configuration{alternating}\n", args.rounds)
+        } else {
+            String::new()
+        };
         cpu_line()
+            + &rounds
             + &bench_table(threads, sgemm, &rows, args.compare_torch)
             + &format!(
                 "\nlocality dial at evaluation (bundled corpus and rules, char-small shape, λ = 1):\n  \
