@@ -6,8 +6,8 @@
 //! accumulators in a fixed order: vectorisable, and still the same result on every run.
 //!
 //! Each slice kernel is compiled three times on x86-64: for the baseline (SSE2, 4 lanes), AVX2 (8) and
-//! AVX-512 (16), chosen at run time by [`dispatch!`]. None uses FMA and every reduction has the same
-//! eight-lane order, so all three give the same bits.
+//! AVX-512 (16), chosen at run time by [`dispatch!`] up to what [`SIMD_VARIABLE`] allows. None uses
+//! FMA and every reduction has the same eight-lane order, so all three give the same bits.
 
 use super::Scalar;
 
@@ -81,9 +81,9 @@ pub fn simd() -> Simd {
     })
 }
 
-/// Defines `fn $name` (with the given visibility), generic over one type parameter or not, that runs `$body` compiled for
-/// AVX-512 or AVX2 when [`simd`] allows it, else for the baseline. `$body` must be `#[inline(always)]`
-/// so that it is compiled inside each variant.
+/// Defines `fn $name` (with the given visibility), generic over one type parameter or not, that runs
+/// `$body` compiled for AVX-512 or AVX2 when [`simd`] allows it, else for the baseline. `$body` must be
+/// `#[inline(always)]` so that it is compiled inside each variant.
 macro_rules! dispatch {
     ($(#[$doc:meta])* $vis:vis fn $name:ident $(<$g:ident: $bound:ident>)? ($($arg:ident: $ty:ty),*) -> $ret:ty
         = $body:ident;) => {
