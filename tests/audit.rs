@@ -89,7 +89,8 @@ fn collapse_spaces(text: &str) -> String {
 
 /// The environment table's values (this machine's CPU, BLAS, commit) replaced by placeholders.
 fn redact_verify_text(text: &str) -> String {
-    let fields = ["ailla", "platform", "cpu", "simd_path", "blas", "blas_version", "blas_config", "blas_core"];
+    let fields =
+        ["ailla", "platform", "cpu", "simd_path", "blas", "blas_version", "blas_config", "blas_core", "products"];
     let redacted = text
         .lines()
         .map(|line| {

@@ -53,7 +53,9 @@ fn redact_markdown(text: &str, dir: &Path) -> String {
                 line.split(" | ").take(2).collect::<Vec<_>>().join(" | ") + " | <this machine's model> |"
             } else if line.starts_with("| ailla |") {
                 "| ailla | <version and commit> |".to_string()
-            } else if let Some(key) = ["| CPU |", "| kernels |", "| BLAS |"].into_iter().find(|k| line.starts_with(k)) {
+            } else if let Some(key) =
+                ["| CPU |", "| kernels |", "| products |", "| BLAS |"].into_iter().find(|k| line.starts_with(k))
+            {
                 format!("{key} <this machine> |")
             } else {
                 line.to_string()

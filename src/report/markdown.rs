@@ -223,6 +223,9 @@ pub(super) fn markdown_text(report: &Report) -> String {
     if let Some(n) = &p.numerics {
         let _ = writeln!(s, "| CPU | {} |", n.cpu);
         let _ = writeln!(s, "| kernels | {} (ailla's element-wise kernels) |", n.simd_path);
+        if !n.products.is_empty() {
+            let _ = writeln!(s, "| products | {} |", n.products);
+        }
         let _ = writeln!(
             s,
             "| BLAS | {} {}, kernel {}{}, {} thread{} |",

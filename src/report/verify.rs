@@ -116,13 +116,16 @@ fn environment(recorded: &Provenance, here: &Provenance) -> (Vec<EnvironmentRow>
         row("platform", recorded.platform.clone(), here.platform.clone(), true),
     ];
     type Fact = fn(&crate::engine::environment::NumericalEnvironment) -> String;
-    let fields: [(&str, bool, Fact); 7] = [
+    let fields: [(&str, bool, Fact); 8] = [
         ("cpu", false, |n| n.cpu.clone()),
         ("simd_path", false, |n| n.simd_path.clone()),
         ("blas", true, |n| n.blas.clone()),
         ("blas_version", true, |n| n.blas_version.clone()),
         ("blas_config", true, |n| n.blas_config.clone()),
         ("blas_core", true, |n| n.blas_core.clone()),
+        // (a report from before the field was recorded reads as "not recorded", so the figures are
+        // then compared within tolerance rather than bit for bit)
+        ("products", true, |n| if n.products.is_empty() { "not recorded".into() } else { n.products.clone() }),
         ("blas_threads", false, |n| n.blas_threads.to_string()),
     ];
     for (field, decides, get) in fields {
@@ -302,4 +305,43 @@ fn replay_members(plan: &crate::pipeline::Plan, threads: usize) -> Result<Vec<St
 
 fn interrupted() -> Error {
     Error::Interrupted("the replay was stopped; nothing was verified, and the run directory is unchanged".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provenance(products: &str) -> Provenance {
+        let file = || crate::report::provenance::FileHash { path: "p".into(), sha256: "0".into(), bytes: None };
+        let mut numerics = crate::engine::environment::current();
+        numerics.products = products.into();
+        Provenance {
+            ailla_version: "0".into(),
+            git_commit: "c".into(),
+            platform: "x".into(),
+            threads: 2,
+            numerics: Some(numerics),
+            pipeline: file(),
+            rules: Vec::new(),
+            data: Vec::new(),
+            seeds: vec![1],
+            wall_time_seconds: 1.0,
+            peak_memory_mib: None,
+            invocation: None,
+        }
+    }
+
+    /// ailla's own kernel and OpenBLAS sum in different orders: a run recorded with one and verified
+    /// with the other is in another numerical environment, as is one recorded before the field was.
+    #[test]
+    fn who_computed_the_products_decides_the_environment() {
+        let (_, same) = environment(&provenance("avx512 8x32"), &provenance("avx512 8x32"));
+        assert!(same);
+        let (rows, same) = environment(&provenance("blas"), &provenance("avx512 8x32"));
+        assert!(!same);
+        assert!(rows.iter().any(|row| row.field == "products" && row.decides_bits && row.recorded == "blas"));
+        let (rows, same) = environment(&provenance(""), &provenance("blas"));
+        assert!(!same);
+        assert!(rows.iter().any(|row| row.field == "products" && row.recorded == "not recorded"));
+    }
 }
