@@ -181,8 +181,8 @@ fn the_instruction_set_cap_is_checked_and_shown() {
     assert!(line(&baseline, "kernels").contains("baseline"), "{}", line(&baseline, "kernels"));
     // no direct AVX-512 product under a cap below AVX-512
     assert!(line(&baseline, "products").contains("BLAS for every product"), "{}", line(&baseline, "products"));
-    let detected = ailla::engine::kernels::detected_simd();
-    if detected > ailla::engine::kernels::Simd::Baseline {
+    let detected = ailla::engine::simd::detected_simd();
+    if detected > ailla::engine::simd::Simd::Baseline {
         assert!(line(&baseline, "kernels").contains("capped by AILLA_SIMD=baseline"), "{}", line(&baseline, "kernels"));
         // OpenBLAS is held below the cap too, unless the user named its kernel
         assert!(line(&baseline, "BLAS").contains("Prescott"), "{}", line(&baseline, "BLAS"));

@@ -66,8 +66,8 @@ pub fn check_threads(field: &str, threads: usize) -> Result<()> {
 pub fn run(cli: Cli, out: &mut dyn Write) -> Result<()> {
     let products = crate::engine::direct_gemm::PRODUCTS_VARIABLE;
     crate::engine::direct_gemm::direct_products_allowed().map_err(|message| Error::invalid(products, message))?;
-    let simd = crate::engine::kernels::SIMD_VARIABLE;
-    crate::engine::kernels::simd_cap().map_err(|message| Error::invalid(simd, message))?;
+    let simd = crate::engine::simd::SIMD_VARIABLE;
+    crate::engine::simd::simd_cap().map_err(|message| Error::invalid(simd, message))?;
     if let Some(threads) = cli.threads {
         check_threads("--threads", threads)?;
         // fails only if a pool was already built, which main never does before this point
@@ -145,10 +145,10 @@ fn run_env(args: EnvArgs, out: &mut dyn Write) -> Result<()> {
                     kernel.name
                 ),
                 None if crate::engine::direct_gemm::available_kernels().is_empty() => {
-                    if crate::engine::kernels::detected_simd() >= crate::engine::kernels::Simd::Avx512 {
+                    if crate::engine::simd::detected_simd() >= crate::engine::simd::Simd::Avx512 {
                         format!(
                             "BLAS for every product (ailla's own kernel needs AVX-512, which {} holds back)",
-                            crate::engine::kernels::SIMD_VARIABLE
+                            crate::engine::simd::SIMD_VARIABLE
                         )
                     } else {
                         "BLAS for every product (ailla's own kernel needs AVX-512)".into()

@@ -124,7 +124,7 @@ register_block!(
     _mm512_add_ps
 );
 
-/// Every kernel this CPU can run within [`super::kernels::simd`]'s instruction set, the one
+/// Every kernel this CPU can run within [`super::simd::simd`]'s instruction set, the one
 /// [`product`] uses first.
 pub fn available_kernels() -> Vec<Kernel> {
     #[allow(unused_mut)]
@@ -132,7 +132,7 @@ pub fn available_kernels() -> Vec<Kernel> {
     #[cfg(target_arch = "x86_64")]
     {
         // `simd` never exceeds what the CPU has, so AVX-512F is there when it allows AVX-512
-        if super::kernels::simd() >= super::kernels::Simd::Avx512 {
+        if super::simd::simd() >= super::simd::Simd::Avx512 {
             kernels.push(Kernel { name: "avx512 8x32", rows: 8, cols: 32, block: block_avx512_8x32 });
         }
     }
@@ -167,7 +167,7 @@ pub fn kernel() -> Option<Kernel> {
 /// `c = a·b` (or `c += a·b` when `accumulate`), single-threaded: `a [M, K]`, `b [K, N]`, `c [M, N]`.
 ///
 /// Runs the direct kernel when this CPU has one, `c` has a unit column stride (a `b` without one is
-/// copied into rows first) and few of `c`'s columns fall in edge blocks ([`edge_heavy`]); otherwise
+/// copied into rows first) and few of `c`'s columns fall in edge blocks (`edge_heavy`); otherwise
 /// OpenBLAS computes the same product.
 pub fn product(a: ArrayView2<f32>, b: ArrayView2<f32>, accumulate: bool, c: ArrayViewMut2<f32>) {
     match kernel() {

@@ -7,7 +7,7 @@
 //! machines, SkylakeX or Cooperlake on AVX-512 ones), and those kernels sum the inner dimension in
 //! different orders. Two runs are bit-identical when everything recorded here is equal.
 
-use super::kernels::Simd;
+use super::simd::Simd;
 use serde::{Deserialize, Serialize};
 
 extern "C" {
@@ -71,19 +71,19 @@ fn cpu_model() -> String {
         .unwrap_or_else(|| std::env::consts::ARCH.to_string())
 }
 
-/// The instruction set [`super::kernels`] dispatch to in this process (see [`super::kernels::simd`]).
+/// The instruction set [`super::kernels`] dispatch to in this process (see [`super::simd::simd`]).
 pub fn simd_path() -> &'static str {
-    super::kernels::simd().name()
+    super::simd::simd().name()
 }
 
 /// `", capped by AILLA_SIMD=avx2 on a CPU with avx512"` where the cap lowers the instruction set, else
 /// nothing: the words `ailla env` and `ailla bench` add after the kernels' instruction set.
 pub fn simd_cap_note() -> String {
-    let (simd, detected) = (super::kernels::simd(), super::kernels::detected_simd());
+    let (simd, detected) = (super::simd::simd(), super::simd::detected_simd());
     if simd == detected {
         String::new()
     } else {
-        format!(", capped by {}={} on a CPU with {}", super::kernels::SIMD_VARIABLE, simd.name(), detected.name())
+        format!(", capped by {}={} on a CPU with {}", super::simd::SIMD_VARIABLE, simd.name(), detected.name())
     }
 }
 
@@ -128,7 +128,7 @@ fn supported_kernel(cap: Option<Simd>) -> Option<(&'static str, u8)> {
         if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") && allows(Simd::Avx2) {
             return Some(("Haswell", 2));
         }
-        if cap.is_some_and(|cap| cap < super::kernels::detected_simd()) {
+        if cap.is_some_and(|cap| cap < super::simd::detected_simd()) {
             return Some(("Prescott", 0));
         }
     }
@@ -149,7 +149,7 @@ fn dynamic_arch_function(name: &std::ffi::CStr) -> Option<unsafe extern "C" fn()
 }
 
 /// Replaces OpenBLAS's kernel when it fell back to a generic one on a CPU it did not recognise, or
-/// when [`super::kernels::SIMD_VARIABLE`] caps the instruction set below the kernel OpenBLAS picked.
+/// when [`super::simd::SIMD_VARIABLE`] caps the instruction set below the kernel OpenBLAS picked.
 ///
 /// A `DYNAMIC_ARCH` OpenBLAS picks its kernels by CPU model number, so a release older than the CPU
 /// takes it for an SSE3 machine: Debian 12's OpenBLAS 0.3.21 runs `Prescott` kernels on Emerald
@@ -169,7 +169,7 @@ pub unsafe fn select_blas_kernel() -> Option<&'static str> {
     }
     let detected = current_core();
     // an unreadable cap is no cap here; the command line reports it before any work
-    let cap = super::kernels::simd_cap().ok().flatten();
+    let cap = super::simd::simd_cap().ok().flatten();
     let (name, rank) = supported_kernel(cap)?;
     let capped_below = cap.is_some() && kernel_rank(&detected) > rank;
     if kernel_rank(&detected) >= rank && !capped_below {
@@ -261,7 +261,7 @@ mod tests {
 
     #[test]
     fn a_cap_never_selects_a_family_above_it() {
-        let detected = crate::engine::kernels::detected_simd();
+        let detected = crate::engine::simd::detected_simd();
         let rank_of = |simd: Simd| match simd {
             Simd::Baseline => 0,
             Simd::Avx2 => 2,

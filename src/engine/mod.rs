@@ -42,6 +42,7 @@ pub mod linear;
 pub mod loss;
 pub mod model;
 pub mod optim;
+pub mod simd;
 
 use std::fmt::{Debug, Display};
 use std::iter::Sum;
