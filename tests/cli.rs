@@ -115,13 +115,7 @@ fn training_is_bit_identical_across_thread_counts() {
         })
         .collect();
     for other in &runs[1..] {
-        assert_eq!(common::train_losses(&runs[0]), common::train_losses(other), "{}", other.display());
-        assert_eq!(
-            std::fs::read(runs[0].join("model.safetensors")).unwrap(),
-            std::fs::read(other.join("model.safetensors")).unwrap(),
-            "{}",
-            other.display()
-        );
+        common::assert_same_training(&runs[0], other, &other.display().to_string());
     }
 }
 
@@ -149,46 +143,51 @@ fn every_instruction_set_trains_to_the_same_bits() {
     };
     let native = run(None);
     for simd in ["avx2", "baseline"] {
-        let capped = run(Some(simd));
-        assert_eq!(common::train_losses(&native), common::train_losses(&capped), "AILLA_SIMD={simd}");
-        assert_eq!(
-            std::fs::read(native.join("model.safetensors")).unwrap(),
-            std::fs::read(capped.join("model.safetensors")).unwrap(),
-            "AILLA_SIMD={simd}"
-        );
+        common::assert_same_training(&native, &run(Some(simd)), &format!("AILLA_SIMD={simd}"));
     }
+}
+
+/// `ailla env` with one environment variable set.
+fn env_with(variable: &str, value: &str) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_ailla")).args(["env"]).env(variable, value).output().unwrap()
+}
+
+/// A bad value of an environment variable is refused before any work (exit 2), naming both.
+fn assert_refused_by_env(variable: &str, value: &str) {
+    let refused = env_with(variable, value);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    let message = stderr(&refused);
+    assert!(message.contains(variable) && message.contains(&format!("{value:?}")), "{message}");
+}
+
+/// The line of `ailla env`'s output that starts with `start` (empty when none does).
+fn env_line(output: &Output, start: &str) -> String {
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.lines().find(|line| line.starts_with(start)).map(str::to_owned).unwrap_or_default()
 }
 
 /// `AILLA_SIMD` is checked before any work, and `ailla env` says what it capped.
 #[test]
 fn the_instruction_set_cap_is_checked_and_shown() {
-    let with = |value: &str| {
-        Command::new(env!("CARGO_BIN_EXE_ailla")).args(["env"]).env("AILLA_SIMD", value).output().unwrap()
-    };
-    let refused = with("avx1024");
-    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
-    assert!(
-        stderr(&refused).contains("AILLA_SIMD") && stderr(&refused).contains("\"avx1024\""),
-        "{}",
-        stderr(&refused)
-    );
-    let line = |output: &Output, start: &str| {
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        text.lines().find(|line| line.starts_with(start)).map(str::to_owned).unwrap_or_default()
-    };
+    let with = |value: &str| env_with("AILLA_SIMD", value);
+    assert_refused_by_env("AILLA_SIMD", "avx1024");
     let baseline = with("baseline");
     assert!(baseline.status.success(), "{}", stderr(&baseline));
-    assert!(line(&baseline, "kernels").contains("baseline"), "{}", line(&baseline, "kernels"));
+    assert!(env_line(&baseline, "kernels").contains("baseline"), "{}", env_line(&baseline, "kernels"));
     // no direct AVX-512 product under a cap below AVX-512
-    assert!(line(&baseline, "products").contains("BLAS for every product"), "{}", line(&baseline, "products"));
+    assert!(env_line(&baseline, "products").contains("BLAS for every product"), "{}", env_line(&baseline, "products"));
     let detected = ailla::engine::simd::detected_simd();
     if detected > ailla::engine::simd::Simd::Baseline {
-        assert!(line(&baseline, "kernels").contains("capped by AILLA_SIMD=baseline"), "{}", line(&baseline, "kernels"));
+        assert!(
+            env_line(&baseline, "kernels").contains("capped by AILLA_SIMD=baseline"),
+            "{}",
+            env_line(&baseline, "kernels")
+        );
         // OpenBLAS is held below the cap too, unless the user named its kernel
-        assert!(line(&baseline, "BLAS").contains("Prescott"), "{}", line(&baseline, "BLAS"));
+        assert!(env_line(&baseline, "BLAS").contains("Prescott"), "{}", env_line(&baseline, "BLAS"));
     }
     let uncapped = with("avx512");
-    assert!(!line(&uncapped, "kernels").contains("capped"), "{}", line(&uncapped, "kernels"));
+    assert!(!env_line(&uncapped, "kernels").contains("capped"), "{}", env_line(&uncapped, "kernels"));
 }
 
 #[test]
@@ -656,22 +655,11 @@ fn threads_beyond_a_sane_multiple_of_the_cores_are_refused() {
 /// env` says so), and any other value than `direct` or `blas` is refused before any work, naming it.
 #[test]
 fn the_products_switch_is_checked_and_shown() {
-    let with = |value: &str| {
-        Command::new(env!("CARGO_BIN_EXE_ailla")).args(["env"]).env("AILLA_PRODUCTS", value).output().unwrap()
-    };
-    let refused = with("fast");
-    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
-    assert!(
-        stderr(&refused).contains("AILLA_PRODUCTS") && stderr(&refused).contains("\"fast\""),
-        "{}",
-        stderr(&refused)
-    );
+    let with = |value: &str| env_with("AILLA_PRODUCTS", value);
+    assert_refused_by_env("AILLA_PRODUCTS", "fast");
     let blas = with("blas");
     assert!(blas.status.success(), "{}", stderr(&blas));
-    let products = |output: &Output| {
-        let text = String::from_utf8_lossy(&output.stdout).into_owned();
-        text.lines().find(|line| line.starts_with("products")).map(str::to_owned).unwrap_or_default()
-    };
+    let products = |output: &Output| env_line(output, "products");
     assert!(products(&blas).contains("BLAS for every product"), "{}", products(&blas));
     let direct = with("direct");
     assert!(direct.status.success(), "{}", stderr(&direct));

@@ -12,6 +12,13 @@ pub fn train_losses(run: &Path) -> Vec<String> {
         .map(String::from)
         .collect()
 }
+/// Two runs trained to the same bits: the same `train` records and the same weights, byte for byte.
+pub fn assert_same_training(a: &Path, b: &Path, context: &str) {
+    assert_eq!(train_losses(a), train_losses(b), "{context}");
+    let weights = |run: &Path| std::fs::read(run.join("model.safetensors")).unwrap();
+    assert_eq!(weights(a), weights(b), "{context}");
+}
+
 /// Rows of `report.md` that differ between identical runs by design: the run's invocation (who, where,
 /// when, how: `provenance.invocation`), the report's hash of itself (which covers them), and the wall
 /// time and peak memory.
