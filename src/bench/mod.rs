@@ -648,15 +648,14 @@ pub fn frozen_check_cost(path: &std::path::Path, data: Option<std::path::PathBuf
 /// sgemm reference and model rate with it, so that the share stays that round's), with the median
 /// evaluation rate and the largest peak memory of all rounds. `None` for no rounds.
 pub fn median_of_rounds(mut rounds: Vec<BenchResult>) -> Option<BenchResult> {
-    let mut eval: Vec<f64> = rounds.iter().map(|r| r.eval_tokens_per_s).collect();
+    let eval = median(rounds.iter().map(|r| r.eval_tokens_per_s).collect());
     let peak = rounds.iter().filter_map(|r| r.peak_memory_mib).reduce(f64::max);
     rounds.sort_by(|a, b| a.train_tokens_per_s.total_cmp(&b.train_tokens_per_s));
     let middle = rounds.len() / 2;
-    let mut median = rounds.into_iter().nth(middle)?;
-    eval.sort_by(f64::total_cmp);
-    median.eval_tokens_per_s = eval[middle];
-    median.peak_memory_mib = peak;
-    Some(median)
+    let mut result = rounds.into_iter().nth(middle)?;
+    result.eval_tokens_per_s = eval;
+    result.peak_memory_mib = peak;
+    Some(result)
 }
 
 #[cfg(test)]

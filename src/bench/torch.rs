@@ -3,18 +3,14 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::BenchConfig;
+use super::{median, BenchConfig};
 use crate::{Error, Result};
 
 /// PyTorch's figures from several rounds: the median training and the median evaluation rate. `None`
 /// for no rounds (no torch in that Python).
 pub fn median_torch_of_rounds(rounds: Vec<TorchResult>) -> Option<TorchResult> {
-    let median = |rate: fn(&TorchResult) -> f64| {
-        let mut rates: Vec<f64> = rounds.iter().map(rate).collect();
-        rates.sort_by(f64::total_cmp);
-        rates.get(rates.len() / 2).copied()
-    };
-    let (train, eval) = (median(|r| r.train_tokens_per_s)?, median(|r| r.eval_tokens_per_s)?);
+    let of = |rate: fn(&TorchResult) -> f64| median(rounds.iter().map(rate).collect());
+    let (train, eval) = (of(|r| r.train_tokens_per_s), of(|r| r.eval_tokens_per_s));
     let first = rounds.into_iter().next()?;
     Some(TorchResult { train_tokens_per_s: train, eval_tokens_per_s: eval, ..first })
 }
