@@ -1,6 +1,7 @@
 //! AdamW (Loshchilov and Hutter 2019) with global gradient-norm clipping and a warm-up + cosine schedule.
 
 use ndarray::{ArrayD, Zip};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use super::{Params, Scalar};
@@ -118,7 +119,10 @@ impl<F: Scalar> AdamW<F> {
         let grad_tensors = grads.named();
         let norm = grad_tensors
             .iter()
-            .map(|(_, g)| g.iter().map(|&x| x.as_f64() * x.as_f64()).sum::<f64>())
+            .map(|(_, g)| match g.as_slice_memory_order() {
+                Some(values) => sum_of_squares(values),
+                None => g.iter().map(|&x| x.as_f64() * x.as_f64()).sum::<f64>(),
+            })
             .sum::<f64>()
             .sqrt();
         let clip = if config.grad_clip > 0.0 && norm > config.grad_clip { config.grad_clip / norm } else { 1.0 };
@@ -145,9 +149,56 @@ impl<F: Scalar> AdamW<F> {
     }
 }
 
+/// Elements per partial sum of the gradient norm.
+const NORM_CHUNK: usize = 1 << 14;
+
+/// `Σ x²` in `f64`: chunks of [`NORM_CHUNK`] elements in parallel, each over eight lanes, then the
+/// chunks' sums in order. The chunks depend on the length alone, so the norm does not depend on the
+/// thread count. One running sum was a chain of dependent additions on one core: 3.5 ms of a
+/// word-wt2 step (4.3 M embedding gradients), a tenth of everything outside the output layer.
+fn sum_of_squares<F: Scalar>(values: &[F]) -> f64 {
+    let partials: Vec<f64> = values
+        .par_chunks(NORM_CHUNK)
+        .map(|chunk| {
+            let mut lanes = [0f64; 8];
+            let blocks = chunk.chunks_exact(8);
+            let rest = blocks.remainder();
+            for block in blocks {
+                for (lane, &x) in lanes.iter_mut().zip(block) {
+                    *lane += x.as_f64() * x.as_f64();
+                }
+            }
+            let mut total = lanes.iter().sum::<f64>();
+            for &x in rest {
+                total += x.as_f64() * x.as_f64();
+            }
+            total
+        })
+        .collect();
+    partials.iter().sum()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gradient_norm_is_exact_to_rounding_and_the_same_on_any_thread_count() {
+        // several chunks and a remainder in the last one
+        let values: Vec<f32> = (0..3 * NORM_CHUNK + 13).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let exact: f64 = values.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
+        let on = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a thread pool");
+            pool.install(|| sum_of_squares(&values))
+        };
+        let one = on(1);
+        // each of the n additions rounds by at most 2⁻⁵³ of the running total
+        assert!((one - exact).abs() <= exact * values.len() as f64 * f64::EPSILON, "{one} against {exact}");
+        for threads in [2, 3] {
+            assert_eq!(on(threads).to_bits(), one.to_bits(), "{threads} threads");
+        }
+        assert_eq!(sum_of_squares::<f32>(&[]), 0.0);
+    }
 
     #[test]
     fn schedule_warms_up_then_decays_to_the_floor() {
