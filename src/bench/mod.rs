@@ -109,6 +109,24 @@ pub struct BenchResult {
     /// Peak resident memory of the process in MiB (`VmHWM`); run one configuration per process to
     /// attribute it.
     pub peak_memory_mib: Option<f64>,
+    /// Where a training step's time goes, on the CPU engine (absent from the device step and from
+    /// results written before it was measured).
+    #[serde(default)]
+    pub train_step_parts: Option<StepParts>,
+}
+
+/// Median seconds of each part of a CPU training step, over the same steps as the whole step's
+/// median (so the parts need not add up to it exactly).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+pub struct StepParts {
+    /// Through the blocks up to the last LayerNorm (`Model::forward`).
+    pub forward_seconds: f64,
+    /// The output projection and its loss, forward and backward together (`Model::output_loss`).
+    pub output_layer_seconds: f64,
+    /// Back through the blocks and the embeddings (`Model::backward`).
+    pub backward_seconds: f64,
+    /// AdamW with its gradient norm (`AdamW::update`).
+    pub optimizer_seconds: f64,
 }
 
 impl BenchResult {
@@ -133,6 +151,7 @@ impl BenchResult {
             train_gflops: train_tokens_per_s * model.config.training_flops_per_token(config.ctx_len) / 1e9,
             sgemm_gflops,
             peak_memory_mib,
+            train_step_parts: None,
         }
     }
 }
@@ -233,25 +252,42 @@ pub fn run_config(config: &BenchConfig, steps: usize) -> Result<BenchResult> {
     let tokens: Vec<u32> = (0..n).map(|_| rng.below(config.vocab_size) as u32).collect();
     let targets: Vec<u32> = (0..n).map(|_| rng.below(config.vocab_size) as u32).collect();
 
-    let mut train_step = |model: &mut Model<f32>| {
-        let (_, _, grads) = model.loss_and_grads(&tokens, &targets, config.batch_size, config.ctx_len, &NoHook, None);
+    // `Model::loss_and_grads` and the update, with the seconds of each part: forward, output layer,
+    // backward, AdamW
+    let mut train_step = |model: &mut Model<f32>| -> [f64; 4] {
+        let start = Instant::now();
+        let cache = model.forward(&tokens, config.batch_size, config.ctx_len, &NoHook);
+        let forwarded = Instant::now();
+        let loss = model.output_loss(&cache, &targets, true, None);
+        let (Some(d_hidden), Some(d_weight)) = (loss.d_hidden, loss.d_weight_t) else {
+            unreachable!("output_loss returns gradients when asked")
+        };
+        let scored = Instant::now();
+        let grads = model.backward(&cache, d_hidden.view(), d_weight.view(), &NoHook);
+        let backward = Instant::now();
         optimizer.update(&mut model.params, &grads, &optim, 1e-4);
+        let marks = [start, forwarded, scored, backward, Instant::now()];
+        std::array::from_fn(|part| (marks[part + 1] - marks[part]).as_secs_f64())
     };
     // Inside the pool, as `ailla run` trains: from outside it every parallel region would first hand
     // its work to a pool thread and wait for it.
-    let (train_seconds, sgemm_seconds, reference) = rayon::scope(|_| {
+    let (train_seconds, parts, sgemm_seconds, reference) = rayon::scope(|_| {
         let mut reference = ReferenceProduct::new(1024);
         train_step(&mut model);
         reference.seconds();
         let (mut train, mut product) = (Vec::with_capacity(steps), Vec::with_capacity(steps));
+        let mut parts: [Vec<f64>; 4] = std::array::from_fn(|_| Vec::with_capacity(steps));
         for _ in 0..steps {
             let start = Instant::now();
-            train_step(&mut model);
+            let step_parts = train_step(&mut model);
             train.push(start.elapsed().as_secs_f64());
             product.push(reference.seconds());
+            parts.iter_mut().zip(step_parts).for_each(|(times, seconds)| times.push(seconds));
         }
-        (median(train), median(product), reference)
+        (median(train), parts.map(median), median(product), reference)
     });
+    let [forward_seconds, output_layer_seconds, backward_seconds, optimizer_seconds] = parts;
+    let parts = StepParts { forward_seconds, output_layer_seconds, backward_seconds, optimizer_seconds };
     let sgemm_gflops = reference.gflops(sgemm_seconds);
     // the reference's three matrices are not the model's memory
     drop(reference);
@@ -271,7 +307,8 @@ pub fn run_config(config: &BenchConfig, steps: usize) -> Result<BenchResult> {
         })
     });
 
-    Ok(BenchResult::of_steps(config, &model, train_seconds, eval_seconds, sgemm_gflops, peak_memory_mib()))
+    let result = BenchResult::of_steps(config, &model, train_seconds, eval_seconds, sgemm_gflops, peak_memory_mib());
+    Ok(BenchResult { train_step_parts: Some(parts), ..result })
 }
 
 /// Cost of the locality dial at evaluation: the same forward pass and loss with and without the rules.
@@ -687,6 +724,7 @@ mod tests {
             train_gflops: train / 100.0,
             sgemm_gflops: sgemm,
             peak_memory_mib: Some(peak),
+            train_step_parts: None,
         };
         let median = median_of_rounds(vec![
             round(300.0, 900.0, 30.0, 5.0),
@@ -717,6 +755,12 @@ mod tests {
         let config = tiny();
         let result = run_config(&config, 2).unwrap();
         assert!(result.train_tokens_per_s > 0.0 && result.eval_tokens_per_s > 0.0);
+        let parts = result.train_step_parts.expect("the CPU engine times the parts of its steps");
+        for seconds in
+            [parts.forward_seconds, parts.output_layer_seconds, parts.backward_seconds, parts.optimizer_seconds]
+        {
+            assert!(seconds.is_finite() && seconds > 0.0, "{parts:?}");
+        }
         assert_eq!(result.parameters, Model::<f32>::init(config.model_config(), 1).unwrap().params.parameter_count());
         assert!(sgemm_gflops(64, 1) > 0.0);
     }

@@ -140,6 +140,19 @@ pub(super) fn bench_table(
         }
         s += "\n";
     }
+    let timed: Vec<_> = rows.iter().filter_map(|(r, _)| Some((&r.config.name, r.train_step_parts.as_ref()?))).collect();
+    if !timed.is_empty() {
+        s += "\ntraining step by part (median ms)   forward  output layer  backward    AdamW\n";
+        for (name, parts) in timed {
+            s += &format!(
+                "{name:<34} {:>8.2}  {:>12.2}  {:>8.2}  {:>7.2}\n",
+                1e3 * parts.forward_seconds,
+                1e3 * parts.output_layer_seconds,
+                1e3 * parts.backward_seconds,
+                1e3 * parts.optimizer_seconds
+            );
+        }
+    }
     s
 }
 
