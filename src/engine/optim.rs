@@ -155,7 +155,7 @@ const NORM_CHUNK: usize = 1 << 14;
 /// `Σ x²` in `f64`: chunks of [`NORM_CHUNK`] elements in parallel, each over eight lanes, then the
 /// chunks' sums in order. The chunks depend on the length alone, so the norm does not depend on the
 /// thread count. One running sum was a chain of dependent additions on one core: 3.5 ms of a
-/// word-wt2 step (4.3 M embedding gradients), a tenth of everything outside the output layer.
+/// word-wt2 step (4.3 M embedding gradients), 8 % of everything outside the output layer.
 fn sum_of_squares<F: Scalar>(values: &[F]) -> f64 {
     let partials: Vec<f64> = values
         .par_chunks(NORM_CHUNK)
