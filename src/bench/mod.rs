@@ -252,22 +252,17 @@ pub fn run_config(config: &BenchConfig, steps: usize) -> Result<BenchResult> {
     let tokens: Vec<u32> = (0..n).map(|_| rng.below(config.vocab_size) as u32).collect();
     let targets: Vec<u32> = (0..n).map(|_| rng.below(config.vocab_size) as u32).collect();
 
-    // `Model::loss_and_grads` and the update, with the seconds of each part: forward, output layer,
-    // backward, AdamW
+    // the gradients and the update, with the seconds of each part: forward, output layer, backward, AdamW
     let mut train_step = |model: &mut Model<f32>| -> [f64; 4] {
-        let start = Instant::now();
-        let cache = model.forward(&tokens, config.batch_size, config.ctx_len, &NoHook);
-        let forwarded = Instant::now();
-        let loss = model.output_loss(&cache, &targets, true, None);
-        let (Some(d_hidden), Some(d_weight)) = (loss.d_hidden, loss.d_weight_t) else {
-            unreachable!("output_loss returns gradients when asked")
-        };
-        let scored = Instant::now();
-        let grads = model.backward(&cache, d_hidden.view(), d_weight.view(), &NoHook);
-        let backward = Instant::now();
+        let mut marks = Vec::with_capacity(5);
+        marks.push(Instant::now());
+        let (batch, seq_len) = (config.batch_size, config.ctx_len);
+        let mut mark = || marks.push(Instant::now());
+        let (_, _, grads) = model.loss_and_grads_marked(&tokens, &targets, batch, seq_len, &NoHook, None, &mut mark);
+        mark();
         optimizer.update(&mut model.params, &grads, &optim, 1e-4);
-        let marks = [start, forwarded, scored, backward, Instant::now()];
-        std::array::from_fn(|part| (marks[part + 1] - marks[part]).as_secs_f64())
+        mark();
+        std::array::from_fn(|part| marks.get(part + 1).map_or(0.0, |&end| (end - marks[part]).as_secs_f64()))
     };
     // Inside the pool, as `ailla run` trains: from outside it every parallel region would first hand
     // its work to a pool thread and wait for it.

@@ -338,12 +338,30 @@ impl<F: Scalar> Model<F> {
         hook: &dyn AttentionHook<F>,
         copy: Option<(&CopyCaches, f64)>,
     ) -> (F, F, Grads<F>) {
+        self.loss_and_grads_marked(tokens, targets, batch, seq_len, hook, copy, &mut || {})
+    }
+
+    /// [`loss_and_grads`](Self::loss_and_grads), calling `mark` after the forward pass and again after
+    /// the output layer's loss and gradients: `ailla bench` times the three parts of the same work.
+    #[allow(clippy::too_many_arguments)]
+    pub fn loss_and_grads_marked(
+        &self,
+        tokens: &[u32],
+        targets: &[u32],
+        batch: usize,
+        seq_len: usize,
+        hook: &dyn AttentionHook<F>,
+        copy: Option<(&CopyCaches, f64)>,
+        mark: &mut dyn FnMut(),
+    ) -> (F, F, Grads<F>) {
         let cache = self.forward(tokens, batch, seq_len, hook);
+        mark();
         let loss = self.output_loss(&cache, targets, true, copy);
         let (d_hidden, d_weight) = match (loss.d_hidden, loss.d_weight_t) {
             (Some(dh), Some(dw)) => (dh, dw),
             _ => unreachable!("output_loss returns gradients when asked"),
         };
+        mark();
         let mut grads = self.backward(&cache, d_hidden.view(), d_weight.view(), hook);
         if let Some((Some(d_u), Some(d_b))) = loss.copy.map(|c| (c.d_gate_weight, c.d_gate_bias)) {
             grads.copy_gate_weight = d_u;
