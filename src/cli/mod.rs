@@ -144,6 +144,11 @@ fn run_env(args: EnvArgs, out: &mut dyn Write) -> Result<()> {
                      gradients (where few columns fall in edge blocks), BLAS for the rest",
                     kernel.name
                 ),
+                None if crate::engine::direct_gemm::avx2_tile_kernel().is_some() => {
+                    "ailla's avx2 6x16 kernel for the output layer's tiles over operands packed once per pass, \
+                     BLAS for the rest (ailla's kernel for every row product needs AVX-512)"
+                        .into()
+                }
                 None if crate::engine::direct_gemm::available_kernels().is_empty() => {
                     if crate::engine::simd::detected_simd() >= crate::engine::simd::Simd::Avx512 {
                         format!(

@@ -21,8 +21,10 @@
 //! hands the call to OpenBLAS: an AVX2 `6 × 16` version of the same kernel was measured against
 //! OpenBLAS's own AVX2 kernel on one CPU and did not pay (the forward tile 98.6 against 95.4 GFLOP/s,
 //! `∂h` 103 against 105, and `∂Wᵀ`, whose `A` is read down its columns, 85 against 107; `5 × 16`,
-//! `4 × 24` and `3 × 32` blocks did worse, `docs/performance.md`). Two CPUs that take different paths
-//! round differently; one machine always gives the same bits.
+//! `4 × 24` and `3 × 32` blocks did worse, `docs/performance.md`). What did pay on AVX2 is the same
+//! `6 × 16` kernel for the output layer's tiles alone, over operands packed once per pass and tiles
+//! laid out for it ([`super::tile_products`]). Two CPUs that take different paths round differently;
+//! one machine always gives the same bits.
 
 use std::sync::OnceLock;
 
@@ -123,6 +125,67 @@ register_block!(
     _mm512_fmadd_ps,
     _mm512_add_ps
 );
+
+register_block!(
+    block_avx2_6x16,
+    "avx2,fma",
+    6,
+    2,
+    8,
+    _mm256_setzero_ps,
+    _mm256_loadu_ps,
+    _mm256_storeu_ps,
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    _mm256_add_ps
+);
+
+impl Kernel {
+    /// One register block, as [`BlockFn`] describes it.
+    ///
+    /// # Safety
+    /// Every address of `A`, `B` and `C` that the strides describe for `i < rows`, `k < inner` and
+    /// `j < cols` must lie inside its operand, and the CPU must have the kernel's instruction set.
+    #[allow(clippy::too_many_arguments)]
+    #[inline]
+    pub unsafe fn run(
+        &self,
+        inner: usize,
+        a: *const f32,
+        a_row: isize,
+        a_step: isize,
+        b: *const f32,
+        ldb: isize,
+        c: *mut f32,
+        ldc: isize,
+        accumulate: bool,
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe { (self.block)(inner, a, a_row, a_step, b, ldb, c, ldc, accumulate) }
+    }
+}
+
+/// The AVX2 `6 × 16` kernel, where the instruction set is capped at AVX2 (no AVX-512 kernel runs)
+/// and the CPU has FMA: the output layer's tile products over packed operands
+/// ([`super::tile_products`]). Every other product on such a CPU stays with OpenBLAS (see above).
+pub fn avx2_tile_kernel() -> Option<Kernel> {
+    static CHOSEN: OnceLock<Option<Kernel>> = OnceLock::new();
+    *CHOSEN.get_or_init(|| {
+        let allowed = direct_products_allowed().unwrap_or(true);
+        avx2_kernel_on_this_cpu().filter(|_| allowed && super::simd::simd() == super::simd::Simd::Avx2)
+    })
+}
+
+/// The AVX2 `6 × 16` kernel wherever the CPU has AVX2 and FMA, whatever the cap (for tests).
+pub fn avx2_kernel_on_this_cpu() -> Option<Kernel> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            return Some(Kernel { name: "avx2 6x16", rows: 6, cols: 16, block: block_avx2_6x16 });
+        }
+    }
+    None
+}
 
 /// Every kernel this CPU can run within [`super::simd::simd`]'s instruction set, the one
 /// [`product`] uses first.

@@ -36,10 +36,11 @@ pub struct NumericalEnvironment {
     /// replaced that by the family the CPU's instruction set supports.
     #[serde(default)]
     pub blas_core_detected: String,
-    /// Who computes the products ailla's own kernel can take: that kernel's name (`avx512 8x32`), or
-    /// `blas` where OpenBLAS computes them all (no AVX-512, `AILLA_SIMD` below it, or
-    /// `AILLA_PRODUCTS=blas`). It decides bits as `blas_core` does; empty in reports written before
-    /// it was recorded.
+    /// Who computes the products ailla's own kernel can take: that kernel's name (`avx512 8x32`);
+    /// `avx2 6x16 (logit tiles)` where only the output layer's tile products run ailla's kernel (AVX2
+    /// with FMA, no AVX-512 or `AILLA_SIMD=avx2`); or `blas` where OpenBLAS computes them all (no
+    /// AVX2, or `AILLA_PRODUCTS=blas`). It decides bits as `blas_core` does; empty in reports written
+    /// before it was recorded.
     #[serde(default)]
     pub products: String,
     /// OpenBLAS's own threads (ailla keeps it at one and splits products itself).
@@ -222,7 +223,11 @@ pub fn current() -> NumericalEnvironment {
         blas_config: config,
         blas_core_detected: detected_core().unwrap_or_else(|| core.clone()),
         blas_core: core,
-        products: super::direct_gemm::kernel().map_or_else(|| "blas".to_string(), |kernel| kernel.name.to_string()),
+        products: match (super::direct_gemm::kernel(), super::direct_gemm::avx2_tile_kernel()) {
+            (Some(kernel), _) => kernel.name.to_string(),
+            (None, Some(kernel)) => format!("{} (logit tiles)", kernel.name),
+            (None, None) => "blas".to_string(),
+        },
         blas_threads: usize::try_from(blas_threads).unwrap_or(0),
         worker_threads: rayon::current_num_threads(),
         cores: std::thread::available_parallelism().map_or(1, |n| n.get()),

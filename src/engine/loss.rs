@@ -15,6 +15,10 @@
 //! `r_0` per row, and pass 2 scales that row's `(softmax − onehot)/N` by it. No `[N, V]` array beyond
 //! the tiles is ever formed; rows where no copy rule acts, and every row at `λ = 0`, take the plain path.
 //!
+//! The tiles' products run [`TileProducts`]: on CPUs capped at AVX2, the AVX2 kernel over operands
+//! packed once per call, a chunk of a tile's rows at a time while it is in L2; elsewhere OpenBLAS or
+//! the AVX-512 direct kernel.
+//!
 //! Pass 2 reuses pass 1's tiles while all of them fit in [`LOGIT_CACHE_BYTES`] (WikiText-2's 33,278
 //! words at `N = 2048` take 272 MB); beyond that it recomputes each tile and its exponentials, so memory
 //! stays bounded whatever the vocabulary and batch. Every sum has an order fixed by the shapes alone,
@@ -22,13 +26,14 @@
 
 use std::ops::Range;
 
-use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, Axis};
+use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut2, Axis};
 use rayon::prelude::*;
 
-use super::buffers::{recycle, scratch};
+use super::buffers::recycle;
 use super::copy::{gate_backward, gate_forward, mixture_argmax, mixture_backward, mixture_forward, CopyCaches};
 use super::kernels;
 use super::linalg::init_blas;
+use super::tile_products::{TileKernel, TileProducts};
 use super::Scalar;
 
 /// Tile shape: rows by vocabulary columns.
@@ -40,13 +45,16 @@ pub struct Tiling {
     pub groups: usize,
     /// Keep pass 1's tiles for pass 2 while `N·V` elements take at most this many bytes.
     pub cache_bytes: usize,
+    /// Who computes the tiles' products ([`TileKernel::Auto`] outside tests).
+    pub products: TileKernel,
 }
 
 pub const LOGIT_CACHE_BYTES: usize = 512 << 20;
 
 /// Measured on two cores for WikiText-2's vocabulary: 2048 × 256 tiles (2 MB) ran fastest of the
 /// shapes tried between 512 × 256 and 2048 × 1024.
-pub const DEFAULT_TILING: Tiling = Tiling { rows: 2048, vocab: 256, groups: 8, cache_bytes: LOGIT_CACHE_BYTES };
+pub const DEFAULT_TILING: Tiling =
+    Tiling { rows: 2048, vocab: 256, groups: 8, cache_bytes: LOGIT_CACHE_BYTES, products: TileKernel::Auto };
 
 /// Below this many vocabulary blocks, pass 1 tiles rows by at most 256.
 const SMALL_VOCABULARY_BLOCKS: usize = 8;
@@ -117,19 +125,16 @@ fn ranges(len: usize, step: usize) -> Vec<Range<usize>> {
     (0..len.div_ceil(step)).map(|i| i * step..((i + 1) * step).min(len)).collect()
 }
 
-/// Pass 1's forward on one tile: `hidden [N, d]`, `weight [d, V]`, `targets [N]` and the tile's row and
-/// column ranges → `exp(z − m)` of the tile, `[rows, cols]`, with its statistics.
+/// Pass 1's forward on one tile: row tile `tile_index` (`rows`) by the vocabulary block `cols`, with
+/// `targets [N]` → `exp(z − m)` of the tile, in a buffer from [`TileProducts::tile`] (its first
+/// `rows.len()` rows and `cols.len()` columns), with its statistics.
 fn exp_tile<F: Scalar>(
-    hidden: ArrayView2<F>,
-    weight: ArrayView2<F>,
+    products: &TileProducts<F>,
     targets: &[u32],
+    tile_index: usize,
     rows: &Range<usize>,
     cols: &Range<usize>,
 ) -> (Array2<F>, TileStats<F>) {
-    // every element is written by the product (it reads no `C` when not accumulating)
-    let mut z = scratch::<F>(rows.len(), cols.len());
-    // z = h·W on the tile                                                       [rows, cols]
-    F::local_product(hidden.slice(s![rows.clone(), ..]), weight.slice(s![.., cols.clone()]), false, z.view_mut());
     let mut stats = TileStats {
         max: Vec::with_capacity(rows.len()),
         argmax: Vec::with_capacity(rows.len()),
@@ -137,18 +142,24 @@ fn exp_tile<F: Scalar>(
         target_logits: Vec::new(),
         exp_tile: None,
     };
-    for (i, mut row) in z.rows_mut().into_iter().enumerate() {
-        let row = row.as_slice_mut().expect("tile rows are contiguous");
-        let target = targets[rows.start + i] as usize;
-        if cols.contains(&target) {
-            stats.target_logits.push((i, row[target - cols.start]));
+    // every element of the tile is written by the product (it reads no `C` when not accumulating)
+    let mut z = products.tile(rows.len(), cols.len());
+    // z = h·W on the tile [rows, cols], then each row's statistics and exp(z − m), chunk by chunk
+    let finish = |first: usize, mut chunk: ArrayViewMut2<F>| {
+        for (offset, row) in chunk.rows_mut().into_iter().enumerate() {
+            let (i, row) = (first + offset, row.into_slice().expect("tile rows are contiguous"));
+            let target = targets[rows.start + i] as usize;
+            if cols.contains(&target) {
+                stats.target_logits.push((i, row[target - cols.start]));
+            }
+            // a row of NaN has no maximum above −∞: its prediction is then the first column
+            let (max, position) = kernels::max_with_index(row);
+            stats.max.push(max);
+            stats.argmax.push((cols.start + position) as u32);
+            stats.sum_exp.push(kernels::exp_shifted_inplace(row, max));
         }
-        // a row of NaN has no maximum above −∞: its prediction is then the first column
-        let (max, position) = kernels::max_with_index(row);
-        stats.max.push(max);
-        stats.argmax.push((cols.start + position) as u32);
-        stats.sum_exp.push(kernels::exp_shifted_inplace(row, max));
-    }
+    };
+    products.logits(tile_index, rows, cols, &mut z, finish);
     (z, stats)
 }
 
@@ -187,13 +198,21 @@ pub fn output_loss_tiled<F: Scalar>(
     let row_tiles = ranges(n, rows_per_tile);
     let keep_tiles = with_grad && n * vocab * std::mem::size_of::<F>() <= tiling.cache_bytes;
 
+    // The packed products save OpenBLAS's packing of `h` for every vocabulary block: with few blocks
+    // there is little to save, and packing `h` twice cost char-small's output layer 0.4 of its 2.4 ms.
+    let products = match tiling.products {
+        TileKernel::Auto if blocks.len() < SMALL_VOCABULARY_BLOCKS => TileKernel::OpenBlas,
+        choice => choice,
+    };
+    let products = TileProducts::new(hidden, weight, &row_tiles, with_grad, products);
+
     // pass 1, tiles in (vocabulary block, row tile) order
     let tasks: Vec<(usize, usize)> =
         (0..blocks.len()).flat_map(|b| (0..row_tiles.len()).map(move |r| (b, r))).collect();
     let mut stats: Vec<TileStats<F>> = tasks
         .par_iter()
         .map(|&(b, r)| {
-            let (tile, mut stats) = exp_tile(hidden, weight, targets, &row_tiles[r], &blocks[b]);
+            let (tile, mut stats) = exp_tile(&products, targets, r, &row_tiles[r], &blocks[b]);
             if keep_tiles {
                 stats.exp_tile = Some(tile);
             } else {
@@ -304,29 +323,29 @@ pub fn output_loss_tiled<F: Scalar>(
             let first_block = group * blocks_per_group;
             let group_start = blocks[first_block].start;
             for (k, tile_stats) in group_stats.iter_mut().enumerate() {
-                let (cols, rows) = (&blocks[first_block + k / row_tiles.len()], &row_tiles[k % row_tiles.len()]);
+                let tile_index = k % row_tiles.len();
+                let (cols, rows) = (&blocks[first_block + k / row_tiles.len()], &row_tiles[tile_index]);
                 let mut z = match tile_stats.exp_tile.take() {
                     Some(tile) => tile,
-                    None => exp_tile(hidden, weight, targets, rows, cols).0,
+                    None => exp_tile(&products, targets, tile_index, rows, cols).0,
                 };
-                for (i, mut row) in z.rows_mut().into_iter().enumerate() {
-                    let row = row.as_slice_mut().expect("tile rows are contiguous");
-                    // r_0/N, or 1/N without copy paths (r_0 = 1 exactly where no rule acts)
-                    let scale = row_scale.as_ref().map_or(inv_n, |r| inv_n * r[rows.start + i]);
-                    // exp(z − m)·e^(m − lse)·r_0/N = r_0·softmax/N; then −r_0/N at the target
-                    kernels::scale_inplace(row, (tile_stats.max[i] - lse[rows.start + i]).exp_kernel() * scale);
-                    let target = targets[rows.start + i] as usize;
-                    if cols.contains(&target) {
-                        row[target - cols.start] -= scale;
+                // ∂z = (softmax − onehot)/N a chunk of rows at a time, then ∂Wᵀ[cols] += ∂zᵀ·h [cols, d]
+                // (row tiles accumulate in order) and ∂h[rows] += ∂z·W[:, cols]ᵀ [rows, d]
+                let prepare = |first: usize, mut chunk: ArrayViewMut2<F>| {
+                    for (offset, row) in chunk.rows_mut().into_iter().enumerate() {
+                        let (i, row) = (first + offset, row.into_slice().expect("tile rows are contiguous"));
+                        // r_0/N, or 1/N without copy paths (r_0 = 1 exactly where no rule acts)
+                        let scale = row_scale.as_ref().map_or(inv_n, |r| inv_n * r[rows.start + i]);
+                        // exp(z − m)·e^(m − lse)·r_0/N = r_0·softmax/N; then −r_0/N at the target
+                        kernels::scale_inplace(row, (tile_stats.max[i] - lse[rows.start + i]).exp_kernel() * scale);
+                        let target = targets[rows.start + i] as usize;
+                        if cols.contains(&target) {
+                            row[target - cols.start] -= scale;
+                        }
                     }
-                }
-                let h = hidden.slice(s![rows.clone(), ..]);
-                // ∂Wᵀ[cols] += ∂zᵀ·h          [cols, d]; row tiles accumulate in order
+                };
                 let dw = dw_group.slice_mut(s![cols.start - group_start..cols.end - group_start, ..]);
-                F::local_product(z.t(), h, true, dw);
-                // ∂h[rows] += ∂z·W[:, cols]ᵀ    [rows, d]
-                let dh_rows = dh.slice_mut(s![rows.clone(), ..]);
-                F::local_product(z.view(), weight.slice(s![.., cols.clone()]).t(), true, dh_rows);
+                products.gradients(tile_index, rows, cols, &mut z, prepare, dw, dh.slice_mut(s![rows.clone(), ..]));
                 recycle(z);
             }
             dh
@@ -400,7 +419,7 @@ mod tests {
     use ndarray::{Array1, Ix2};
 
     /// Small tiles so that a small problem spans several row tiles, vocabulary blocks and groups.
-    const SMALL: Tiling = Tiling { rows: 4, vocab: 3, groups: 2, cache_bytes: LOGIT_CACHE_BYTES };
+    const SMALL: Tiling = Tiling { rows: 4, vocab: 3, groups: 2, ..DEFAULT_TILING };
     const SMALL_RECOMPUTED: Tiling = Tiling { cache_bytes: 0, ..SMALL };
 
     fn problem() -> (Array2<f64>, Array2<f64>, Vec<u32>) {
@@ -414,7 +433,7 @@ mod tests {
     #[test]
     fn recycled_tiles_never_leak_into_the_loss() {
         // tiles of 128 × 128 are large enough to come from the pool; fill it with NaN tiles first
-        let tiling = Tiling { rows: 128, vocab: 128, groups: 2, cache_bytes: LOGIT_CACHE_BYTES };
+        let tiling = Tiling { rows: 128, vocab: 128, groups: 2, ..DEFAULT_TILING };
         let (n, d, vocab) = (256, 8, 256);
         let h = random(&[n, d], 1.0, 5).into_dimensionality::<Ix2>().unwrap();
         let w = random(&[d, vocab], 1.0, 6).into_dimensionality::<Ix2>().unwrap();
@@ -471,8 +490,12 @@ mod tests {
         let untied = embedding.t().as_standard_layout().into_owned(); // [d, V]
         let (hidden32, embedding32, untied32) =
             (hidden.mapv(|v| v as f32), embedding.mapv(|v| v as f32), untied.mapv(|v| v as f32));
-        let tiling = Tiling { rows: 128, vocab: 256, groups: 2, cache_bytes: LOGIT_CACHE_BYTES };
-        for tiling in [tiling, Tiling { cache_bytes: 0, ..tiling }] {
+        // both ways of computing the tile products: the AVX2 kernel over packed operands (where the
+        // CPU has AVX2 and FMA; OpenBLAS again where it has not) and OpenBLAS
+        let tiling = Tiling { rows: 128, vocab: 256, groups: 2, ..DEFAULT_TILING };
+        let kept_and_recomputed = [tiling, Tiling { cache_bytes: 0, ..tiling }];
+        let products = [TileKernel::Avx2, TileKernel::OpenBlas];
+        for tiling in products.iter().flat_map(|&products| kept_and_recomputed.map(|t| Tiling { products, ..t })) {
             for tied in [true, false] {
                 let (weight64, weight32) =
                     if tied { (embedding.t(), embedding32.t()) } else { (untied.view(), untied32.view()) };
@@ -484,7 +507,11 @@ mod tests {
                 let check = |name: &str, got: &Array2<f32>, expected: &Array2<f64>| {
                     let scale = expected.iter().fold(0f64, |m, v| m.max(v.abs()));
                     let gap = got.iter().zip(expected).fold(0f64, |m, (&g, &e)| m.max((f64::from(g) - e).abs()));
-                    assert!(gap <= bound * scale, "{name} (tied {tied}): gap {gap:e} > {:e}", bound * scale);
+                    assert!(
+                        gap <= bound * scale,
+                        "{name} (tied {tied}, {tiling:?}): gap {gap:e} > {:e}",
+                        bound * scale
+                    );
                 };
                 let nll_scale = exact.nll.iter().fold(0f64, |m, v| m.max(v.abs()));
                 for (&got, &expected) in single.nll.iter().zip(&exact.nll) {

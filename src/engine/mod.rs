@@ -43,6 +43,7 @@ pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod simd;
+pub mod tile_products;
 
 use std::fmt::{Debug, Display};
 use std::iter::Sum;
@@ -88,6 +89,10 @@ pub trait Scalar:
         accumulate: bool,
         c: ndarray::ArrayViewMut2<Self>,
     );
+    /// The view as `f32`, `None` in `f64`: the output layer's packed tile products run in `f32` only.
+    fn f32_view(view: ndarray::ArrayView2<'_, Self>) -> Option<ndarray::ArrayView2<'_, f32>>;
+    /// [`f32_view`](Self::f32_view) of a mutable view.
+    fn f32_view_mut(view: ndarray::ArrayViewMut2<'_, Self>) -> Option<ndarray::ArrayViewMut2<'_, f32>>;
 }
 
 static F32_BUFFERS: buffers::BufferPool<f32> = buffers::BufferPool::new();
@@ -127,6 +132,12 @@ impl Scalar for f32 {
     ) {
         direct_gemm::product(a, b, accumulate, c)
     }
+    fn f32_view(view: ndarray::ArrayView2<'_, Self>) -> Option<ndarray::ArrayView2<'_, f32>> {
+        Some(view)
+    }
+    fn f32_view_mut(view: ndarray::ArrayViewMut2<'_, Self>) -> Option<ndarray::ArrayViewMut2<'_, f32>> {
+        Some(view)
+    }
 }
 
 impl Scalar for f64 {
@@ -162,6 +173,12 @@ impl Scalar for f64 {
         c: ndarray::ArrayViewMut2<Self>,
     ) {
         linalg::local_gemm(a, b, accumulate, c)
+    }
+    fn f32_view(_: ndarray::ArrayView2<'_, Self>) -> Option<ndarray::ArrayView2<'_, f32>> {
+        None
+    }
+    fn f32_view_mut(_: ndarray::ArrayViewMut2<'_, Self>) -> Option<ndarray::ArrayViewMut2<'_, f32>> {
+        None
     }
 }
 
