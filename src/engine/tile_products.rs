@@ -33,7 +33,7 @@
 
 use std::ops::Range;
 
-use ndarray::{s, Array2, ArrayView2, ArrayViewMut2, ShapeBuilder};
+use ndarray::{s, Array2, ArrayView1, ArrayView2, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
 
 use super::buffers::scratch;
@@ -430,59 +430,46 @@ impl Aligned {
     }
 }
 
-/// `h [rows, d]` as `[⌈rows/6⌉, d, 6]`: element `(i, k)` at `(i/6·d + k)·6 + i mod 6`, zeros past `rows`.
-fn pack_row_panels(h: ArrayView2<f32>) -> Aligned {
-    let (rows, d) = h.dim();
-    let mut aligned = Aligned::zeros(rows.div_ceil(MR) * d * MR);
+/// `len` zeros with the `k`-th element of the `i`-th of `lines` at `place(i, k)`: the four panel
+/// layouts below, each reading its source along contiguous lines.
+fn pack<'v>(
+    lines: impl Iterator<Item = ArrayView1<'v, f32>>,
+    len: usize,
+    place: impl Fn(usize, usize) -> usize,
+) -> Aligned {
+    let mut aligned = Aligned::zeros(len);
     let packed = aligned.as_mut_slice();
-    for (i, row) in h.rows().into_iter().enumerate() {
-        let base = i / MR * d * MR + i % MR;
-        for (k, &value) in row.iter().enumerate() {
-            packed[base + k * MR] = value;
+    for (i, line) in lines.enumerate() {
+        for (k, &value) in line.iter().enumerate() {
+            packed[place(i, k)] = value;
         }
     }
     aligned
+}
+
+/// `h [rows, d]` as `[⌈rows/6⌉, d, 6]`: element `(i, k)` at `(i/6·d + k)·6 + i mod 6`, zeros past `rows`.
+fn pack_row_panels(h: ArrayView2<f32>) -> Aligned {
+    let (rows, d) = h.dim();
+    pack(h.rows().into_iter(), rows.div_ceil(MR) * d * MR, |i, k| (i / MR * d + k) * MR + i % MR)
 }
 
 /// `h [rows, d]` as `[⌈d/6⌉, rows, 6]`: element `(i, k)` at `(k/6·rows + i)·6 + k mod 6`, zeros past `d`.
 fn pack_column_panels(h: ArrayView2<f32>) -> Aligned {
     let (rows, d) = h.dim();
-    let mut aligned = Aligned::zeros(d.div_ceil(MR) * rows * MR);
-    let packed = aligned.as_mut_slice();
-    for (i, row) in h.rows().into_iter().enumerate() {
-        for (k, &value) in row.iter().enumerate() {
-            packed[(k / MR * rows + i) * MR + k % MR] = value;
-        }
-    }
-    aligned
+    pack(h.rows().into_iter(), d.div_ceil(MR) * rows * MR, |i, k| (k / MR * rows + i) * MR + k % MR)
 }
 
-/// `w [d, cols]` as `[⌈cols/16⌉, d, 16]`, zeros past `cols`: `B` of the logit product.
+/// `w [d, cols]` as `[⌈cols/16⌉, d, 16]`, zeros past `cols`: `B` of the logit product. A column of
+/// `W` is a row of the tied embedding, so both layouts of `W` read it by columns.
 fn pack_logit_panels(w: ArrayView2<f32>) -> Aligned {
     let (d, cols) = w.dim();
-    let mut aligned = Aligned::zeros(cols.div_ceil(NR) * d * NR);
-    let packed = aligned.as_mut_slice();
-    // a column of W is a row of the tied embedding: read it in order
-    for (j, column) in w.columns().into_iter().enumerate() {
-        let base = j / NR * d * NR + j % NR;
-        for (k, &value) in column.iter().enumerate() {
-            packed[base + k * NR] = value;
-        }
-    }
-    aligned
+    pack(w.columns().into_iter(), cols.div_ceil(NR) * d * NR, |j, k| (j / NR * d + k) * NR + j % NR)
 }
 
 /// `wᵀ [cols, d]` as `[⌈d/16⌉, cols, 16]`, zeros past `d`: `B` of the `∂h` product.
 fn pack_gradient_panels(w: ArrayView2<f32>) -> Aligned {
     let (d, cols) = w.dim();
-    let mut aligned = Aligned::zeros(d.div_ceil(NR) * cols * NR);
-    let packed = aligned.as_mut_slice();
-    for (j, column) in w.columns().into_iter().enumerate() {
-        for (k, &value) in column.iter().enumerate() {
-            packed[(k / NR * cols + j) * NR + k % NR] = value;
-        }
-    }
-    aligned
+    pack(w.columns().into_iter(), d.div_ceil(NR) * cols * NR, |j, k| (k / NR * cols + j) * NR + k % NR)
 }
 
 #[cfg(test)]
