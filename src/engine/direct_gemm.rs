@@ -59,7 +59,9 @@ pub struct Kernel {
     pub name: &'static str,
     pub rows: usize,
     pub cols: usize,
-    block: BlockFn,
+    /// Its register block; calling it is `unsafe`, under [`BlockFn`]'s contract and the kernel's
+    /// instruction set.
+    pub(super) block: BlockFn,
 }
 
 /// Defines an `unsafe fn` computing one `$mr × ($lanes·$vectors)` register block with the given SIMD
@@ -139,31 +141,6 @@ register_block!(
     _mm256_fmadd_ps,
     _mm256_add_ps
 );
-
-impl Kernel {
-    /// One register block, as [`BlockFn`] describes it.
-    ///
-    /// # Safety
-    /// Every address of `A`, `B` and `C` that the strides describe for `i < rows`, `k < inner` and
-    /// `j < cols` must lie inside its operand, and the CPU must have the kernel's instruction set.
-    #[allow(clippy::too_many_arguments)]
-    #[inline]
-    pub unsafe fn run(
-        &self,
-        inner: usize,
-        a: *const f32,
-        a_row: isize,
-        a_step: isize,
-        b: *const f32,
-        ldb: isize,
-        c: *mut f32,
-        ldc: isize,
-        accumulate: bool,
-    ) {
-        // SAFETY: forwarded from the caller.
-        unsafe { (self.block)(inner, a, a_row, a_step, b, ldb, c, ldc, accumulate) }
-    }
-}
 
 /// The AVX2 `6 × 16` kernel, where the instruction set is capped at AVX2 (no AVX-512 kernel runs)
 /// and the CPU has FMA: the output layer's tile products over packed operands

@@ -54,6 +54,9 @@ const LOGIT_ROW_PANELS: usize = 43;
 /// in L2 (with `hᵀ`'s 130 KB of the same rows) from their preparation through both products.
 pub const GRADIENT_CHUNK_ROWS: usize = 42 * MR;
 
+/// Why a cast to `f32` cannot fail where `packed` is set: [`TileProducts::new`] packs only `f32`.
+const PACKED_IS_F32: &str = "the packed products run only in f32";
+
 /// Who computes the tile products of [`super::loss`]'s `f32` passes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TileKernel {
@@ -152,23 +155,22 @@ impl<'a, F: Scalar> TileProducts<'a, F> {
     ) {
         let weight = self.weight.slice(s![.., cols.clone()]);
         let (n_rows, n_cols) = (rows.len(), cols.len());
-        if let (Some(packed), Some(w)) = (&self.packed, F::f32_view(weight)) {
+        if let Some(packed) = &self.packed {
+            let w = F::f32_view(weight).expect(PACKED_IS_F32);
             let packed_w = pack_logit_panels(w);
             let chunk_rows = LOGIT_ROW_PANELS * MR;
             for first in (0..n_rows).step_by(chunk_rows) {
                 let last = (first + chunk_rows).min(n_rows);
                 let padded = self.tile_view_mut(z, n_rows.div_ceil(MR) * MR, n_cols.div_ceil(NR) * NR);
-                if let Some(mut tile) = F::f32_view_mut(padded) {
-                    packed.logits_part(
-                        tile_index,
-                        n_rows,
-                        w.nrows(),
-                        n_cols,
-                        first / MR..last.div_ceil(MR),
-                        packed_w.as_slice(),
-                        &mut tile,
-                    );
-                }
+                packed.logits_part(
+                    tile_index,
+                    n_rows,
+                    w.nrows(),
+                    n_cols,
+                    first / MR..last.div_ceil(MR),
+                    packed_w.as_slice(),
+                    &mut F::f32_view_mut(padded).expect(PACKED_IS_F32),
+                );
                 finish(first, self.tile_view_mut(z, last, n_cols).slice_move(s![first.., ..]));
             }
             return;
@@ -191,31 +193,29 @@ impl<'a, F: Scalar> TileProducts<'a, F> {
         cols: &Range<usize>,
         z: &mut Array2<F>,
         mut prepare: impl FnMut(usize, ArrayViewMut2<F>),
-        mut d_weight_t: ArrayViewMut2<F>,
-        mut d_hidden: ArrayViewMut2<F>,
+        d_weight_t: ArrayViewMut2<F>,
+        d_hidden: ArrayViewMut2<F>,
     ) {
         let weight = self.weight.slice(s![.., cols.clone()]);
         let (n_rows, n_cols) = (rows.len(), cols.len());
-        if let (Some(packed), Some(w)) = (&self.packed, F::f32_view(weight)) {
+        if let Some(packed) = &self.packed {
+            let w = F::f32_view(weight).expect(PACKED_IS_F32);
             let d = w.nrows();
             let mut d_weight = Aligned::zeros(d.div_ceil(MR) * MR * n_cols.div_ceil(NR) * NR);
             let packed_w = pack_gradient_panels(w);
+            let mut d_hidden = F::f32_view_mut(d_hidden).expect(PACKED_IS_F32);
             for first in (0..n_rows).step_by(GRADIENT_CHUNK_ROWS) {
                 let last = (first + GRADIENT_CHUNK_ROWS).min(n_rows);
                 prepare(first, self.tile_view_mut(z, last, n_cols).slice_move(s![first.., ..]));
-                let tile = padded_tile(z, n_rows, n_cols);
-                if let (Some(tile), Some(mut out)) = (F::f32_view(tile), F::f32_view_mut(d_hidden.view_mut())) {
-                    let chunk = first..last;
-                    packed.weight_gradient_part(tile_index, n_rows, n_cols, d, &chunk, tile, d_weight.as_mut_slice());
-                    packed.hidden_gradient_part(&chunk, packed_w.as_slice(), n_cols, tile, &mut out);
-                }
+                let tile = F::f32_view(padded_tile(z, n_rows, n_cols)).expect(PACKED_IS_F32);
+                let chunk = first..last;
+                packed.weight_gradient_part(tile_index, n_rows, n_cols, d, &chunk, tile, d_weight.as_mut_slice());
+                packed.hidden_gradient_part(&chunk, packed_w.as_slice(), n_cols, tile, &mut d_hidden);
             }
-            if let Some(mut out) = F::f32_view_mut(d_weight_t.view_mut()) {
-                let (width, d_weight) = (n_cols.div_ceil(NR) * NR, d_weight.as_slice());
-                for (col, mut row) in out.rows_mut().into_iter().enumerate() {
-                    for (k, value) in row.iter_mut().enumerate() {
-                        *value += d_weight[k * width + col];
-                    }
+            let (width, d_weight) = (n_cols.div_ceil(NR) * NR, d_weight.as_slice());
+            for (col, mut row) in F::f32_view_mut(d_weight_t).expect(PACKED_IS_F32).rows_mut().into_iter().enumerate() {
+                for (k, value) in row.iter_mut().enumerate() {
+                    *value += d_weight[k * width + col];
                 }
             }
             return;
@@ -259,9 +259,10 @@ impl PackedHidden {
                     let depth = INNER_BLOCK.min(d - k0);
                     // SAFETY: A's panel holds d·6 elements from row_panel·d·6, B's d·16 from
                     // panel·d·16, and C's block (6 rows below row_panel·6, 16 columns from panel·16)
-                    // lies inside the padded tile, as asserted above.
+                    // lies inside the padded tile, as asserted above; the kernel was chosen for this
+                    // CPU (AVX2 and FMA).
                     unsafe {
-                        self.kernel.run(
+                        (self.kernel.block)(
                             depth,
                             a.as_ptr().add((row_panel * d + k0) * MR),
                             1,
@@ -303,9 +304,10 @@ impl PackedHidden {
                 for d_panel in 0..d_panels {
                     // SAFETY: A's panel holds rows·6 elements from d_panel·rows·6; B reads rows
                     // k0..k0 + depth ≤ chunk.end of the tile and columns below col_panels·16 ≤ its
-                    // width; the block of `product` lies inside its [d_panels·6, width].
+                    // width; the block of `product` lies inside its [d_panels·6, width]; the kernel
+                    // was chosen for this CPU.
                     unsafe {
-                        self.kernel.run(
+                        (self.kernel.block)(
                             depth,
                             a.as_ptr().add((d_panel * rows + k0) * MR),
                             1,
@@ -359,9 +361,9 @@ impl PackedHidden {
                     };
                     // SAFETY: A reads rows i0..i0 + 6 within the tile's padded rows and columns below
                     // cols; B's panel holds cols·16 elements from d_panel·cols·16; the target is a
-                    // full block of `out` or the 6 × 16 `edge`.
+                    // full block of `out` or the 6 × 16 `edge`; the kernel was chosen for this CPU.
                     unsafe {
-                        self.kernel.run(
+                        (self.kernel.block)(
                             depth,
                             tile.as_ptr().offset(i0 as isize * stride + k0 as isize),
                             stride,
