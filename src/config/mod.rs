@@ -296,9 +296,12 @@ impl TrainConfig {
         let rows = self.batch_size as f64 * ctx;
         // per layer: LayerNorm inputs and outputs, q k v, attention weights, MLP activations
         let activations = layers * rows * (12.0 * d + 3.0 * ff + heads * ctx);
-        // the output loss keeps at most LOGIT_CACHE_BYTES of logits, or one tile per group
+        // the output loss keeps at most LOGIT_CACHE_BYTES of logits
         let logits = (rows * vocab * 4.0).min(crate::engine::loss::LOGIT_CACHE_BYTES as f64);
-        4.0 * (4.0 * parameters + activations) + logits
+        // and pass 2's partials of ∂h, within their budget
+        let tiling = crate::engine::loss::DEFAULT_TILING;
+        let partials = (rows * d * 4.0 * tiling.groups as f64).min(tiling.partial_bytes as f64);
+        4.0 * (4.0 * parameters + activations) + logits + partials
     }
 
     /// An error when the estimate exceeds the memory this machine has available.
