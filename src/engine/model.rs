@@ -3,7 +3,7 @@
 //! `Params` holds weights and, with the same fields, their gradients (`Grads`), as llm.c mirrors its
 //! structs. `backward` calls the layer backwards in exact reverse order of `forward`.
 
-use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewD, ArrayViewMutD, Axis};
+use ndarray::{s, Array1, Array2, ArrayView2, ArrayViewD, ArrayViewMutD, Axis, CowArray, Ix2};
 use serde::{Deserialize, Serialize};
 
 use super::attention::{AttentionCache, AttentionHook};
@@ -271,14 +271,15 @@ impl<F: Scalar> Model<F> {
     /// Gradients of `mean CE + penalty` given the loss gradients at the output: `d_hidden [N, d]` and
     /// `d_output_weight_t [V, d]` from [`output_loss`](Self::output_loss), the cache of the same
     /// [`forward`](Self::forward) and the same hook. Returns fresh [`Grads`], shaped like [`Params`]:
-    /// `head [d, V]` when untied (`d_output_weight_t` transposed), otherwise added into `tok_emb [V, d]`;
+    /// `head [d, V]` when untied (`d_output_weight_t` transposed), otherwise `tok_emb [V, d]` starts as
+    /// `d_output_weight_t` itself (owned, it is taken, not copied: a word model's is 17 MB);
     /// every layer's weights; `block_emb [K, d]`. The copy gates' `[C, d]`, `[C]` are left zero, since
     /// [`output_loss`](Self::output_loss) already returns them.
     pub fn backward(
         &self,
         cache: &ForwardCache<F>,
         d_hidden: ArrayView2<F>,
-        d_output_weight_t: ArrayView2<F>,
+        d_output_weight_t: CowArray<F, Ix2>,
         hook: &dyn AttentionHook<F>,
     ) -> Grads<F> {
         let c = &self.config;
@@ -287,7 +288,10 @@ impl<F: Scalar> Model<F> {
         let mut grads = Params::<F>::zeros(c);
         match grads.head.as_mut() {
             Some(d_head) => d_head.assign(&d_output_weight_t.t()),
-            None => grads.tok_emb += &d_output_weight_t,
+            None => {
+                assert_eq!(d_output_weight_t.dim(), grads.tok_emb.dim(), "∂Wᵀ of a tied model is [V, d]");
+                grads.tok_emb = d_output_weight_t.into_owned();
+            }
         }
         let mut dx = layernorm_backward(
             d_hidden,
@@ -362,7 +366,7 @@ impl<F: Scalar> Model<F> {
             _ => unreachable!("output_loss returns gradients when asked"),
         };
         mark();
-        let mut grads = self.backward(&cache, d_hidden.view(), d_weight.view(), hook);
+        let mut grads = self.backward(&cache, d_hidden.view(), d_weight.into(), hook);
         if let Some((Some(d_u), Some(d_b))) = loss.copy.map(|c| (c.d_gate_weight, c.d_gate_bias)) {
             grads.copy_gate_weight = d_u;
             grads.copy_gate_bias = d_b;

@@ -420,7 +420,7 @@ pub fn evaluate_at(model: &Model<f32>, ids: &[u32], lambda: f64, eval: &DialEval
             copy_acc.add(caches, &softmax_nll, weights.view(), &mixed.log_w0, &scored.batch.targets, lambda);
         }
         if let (Some(dh), Some(dw)) = (loss.d_hidden.as_ref(), loss.d_weight_t.as_ref()) {
-            model.backward(&scored.cache, dh.view(), dw.view(), hook);
+            model.backward(&scored.cache, dh.view(), dw.view().into(), hook);
         }
         acc.add(&scored.cache, eval.rules, batch_targets, hook, eval.epsilon);
     });
