@@ -20,8 +20,8 @@
 //! the AVX-512 direct kernel.
 //!
 //! Pass 2 reuses pass 1's tiles while all of them fit in [`LOGIT_CACHE_BYTES`] (WikiText-2's 33,278
-//! words at `N = 2048` take 272 MB); beyond that it recomputes each tile and its exponentials, so memory
-//! stays bounded whatever the vocabulary and batch. Every sum has an order fixed by the shapes alone,
+//! words at `N = 2048` take 272 MB, 290 MB as the AVX2 kernel pads them); beyond that it recomputes
+//! each tile and its exponentials, so memory stays bounded whatever the vocabulary and batch. Every sum has an order fixed by the shapes alone,
 //! so results do not depend on the number of threads.
 
 use std::ops::Range;
@@ -46,7 +46,8 @@ pub struct Tiling {
     pub groups: usize,
     /// The most the groups' partials of `∂h` (`[N, d]` each) take together, in bytes.
     pub partial_bytes: usize,
-    /// Keep pass 1's tiles for pass 2 while `N·V` elements take at most this many bytes.
+    /// Keep pass 1's tiles for pass 2 while their buffers (`N·V` elements, padded for the AVX2 kernel)
+    /// take at most this many bytes.
     pub cache_bytes: usize,
     /// Who computes the tiles' products ([`TileKernel::Auto`] outside tests).
     pub products: TileKernel,
@@ -208,7 +209,6 @@ pub fn output_loss_tiled<F: Scalar>(
     // (The split still depends on the shapes alone.)
     let rows_per_tile = if blocks.len() < SMALL_VOCABULARY_BLOCKS { tiling.rows.min(256) } else { tiling.rows };
     let row_tiles = ranges(n, rows_per_tile);
-    let keep_tiles = with_grad && n * vocab * std::mem::size_of::<F>() <= tiling.cache_bytes;
 
     // The packed products save OpenBLAS's packing of `h` for every vocabulary block: with few blocks
     // there is little to save, and packing `h` twice cost char-small's output layer 0.4 of its 2.4 ms.
@@ -217,6 +217,12 @@ pub fn output_loss_tiled<F: Scalar>(
         choice => choice,
     };
     let products = TileProducts::new(hidden, weight, &row_tiles, with_grad, products);
+    // the budget counts the buffers as allocated: the kernel's tiles are padded (6 % more at 256 columns)
+    let kept_elements: usize = (blocks.iter())
+        .flat_map(|cols| row_tiles.iter().map(|rows| products.tile_shape(rows.len(), cols.len())))
+        .map(|(rows, cols)| rows * cols)
+        .sum();
+    let keep_tiles = with_grad && kept_elements * std::mem::size_of::<F>() <= tiling.cache_bytes;
 
     // pass 1, tiles in (vocabulary block, row tile) order
     let tasks: Vec<(usize, usize)> =

@@ -124,9 +124,15 @@ impl<'a, F: Scalar> TileProducts<'a, F> {
     /// kernel, padded as the module describes plus one spare row, so that the tile can start on a
     /// cache line wherever the buffer does. [`tile_view_mut`](Self::tile_view_mut) gives the tile.
     pub fn tile(&self, rows: usize, cols: usize) -> Array2<F> {
+        let (buffer_rows, buffer_cols) = self.tile_shape(rows, cols);
+        scratch(buffer_rows, buffer_cols)
+    }
+
+    /// The shape of [`tile`](Self::tile)'s buffer for a `[rows, cols]` tile: what a kept tile holds.
+    pub fn tile_shape(&self, rows: usize, cols: usize) -> (usize, usize) {
         match self.packed {
-            Some(_) => scratch(rows.div_ceil(MR) * MR + 1, padded_stride(cols)),
-            None => scratch(rows, cols),
+            Some(_) => (rows.div_ceil(MR) * MR + 1, padded_stride(cols)),
+            None => (rows, cols),
         }
     }
 
