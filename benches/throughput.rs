@@ -47,3 +47,31 @@ fn eval_step(bencher: divan::Bencher, name: &str) {
         divan::black_box(model.output_loss(&cache, &targets, false, None).mean_nll)
     });
 }
+
+/// The four weight gradients of a char-small block (`xᵀ·∂y` over a batch of 2048 rows), split into
+/// blocks of the output or into chunks of the batch (`linalg::product` picks the second where its
+/// products pack their operands, as OpenBLAS does; run with `AILLA_SIMD=avx2` to see an AVX2 CPU's).
+#[divan::bench(args = ["blocks", "inner chunks"], sample_count = 30)]
+fn weight_gradients(bencher: divan::Bencher, split: &str) {
+    use ailla::engine::linalg::{product_by_blocks, product_by_inner_chunks};
+    let config = config("char-small");
+    let (d, ff, n) = (config.d_model, config.d_ff, config.batch_size * config.ctx_len);
+    let mut rng = Rng::new(11);
+    let mut matrix =
+        |rows: usize, cols: usize| ndarray::Array2::from_shape_fn((rows, cols), |_| rng.next_f64() as f32 - 0.5);
+    // (input, output gradient, weight gradient) of W₂, W₁, W_O and W_QKV
+    let mut products: Vec<_> = [(ff, d), (d, ff), (d, d), (d, 3 * d)]
+        .into_iter()
+        .map(|(rows, cols)| (matrix(n, rows), matrix(n, cols), ndarray::Array2::<f32>::zeros((rows, cols))))
+        .collect();
+    let by_chunks = split == "inner chunks";
+    bencher.bench_local(|| {
+        for (x, dy, dw) in products.iter_mut() {
+            if by_chunks {
+                product_by_inner_chunks(x.t(), dy.view(), true, dw.view_mut());
+            } else {
+                product_by_blocks(x.t(), dy.view(), true, dw.view_mut());
+            }
+        }
+    });
+}

@@ -89,6 +89,9 @@ pub trait Scalar:
         accumulate: bool,
         c: ndarray::ArrayViewMut2<Self>,
     );
+    /// Whether [`local_product`](Self::local_product) copies its operands into panels before
+    /// multiplying (OpenBLAS), so that a split which repeats an operand across tasks repeats its copy.
+    fn products_pack_operands() -> bool;
     /// The view as `f32`, `None` in `f64`: the output layer's packed tile products run in `f32` only.
     fn f32_view(view: ndarray::ArrayView2<'_, Self>) -> Option<ndarray::ArrayView2<'_, f32>>;
     /// [`f32_view`](Self::f32_view) of a mutable view.
@@ -132,6 +135,9 @@ impl Scalar for f32 {
     ) {
         direct_gemm::product(a, b, accumulate, c)
     }
+    fn products_pack_operands() -> bool {
+        direct_gemm::kernel().is_none()
+    }
     fn f32_view(view: ndarray::ArrayView2<'_, Self>) -> Option<ndarray::ArrayView2<'_, f32>> {
         Some(view)
     }
@@ -173,6 +179,9 @@ impl Scalar for f64 {
         c: ndarray::ArrayViewMut2<Self>,
     ) {
         linalg::local_gemm(a, b, accumulate, c)
+    }
+    fn products_pack_operands() -> bool {
+        true
     }
     fn f32_view(_: ndarray::ArrayView2<'_, Self>) -> Option<ndarray::ArrayView2<'_, f32>> {
         None

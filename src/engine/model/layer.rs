@@ -6,7 +6,7 @@
 //! threads meet a dozen times per block, and on small models the waiting cost more than the products.
 //! The groups are fixed by the shapes (never by the thread count), so results are the same with any
 //! number of threads. Weight gradients need every row: each is one product over the whole batch
-//! ([`backward_weights`]), so every element of a weight gradient still comes from one BLAS call.
+//! ([`backward_weights`]), split by [`crate::engine::linalg::product`] in a way fixed by the shapes.
 
 use ndarray::{s, Array1, Array2, ArrayView1, ArrayView2, ArrayViewMut1, ArrayViewMut2, Axis};
 use rayon::prelude::*;
