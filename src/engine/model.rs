@@ -285,14 +285,16 @@ impl<F: Scalar> Model<F> {
         let c = &self.config;
         let p = &self.params;
         assert_eq!(cache.layers.len(), c.n_layers, "backward needs a forward pass that kept its layers");
-        let mut grads = Params::<F>::zeros(c);
-        match grads.head.as_mut() {
-            Some(d_head) => d_head.assign(&d_output_weight_t.t()),
-            None => {
-                assert_eq!(d_output_weight_t.dim(), grads.tok_emb.dim(), "∂Wᵀ of a tied model is [V, d]");
-                grads.tok_emb = d_output_weight_t.into_owned();
+        let mut grads = if c.tied {
+            assert_eq!(d_output_weight_t.dim(), (c.vocab_size, c.d_model), "∂Wᵀ of a tied model is [V, d]");
+            Params::<F>::zeros_with_tok_emb(c, d_output_weight_t.into_owned())
+        } else {
+            let mut grads = Params::<F>::zeros(c);
+            if let Some(d_head) = grads.head.as_mut() {
+                d_head.assign(&d_output_weight_t.t());
             }
-        }
+            grads
+        };
         let mut dx = layernorm_backward(
             d_hidden,
             &cache.ln_f,

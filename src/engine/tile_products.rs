@@ -207,7 +207,8 @@ impl<'a, F: Scalar> TileProducts<'a, F> {
         if let Some(packed) = &self.packed {
             let w = F::f32_view(weight).expect(PACKED_IS_F32);
             let d = w.nrows();
-            let mut d_weight = Aligned::zeros(d.div_ceil(MR) * MR * n_cols.div_ceil(NR) * NR);
+            // every element is written by the first chunk's products (which do not accumulate)
+            let mut d_weight = Aligned::stale(d.div_ceil(MR) * MR * n_cols.div_ceil(NR) * NR);
             let packed_w = pack_gradient_panels(w);
             let mut d_hidden = F::f32_view_mut(d_hidden).expect(PACKED_IS_F32);
             for first in (0..n_rows).step_by(GRADIENT_CHUNK_ROWS) {
@@ -414,8 +415,10 @@ fn padded_tile<F>(buffer: &Array2<F>, rows: usize, cols: usize) -> ArrayView2<'_
         .expect("a tile buffer has a spare row for its origin")
 }
 
-/// Zeroed `f32`s that start on a 64-byte cache line, as OpenBLAS's packing buffers do: a 16-float
-/// panel row then fills one line, not parts of two.
+/// `f32`s that start on a 64-byte cache line, as OpenBLAS's packing buffers do: a 16-float panel row
+/// then fills one line, not parts of two. Their buffers come from the pool and go back to it: a
+/// word-wt2 training step packs and multiplies 130 vocabulary blocks, and zeroing three fresh 128 KB
+/// buffers for each, all but a few padding elements of which were then overwritten, wrote 50 MB.
 struct Aligned {
     buffer: Vec<f32>,
     origin: usize,
@@ -423,10 +426,17 @@ struct Aligned {
 }
 
 impl Aligned {
-    fn zeros(len: usize) -> Self {
-        let buffer = vec![0f32; len + 15];
+    /// `len` elements of stale contents, for a buffer whose every element is written before it is read.
+    fn stale(len: usize) -> Self {
+        let (buffer, _) = scratch::<f32>(1, len + 15).into_raw_vec_and_offset();
         let origin = cache_line_origin(buffer.as_ptr());
         Aligned { buffer, origin, len }
+    }
+
+    fn zeros(len: usize) -> Self {
+        let mut aligned = Self::stale(len);
+        aligned.as_mut_slice().fill(0.0);
+        aligned
     }
 
     fn as_slice(&self) -> &[f32] {
@@ -438,14 +448,23 @@ impl Aligned {
     }
 }
 
-/// `len` zeros with the `k`-th element of the `i`-th of `lines` at `place(i, k)`: the four panel
-/// layouts below, each reading its source along contiguous lines.
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        <f32 as Scalar>::buffers().give(std::mem::take(&mut self.buffer));
+    }
+}
+
+/// `len` elements with the `k`-th element of the `i`-th of `lines` at `place(i, k)`, and zeros where
+/// none lands (the padding, when the lines hold fewer than `len` elements in all): the four panel
+/// layouts below, each reading its source along contiguous lines. Padding only ever meets padding
+/// in a product, but stale values there could be subnormals, which slow some CPUs' FMA units.
 fn pack<'v>(
-    lines: impl Iterator<Item = ArrayView1<'v, f32>>,
+    lines: impl ExactSizeIterator<Item = ArrayView1<'v, f32>>,
+    line_len: usize,
     len: usize,
     place: impl Fn(usize, usize) -> usize,
 ) -> Aligned {
-    let mut aligned = Aligned::zeros(len);
+    let mut aligned = if lines.len() * line_len < len { Aligned::zeros(len) } else { Aligned::stale(len) };
     let packed = aligned.as_mut_slice();
     for (i, line) in lines.enumerate() {
         for (k, &value) in line.iter().enumerate() {
@@ -458,26 +477,26 @@ fn pack<'v>(
 /// `h [rows, d]` as `[⌈rows/6⌉, d, 6]`: element `(i, k)` at `(i/6·d + k)·6 + i mod 6`, zeros past `rows`.
 fn pack_row_panels(h: ArrayView2<f32>) -> Aligned {
     let (rows, d) = h.dim();
-    pack(h.rows().into_iter(), rows.div_ceil(MR) * d * MR, |i, k| (i / MR * d + k) * MR + i % MR)
+    pack(h.rows().into_iter(), d, rows.div_ceil(MR) * d * MR, |i, k| (i / MR * d + k) * MR + i % MR)
 }
 
 /// `h [rows, d]` as `[⌈d/6⌉, rows, 6]`: element `(i, k)` at `(k/6·rows + i)·6 + k mod 6`, zeros past `d`.
 fn pack_column_panels(h: ArrayView2<f32>) -> Aligned {
     let (rows, d) = h.dim();
-    pack(h.rows().into_iter(), d.div_ceil(MR) * rows * MR, |i, k| (k / MR * rows + i) * MR + k % MR)
+    pack(h.rows().into_iter(), d, d.div_ceil(MR) * rows * MR, |i, k| (k / MR * rows + i) * MR + k % MR)
 }
 
 /// `w [d, cols]` as `[⌈cols/16⌉, d, 16]`, zeros past `cols`: `B` of the logit product. A column of
 /// `W` is a row of the tied embedding, so both layouts of `W` read it by columns.
 fn pack_logit_panels(w: ArrayView2<f32>) -> Aligned {
     let (d, cols) = w.dim();
-    pack(w.columns().into_iter(), cols.div_ceil(NR) * d * NR, |j, k| (j / NR * d + k) * NR + j % NR)
+    pack(w.columns().into_iter(), d, cols.div_ceil(NR) * d * NR, |j, k| (j / NR * d + k) * NR + j % NR)
 }
 
 /// `wᵀ [cols, d]` as `[⌈d/16⌉, cols, 16]`, zeros past `d`: `B` of the `∂h` product.
 fn pack_gradient_panels(w: ArrayView2<f32>) -> Aligned {
     let (d, cols) = w.dim();
-    pack(w.columns().into_iter(), d.div_ceil(NR) * cols * NR, |j, k| (k / NR * cols + j) * NR + k % NR)
+    pack(w.columns().into_iter(), d, d.div_ceil(NR) * cols * NR, |j, k| (k / NR * cols + j) * NR + k % NR)
 }
 
 #[cfg(test)]
@@ -587,5 +606,50 @@ mod tests {
         assert_eq!(chunks, vec![(0, (9, 20))]);
         assert_close(d_weight_t.view(), &logits.t().dot(&wide(hidden.view())), 9, 7.0, "∂Wᵀ");
         assert_close(d_hidden.view(), &logits.dot(&wide(embedding.view())), 20, 7.0, "∂h");
+    }
+
+    /// The packing buffers and `∂W`'s come from the pool with stale contents: NaN buffers of every size
+    /// they ask for change no bit of any product, with padding in every dimension and with none. (It
+    /// fails if the first chunk of `∂W` accumulates into its stale buffer.)
+    #[test]
+    fn stale_pool_buffers_never_reach_a_product() {
+        if avx2_kernel_on_this_cpu().is_none() {
+            eprintln!("skipped stale_pool_buffers_never_reach_a_product: no AVX2 with FMA");
+            return;
+        }
+        for (n, d, vocab) in [(96, 192, 256), (100, 130, 250)] {
+            let (hidden, embedding) = (matrix(n, d, 40), matrix(vocab, d, 41));
+            let rows: Vec<Range<usize>> = std::iter::once(0..n).collect(); // one row tile
+            let run = || {
+                let products = TileProducts::new(hidden.view(), embedding.t(), &rows, true, TileKernel::Avx2);
+                let mut buffer = products.tile(n, vocab);
+                products.logits(0, &rows[0], &(0..vocab), &mut buffer, |_, _| {});
+                let logits = products.tile_view_mut(&mut buffer, n, vocab).to_owned();
+                let (mut d_weight_t, mut d_hidden) = (Array2::zeros((vocab, d)), Array2::zeros((n, d)));
+                let (dw, dh) = (d_weight_t.view_mut(), d_hidden.view_mut());
+                products.gradients(0, &rows[0], &(0..vocab), &mut buffer, |_, _| {}, dw, dh);
+                [logits, d_weight_t, d_hidden]
+            };
+            let clean = run();
+            let padded = |count: usize, unit: usize| count.div_ceil(unit) * unit;
+            let lengths = [
+                padded(n, MR) * d,
+                padded(d, MR) * n,
+                padded(vocab, NR) * d,
+                padded(d, NR) * vocab,
+                padded(d, MR) * padded(vocab, NR),
+            ];
+            for len in lengths {
+                for _ in 0..3 {
+                    <f32 as Scalar>::buffers().give(vec![f32::NAN; len + 15]);
+                }
+            }
+            let poisoned = run();
+            for (what, (clean, poisoned)) in ["logits", "∂Wᵀ", "∂h"].iter().zip(clean.iter().zip(&poisoned)) {
+                assert!(clean.iter().all(|v| v.is_finite()), "{what} at {n} × {d} × {vocab}");
+                let bits = |a: &Array2<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(clean), bits(poisoned), "{what} at {n} × {d} × {vocab}");
+            }
+        }
     }
 }

@@ -111,8 +111,15 @@ pub struct Params<F> {
 
 impl<F: Scalar> Params<F> {
     pub fn zeros(c: &Config) -> Self {
+        Self::zeros_with_tok_emb(c, Array2::zeros((c.vocab_size, c.d_model)))
+    }
+
+    /// [`zeros`](Self::zeros) with `tok_emb` given (`[V, d]`): a tied model's gradient starts as the
+    /// output layer's `∂Wᵀ`, and a word vocabulary's 17 MB of zeros would only be thrown away.
+    pub fn zeros_with_tok_emb(c: &Config, tok_emb: Array2<F>) -> Self {
+        assert_eq!(tok_emb.dim(), (c.vocab_size, c.d_model), "the token embedding is [V, d]");
         Params {
-            tok_emb: Array2::zeros((c.vocab_size, c.d_model)),
+            tok_emb,
             pos_emb: Array2::zeros((c.ctx_len, c.d_model)),
             layers: (0..c.n_layers).map(|_| LayerParams::zeros(c)).collect(),
             ln_f_weight: Array1::zeros(c.d_model),
