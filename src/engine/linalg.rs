@@ -108,6 +108,8 @@ pub fn product_by_inner_chunks<F: Scalar>(
 ) {
     init_blas();
     let (m, n) = (a.nrows(), b.ncols());
+    assert_eq!(a.ncols(), b.nrows(), "inner dimensions agree");
+    assert_eq!(c.dim(), (m, n), "the output is [M, N]");
     let chunks = inner_chunks(a.ncols());
     let partials: Vec<Array2<F>> = chunks
         .into_par_iter()
@@ -122,8 +124,9 @@ pub fn product_by_inner_chunks<F: Scalar>(
         let these = index * SUM_ROWS..index * SUM_ROWS + rows.nrows();
         let mut parts = partials.iter().map(|partial| partial.slice(s![these.clone(), ..]));
         if !accumulate {
-            if let Some(part) = parts.next() {
-                rows.assign(&part);
+            match parts.next() {
+                Some(part) => rows.assign(&part),
+                None => rows.fill(F::zero()), // an empty inner dimension
             }
         }
         parts.for_each(|part| rows += &part);
@@ -232,17 +235,27 @@ mod tests {
     /// one chunk, an uneven last chunk, and several.
     #[test]
     fn product_over_a_long_inner_dimension_matches_the_naive_product() {
+        use crate::engine::Scalar;
+        let (m, n) = (130, 131); // partials large enough to come from the pool
         for inner in [300, 1100, 2048] {
-            let x = Array2::from_shape_fn((inner, 37), |(i, j)| ((i * 13 + j * 7) % 11) as f64 - 5.0);
-            let dy = Array2::from_shape_fn((inner, 70), |(i, j)| ((i * 3 + j * 5) % 9) as f64 - 4.0);
+            let x = Array2::from_shape_fn((inner, m), |(i, j)| ((i * 13 + j * 7) % 11) as f64 - 5.0);
+            let dy = Array2::from_shape_fn((inner, n), |(i, j)| ((i * 3 + j * 5) % 9) as f64 - 4.0);
             let expected = naive(&x.t().to_owned(), &dy);
-            let mut c = Array2::from_elem((37, 70), f64::NAN); // must be overwritten, never read
+            for _ in 0..4 {
+                // stale partials must be overwritten, never read
+                f64::buffers().give(vec![f64::NAN; m * n]);
+            }
+            let mut c = Array2::from_elem((m, n), f64::NAN); // must be overwritten, never read
             product(x.t(), dy.view(), false, c.view_mut());
             assert_eq!(c, expected, "inner {inner}, assigned");
-            let mut c = Array2::from_elem((37, 70), 2.0);
+            let mut c = Array2::from_elem((m, n), 2.0);
             product(x.t(), dy.view(), true, c.view_mut());
             assert_eq!(c, &expected + 2.0, "inner {inner}, accumulated");
         }
+        let mut c = Array2::from_elem((3, 4), f64::NAN);
+        let (a, b) = (Array2::<f64>::zeros((3, 0)), Array2::<f64>::zeros((0, 4)));
+        product_by_inner_chunks(a.view(), b.view(), false, c.view_mut());
+        assert_eq!(c, Array2::<f64>::zeros((3, 4)), "an empty inner dimension gives zeros");
     }
 
     /// The split depends on the shapes, not on the threads: the same bits in `f32` with 1 and 3 threads.
