@@ -282,19 +282,6 @@ impl TrainConfig {
     }
 }
 
-/// The most the output loss keeps of a batch's logits between its passes ([`LOGIT_CACHE_BYTES`]
-/// at most), in tiles padded for the AVX2 kernel as it allocates them: up to 7 rows more per row
-/// tile, and a 16-column panel more per vocabulary block.
-///
-/// [`LOGIT_CACHE_BYTES`]: crate::engine::loss::LOGIT_CACHE_BYTES
-fn logit_cache_bytes(rows: f64, vocab: f64) -> f64 {
-    let tiling = crate::engine::loss::DEFAULT_TILING;
-    let row_tiles = (rows / tiling.rows as f64).ceil();
-    let blocks = (vocab / tiling.vocab as f64).ceil();
-    let padded = (rows + 7.0 * row_tiles) * (vocab + 16.0 * blocks) * 4.0;
-    padded.min(tiling.cache_bytes as f64)
-}
-
 impl TrainConfig {
     /// Bytes a run of this configuration holds at once, roughly: four copies of the parameters
     /// (weights, gradients, Adam's two moments) and one batch's activations, with the vocabulary at
@@ -309,7 +296,8 @@ impl TrainConfig {
         let rows = self.batch_size as f64 * ctx;
         // per layer: LayerNorm inputs and outputs, q k v, attention weights, MLP activations
         let activations = layers * rows * (12.0 * d + 3.0 * ff + heads * ctx);
-        let logits = logit_cache_bytes(rows, vocab);
+        // the output loss keeps at most LOGIT_CACHE_BYTES of logits, in padded tiles
+        let logits = crate::engine::loss::kept_logit_bytes_at_most(rows as usize, self.vocab_cap) as f64;
         // and pass 2's partials of ∂h, within their budget
         let tiling = crate::engine::loss::DEFAULT_TILING;
         let partials = (rows * d * 4.0 * tiling.groups as f64).min(tiling.partial_bytes as f64);
@@ -349,21 +337,4 @@ pub fn available_memory_bytes() -> Option<f64> {
     let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024.0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// WikiText-2's 33,278 words at a batch of 16 × 128 rows: the loss keeps 130 tiles of 2053 × 272
-    /// floats (rows padded to 6 plus one, 256 columns plus a panel), 290.4 MB, not the 272.6 MB of
-    /// the logits alone; a vocabulary ten times larger is held to the cache's budget.
-    #[test]
-    fn the_logit_cache_is_estimated_as_allocated_and_within_its_budget() {
-        let kept = 130.0 * 2053.0 * 272.0 * 4.0;
-        let estimate = logit_cache_bytes(2048.0, 33_278.0);
-        assert!(estimate >= kept && estimate <= 1.01 * kept, "{estimate} against {kept}");
-        let budget = crate::engine::loss::LOGIT_CACHE_BYTES as f64;
-        assert_eq!(logit_cache_bytes(2048.0, 332_780.0), budget);
-    }
 }

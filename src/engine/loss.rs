@@ -138,6 +138,48 @@ fn ranges(len: usize, step: usize) -> Vec<Range<usize>> {
     (0..len.div_ceil(step)).map(|i| i * step..((i + 1) * step).min(len)).collect()
 }
 
+/// The rows of each row tile, [`SMALL_VOCABULARY_BLOCKS`] deciding, for `blocks` vocabulary blocks.
+fn rows_per_tile(tiling: &Tiling, blocks: usize) -> usize {
+    // A small vocabulary gives pass 1 too few tiles to share between cores: cut the rows finer then.
+    // (The split still depends on the shapes alone.)
+    if blocks < SMALL_VOCABULARY_BLOCKS {
+        tiling.rows.min(256)
+    } else {
+        tiling.rows
+    }
+}
+
+/// Elements of one buffer per tile of the grid `row_tiles × blocks`, each of `shape(rows, cols)`
+/// elements (rows and columns padded independently, so the sum is a product of two sums).
+fn grid_elements(
+    row_tiles: &[Range<usize>],
+    blocks: &[Range<usize>],
+    shape: impl Fn(usize, usize) -> (usize, usize),
+) -> usize {
+    let rows: usize = row_tiles.iter().map(|rows| shape(rows.len(), 1).0).sum();
+    let cols: usize = blocks.iter().map(|cols| shape(1, cols.len()).1).sum();
+    rows * cols
+}
+
+/// The most [`output_loss`] keeps of `n` rows' logits over `vocab` words between its passes, in
+/// bytes: every tile, in buffers padded as the AVX2 kernel pads them (an upper bound where OpenBLAS
+/// computes them), up to [`LOGIT_CACHE_BYTES`]. For the estimate that refuses absurd shapes before
+/// anything is allocated.
+pub fn kept_logit_bytes_at_most(n: usize, vocab: usize) -> usize {
+    use super::tile_products::padded_tile_shape;
+    let tiling = DEFAULT_TILING;
+    // in closed form, as ranges() would tile them: whatever the shape, nothing is allocated here
+    let padded_sum = |len: usize, step: usize, padded: &dyn Fn(usize) -> usize| {
+        let last = if len.is_multiple_of(step) { 0 } else { padded(len % step) };
+        (len / step).saturating_mul(padded(step)).saturating_add(last)
+    };
+    let rows = rows_per_tile(&tiling, vocab.div_ceil(tiling.vocab));
+    let padded_rows = padded_sum(n, rows, &|rows| padded_tile_shape(rows, 1).0);
+    let padded_cols = padded_sum(vocab, tiling.vocab, &|cols| padded_tile_shape(1, cols).1);
+    let elements = padded_rows.saturating_mul(padded_cols);
+    elements.saturating_mul(std::mem::size_of::<f32>()).min(tiling.cache_bytes)
+}
+
 /// Pass 1's forward on one tile: row tile `tile_index` (`rows`) by the vocabulary block `cols`, with
 /// `targets [N]` → `exp(z − m)` of the tile, in a buffer from [`TileProducts::tile`] (its first
 /// `rows.len()` rows and `cols.len()` columns), with its statistics.
@@ -205,10 +247,7 @@ pub fn output_loss_tiled<F: Scalar>(
     assert_eq!(targets.len(), n, "one target per row");
     let inv_n = F::one() / F::lit(n.max(1) as f64);
     let blocks = ranges(vocab, tiling.vocab);
-    // A small vocabulary gives pass 1 too few tiles to share between cores: cut the rows finer then.
-    // (The split still depends on the shapes alone.)
-    let rows_per_tile = if blocks.len() < SMALL_VOCABULARY_BLOCKS { tiling.rows.min(256) } else { tiling.rows };
-    let row_tiles = ranges(n, rows_per_tile);
+    let row_tiles = ranges(n, rows_per_tile(&tiling, blocks.len()));
 
     // The packed products save OpenBLAS's packing of `h` for every vocabulary block: with few blocks
     // there is little to save, and packing `h` twice cost char-small's output layer 0.4 of its 2.4 ms.
@@ -218,10 +257,7 @@ pub fn output_loss_tiled<F: Scalar>(
     };
     let products = TileProducts::new(hidden, weight, &row_tiles, with_grad, products);
     // the budget counts the buffers as allocated: the kernel's tiles are padded (6 % more at 256 columns)
-    let kept_elements: usize = (blocks.iter())
-        .flat_map(|cols| row_tiles.iter().map(|rows| products.tile_shape(rows.len(), cols.len())))
-        .map(|(rows, cols)| rows * cols)
-        .sum();
+    let kept_elements = grid_elements(&row_tiles, &blocks, |rows, cols| products.tile_shape(rows, cols));
     let keep_tiles = with_grad && kept_elements * std::mem::size_of::<F>() <= tiling.cache_bytes;
 
     // pass 1, tiles in (vocabulary block, row tile) order
@@ -462,6 +498,19 @@ mod tests {
         let h = random(&[n, d], 1.0, 1).into_dimensionality::<Ix2>().unwrap();
         let w = random(&[d, vocab], 1.0, 2).into_dimensionality::<Ix2>().unwrap();
         (h, w, targets)
+    }
+
+    /// WikiText-2's 33,278 words at a batch of 16 × 128 rows: the loss keeps 130 tiles of 2053 × 272
+    /// floats (rows padded to 6 plus one, 256 columns plus a panel), 290.4 MB, which the memory
+    /// estimate counts; a vocabulary ten times larger is held to the cache's budget, and an absurd
+    /// shape saturates instead of overflowing.
+    #[test]
+    fn kept_logits_are_counted_as_allocated_and_within_the_budget() {
+        assert_eq!(kept_logit_bytes_at_most(2048, 33_278), 130 * 2053 * 272 * 4);
+        assert_eq!(kept_logit_bytes_at_most(2048, 332_780), LOGIT_CACHE_BYTES);
+        assert_eq!(kept_logit_bytes_at_most(usize::MAX / 2, usize::MAX / 2), LOGIT_CACHE_BYTES);
+        // a small vocabulary's row tiles of 256 rows: 8 of 258 + 1 rows, one block of 128 + 16 columns
+        assert_eq!(kept_logit_bytes_at_most(2048, 128), 8 * 259 * 144 * 4);
     }
 
     #[test]

@@ -131,7 +131,7 @@ impl<'a, F: Scalar> TileProducts<'a, F> {
     /// The shape of [`tile`](Self::tile)'s buffer for a `[rows, cols]` tile: what a kept tile holds.
     pub fn tile_shape(&self, rows: usize, cols: usize) -> (usize, usize) {
         match self.packed {
-            Some(_) => (rows.div_ceil(MR) * MR + 1, padded_stride(cols)),
+            Some(_) => padded_tile_shape(rows, cols),
             None => (rows, cols),
         }
     }
@@ -396,6 +396,12 @@ impl PackedHidden {
 }
 
 /// The row stride of a padded tile of `cols` columns: whole 16-column panels and one more.
+/// The buffer of a `[rows, cols]` tile for the kernel: rows padded to whole register rows plus a
+/// spare one (for the cache-line origin), columns to [`padded_stride`]. The largest shape a tile takes.
+pub fn padded_tile_shape(rows: usize, cols: usize) -> (usize, usize) {
+    (rows.div_ceil(MR) * MR + 1, padded_stride(cols))
+}
+
 fn padded_stride(cols: usize) -> usize {
     cols.div_ceil(NR) * NR + NR
 }
