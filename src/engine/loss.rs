@@ -149,16 +149,24 @@ fn rows_per_tile(tiling: &Tiling, blocks: usize) -> usize {
     }
 }
 
-/// Elements of one buffer per tile of the grid `row_tiles × blocks`, each of `shape(rows, cols)`
-/// elements (rows and columns padded independently, so the sum is a product of two sums).
+/// Elements of one buffer per tile when `n` rows in tiles of `rows` meet `vocab` columns in blocks of
+/// `cols` (as [`ranges`] cuts them), each tile's buffer `shape(rows, cols)`. Rows and columns are
+/// padded independently, so the sum is a product of two sums, and both are in closed form: nothing is
+/// allocated whatever the shape, and an absurd one saturates.
 fn grid_elements(
-    row_tiles: &[Range<usize>],
-    blocks: &[Range<usize>],
+    n: usize,
+    rows: usize,
+    vocab: usize,
+    cols: usize,
     shape: impl Fn(usize, usize) -> (usize, usize),
 ) -> usize {
-    let rows: usize = row_tiles.iter().map(|rows| shape(rows.len(), 1).0).sum();
-    let cols: usize = blocks.iter().map(|cols| shape(1, cols.len()).1).sum();
-    rows * cols
+    let padded_sum = |len: usize, step: usize, padded: &dyn Fn(usize) -> usize| {
+        let last = if len.is_multiple_of(step) { 0 } else { padded(len % step) };
+        (len / step).saturating_mul(padded(step)).saturating_add(last)
+    };
+    let padded_rows = padded_sum(n, rows, &|rows| shape(rows, 1).0);
+    let padded_cols = padded_sum(vocab, cols, &|cols| shape(1, cols).1);
+    padded_rows.saturating_mul(padded_cols)
 }
 
 /// The most [`output_loss`] keeps of `n` rows' logits over `vocab` words between its passes, in
@@ -166,17 +174,9 @@ fn grid_elements(
 /// computes them), up to [`LOGIT_CACHE_BYTES`]. For the estimate that refuses absurd shapes before
 /// anything is allocated.
 pub fn kept_logit_bytes_at_most(n: usize, vocab: usize) -> usize {
-    use super::tile_products::padded_tile_shape;
     let tiling = DEFAULT_TILING;
-    // in closed form, as ranges() would tile them: whatever the shape, nothing is allocated here
-    let padded_sum = |len: usize, step: usize, padded: &dyn Fn(usize) -> usize| {
-        let last = if len.is_multiple_of(step) { 0 } else { padded(len % step) };
-        (len / step).saturating_mul(padded(step)).saturating_add(last)
-    };
     let rows = rows_per_tile(&tiling, vocab.div_ceil(tiling.vocab));
-    let padded_rows = padded_sum(n, rows, &|rows| padded_tile_shape(rows, 1).0);
-    let padded_cols = padded_sum(vocab, tiling.vocab, &|cols| padded_tile_shape(1, cols).1);
-    let elements = padded_rows.saturating_mul(padded_cols);
+    let elements = grid_elements(n, rows, vocab, tiling.vocab, super::tile_products::padded_tile_shape);
     elements.saturating_mul(std::mem::size_of::<f32>()).min(tiling.cache_bytes)
 }
 
@@ -247,7 +247,8 @@ pub fn output_loss_tiled<F: Scalar>(
     assert_eq!(targets.len(), n, "one target per row");
     let inv_n = F::one() / F::lit(n.max(1) as f64);
     let blocks = ranges(vocab, tiling.vocab);
-    let row_tiles = ranges(n, rows_per_tile(&tiling, blocks.len()));
+    let tile_rows = rows_per_tile(&tiling, blocks.len());
+    let row_tiles = ranges(n, tile_rows);
 
     // The packed products save OpenBLAS's packing of `h` for every vocabulary block: with few blocks
     // there is little to save, and packing `h` twice cost char-small's output layer 0.4 of its 2.4 ms.
@@ -257,7 +258,7 @@ pub fn output_loss_tiled<F: Scalar>(
     };
     let products = TileProducts::new(hidden, weight, &row_tiles, with_grad, products);
     // the budget counts the buffers as allocated: the kernel's tiles are padded (6 % more at 256 columns)
-    let kept_elements = grid_elements(&row_tiles, &blocks, |rows, cols| products.tile_shape(rows, cols));
+    let kept_elements = grid_elements(n, tile_rows, vocab, tiling.vocab, |rows, cols| products.tile_shape(rows, cols));
     let keep_tiles = with_grad && kept_elements * std::mem::size_of::<F>() <= tiling.cache_bytes;
 
     // pass 1, tiles in (vocabulary block, row tile) order
