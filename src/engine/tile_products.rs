@@ -395,13 +395,13 @@ impl PackedHidden {
     }
 }
 
-/// The row stride of a padded tile of `cols` columns: whole 16-column panels and one more.
 /// The buffer of a `[rows, cols]` tile for the kernel: rows padded to whole register rows plus a
 /// spare one (for the cache-line origin), columns to [`padded_stride`]. The largest shape a tile takes.
 pub fn padded_tile_shape(rows: usize, cols: usize) -> (usize, usize) {
     (rows.div_ceil(MR) * MR + 1, padded_stride(cols))
 }
 
+/// The row stride of a padded tile of `cols` columns: whole 16-column panels and one more.
 fn padded_stride(cols: usize) -> usize {
     cols.div_ceil(NR) * NR + NR
 }
