@@ -330,9 +330,9 @@ impl PackedHidden {
         assert_eq!(product.len(), col_panels * MR * width, "∂Wᵀ's buffer");
         let (stride, flat) = (tile.ncols(), tile.as_slice().expect("a padded tile is whole rows"));
         for col_panel in 0..col_panels {
-            for (line, row) in panel.chunks_exact_mut(MR).zip(chunk.clone()) {
-                let first = row * stride + col_panel * MR;
-                line.copy_from_slice(&flat[first..first + MR]);
+            let tile_rows = flat[chunk.start * stride + col_panel * MR..].chunks(stride);
+            for (line, row) in panel.as_chunks_mut::<MR>().0.iter_mut().zip(tile_rows) {
+                *line = *row.first_chunk::<MR>().expect("a padded tile row reaches 6 columns past the panel");
             }
             for k0 in (0..chunk.len()).step_by(INNER_BLOCK) {
                 let depth = INNER_BLOCK.min(chunk.len() - k0);
