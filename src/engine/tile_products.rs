@@ -640,9 +640,10 @@ mod tests {
         assert_close(d_hidden.view(), &logits.dot(&wide(embedding.view())), 20, 7.0, "∂h");
     }
 
-    /// The packing buffers and `∂W`'s come from the pool with stale contents: NaN buffers of every size
-    /// they ask for change no bit of any product, with padding in every dimension and with none. (It
-    /// fails if the first chunk of `∂W` accumulates into its stale buffer.)
+    /// The packing buffers, `∂Wᵀ`'s and the column panel come from the pool with stale contents: NaN
+    /// buffers of every size they ask for change no bit of any product, with padding in every
+    /// dimension and with none. (It fails if the first chunk of `∂Wᵀ` accumulates into its stale
+    /// buffer.)
     #[test]
     fn stale_pool_buffers_never_reach_a_product() {
         if avx2_kernel_on_this_cpu().is_none() {
@@ -670,6 +671,7 @@ mod tests {
                 padded(vocab, NR) * d,
                 padded(d, NR) * vocab,
                 padded(vocab, MR) * padded(d, NR),
+                GRADIENT_CHUNK_ROWS * MR,
             ];
             for len in lengths {
                 for _ in 0..3 {
