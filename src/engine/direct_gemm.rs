@@ -1,4 +1,4 @@
-//! `f32` matrix products that pack nothing: the output layer's three products per logit tile, a block
+//! `f32` matrix products that pack (almost) nothing: the output layer's three products per logit tile, a block
 //! task's products of its own rows, and each block of the weight gradients `xᵀ·∂y`.
 //!
 //! OpenBLAS copies both operands of every call into its own panel layout before multiplying. For the
@@ -9,7 +9,9 @@
 //!
 //! - `A` through any pair of strides, one scalar per row and step broadcast into a register, so rows
 //!   of a row-major matrix and columns of one (a transposed view) are read alike;
-//! - `B` by rows, each row's `NR` elements contiguous (unit column stride);
+//! - `B` by rows, each row's `NR` elements contiguous (unit column stride), except in products of
+//!   thousands of rows (the output layer's tiles), whose `B` is copied into contiguous panels once
+//!   per inner block: `K·N` elements against `2·M·K·N` flops ([`PACK_B_MIN_ROWS`]);
 //! - `C` by rows with unit column stride, written once per block of the inner dimension (no zeroing).
 //!
 //! Each `MR × NR` block of `C` is a sum over the inner dimension in one fixed order (FMA per step,

@@ -82,7 +82,8 @@ pub trait Scalar:
     fn buffers() -> &'static buffers::BufferPool<Self>;
     /// `c = a·b`, or `c += a·b` when `accumulate`, on the calling thread: the output layer's tile
     /// products, a block task's own rows, and each block of the weight gradients. `f32` runs
-    /// [`direct_gemm`] (no packing) where the CPU allows; `f64` runs OpenBLAS.
+    /// [`direct_gemm`] (which packs only the output layer's tiles' `B`) where the CPU allows; `f64`
+    /// runs OpenBLAS.
     fn local_product(
         a: ndarray::ArrayView2<Self>,
         b: ndarray::ArrayView2<Self>,
