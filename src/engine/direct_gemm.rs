@@ -45,9 +45,11 @@ const ROW_BLOCK_TARGET: usize = 256;
 /// Read in place, a panel's rows lie `ldb` apart: at `N = 256` (a logit tile) its 256 rows of 128
 /// bytes fall in 8 of the L1 cache's 64 sets, and the panel is reread from L2 for every row block.
 /// On one core of an Intel Xeon (AVX-512, two FMA ports) the copy took word-wt2's logit tile from
-/// 0.86–0.89 of OpenBLAS's rate to 1.03–1.04, and `∂h`'s from 0.93 to 0.96–0.98. With 32 rows and
-/// up it also took the blocks' row products, and char-small's steps ran 10 % slower: the copy is
-/// `K·N` elements against `2·M·K·N` flops, and only the output layer's tiles have thousands of rows.
+/// 0.86–0.89 of OpenBLAS's rate to 1.03–1.04, and `∂h`'s from 0.88–0.93 to 0.94–0.99. The blocks'
+/// row products (128–256 rows) gain nothing: given as rows, their `B` already ran at the kernel's
+/// L1 rate in place (152–164 GFLOP/s) and 0–9 % slower packed; given transposed, one shape gained
+/// a fifth and an attention head's (inner dimension 32) lost a quarter. With transposed ones
+/// packed from 32 rows deep enough (64), char-small's steps were no faster.
 const PACK_B_MIN_ROWS: usize = 512;
 
 /// Copies `b [depth, n]` into `out` as `[⌈n/nr⌉, depth, nr]`, columns past `n` zero.
@@ -55,25 +57,31 @@ fn pack_panels(b: ArrayView2<f32>, nr: usize, out: &mut [f32]) {
     let (depth, n) = b.dim();
     let panels = n.div_ceil(nr);
     let out = &mut out[..panels * depth * nr];
-    if n > 1 && b.strides()[1] != 1 {
+    let (row_stride, column_stride) = (b.strides()[0], b.strides()[1]);
+    if n > 1 && column_stride != 1 && (depth < 2 || row_stride == 1) {
         // a transposed view: each column of `b` is a contiguous row of the matrix behind it
-        out.fill(0.0);
+        if n % nr != 0 {
+            out[(panels - 1) * depth * nr..].fill(0.0);
+        }
         for (j, column) in b.columns().into_iter().enumerate() {
+            let column = column.to_slice().expect("a transposed view's columns are contiguous");
             let (panel, lane) = (j / nr, j % nr);
-            let base = panel * depth * nr + lane;
+            let panel_out = &mut out[panel * depth * nr..][..depth * nr];
             for (k, &value) in column.iter().enumerate() {
-                out[base + k * nr] = value;
+                panel_out[k * nr + lane] = value;
             }
         }
         return;
     }
     for (k, row) in b.rows().into_iter().enumerate() {
+        let row = match row.to_slice() {
+            Some(row) => std::borrow::Cow::Borrowed(row),
+            None => std::borrow::Cow::Owned(row.to_vec()),
+        };
         for panel in 0..panels {
             let (j0, width) = (panel * nr, nr.min(n - panel * nr));
             let line = &mut out[(panel * depth + k) * nr..][..nr];
-            for (to, from) in line[..width].iter_mut().zip(row.slice(ndarray::s![j0..j0 + width])) {
-                *to = *from;
-            }
+            line[..width].copy_from_slice(&row[j0..j0 + width]);
             line[width..].fill(0.0);
         }
     }
@@ -288,8 +296,10 @@ pub fn product_with(
     }
     let (mr, nr) = (kernel.rows, kernel.cols);
     // (A read down its columns, as in `∂zᵀ·h`, ran 20 % slower with B packed: not done there)
-    let pack_b = m >= PACK_B_MIN_ROWS && (inner < 2 || a.strides()[1] == 1);
-    if !pack_b && n > 1 && b.strides()[1] != 1 {
+    let a_along_rows = inner < 2 || a.strides()[1] == 1;
+    let b_transposed = n > 1 && b.strides()[1] != 1;
+    let pack_b = a_along_rows && m >= PACK_B_MIN_ROWS;
+    if !pack_b && b_transposed {
         // B seen through a transpose (the tied output weight as Eᵀ): one copy into rows, K·N elements
         // against the M·K·N of the product
         let mut rows = super::buffers::scratch::<f32>(b.nrows(), b.ncols());
@@ -503,10 +513,11 @@ mod tests {
         let mut c = Array2::zeros((20, 40));
         product(a.view(), e.t(), false, c.view_mut());
         assert_close(&c, &exact(a.view(), e.t()), 16);
-        // from PACK_B_MIN_ROWS rows up B is packed into panels, from a transposed view as from rows:
-        // the same bits, with partial row and column panels and two inner blocks, over stale buffers
-        for kernel in kernels_to_test("a_transposed_b_and_an_empty_inner_dimension") {
-            let m = PACK_B_MIN_ROWS + 3;
+        // a transposed B copied into rows (37 rows) or packed into panels (from PACK_B_MIN_ROWS rows)
+        // gives the bits of B given as rows, with partial row and column panels and two inner
+        // blocks, over stale pool buffers
+        let kernels = kernels_to_test("a_transposed_b_and_an_empty_inner_dimension");
+        for (kernel, m) in kernels.iter().flat_map(|&k| [(k, 37), (k, PACK_B_MIN_ROWS + 3)]) {
             let (a, e) = (matrix(m, 300, 7), matrix(45, 300, 8));
             let rows = e.t().to_owned();
             let mut from_view = Array2::from_elem((m, 45), f32::NAN);
