@@ -1,5 +1,5 @@
-//! `f32` matrix products that pack (almost) nothing: the output layer's three products per logit tile, a block
-//! task's products of its own rows, and each block of the weight gradients `xᵀ·∂y`.
+//! `f32` matrix products that pack (almost) nothing: the output layer's three products per logit
+//! tile, a block task's products of its own rows, and each block of the weight gradients `xᵀ·∂y`.
 //!
 //! OpenBLAS copies both operands of every call into its own panel layout before multiplying. For the
 //! output layer that is a poor trade: each logit tile (`[2048, 256]`) costs three calls in which one
@@ -52,8 +52,9 @@ const ROW_BLOCK_TARGET: usize = 256;
 /// packed from 32 rows deep enough (64), char-small's steps were no faster.
 const PACK_B_MIN_ROWS: usize = 512;
 
-/// Copies `b [depth, n]` into `out` as `[⌈n/nr⌉, depth, nr]`, columns past `n` zero.
-fn pack_panels(b: ArrayView2<f32>, nr: usize, out: &mut [f32]) {
+/// Copies `b [depth, n]` into `out` as `[⌈n/nr⌉, depth, nr]`, columns past `n` zero: every element
+/// of the first `⌈n/nr⌉·depth·nr` is written.
+pub(super) fn pack_panels(b: ArrayView2<f32>, nr: usize, out: &mut [f32]) {
     let (depth, n) = b.dim();
     let panels = n.div_ceil(nr);
     let out = &mut out[..panels * depth * nr];

@@ -37,7 +37,7 @@ use ndarray::{s, Array2, ArrayView1, ArrayView2, ArrayViewMut2, ShapeBuilder};
 use rayon::prelude::*;
 
 use super::buffers::scratch;
-use super::direct_gemm::{avx2_kernel_on_this_cpu, avx2_tile_kernel, Kernel, INNER_BLOCK};
+use super::direct_gemm::{avx2_kernel_on_this_cpu, avx2_tile_kernel, pack_panels, Kernel, INNER_BLOCK};
 use super::Scalar;
 
 /// Rows of the kernel's register block.
@@ -521,7 +521,10 @@ fn pack_row_panels(h: ArrayView2<f32>) -> Aligned {
 /// `W` is a row of the tied embedding, so both layouts of `W` read it by columns.
 fn pack_logit_panels(w: ArrayView2<f32>) -> Aligned {
     let (d, cols) = w.dim();
-    pack(w.columns().into_iter(), d, cols.div_ceil(NR) * d * NR, |j, k| (j / NR * d + k) * NR + j % NR)
+    // every element is written, padding included
+    let mut aligned = Aligned::stale(cols.div_ceil(NR) * d * NR);
+    pack_panels(w, NR, aligned.as_mut_slice());
+    aligned
 }
 
 /// `wᵀ [cols, d]` as `[⌈d/16⌉, cols, 16]`, zeros past `d`: `B` of the `∂h` product; and, given
