@@ -524,7 +524,8 @@ mod tests {
             let rows = e.t().to_owned();
             let mut from_view = Array2::from_elem((m, 45), f32::NAN);
             let mut from_rows = from_view.clone();
-            <f32 as super::super::Scalar>::buffers().give(vec![f32::NAN; 256 * 32 * 2]);
+            let packed_len = 45usize.div_ceil(kernel.cols) * INNER_BLOCK * kernel.cols;
+            <f32 as super::super::Scalar>::buffers().give(vec![f32::NAN; packed_len]);
             product_with(kernel, a.view(), e.t(), false, from_view.view_mut());
             product_with(kernel, a.view(), rows.view(), false, from_rows.view_mut());
             assert_close(&from_view, &exact(a.view(), e.t()), 300);

@@ -491,47 +491,30 @@ impl Drop for Aligned {
     }
 }
 
-/// `len` elements with the `k`-th element of the `i`-th of `lines` at `place(i, k)`, and zeros where
-/// none lands (the padding, when the lines hold fewer than `len` elements in all): the four panel
-/// layouts below, each reading its source along contiguous lines. Padding only ever meets padding
-/// in a product, but stale values there could be subnormals, which slow some CPUs' FMA units.
-fn pack<'v>(
-    lines: impl ExactSizeIterator<Item = ArrayView1<'v, f32>>,
-    line_len: usize,
-    len: usize,
-    place: impl Fn(usize, usize) -> usize,
-) -> Aligned {
-    let mut aligned = if lines.len() * line_len < len { Aligned::zeros(len) } else { Aligned::stale(len) };
-    let packed = aligned.as_mut_slice();
-    for (i, line) in lines.enumerate() {
-        for (k, &value) in line.iter().enumerate() {
-            packed[place(i, k)] = value;
-        }
-    }
+/// `b [depth, n]` in `[⌈n/width⌉, depth, width]` panels ([`pack_panels`], which writes every element,
+/// the padding as zeros: padding only ever meets padding in a product, but stale values there could
+/// be subnormals, which slow some CPUs' FMA units).
+fn packed_panels(b: ArrayView2<f32>, width: usize) -> Aligned {
+    let (depth, n) = b.dim();
+    let mut aligned = Aligned::stale(n.div_ceil(width) * depth * width);
+    pack_panels(b, width, aligned.as_mut_slice());
     aligned
 }
 
 /// `h [rows, d]` as `[⌈rows/6⌉, d, 6]`: element `(i, k)` at `(i/6·d + k)·6 + i mod 6`, zeros past `rows`.
 fn pack_row_panels(h: ArrayView2<f32>) -> Aligned {
-    let (rows, d) = h.dim();
-    pack(h.rows().into_iter(), d, rows.div_ceil(MR) * d * MR, |i, k| (i / MR * d + k) * MR + i % MR)
+    packed_panels(h.t(), MR)
 }
 
-/// `w [d, cols]` as `[⌈cols/16⌉, d, 16]`, zeros past `cols`: `B` of the logit product. A column of
-/// `W` is a row of the tied embedding, so both layouts of `W` read it by columns.
+/// `w [d, cols]` as `[⌈cols/16⌉, d, 16]`, zeros past `cols`: `B` of the logit product.
 fn pack_logit_panels(w: ArrayView2<f32>) -> Aligned {
-    let (d, cols) = w.dim();
-    // every element is written, padding included
-    let mut aligned = Aligned::stale(cols.div_ceil(NR) * d * NR);
-    pack_panels(w, NR, aligned.as_mut_slice());
-    aligned
+    packed_panels(w, NR)
 }
 
 /// `wᵀ [cols, d]` as `[⌈d/16⌉, cols, 16]`, zeros past `d`: `B` of the `∂h` product; and, given
 /// `hᵀ [d, rows]`, `B` of the `∂Wᵀ` product.
 fn pack_gradient_panels(w: ArrayView2<f32>) -> Aligned {
-    let (d, cols) = w.dim();
-    pack(w.columns().into_iter(), d, d.div_ceil(NR) * cols * NR, |j, k| (k / NR * cols + j) * NR + k % NR)
+    packed_panels(w.t(), NR)
 }
 
 #[cfg(test)]
